@@ -1,0 +1,39 @@
+# gpt2cli: `make demo` installs and runs the pipeline on the embedded sample; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A machine without CUDA gets the CPU build of torch (a local wheel here); override with `make install TORCH=torch`.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+GPT2_HOME ?= data/runs
+export GPT2_HOME
+GPT2 := $(BIN)/gpt2
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test lint format demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+demo: install
+	$(GPT2) --version
+	$(GPT2) artifacts ls
+
+clean:
+	rm -rf $(GPT2_HOME) .pytest_cache .ruff_cache .hypothesis benchmarks/out

@@ -1,0 +1,459 @@
+"""The versioned artifact store that every stage reads from and publishes to.
+
+Layout: ``$GPT2_HOME/<kind>/<version>/`` holds the stage's files and a ``manifest.json``. Versions are
+``v1, v2, ...`` per kind and are never reused. A stage builds in a hidden ``.partial-*`` directory and
+publishes with one atomic ``rename`` while it holds the kind's lock, so a reader sees a version complete
+or not at all. A build whose kind, parameters and inputs equal an existing version's reuses that version:
+this is what makes Makefile targets and cron reruns cheap and idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from gpt2cli import __version__
+from gpt2cli.errors import Gpt2Error, LockHeld, UsageError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_HOME = Path("data/runs")
+
+# Which stage publishes each kind: an error about a missing input names the command to run.
+PRODUCERS = {
+    "raw-docs": "scrape-reddit",
+    "corpus": "dedupe",
+    "tokenizer": "train-bpe",
+    "tokens": "tokenize",
+    "model": "pretrain",
+    "eval": "eval zero-shot",
+}
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_PARTIAL = ".partial-"
+_TRASH = ".trash-"
+_LOCK = ".lock"
+_COUNTER = ".last-version"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that a crash leaves either the old content or the new, never a mix."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise Gpt2Error(f"{directory} is not an artifact: it has no {MANIFEST}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Gpt2Error(f"manifest {path} does not parse: {e}") from None
+    if not isinstance(manifest, dict) or not {"kind", "version", "files"} <= manifest.keys():
+        raise Gpt2Error(f"manifest {path} lacks kind, version or files")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published version: its directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: Path) -> Artifact:
+        return cls(Path(path), load_manifest(Path(path)))
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}@{self.version}"
+
+    @property
+    def number(self) -> int:
+        return int(self.version[1:])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.manifest.get("params", {})
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest.get("inputs", [])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.manifest.get("summary", {})
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f["bytes"] for f in self.manifest["files"])
+
+    @cached_property
+    def manifest_sha256(self) -> str:
+        return sha256_file(self.path / MANIFEST)
+
+    def file(self, relpath: str) -> Path:
+        """Path of one of the artifact's files; an error names the artifact when it has no such file."""
+        if not any(f["path"] == relpath for f in self.manifest["files"]):
+            raise Gpt2Error(f"{self.ref} has no file {relpath}")
+        return self.path / relpath
+
+    def verify(self, *, quick: bool = False) -> list[str]:
+        """Problems found on disk, one line each; empty when every file matches its manifest entry.
+
+        ``quick`` compares sizes only (used before reusing a version); the full check recomputes sha256.
+        """
+        problems = []
+        listed = set()
+        for entry in self.manifest["files"]:
+            relpath, size = entry["path"], entry["bytes"]
+            listed.add(relpath)
+            path = self.path / relpath
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                problems.append(f"{relpath}: missing")
+                continue
+            if actual < size:
+                problems.append(f"{relpath}: truncated ({actual} of {size} bytes)")
+            elif actual > size:
+                problems.append(f"{relpath}: changed ({actual} bytes, manifest says {size})")
+            elif not quick and sha256_file(path) != entry["sha256"]:
+                problems.append(f"{relpath}: changed (sha256 differs from the manifest)")
+        if not quick:
+            for relpath in _list_files(self.path):
+                if relpath not in listed and relpath != MANIFEST:
+                    problems.append(f"{relpath}: not in the manifest")
+        return problems
+
+
+def _list_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@dataclass
+class Draft:
+    """A version being built. ``dir`` becomes the artifact; ``work`` is scratch space dropped on publish.
+
+    ``resumed`` is true when a killed run of the same build left this draft behind (resumable stages only).
+    """
+
+    kind: str
+    dir: Path
+    resumed: bool
+
+    @property
+    def work(self) -> Path:
+        path = self.dir / ".work"
+        path.mkdir(exist_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class Published:
+    artifact: Artifact
+    reused: bool
+
+
+def artifact_input(artifact: Artifact) -> dict[str, Any]:
+    return {"ref": artifact.ref, "manifest_sha256": artifact.manifest_sha256}
+
+
+def file_input(path: Path) -> dict[str, Any]:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def fingerprint(kind: str, params: dict[str, Any], inputs: Sequence[dict[str, Any]]) -> str:
+    """Identity of a build: equal fingerprints mean the same stage computed on the same things."""
+    identity = [i.get("manifest_sha256") or i.get("sha256") for i in inputs]
+    return hashlib.sha256(_canonical_json({"kind": kind, "params": params, "inputs": identity})).hexdigest()
+
+
+class Store:
+    """All artifacts under one home directory."""
+
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home or os.environ.get("GPT2_HOME") or DEFAULT_HOME)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def kinds(self) -> list[str]:
+        if not self.home.is_dir():
+            return []
+        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and _KIND_RE.match(p.name))
+
+    def versions(self, kind: str) -> list[Artifact]:
+        """Published versions of a kind, oldest first."""
+        kind_dir = self.home / kind
+        if not kind_dir.is_dir():
+            return []
+        numbered = []
+        for p in kind_dir.iterdir():
+            if (m := _VERSION_RE.match(p.name)) and p.is_dir():
+                numbered.append((int(m.group(1)), p))
+        return [Artifact.open(p) for _, p in sorted(numbered)]
+
+    def all(self) -> list[Artifact]:
+        return [a for kind in self.kinds() for a in self.versions(kind)]
+
+    def latest(self, kind: str) -> Artifact | None:
+        versions = self.versions(kind)
+        return versions[-1] if versions else None
+
+    def resolve(self, ref: str | Path) -> Artifact:
+        """``kind`` (latest version), ``kind@v3``, ``kind@latest``, or a path to an artifact directory."""
+        text = str(ref)
+        if isinstance(ref, Path) or "/" in text or text.startswith((".", "~")):
+            path = Path(text).expanduser()
+            if not path.is_dir():
+                raise UsageError(f"no artifact directory at {path}")
+            return Artifact.open(path)
+        kind, _, version = text.partition("@")
+        if not _KIND_RE.match(kind) or (version and version != "latest" and not _VERSION_RE.match(version)):
+            raise UsageError(f"bad reference {text!r}: use KIND, KIND@vN, KIND@latest or a directory path")
+        versions = self.versions(kind)
+        if not versions:
+            producer = PRODUCERS.get(kind)
+            hint = f"; run `gpt2 {producer}` to make one" if producer else ""
+            known = ", ".join(self.kinds()) or "none"
+            raise UsageError(f"no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
+        if not version or version == "latest":
+            return versions[-1]
+        for artifact in versions:
+            if artifact.version == version:
+                return artifact
+        existing = ", ".join(a.version for a in versions)
+        raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
+
+    def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
+        """Refs of ``roots`` and of every artifact they were built from, transitively."""
+        seen: set[str] = set()
+        stack = [a.ref for a in roots]
+        while stack:
+            ref = stack.pop()
+            if ref in seen:
+                continue
+            seen.add(ref)
+            with contextlib.suppress(Gpt2Error):
+                stack.extend(i["ref"] for i in self.resolve(ref).inputs if "ref" in i)
+        return seen
+
+    def lineage(self, artifact: Artifact) -> dict[str, Any]:
+        """The tree of inputs back to the raw files; each node says whether its input is still intact."""
+        node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
+        for entry in artifact.inputs:
+            if "path" in entry:
+                node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
+                continue
+            try:
+                parent = self.resolve(entry["ref"])
+            except Gpt2Error:
+                node["inputs"].append({"ref": entry["ref"], "status": "missing", "inputs": []})
+                continue
+            child = self.lineage(parent)
+            if parent.manifest_sha256 != entry["manifest_sha256"]:
+                child["status"] = "changed since use"
+            node["inputs"].append(child)
+        return node
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, *, wait: bool = False) -> Iterator[None]:
+        """Exclusive per-kind lock (fcntl); released by the kernel when the holder dies, even on kill -9."""
+        if not _KIND_RE.match(kind):
+            raise UsageError(f"bad artifact kind {kind!r}")
+        kind_dir = self.home / kind
+        kind_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(kind_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
+                if not wait:
+                    raise LockHeld(
+                        f"another run holds the lock on {kind!r} (pid {holder}); retry later or pass --wait"
+                    ) from None
+                log.info("waiting for the lock on %s held by pid %s", kind, holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def produce(
+        self,
+        kind: str,
+        *,
+        params: dict[str, Any],
+        inputs: Sequence[dict[str, Any]],
+        build: Callable[[Draft], dict[str, Any] | None],
+        force: bool = False,
+        wait: bool = False,
+        resumable: bool = False,
+        command: Sequence[str] | None = None,
+    ) -> Published:
+        """Build and publish a version of ``kind``, or reuse the version already built from the same things.
+
+        ``build`` writes the artifact's files into ``draft.dir`` and returns the summary (metrics, counts).
+        With ``resumable``, a draft left by a killed run of the same build is handed back (``draft.resumed``)
+        instead of being discarded.
+        """
+        params_json = json.loads(_canonical_json(params))  # what the manifest will hold, JSON-normalized
+        key = fingerprint(kind, params_json, inputs)
+        with self.lock(kind, wait=wait):
+            kind_dir = self.home / kind
+            partial = kind_dir / f"{_PARTIAL}{key[:20]}"
+            self._remove_leftovers(kind_dir, keep=partial if resumable else None)
+            if not force:
+                for existing in reversed(self.versions(kind)):
+                    if existing.manifest.get("fingerprint") != key:
+                        continue
+                    if problems := existing.verify(quick=True):
+                        log.warning("not reusing %s: %s", existing.ref, "; ".join(problems))
+                        continue
+                    log.info("reusing %s: same inputs and parameters (--force recomputes)", existing.ref)
+                    return Published(existing, reused=True)
+            resumed = partial.is_dir()
+            if resumed:
+                log.info("resuming the build left by an interrupted run in %s", partial)
+            partial.mkdir(exist_ok=True)
+            started = time.time()
+            summary = build(Draft(kind, partial, resumed)) or {}
+            shutil.rmtree(partial / ".work", ignore_errors=True)
+            version = f"v{self._next_number(kind_dir)}"
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "kind": kind,
+                "version": version,
+                "created_at": _utc_now(),
+                "gpt2cli_version": __version__,
+                "command": shlex.join(["gpt2", *sys.argv[1:]] if command is None else command),
+                "params": params_json,
+                "inputs": list(inputs),
+                "fingerprint": key,
+                "build_seconds": round(time.time() - started, 3),
+                "files": [
+                    {"path": rel, "bytes": (partial / rel).stat().st_size, "sha256": sha256_file(partial / rel)}
+                    for rel in _list_files(partial)
+                    if rel != MANIFEST
+                ],
+                "summary": summary,
+            }
+            for rel in _list_files(partial):
+                with open(partial / rel, "rb+") as f:
+                    os.fsync(f.fileno())
+            write_atomic(partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
+            final = kind_dir / version
+            os.rename(partial, final)  # the publish: atomic on one filesystem
+            _fsync_dir(kind_dir)
+            write_atomic(kind_dir / _COUNTER, f"{version[1:]}\n".encode())
+            log.info("published %s in %s", f"{kind}@{version}", final)
+            return Published(Artifact.open(final), reused=False)
+
+    def _next_number(self, kind_dir: Path) -> int:
+        """One past the highest version ever published, so a deleted version's name never comes back."""
+        counter = kind_dir / _COUNTER
+        last = int(counter.read_text().strip() or 0) if counter.exists() else 0
+        for p in kind_dir.iterdir():
+            if m := _VERSION_RE.match(p.name):
+                last = max(last, int(m.group(1)))
+        return last + 1
+
+    def _remove_leftovers(self, kind_dir: Path, keep: Path | None) -> None:
+        """Drafts and trash of crashed runs; only called with the kind's lock held, so none is live."""
+        for p in kind_dir.iterdir():
+            if p.name.startswith((_PARTIAL, _TRASH)) and p != keep:
+                log.info("removing %s left by an interrupted run", p.name)
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+
+    def remove(self, artifact: Artifact) -> None:
+        """Delete a version; it disappears atomically (rename) before its files are removed."""
+        trash = artifact.path.with_name(f"{_TRASH}{artifact.version}-{uuid.uuid4().hex[:8]}")
+        os.rename(artifact.path, trash)
+        shutil.rmtree(trash)
+
+    def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> list[Artifact]:
+        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one uses."""
+        if keep < 1:
+            raise UsageError("--keep must be at least 1")
+        by_kind = {kind: self.versions(kind) for kind in self.kinds()}
+        kept = self.dependents_closure([a for versions in by_kind.values() for a in versions[-keep:]])
+        doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
+        if dry_run:
+            return doomed
+        for kind in by_kind:
+            with self.lock(kind, wait=wait):
+                for artifact in doomed:
+                    if artifact.kind == kind:
+                        self.remove(artifact)
+        return doomed

@@ -1,0 +1,141 @@
+"""Terminal output: rich progress bars and tables on a TTY, plain timestamped lines otherwise (cron, CI).
+
+Logs and progress go to stderr; stdout carries only results (tables, or JSON with ``--json``), so
+``gpt2 ... --json | jq`` works from a shell and from cron alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+
+PLAIN_INTERVAL_S = 30.0
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
+
+
+def interactive() -> bool:
+    return stderr_console().is_terminal
+
+
+class _UTCFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now, not the stream that existed at setup."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Rich log lines on a terminal; ``2026-12-01T04:20:00Z INFO message`` lines for log files."""
+    handler: logging.Handler
+    if interactive():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr_console(), show_path=False, log_time_format="%H:%M:%S")
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(_UTCFormatter())
+    root = logging.getLogger("gpt2cli")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+class Progress:
+    """Counts work done; draws a bar on a TTY, logs a line every ``PLAIN_INTERVAL_S`` seconds otherwise."""
+
+    def __init__(self, description: str, total: float | None, unit: str):
+        self.description, self.total, self.unit = description, total, unit
+        self.done = 0.0
+        self.started = self._last_log = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        if self._bar is not None:
+            self._bar.update(self._task, advance=amount)
+        elif time.monotonic() - self._last_log >= PLAIN_INTERVAL_S:
+            self._log_line()
+
+    def _log_line(self) -> None:
+        self._last_log = time.monotonic()
+        rate = self.done / max(self._last_log - self.started, 1e-9)
+        of_total = f"/{self.total:,.0f}" if self.total else ""
+        logging.getLogger("gpt2cli").info(
+            "%s: %s%s %s (%.1f %s/s)", self.description, f"{self.done:,.0f}", of_total, self.unit, rate, self.unit
+        )
+
+
+@contextlib.contextmanager
+def progress(description: str, total: float | None = None, unit: str = "items") -> Iterator[Progress]:
+    state = Progress(description, total, unit)
+    if not interactive():
+        yield state
+        state._log_line()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed or 0:,.1f} {unit}/s")
+
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with RichProgress(*columns, console=stderr_console()) as bar:
+        state._bar, state._task = bar, bar.add_task(description, total=total)
+        yield state
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

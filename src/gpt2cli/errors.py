@@ -1,0 +1,28 @@
+"""Errors that end a command with a one-line message and a documented exit code.
+
+Exit codes: 0 ok, 1 failure, 2 usage error (a bad option or reference), 75 another run holds the lock
+(EX_TEMPFAIL from sysexits.h: cron wrappers treat it as "try again later").
+"""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+
+
+class Gpt2Error(Exception):
+    """A failure the user can act on; the CLI prints it as one line, never a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(Gpt2Error):
+    """What the user typed is wrong: an unknown reference, an invalid option value."""
+
+    exit_code = EXIT_USAGE
+
+
+class LockHeld(Gpt2Error):
+    """Another process is publishing the same artifact kind."""
+
+    exit_code = EXIT_LOCKED

@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpt2cli.artifacts import Store, artifact_input, file_input
+from gpt2cli.errors import Gpt2Error, LockHeld, UsageError
+
+WORKER = Path(__file__).with_name("store_worker.py")
+
+
+def write_files(**files: str):
+    def build(draft):
+        for name, text in files.items():
+            path = draft.dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return {"documents": len(files)}
+
+    return build
+
+
+def worker(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_publish_writes_manifest_with_checksums(store: Store):
+    result = store.produce(
+        "corpus", params={"min_words": 5}, inputs=[], build=write_files(**{"a.txt": "hello", "sub/b.txt": "world"})
+    )
+    art = result.artifact
+    assert not result.reused
+    assert art.ref == "corpus@v1" and art.path == store.home / "corpus" / "v1"
+    m = json.loads((art.path / "manifest.json").read_text())
+    assert m["kind"] == "corpus" and m["version"] == "v1"
+    assert m["params"] == {"min_words": 5}
+    assert m["summary"] == {"documents": 2}
+    assert m["created_at"].endswith("Z") and m["gpt2cli_version"]
+    assert m["command"].startswith("gpt2")
+    assert {f["path"]: f["sha256"] for f in m["files"]} == {
+        "a.txt": hashlib.sha256(b"hello").hexdigest(),
+        "sub/b.txt": hashlib.sha256(b"world").hexdigest(),
+    }
+    assert art.size_bytes == 10
+    assert art.verify() == []
+    assert not list((store.home / "corpus").glob(".partial-*"))
+
+
+def test_inputs_record_ref_and_manifest_hash(store: Store, tmp_path: Path):
+    raw = tmp_path / "links.txt"
+    raw.write_text("https://example.com\n")
+    corpus = store.produce("corpus", params={}, inputs=[file_input(raw)], build=write_files(x="1")).artifact
+    tok = store.produce("tokenizer", params={}, inputs=[artifact_input(corpus)], build=write_files(y="2")).artifact
+    (entry,) = tok.inputs
+    assert entry == {
+        "ref": "corpus@v1",
+        "manifest_sha256": hashlib.sha256((corpus.path / "manifest.json").read_bytes()).hexdigest(),
+    }
+    assert corpus.inputs[0]["sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    tree = store.lineage(tok)
+    assert tree["ref"] == "tokenizer@v1"
+    assert tree["inputs"][0]["ref"] == "corpus@v1"
+    assert tree["inputs"][0]["inputs"][0]["file"] == str(raw.resolve())
+
+
+def test_reuse_same_params_and_inputs(store: Store, tmp_path: Path):
+    calls = []
+
+    def build(draft):
+        calls.append(1)
+        (draft.dir / "f").write_text("x")
+
+    first = store.produce("corpus", params={"k": 1}, inputs=[], build=build)
+    again = store.produce("corpus", params={"k": 1}, inputs=[], build=build)
+    assert again.reused and again.artifact.ref == "corpus@v1" and len(calls) == 1
+    other = store.produce("corpus", params={"k": 2}, inputs=[], build=build)
+    assert not other.reused and other.artifact.ref == "corpus@v2"
+    forced = store.produce("corpus", params={"k": 1}, inputs=[], build=build, force=True)
+    assert forced.artifact.ref == "corpus@v3" and len(calls) == 3
+    # a changed input file is a different build
+    src = tmp_path / "in.txt"
+    src.write_text("one")
+    a = store.produce("corpus", params={"k": 1}, inputs=[file_input(src)], build=build)
+    src.write_text("two")
+    b = store.produce("corpus", params={"k": 1}, inputs=[file_input(src)], build=build)
+    assert a.artifact.ref != b.artifact.ref and not b.reused
+    assert first.artifact.ref == "corpus@v1"
+
+
+def test_damaged_version_is_not_reused(store: Store):
+    art = store.produce("corpus", params={}, inputs=[], build=write_files(f="content")).artifact
+    (art.path / "f").write_text("cut")
+    again = store.produce("corpus", params={}, inputs=[], build=write_files(f="content"))
+    assert not again.reused and again.artifact.ref == "corpus@v2"
+
+
+def test_resolve_references(store: Store, tmp_path: Path):
+    for i in range(3):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    assert store.resolve("corpus").ref == "corpus@v3"
+    assert store.resolve("corpus@latest").ref == "corpus@v3"
+    assert store.resolve("corpus@v2").ref == "corpus@v2"
+    assert store.resolve(str(store.home / "corpus" / "v1")).ref == "corpus@v1"
+    assert store.resolve(store.home / "corpus" / "v1").ref == "corpus@v1"
+    with pytest.raises(UsageError, match=r"no corpus@v9 .*corpus versions: v1, v2, v3"):
+        store.resolve("corpus@v9")
+    with pytest.raises(UsageError, match=r"run `gpt2 train-bpe`"):
+        store.resolve("tokenizer")
+    with pytest.raises(UsageError, match="bad reference"):
+        store.resolve("Corpus@3")
+    with pytest.raises(UsageError, match="no artifact directory"):
+        store.resolve(str(tmp_path / "nowhere"))
+
+
+def test_unparsable_manifest_names_the_file(store: Store):
+    art = store.produce("corpus", params={}, inputs=[], build=write_files(f="x")).artifact
+    (art.path / "manifest.json").write_text("{not json")
+    with pytest.raises(Gpt2Error, match=r"manifest .*corpus/v1/manifest.json does not parse"):
+        store.resolve("corpus")
+
+
+def test_verify_names_changed_truncated_missing_and_extra_files(store: Store):
+    art = store.produce(
+        "corpus", params={}, inputs=[], build=write_files(a="aaaa", b="bbbb", c="cccc", d="dddd")
+    ).artifact
+    (art.path / "a").write_text("aaab")  # same size, different bytes
+    (art.path / "b").write_text("bb")
+    (art.path / "c").unlink()
+    (art.path / "e").write_text("stray")
+    problems = art.verify()
+    assert problems == [
+        "a: changed (sha256 differs from the manifest)",
+        "b: truncated (2 of 4 bytes)",
+        "c: missing",
+        "e: not in the manifest",
+    ]
+
+
+def test_version_names_are_never_reused(store: Store):
+    store.produce("corpus", params={"i": 1}, inputs=[], build=write_files(f="1"))
+    v2 = store.produce("corpus", params={"i": 2}, inputs=[], build=write_files(f="2")).artifact
+    store.remove(v2)
+    v3 = store.produce("corpus", params={"i": 3}, inputs=[], build=write_files(f="3")).artifact
+    assert v3.ref == "corpus@v3"
+
+
+def test_failed_build_publishes_nothing(store: Store):
+    def build(draft):
+        (draft.dir / "half").write_text("x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.produce("corpus", params={}, inputs=[], build=build)
+    assert store.versions("corpus") == []
+    store.produce("corpus", params={}, inputs=[], build=write_files(f="ok"))
+    assert [a.ref for a in store.versions("corpus")] == ["corpus@v1"]
+    assert not list((store.home / "corpus").glob(".partial-*"))
+
+
+def test_second_writer_gets_lock_error_naming_the_holder(store: Store, home: Path, tmp_path: Path):
+    marker = tmp_path / "started"
+    holder = worker(home, "--files", "50", "--sleep", "0.1", "--marker", str(marker))
+    try:
+        wait_for(marker)
+        with pytest.raises(LockHeld, match=rf"pid {holder.pid}\b"):
+            store.produce("corpus", params={"param": "b"}, inputs=[], build=write_files(f="x"))
+        # another kind is not blocked
+        store.produce("tokenizer", params={}, inputs=[], build=write_files(f="x"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_processes_publishing_the_same_kind(home: Path, store: Store):
+    procs = [worker(home, "--param", p, "--files", "20", "--sleep", "0.01", "--wait") for p in ("a", "b")]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    versions = store.versions("corpus")
+    assert sorted(a.version for a in versions) == ["v1", "v2"]
+    assert sorted(a.params["param"] for a in versions) == ["a", "b"]
+    for art in versions:
+        assert art.verify() == [] and len(art.manifest["files"]) == 20
+    # without --wait, one of two simultaneous writers exits 75 and touches nothing
+    procs = [worker(home, "--param", p, "--files", "20", "--sleep", "0.05") for p in ("c", "d")]
+    codes = sorted(p.wait(timeout=60) for p in procs)
+    assert codes == [0, 75]
+    assert len(store.versions("corpus")) == 3
+
+
+def test_kill_9_mid_build_leaves_no_version_and_next_run_recovers(home: Path, store: Store, tmp_path: Path):
+    marker = tmp_path / "started"
+    proc = worker(home, "--files", "100", "--sleep", "0.02", "--marker", str(marker))
+    wait_for(marker)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store.versions("corpus") == []
+    assert list((home / "corpus").glob(".partial-*")), "the killed run should leave its draft behind"
+    with pytest.raises(UsageError):
+        store.resolve("corpus")
+    done = subprocess.run([sys.executable, str(WORKER), "--home", str(home), "--files", "5"], check=True)
+    assert done.returncode == 0
+    (art,) = store.versions("corpus")
+    assert art.verify() == [] and len(art.manifest["files"]) == 5
+    assert not list((home / "corpus").glob(".partial-*"))
+
+
+def test_kill_9_at_random_moments_never_exposes_a_partial_version(home: Path, store: Store, tmp_path: Path):
+    """Kill the writer at many points, publish included: a version is either complete or invisible."""
+    for delay in (0.05, 0.15, 0.3, 0.45, 0.6, 0.8):
+        proc = worker(home, "--param", str(delay), "--files", "40", "--sleep", "0.005")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for art in store.versions("corpus"):
+            assert art.verify() == [], art.ref
+            assert len(art.manifest["files"]) == 40
+
+
+def test_resumable_build_continues_the_killed_draft(home: Path, store: Store, tmp_path: Path):
+    marker = tmp_path / "started"
+    proc = worker(home, "--files", "60", "--sleep", "0.02", "--resumable", "--marker", str(marker))
+    wait_for(marker)
+    time.sleep(0.4)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(
+        [sys.executable, str(WORKER), "--home", str(home), "--files", "60", "--resumable", "--marker", str(marker)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert marker.read_text() == "resumed", out.stderr
+    (art,) = store.versions("corpus")
+    assert 0 < art.summary["files_written"] < 60
+    assert len(art.manifest["files"]) == 60 and art.verify() == []
+
+
+def test_gc_keeps_newest_and_their_inputs(store: Store):
+    corpora = [
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i))).artifact for i in range(3)
+    ]
+    tok_old = store.produce("tokenizer", params={"i": 0}, inputs=[artifact_input(corpora[0])], build=write_files(t="0"))
+    store.produce("tokenizer", params={"i": 1}, inputs=[artifact_input(corpora[0])], build=write_files(t="1"))
+    assert [a.ref for a in store.gc(1, dry_run=True)] == ["corpus@v2", "tokenizer@v1"]
+    assert len(store.all()) == 5  # dry run deletes nothing
+    removed = store.gc(1)
+    assert sorted(a.ref for a in removed) == ["corpus@v2", "tokenizer@v1"]
+    assert sorted(a.ref for a in store.all()) == ["corpus@v1", "corpus@v3", "tokenizer@v2"]
+    assert not tok_old.artifact.path.exists()
+    with pytest.raises(UsageError):
+        store.gc(0)

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from gpt2cli.artifacts import Store, artifact_input
+from gpt2cli.cli import app
+from tests.conftest import run_module
+from tests.test_artifacts import wait_for, worker, write_files
+
+
+def all_command_paths() -> list[list[str]]:
+    paths = []
+
+    def walk(cmd, prefix: list[str]) -> None:
+        paths.append(prefix)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.fixture
+def populated(store: Store) -> Store:
+    corpus = store.produce("corpus", params={"min_words": 3}, inputs=[], build=write_files(a="text")).artifact
+    store.produce("tokenizer", params={"vocab_size": 300}, inputs=[artifact_input(corpus)], build=write_files(t="x"))
+    return store
+
+
+@pytest.mark.parametrize("path", all_command_paths(), ids=lambda p: " ".join(p) or "gpt2")
+def test_help_for_every_command(gpt2, path):
+    result = gpt2(*path, "--help")
+    assert result.code == 0, result.err
+    assert "Usage" in result.out
+
+
+def test_top_level_help_lists_stages_and_artifacts(gpt2):
+    out = gpt2("--help").out
+    assert "artifacts" in out and "Exit codes" in out
+
+
+def test_version(gpt2):
+    result = gpt2("--version")
+    assert result.code == 0 and re.fullmatch(r"gpt2cli \S+\n", result.out)
+
+
+def test_ls_show_lineage_json(gpt2, populated):
+    rows = json.loads(gpt2("artifacts", "ls", "--json").out)
+    assert [r["ref"] for r in rows] == ["corpus@v1", "tokenizer@v1"]
+    assert rows[1]["parents"] == ["corpus@v1"] and rows[0]["bytes"] == 4
+    manifest = json.loads(gpt2("--json", "artifacts", "show", "tokenizer").out)
+    assert manifest["params"] == {"vocab_size": 300} and manifest["inputs"][0]["ref"] == "corpus@v1"
+    tree = json.loads(gpt2("artifacts", "lineage", "tokenizer@v1", "--json").out)
+    assert tree["inputs"][0]["ref"] == "corpus@v1"
+    pretty = gpt2("artifacts", "show", "corpus@v1")
+    assert pretty.code == 0 and "min_words" in pretty.out and "manifest" not in pretty.err
+    assert "corpus@v1" in gpt2("artifacts", "lineage", "tokenizer").out
+    table = gpt2("artifacts", "ls").out
+    assert "tokenizer" in table and "corpus@v1" in table
+
+
+def test_home_option_overrides_env(gpt2, populated, tmp_path: Path):
+    other = tmp_path / "other"
+    assert json.loads(gpt2("--home", str(other), "artifacts", "ls", "--json").out) == []
+    assert json.loads(gpt2("artifacts", "ls", "--home", str(other), "--json").out) == []
+    assert len(json.loads(gpt2("artifacts", "ls", "--json").out)) == 2
+
+
+def test_verify_exit_codes(gpt2, populated):
+    assert gpt2("artifacts", "verify", "corpus").code == 0
+    (populated.home / "corpus" / "v1" / "a").write_text("te")
+    result = gpt2("artifacts", "verify", "corpus")
+    assert result.code == 1
+    assert "corpus@v1: a: truncated (2 of 4 bytes)" in result.err
+
+
+def test_unknown_reference_is_a_usage_error_listing_versions(gpt2, populated):
+    result = gpt2("artifacts", "show", "corpus@v7")
+    assert result.code == 2
+    assert result.err.strip() == f"gpt2: error: no corpus@v7 in {populated.home}; corpus versions: v1"
+    missing = gpt2("artifacts", "show", "model")
+    assert missing.code == 2 and "run `gpt2 pretrain`" in missing.err and "Traceback" not in missing.err
+
+
+def test_bad_option_is_usage_error(gpt2):
+    assert gpt2("artifacts", "gc", "--keep", "0").code == 2
+    assert gpt2("no-such-stage").code == 2
+
+
+def test_corrupt_manifest_is_one_line_failure(gpt2, populated):
+    (populated.home / "corpus" / "v1" / "manifest.json").write_text("{")
+    result = gpt2("artifacts", "verify", "corpus@v1")
+    assert result.code == 1
+    assert result.err.count("\n") == 1 and "manifest.json does not parse" in result.err
+
+
+def test_gc_deletes_and_exits_75_while_a_stage_holds_the_lock(gpt2, populated, home: Path, tmp_path: Path):
+    for i in range(2):
+        populated.produce("corpus", params={"i": i}, inputs=[], build=write_files(a=str(i)))
+    dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+    assert [r["ref"] for r in dry["removed"]] == ["corpus@v2"]  # v1 is an input of the kept tokenizer
+    marker = tmp_path / "started"
+    holder = worker(home, "--param", "z", "--files", "100", "--sleep", "0.05", "--marker", str(marker))
+    try:
+        wait_for(marker)
+        result = gpt2("artifacts", "gc", "--keep", "1")
+        assert result.code == 75
+        assert f"pid {holder.pid}" in result.err
+    finally:
+        holder.kill()
+        holder.wait()
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert result.code == 0 and "deleted corpus@v2" in result.out
+    assert sorted(a.ref for a in populated.all()) == ["corpus@v1", "corpus@v3", "tokenizer@v1"]
+
+
+def test_console_script_plain_output_is_timestamped(tmp_path: Path, populated, home: Path):
+    """Under cron (no TTY) log lines carry a UTC timestamp; stdout carries only the result."""
+    result = run_module("--home", str(home), "artifacts", "gc", "--keep", "1", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dry_run"] is True
+    blocked = run_module("--home", str(home), "artifacts", "show", "corpus@v5")
+    assert blocked.returncode == 2 and blocked.stderr.startswith("gpt2: error: no corpus@v5")
+
+
+def test_log_lines_without_tty(monkeypatch, capsys):
+    import logging
+
+    from gpt2cli.console import progress, setup_logging
+
+    monkeypatch.setattr("gpt2cli.console.PLAIN_INTERVAL_S", 0.0)
+    setup_logging()
+    logging.getLogger("gpt2cli.test").info("hello")
+    with progress("encoding", total=4, unit="docs") as bar:
+        for _ in range(4):
+            time.sleep(0.001)
+            bar.advance()
+    err = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO hello", err[0])
+    assert re.fullmatch(r"\S+Z INFO encoding: 4/4 docs \([\d.]+ docs/s\)", err[-1])
