@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.artifacts import Artifact, Store
+from gpt2cli.artifacts import Artifact, Published, Store
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, Gpt2Error
 
@@ -31,6 +31,21 @@ HomeOption = Annotated[
     typer.Option("--home", help="Artifact root \\[default: $GPT2_HOME, else ./data/runs].", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even when an identical version exists.")]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Wait for another run of the same stage instead of exiting 75.")
+]
+CorpusOption = Annotated[
+    Optional[str], typer.Option("--corpus", help="Corpus artifact to read \\[default: the latest corpus].")
+]
+InputOption = Annotated[
+    Optional[list[Path]],
+    typer.Option("--input", help="Text, JSONL or Parquet files or folders instead of a corpus (repeatable)."),
+]
+ValFractionOption = Annotated[
+    float,
+    typer.Option(help="Share of --input documents held out for validation (by text hash; a corpus has its own split)."),
+]
 
 
 @dataclass
@@ -74,6 +89,86 @@ def main_options(
     setup_logging(verbose)
 
 
+def report(result: Published, opts: Settings) -> None:
+    """What a stage prints when it is done: the version it published or reused, and its summary."""
+    artifact = result.artifact
+    if opts.json:
+        print_json(
+            {"ref": artifact.ref, "reused": result.reused, "path": str(artifact.path), "summary": artifact.summary}
+        )
+        return
+    from rich.table import Table
+
+    verb = "reused" if result.reused else "published"
+    table = Table("metric", "value", title=f"{verb} {artifact.ref}  ({artifact.path})", title_justify="left")
+    for name, value in artifact.summary.items():
+        table.add_row(name, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    stdout_console().print(table)
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+
+@app.command("train-bpe")
+def train_bpe_command(
+    ctx: typer.Context,
+    corpus: CorpusOption = None,
+    inputs: InputOption = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, <|endoftext|> included (GPT-2: 50257).")] = 50257,
+    min_frequency: Annotated[int, typer.Option(help="Stop merging when no pair occurs this often.")] = 2,
+    val_fraction: ValFractionOption = 0.01,
+    workers: Annotated[int, typer.Option(help="Processes counting pre-tokens \\[default: all cores].")] = 0,
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Learn GPT-2 byte-level BPE merges from a corpus; writes a `tokenizer` artifact."""
+    from gpt2cli.bpe.train import train_bpe
+
+    opts = settings(ctx, home, as_json)
+    result = train_bpe(
+        Store(opts.home),
+        corpus=corpus,
+        inputs=inputs or [],
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        val_fraction=val_fraction,
+        workers=workers,
+        force=force,
+        wait=wait,
+    )
+    report(result, opts)
+
+
+@app.command("tokenize")
+def tokenize_command(
+    ctx: typer.Context,
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer artifact \\[default: the latest].")] = "tokenizer",
+    corpus: CorpusOption = None,
+    inputs: InputOption = None,
+    val_fraction: ValFractionOption = 0.01,
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Encode a corpus into train/val token shards; writes a `tokens` artifact (resumes after a kill)."""
+    from gpt2cli.bpe.shards import tokenize_corpus
+
+    opts = settings(ctx, home, as_json)
+    result = tokenize_corpus(
+        Store(opts.home),
+        tokenizer_ref=tokenizer,
+        corpus=corpus,
+        inputs=inputs or [],
+        val_fraction=val_fraction,
+        force=force,
+        wait=wait,
+    )
+    report(result, opts)
+
+
 # -- gpt2 artifacts ----------------------------------------------------------------------------
 
 
@@ -84,7 +179,8 @@ def _row(artifact: Artifact) -> dict[str, Any]:
         "version": artifact.version,
         "bytes": artifact.size_bytes,
         "created_at": artifact.manifest.get("created_at"),
-        "parents": [i.get("ref") or Path(i["path"]).name for i in artifact.inputs],
+        "parents": [i["ref"] for i in artifact.inputs if "ref" in i],
+        "input_files": sum(1 for i in artifact.inputs if "path" in i),
         "path": str(artifact.path),
     }
 
@@ -110,7 +206,9 @@ def artifacts_ls(
 
     table = Table("kind", "version", "size", "created (UTC)", "parents", title=str(store.home))
     for r in rows:
-        table.add_row(r["kind"], r["version"], human_bytes(r["bytes"]), r["created_at"], ", ".join(r["parents"]))
+        files = [f"{r['input_files']} files"] if r["input_files"] else []
+        parents = ", ".join([*r["parents"], *files])
+        table.add_row(r["kind"], r["version"], human_bytes(r["bytes"]), r["created_at"], parents)
     stdout_console().print(table)
 
 
@@ -173,9 +271,16 @@ def artifacts_lineage(
         status = f"  [red]{node['status']}[/red]" if "status" in node else ""
         return f"[bold]{node['ref']}[/bold]{status}"
 
-    def grow(branch: Tree, node: dict[str, Any]) -> None:
-        for child in node.get("inputs", []):
+    def grow(branch: Tree, node: dict[str, Any], shown_files: int = 3) -> None:
+        children = node.get("inputs", [])
+        files = [c for c in children if "file" in c]
+        for child in [c for c in children if "file" not in c] + files[:shown_files]:
             grow(branch.add(label(child)), child)
+        if len(files) > shown_files:
+            rest = files[shown_files:]
+            branch.add(
+                f"... and {len(rest)} more files ({human_bytes(sum(f['bytes'] for f in rest))}; --json lists all)"
+            )
 
     root = Tree(label(tree))
     grow(root, tree)

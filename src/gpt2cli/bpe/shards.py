@@ -1,0 +1,174 @@
+"""Token shards: a corpus encoded once into flat, memory-mappable token files that pretraining reads.
+
+File format (little-endian): a 32-byte header — magic ``GPT2TOK\\0``, format version (u32), bytes per
+token (u32: 2 for uint16, 4 for uint32 when the vocabulary exceeds 65,535), token count (u64), vocabulary
+size (u64) — then the tokens. Every document is *preceded* by ``<|endoftext|>``, so each document,
+the first included, starts the way unconditional samples start (from ``<|endoftext|>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
+from gpt2cli.bpe.tokenizer import Tokenizer
+from gpt2cli.console import progress
+from gpt2cli.documents import SPLITS, Document, open_documents
+from gpt2cli.errors import Gpt2Error
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"GPT2TOK\0"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQQ")
+BATCH_DOCS = 512
+
+
+def dtype_for(vocab_size: int) -> np.dtype[Any]:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+@dataclass(frozen=True)
+class TokenShard:
+    """A read-only view of one token file."""
+
+    path: Path
+    count: int
+    vocab_size: int
+    dtype: np.dtype[Any]
+
+    @classmethod
+    def open(cls, path: Path) -> TokenShard:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER.size)
+        if len(raw) < HEADER.size:
+            raise Gpt2Error(f"{path}: too short to be a token shard")
+        magic, version, itemsize, count, vocab_size = HEADER.unpack(raw)
+        if magic != MAGIC or version != FORMAT_VERSION or itemsize not in (2, 4):
+            raise Gpt2Error(f"{path}: not a gpt2cli token shard (format {version})")
+        expected = HEADER.size + count * itemsize
+        if path.stat().st_size != expected:
+            raise Gpt2Error(f"{path}: holds {path.stat().st_size} bytes, its header promises {expected}")
+        return cls(path, count, vocab_size, np.dtype(np.uint16 if itemsize == 2 else np.uint32))
+
+    def tokens(self) -> np.memmap[Any, np.dtype[Any]]:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER.size, shape=(self.count,))
+
+
+class _ShardWriter:
+    """Appends tokens after a placeholder header; ``finish`` writes the real header."""
+
+    def __init__(self, path: Path, vocab_size: int, resume_count: int):
+        self.path, self.vocab_size = path, vocab_size
+        self.dtype = dtype_for(vocab_size)
+        self.count = resume_count
+        mode = "r+b" if resume_count or path.exists() else "wb"
+        self.file = open(path, mode)  # noqa: SIM115 (closed by finish)
+        if mode == "wb":
+            self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.dtype.itemsize, 0, vocab_size))
+        # drop anything written after the last checkpoint of a killed run
+        self.file.truncate(HEADER.size + resume_count * self.dtype.itemsize)
+        self.file.seek(0, 2)
+
+    def write(self, ids: np.ndarray[Any, Any]) -> None:
+        self.file.write(ids.astype(self.dtype, copy=False).tobytes())
+        self.count += len(ids)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def finish(self) -> None:
+        self.file.seek(0)
+        self.file.write(HEADER.pack(MAGIC, FORMAT_VERSION, self.dtype.itemsize, self.count, self.vocab_size))
+        self.file.close()
+
+
+def _doc_batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenize_corpus(
+    store: Store,
+    *,
+    tokenizer_ref: str,
+    corpus: str | None,
+    inputs: list[Path],
+    val_fraction: float,
+    force: bool,
+    wait: bool,
+) -> Published:
+    """The `gpt2 tokenize` stage: corpus + tokenizer in, `tokens` artifact out; resumes after a kill."""
+    tokenizer_artifact = store.resolve(tokenizer_ref)
+    if tokenizer_artifact.kind != "tokenizer":
+        raise Gpt2Error(f"{tokenizer_artifact.ref} is a {tokenizer_artifact.kind}, not a tokenizer")
+    tokenizer = Tokenizer.load(tokenizer_artifact)
+    source = open_documents(store, corpus, inputs, val_fraction)
+    params = {"val_fraction": val_fraction, "eot": "prepended"}
+
+    def build(draft: Any) -> dict[str, Any]:
+        state_path = draft.dir / ".work" / "state.json"
+        state = json.loads(state_path.read_text()) if draft.resumed and state_path.exists() else {}
+        done_batches = state.get("batches", 0)
+        counts = state.get("tokens", dict.fromkeys(SPLITS, 0))
+        docs = state.get("documents", dict.fromkeys(SPLITS, 0))
+        n_bytes = state.get("bytes", dict.fromkeys(SPLITS, 0))
+        if done_batches:
+            log.info("resuming after %d batches (%d documents)", done_batches, sum(docs.values()))
+        writers = {s: _ShardWriter(draft.dir / f"{s}.bin", tokenizer.vocab_size, counts[s]) for s in SPLITS}
+        eot = np.array([tokenizer.eot_id])
+        with progress("tokenizing", unit="docs") as bar:
+            for k, batch in enumerate(_doc_batches(iter(source), BATCH_DOCS)):
+                if k < done_batches:
+                    continue
+                for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch]), strict=True):
+                    writers[doc.split].write(np.concatenate([eot, np.asarray(ids, dtype=np.int64)]))
+                    docs[doc.split] += 1
+                    n_bytes[doc.split] += len(doc.text.encode("utf-8", "surrogatepass"))
+                for w in writers.values():
+                    w.flush()
+                counts = {s: w.count for s, w in writers.items()}
+                state = {"batches": k + 1, "tokens": counts, "documents": docs, "bytes": n_bytes}
+                state_path.parent.mkdir(exist_ok=True)
+                write_atomic(state_path, json.dumps(state).encode())
+                bar.advance(len(batch))
+        for w in writers.values():
+            w.finish()
+        if not sum(docs.values()):
+            raise Gpt2Error("the corpus is empty: no documents to tokenize")
+        if not docs["train"]:
+            raise Gpt2Error("no document landed in the train split; lower --val-fraction")
+        return {
+            "tokenizer": tokenizer_artifact.ref,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": str(dtype_for(tokenizer.vocab_size)),
+            **{f"{s}_documents": docs[s] for s in SPLITS},
+            **{f"{s}_tokens": counts[s] for s in SPLITS},
+            **{f"{s}_bytes_per_token": round(n_bytes[s] / max(counts[s] - docs[s], 1), 4) for s in SPLITS},
+            "malformed_records": source.stats.get("malformed", 0),
+            "empty_records": source.stats.get("empty", 0),
+        }
+
+    return store.produce(
+        "tokens",
+        params=params,
+        inputs=[artifact_input(tokenizer_artifact), *source.inputs],
+        build=build,
+        force=force,
+        wait=wait,
+        resumable=True,
+    )

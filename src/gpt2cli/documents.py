@@ -1,0 +1,136 @@
+"""Documents in and out of stages: a corpus artifact, or text / JSONL / Parquet files given with --input.
+
+A corpus artifact (made by `gpt2 dedupe`) holds Parquet files with a ``text`` column and a ``split``
+column (``train`` / ``val``). Plain files have no split: a document goes to ``val`` when the hash of its
+text falls below ``--val-fraction``, so a document keeps its split across runs and corpus refreshes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpt2cli.artifacts import Artifact, Store, artifact_input, file_input
+from gpt2cli.errors import Gpt2Error, UsageError
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+PARQUET_SUFFIXES = {".parquet"}
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    split: str
+
+
+def split_for(text: str, val_fraction: float) -> str:
+    """``val`` for a stable pseudo-random ``val_fraction`` of texts, decided by the text's own hash."""
+    if val_fraction <= 0:
+        return "train"
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    return "val" if h < val_fraction * 2**64 else "train"
+
+
+def expand_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Files named directly, and the supported files under each directory, in a stable order."""
+    supported = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in supported)
+        elif path.is_file():
+            if path.suffix.lower() not in supported:
+                raise UsageError(f"{path}: unsupported input type; use .txt/.md, .jsonl/.ndjson or .parquet")
+            files.append(path)
+        else:
+            raise UsageError(f"input {path} does not exist")
+    if not files:
+        raise UsageError(f"no .txt, .jsonl or .parquet files in {', '.join(map(str, paths))}")
+    return files
+
+
+def _parquet_rows(path: Path, batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
+    columns = [c for c in ("text", "split") if c in parquet.schema_arrow.names]
+    if "text" not in columns:
+        raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        yield from batch.to_pylist()
+
+
+@dataclass
+class DocumentSource:
+    """Where a stage's documents come from, and the manifest entries that identify them."""
+
+    inputs: list[dict[str, Any]]
+    files: list[Path]
+    val_fraction: float
+    has_split_column: bool
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def __iter__(self) -> Iterator[Document]:
+        self.stats.clear()
+        for path in self.files:
+            suffix = path.suffix.lower()
+            if suffix in TEXT_SUFFIXES:
+                rows: Iterator[Any] = iter([{"text": path.read_text(encoding="utf-8", errors="replace")}])
+            elif suffix in JSONL_SUFFIXES:
+                rows = self._jsonl_rows(path)
+            else:
+                rows = _parquet_rows(path)
+            for row in rows:
+                text = row.get("text") if isinstance(row, dict) else None
+                if not isinstance(text, str):
+                    self.stats["malformed"] += 1
+                    continue
+                if not text.strip():
+                    self.stats["empty"] += 1
+                    continue
+                split = row.get("split") if self.has_split_column else None
+                if split not in SPLITS:
+                    split = split_for(text, self.val_fraction)
+                self.stats[split] += 1
+                yield Document(text, split)
+
+    def _jsonl_rows(self, path: Path) -> Iterator[Any]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    self.stats["malformed"] += 1
+
+
+def open_documents(
+    store: Store, corpus_ref: str | None, input_paths: Sequence[Path], val_fraction: float
+) -> DocumentSource:
+    """The documents a stage reads: ``--input`` files if given, else the corpus artifact (default: latest)."""
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if input_paths and corpus_ref:
+        raise UsageError("give either --corpus or --input, not both")
+    if input_paths:
+        files = expand_inputs([Path(p) for p in input_paths])
+        return DocumentSource([file_input(p) for p in files], files, val_fraction, has_split_column=False)
+    corpus: Artifact = store.resolve(corpus_ref or "corpus")
+    files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if f["path"].endswith(".parquet")]
+    if not files:
+        raise Gpt2Error(f"{corpus.ref} holds no Parquet documents")
+    return DocumentSource([artifact_input(corpus)], files, val_fraction, has_split_column=True)
