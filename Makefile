@@ -9,7 +9,12 @@ export GPT2_HOME
 GPT2 := $(BIN)/gpt2
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test lint format demo clean
+# The embedded sample and the demo's settings (small enough for 2 CPU cores).
+SAMPLE ?= data/sample/articles
+VOCAB_SIZE ?= 2048
+VAL_FRACTION ?= 0.1
+
+.PHONY: install test lint format demo train-bpe tokenize clean
 
 install: $(VENV)/.installed
 
@@ -31,9 +36,16 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-demo: install
-	$(GPT2) --version
+# One target per stage; each reuses its artifact when inputs and parameters are unchanged.
+train-bpe: install
+	$(GPT2) train-bpe --input $(SAMPLE) --vocab-size $(VOCAB_SIZE) --val-fraction $(VAL_FRACTION)
+
+tokenize: train-bpe
+	$(GPT2) tokenize --input $(SAMPLE) --val-fraction $(VAL_FRACTION)
+
+demo: tokenize
 	$(GPT2) artifacts ls
+	$(GPT2) artifacts lineage tokens
 
 clean:
 	rm -rf $(GPT2_HOME) .pytest_cache .ruff_cache .hypothesis benchmarks/out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Mapping
 
@@ -12,7 +13,7 @@ def brute_force_merges(word_counts: Mapping[bytes, int], num_merges: int, min_fr
     while len(merges) < num_merges:
         pairs: Counter[tuple[bytes, bytes]] = Counter()
         for word, n in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += n
         if not pairs:
             break

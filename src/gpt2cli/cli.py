@@ -148,6 +148,7 @@ def tokenize_command(
     corpus: CorpusOption = None,
     inputs: InputOption = None,
     val_fraction: ValFractionOption = 0.01,
+    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per batch; progress is saved after each.")] = 512,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
@@ -165,6 +166,7 @@ def tokenize_command(
         val_fraction=val_fraction,
         force=force,
         wait=wait,
+        batch_docs=batch_docs,
     )
     report(result, opts)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from gpt2cli.artifacts import Artifact, Store, artifact_input, file_input
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.textutil import valid_unicode
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class DocumentSource:
                 if not text.strip():
                     self.stats["empty"] += 1
                     continue
+                text = valid_unicode(text)
                 split = row.get("split") if self.has_split_column else None
                 if split not in SPLITS:
                     split = split_for(text, self.val_fraction)

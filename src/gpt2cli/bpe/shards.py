@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 MAGIC = b"GPT2TOK\0"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQ")
-BATCH_DOCS = 512
 
 
 def dtype_for(vocab_size: int) -> np.dtype[Any]:
@@ -111,8 +110,12 @@ def tokenize_corpus(
     val_fraction: float,
     force: bool,
     wait: bool,
+    batch_docs: int = 512,
 ) -> Published:
-    """The `gpt2 tokenize` stage: corpus + tokenizer in, `tokens` artifact out; resumes after a kill."""
+    """The `gpt2 tokenize` stage: corpus + tokenizer in, `tokens` artifact out.
+
+    Progress is checkpointed after every ``batch_docs`` documents, so a killed run resumes where it stopped.
+    """
     tokenizer_artifact = store.resolve(tokenizer_ref)
     if tokenizer_artifact.kind != "tokenizer":
         raise Gpt2Error(f"{tokenizer_artifact.ref} is a {tokenizer_artifact.kind}, not a tokenizer")
@@ -132,13 +135,13 @@ def tokenize_corpus(
         writers = {s: _ShardWriter(draft.dir / f"{s}.bin", tokenizer.vocab_size, counts[s]) for s in SPLITS}
         eot = np.array([tokenizer.eot_id])
         with progress("tokenizing", unit="docs") as bar:
-            for k, batch in enumerate(_doc_batches(iter(source), BATCH_DOCS)):
+            for k, batch in enumerate(_doc_batches(iter(source), batch_docs)):
                 if k < done_batches:
                     continue
                 for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch]), strict=True):
                     writers[doc.split].write(np.concatenate([eot, np.asarray(ids, dtype=np.int64)]))
                     docs[doc.split] += 1
-                    n_bytes[doc.split] += len(doc.text.encode("utf-8", "surrogatepass"))
+                    n_bytes[doc.split] += len(doc.text.encode("utf-8"))
                 for w in writers.values():
                     w.flush()
                 counts = {s: w.count for s, w in writers.items()}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import regex
 
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.textutil import valid_unicode
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class Tokenizer:
     def encode_reference(self, text: str) -> list[int]:
         """The paper's algorithm in plain Python: pre-tokenize, then BPE each piece. Slow; the oracle."""
         ids: list[int] = []
-        for piece in pretokenize(text):
+        for piece in pretokenize(valid_unicode(text)):
             cached = self._piece_cache.get(piece)
             if cached is None:
                 cached = [self.vocab[t] for t in bpe_merge(piece.encode("utf-8"), self.merge_ranks)]
@@ -262,7 +263,8 @@ class Tokenizer:
         if engine is None:
             return self.encode_reference(text)
         if len(text) < 4096 or not _LONG_WHITESPACE.search(text):
-            return engine.encode_ordinary(text)
+            return engine.encode_ordinary(text)  # tiktoken replaces lone surrogates itself
+        text = valid_unicode(text)
         # A maximal whitespace run [i, j) is its own pre-token(s): the pattern leaves its last character to
         # the next piece when text follows, and no piece reaches into it from the left.
         ids: list[int] = []
@@ -277,7 +279,8 @@ class Tokenizer:
 
     def encode(self, text: str, *, allowed_special: Literal["all"] | Iterable[str] = ()) -> list[int]:
         """Token ids of ``text``. Special-token strings are ordinary text unless listed in ``allowed_special``
-        (or ``"all"``): web pages that literally contain "<|endoftext|>" must not inject document breaks."""
+        (or ``"all"``): web pages that literally contain "<|endoftext|>" must not inject document breaks.
+        Lone surrogates, which have no UTF-8 form, encode as U+FFFD."""
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         if unknown := allowed - set(self.special_tokens):
             raise Gpt2Error(f"unknown special tokens: {sorted(unknown)}")

@@ -27,6 +27,7 @@ from gpt2cli.bpe.tokenizer import Merge, Tokenizer, pretokenize
 from gpt2cli.console import progress
 from gpt2cli.documents import DocumentSource, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.textutil import valid_unicode
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ BATCH_CHARS = 1 << 20
 def count_pretokens(texts: Iterable[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(pretokenize(text))
+        counts.update(pretokenize(valid_unicode(text)))
     return counts
 
 
@@ -76,7 +77,7 @@ def count_corpus(texts: Iterable[str], workers: int, on_batch: Callable[[int], N
                 total.update(future.result())
                 if on_batch:
                     on_batch(pending.pop(future))
-    return Counter({piece.encode("utf-8", "surrogatepass"): n for piece, n in total.items()})
+    return Counter({piece.encode("utf-8"): n for piece, n in total.items()})
 
 
 def _merge_word(word: list[int], a: int, b: int, new: int) -> list[int]:
@@ -160,7 +161,7 @@ def learn_merges(
 def bytes_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[float, int, int]:
     n_bytes = n_tokens = 0
     for batch in _batches(texts, BATCH_CHARS):
-        n_bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in batch)
+        n_bytes += sum(len(t.encode("utf-8")) for t in batch)
         n_tokens += sum(map(len, tokenizer.encode_batch(batch)))
     return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
 

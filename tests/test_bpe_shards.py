@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2cli.artifacts import Store
+from gpt2cli.bpe import Tokenizer
+from gpt2cli.bpe.shards import HEADER, TokenShard, _ShardWriter, dtype_for
+from gpt2cli.errors import Gpt2Error
+
+SAMPLE = Path(__file__).parent.parent / "data" / "sample" / "articles"
+
+
+@pytest.fixture
+def tokenizer_ref(gpt2) -> str:
+    result = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "600", "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)["ref"]
+
+
+def test_tokenize_stage_writes_train_and_val_shards(gpt2, tokenizer_ref: str, store: Store):
+    result = gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2", "--json")
+    assert result.code == 0, result.err
+    out = json.loads(result.out)
+    summary = out["summary"]
+    assert summary["tokenizer"] == tokenizer_ref and summary["dtype"] == "uint16"
+    tok = Tokenizer.load(store.resolve(tokenizer_ref))
+    texts = {p.read_text(encoding="utf-8") for p in SAMPLE.glob("*.txt")}
+    seen = set()
+    for split in ("train", "val"):
+        shard = TokenShard.open(Path(out["path"]) / f"{split}.bin")
+        assert shard.count == summary[f"{split}_tokens"] and shard.vocab_size == 600
+        ids = shard.tokens()
+        assert ids[0] == tok.eot_id  # every document, the first included, is preceded by <|endoftext|>
+        docs = tok.decode(ids.tolist(), errors="strict").split("<|endoftext|>")[1:]
+        assert len(docs) == summary[f"{split}_documents"]
+        seen |= set(docs)
+    assert seen == texts
+    assert 1.5 < summary["train_bytes_per_token"] < 4
+    # the tokens artifact's lineage leads back to the tokenizer and the files
+    manifest = store.resolve("tokens").manifest
+    assert manifest["inputs"][0]["ref"] == tokenizer_ref and len(manifest["inputs"]) == 41
+
+
+def test_shard_dtype_and_header(tmp_path: Path):
+    assert dtype_for(50257) == np.uint16 and dtype_for(65536) == np.uint16 and dtype_for(65537) == np.uint32
+    for vocab, dtype in ((50257, np.uint16), (100_000, np.uint32)):
+        path = tmp_path / f"{vocab}.bin"
+        writer = _ShardWriter(path, vocab, 0)
+        writer.write(np.array([0, 1, vocab - 1]))
+        writer.finish()
+        shard = TokenShard.open(path)
+        assert shard.dtype == dtype and shard.tokens().tolist() == [0, 1, vocab - 1]
+        assert path.stat().st_size == HEADER.size + 3 * np.dtype(dtype).itemsize
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(Gpt2Error, match="header promises"):
+        TokenShard.open(path)
+    (tmp_path / "junk.bin").write_bytes(b"x" * 64)
+    with pytest.raises(Gpt2Error, match="not a gpt2cli token shard"):
+        TokenShard.open(tmp_path / "junk.bin")
+
+
+def test_empty_corpus_is_an_error(gpt2, tokenizer_ref: str, tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n')
+    result = gpt2("tokenize", "--input", str(empty))
+    assert result.code == 1 and "corpus is empty" in result.err
+
+
+def test_tokenize_resumes_after_kill_9(gpt2, tokenizer_ref: str, home: Path, tmp_path: Path):
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as f:
+        for i in range(6000):
+            f.write(json.dumps({"text": f"{i}: " + texts[i % len(texts)]}) + "\n")
+    args = ["tokenize", "--input", str(big), "--batch-docs", "20", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while not list((home / "tokens").glob(".partial-*/.work/state.json")):
+        assert time.time() < deadline and proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (home / "tokens" / "v1").exists()
+    (state,) = (home / "tokens").glob(".partial-*/.work/state.json")
+    done = json.loads(state.read_text())["batches"]
+    assert 0 < done < 300
+    resumed = gpt2(*args)
+    assert resumed.code == 0, resumed.err
+    assert "resuming after" in resumed.err
+    first = json.loads(resumed.out)
+    # an uninterrupted run from scratch gives byte-identical shards
+    fresh = gpt2(*args, "--force")
+    second = json.loads(fresh.out)
+    assert second["ref"] == "tokens@v2"
+    for name in ("train.bin", "val.bin"):
+        assert (Path(first["path"]) / name).read_bytes() == (Path(second["path"]) / name).read_bytes()
+    assert first["summary"] == second["summary"]
+    assert first["summary"]["train_documents"] + first["summary"]["val_documents"] == 6000

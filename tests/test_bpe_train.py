@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt2cli.bpe import Tokenizer
+from gpt2cli.bpe.tokenizer import pretokenize
+from gpt2cli.bpe.train import count_corpus, learn_merges
+from tests.bpe_oracle import brute_force_merges
+from tests.conftest import shared_data
+
+SAMPLE = Path(__file__).parent.parent / "data" / "sample" / "articles"
+
+words = st.dictionaries(
+    st.binary(min_size=1, max_size=8).map(lambda b: bytes(x % 6 + 97 for x in b)),  # small alphabet: many ties
+    st.integers(min_value=1, max_value=20),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(word_counts=words, num_merges=st.integers(min_value=1, max_value=40), min_frequency=st.integers(0, 3))
+def test_incremental_merges_equal_brute_force(word_counts, num_merges, min_frequency):
+    assert learn_merges(word_counts, num_merges, min_frequency=min_frequency) == brute_force_merges(
+        word_counts, num_merges, min_frequency
+    )
+
+
+def test_merges_on_real_text_equal_brute_force():
+    text = shared_data("wikitext-2", "wiki.valid.tokens").read_text(encoding="utf-8")[:150_000]
+    counts = count_corpus([text], workers=1)
+    assert learn_merges(counts, 150) == brute_force_merges(counts, 150)
+
+
+def test_sample_articles_merges_equal_brute_force():
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))[:8]]
+    counts = count_corpus(texts, workers=1)
+    assert learn_merges(counts, 120) == brute_force_merges(counts, 120)
+
+
+def test_tie_rule_prefers_smallest_bytes():
+    # every pair occurs exactly twice: the lexicographically smallest pair (b"a", b"b") must merge first
+    merges = learn_merges({b"ba": 2, b"ab": 2, b"cd": 2}, 1)
+    assert merges == [(b"a", b"b")]
+
+
+def test_counting_is_the_same_on_any_number_of_workers():
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
+    expected = Counter(piece.encode() for t in texts for piece in pretokenize(t))
+    assert count_corpus(texts, workers=1) == expected
+    assert count_corpus(texts * 3, workers=2) == Counter({k: 3 * v for k, v in expected.items()})
+    shuffled = texts[:]
+    random.Random(0).shuffle(shuffled)
+    assert learn_merges(count_corpus(shuffled, workers=2), 300) == learn_merges(count_corpus(texts, workers=1), 300)
+
+
+def test_stops_when_no_pair_is_frequent_enough():
+    assert learn_merges({b"abc": 1}, 10) == []
+    assert learn_merges({b"abc": 1}, 10, min_frequency=1) == [(b"a", b"b"), (b"ab", b"c")]
+
+
+def test_train_bpe_stage(gpt2, home: Path, tmp_path: Path):
+    result = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "700", "--val-fraction", "0.2", "--json")
+    assert result.code == 0, result.err
+    out = json.loads(result.out)
+    assert out["ref"] == "tokenizer@v1" and not out["reused"]
+    summary = out["summary"]
+    assert summary["vocab_size"] == 700 and summary["merges"] == 443
+    assert summary["train_documents"] + summary["val_documents"] == 40 and summary["val_documents"] > 0
+    assert 2.0 < summary["val_bytes_per_token"] < 4.0
+    assert summary["distinct_pretokens"] > 1000 and summary["engine_matches_reference_on_val"] is True
+    folder = Path(out["path"])
+    assert {p.name for p in folder.iterdir()} == {"encoder.json", "vocab.bpe", "tokenizer.json", "manifest.json"}
+    tok = Tokenizer.load(folder)
+    assert tok.vocab_size == 700 and tok.eot_id == 699
+    text = (SAMPLE / "001-council-approves-bike-lanes.txt").read_text()
+    assert tok.decode(tok.encode(text)) == text
+    # the same run again reuses the version; another vocab size makes a new one
+    again = json.loads(
+        gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "700", "--val-fraction", "0.2", "--json").out
+    )
+    assert again["reused"] and again["ref"] == "tokenizer@v1"
+    other = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "600", "--val-fraction", "0.2", "--json")
+    assert json.loads(other.out)["ref"] == "tokenizer@v2"
+
+
+def test_train_bpe_reads_jsonl_and_parquet_and_counts_malformed(gpt2, tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
+    jsonl = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": t}) for t in texts[:20]] + ["{broken", json.dumps({"title": "no text"}), ""]
+    jsonl.write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.table({"text": texts[20:]}), tmp_path / "docs.parquet")
+    result = gpt2(
+        "train-bpe", "--input", str(jsonl), "--input", str(tmp_path / "docs.parquet"), "--vocab-size", "400", "--json"
+    )
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["malformed_records"] == 2
+    assert summary["train_documents"] + summary["val_documents"] == 40
+
+
+def test_train_bpe_bad_input(gpt2, tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": "   "}\nnot json\n')
+    result = gpt2("train-bpe", "--input", str(empty))
+    assert result.code == 1 and "no training text (1 malformed, 1 empty records)" in result.err
+    missing = gpt2("train-bpe", "--input", str(tmp_path / "nope.txt"))
+    assert missing.code == 2 and "does not exist" in missing.err
+    no_corpus = gpt2("train-bpe")
+    assert no_corpus.code == 2 and "run `gpt2 dedupe`" in no_corpus.err
+    small = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "100")
+    assert small.code == 2 and "at least 257" in small.err
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    assert gpt2("train-bpe", "--input", str(tmp_path / "image.png")).code == 2
