@@ -111,3 +111,26 @@ def test_tokenize_resumes_after_kill_9(gpt2, tokenizer_ref: str, home: Path, tmp
         assert (Path(first["path"]) / name).read_bytes() == (Path(second["path"]) / name).read_bytes()
     assert first["summary"] == second["summary"]
     assert first["summary"]["train_documents"] + first["summary"]["val_documents"] == 6000
+
+
+def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
+    """A `corpus` artifact (Parquet with text and split columns) feeds train-bpe and tokenize by reference."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
+    splits = ["val" if i % 10 == 0 else "train" for i in range(len(texts))]
+
+    def build(draft):
+        pq.write_table(pa.table({"text": texts, "split": splits}), draft.dir / "documents-00000.parquet")
+        return {"documents": len(texts)}
+
+    corpus = store.produce("corpus", params={}, inputs=[], build=build).artifact
+    assert gpt2("train-bpe", "--vocab-size", "500").code == 0  # the latest corpus by default
+    result = gpt2("tokenize", "--corpus", corpus.ref, "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["val_documents"] == 4 and summary["train_documents"] == 36
+    tokens = store.resolve("tokens")
+    assert [i["ref"] for i in tokens.inputs] == ["tokenizer@v1", "corpus@v1"]
+    assert store.resolve("tokenizer").inputs[0]["ref"] == "corpus@v1"
