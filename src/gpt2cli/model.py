@@ -1,0 +1,280 @@
+"""The GPT-2 model (paper section 2.3): GPT-1's decoder with pre-LN blocks and a final LayerNorm.
+
+Module names follow OpenAI's and Hugging Face's checkpoints (``transformer.h.0.attn.c_attn`` ...), so
+weights move between them with a transpose of the Conv1D matrices and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from gpt2cli.errors import Gpt2Error, UsageError
+
+CONFIG_JSON, WEIGHTS = "config.json", "model.safetensors"
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_ctx: int = 1024  # context length in tokens
+    vocab_size: int = 50257
+    dropout: float = 0.0  # the paper gives none; 0.0 keeps training deterministic across world sizes
+    pad_vocab_multiple: int = 64  # embedding rows padded for faster matmuls; logits are sliced back
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(self.pad_vocab_multiple, 1)
+        return (self.vocab_size + m - 1) // m * m
+
+
+# Paper sizes (Table 2; head counts from the released configs) and small sizes that train on a CPU.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_ctx": 128},
+    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_ctx": 256},
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "n_ctx": 512},
+    "124M": {"n_layer": 12, "n_head": 12, "n_embd": 768, "n_ctx": 1024},
+    "355M": {"n_layer": 24, "n_head": 16, "n_embd": 1024, "n_ctx": 1024},
+    "774M": {"n_layer": 36, "n_head": 20, "n_embd": 1280, "n_ctx": 1024},
+    "1558M": {"n_layer": 48, "n_head": 25, "n_embd": 1600, "n_ctx": 1024},
+}
+ALIASES = {"117M": "124M", "345M": "355M", "762M": "774M", "1542M": "1558M"}
+
+
+def config_for(size: str, **overrides: Any) -> GPTConfig:
+    name = ALIASES.get(size, size)
+    if name not in SIZES:
+        raise UsageError(f"unknown model size {size!r}; choose from {', '.join([*SIZES, *ALIASES])}")
+    return GPTConfig(**{**SIZES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise UsageError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # flash attention kernels on GPU
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN: LayerNorm at the input of each sub-block, residual connections around both."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.padded_vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.n_ctx, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                "ln_f": nn.LayerNorm(config.n_embd, eps=1e-5),  # the extra LayerNorm after the last block
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # output head tied to the token embedding
+        self.apply(self._init_weights)
+        # residual-layer weights scaled by 1/sqrt(N), N = 2 * n_layer residual layers
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.01 if module is self.transformer.wpe else 0.02)
+
+    def num_params(self) -> int:
+        """Parameters as the paper counts them: the tied head once, vocabulary padding excluded."""
+        padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        return sum(p.numel() for p in self.parameters()) - padding
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch, time, vocab_size) for token ids of shape (batch, time)."""
+        T = idx.size(1)
+        if T > self.config.n_ctx:
+            raise Gpt2Error(f"sequence of {T} tokens is longer than the model's context ({self.config.n_ctx})")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        return logits[..., : self.config.vocab_size]
+
+    # -- files: one format, Hugging Face's GPT-2 layout ----------------------------------------------
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under Hugging Face GPT-2 names, Conv1D matrices transposed, padding rows dropped."""
+        out = {}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # tied to transformer.wte.weight
+            t = tensor.detach()
+            if name == "transformer.wte.weight":
+                t = t[: self.config.vocab_size]
+            elif _is_conv1d(name):
+                t = t.t()
+            out[name] = t.contiguous()
+        return out
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        loaded = set()
+        for raw_name, tensor in state.items():
+            name = raw_name if raw_name.startswith(("transformer.", "lm_head.")) else f"transformer.{raw_name}"
+            if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+                continue  # HF's causal-mask buffers; the head is tied
+            if name not in own:
+                raise Gpt2Error(f"checkpoint has an unexpected tensor {raw_name!r}")
+            t = tensor.t() if _is_conv1d(name) else tensor
+            if name == "transformer.wte.weight":
+                padded = own[name].clone()
+                padded[: t.shape[0]] = t
+                t = padded
+            if t.shape != own[name].shape:
+                raise Gpt2Error(
+                    f"tensor {raw_name!r} has shape {tuple(tensor.shape)}, the config needs {tuple(own[name].shape)}"
+                )
+            own[name].copy_(t)
+            loaded.add(name)
+        missing = set(own) - loaded - {"lm_head.weight"}
+        if missing:
+            raise Gpt2Error(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+
+    def save(self, directory: Path | str) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_JSON).write_text(json.dumps(hf_config(self.config), indent=2))
+        save_file({k: v.float().cpu() for k, v in self.hf_state_dict().items()}, directory / WEIGHTS)
+
+    @classmethod
+    def load(cls, source: Any, *, map_location: str | torch.device = "cpu") -> GPT:
+        """A model artifact (or a reference to one), or a Hugging Face GPT-2 directory.
+
+        Weights come from ``model.safetensors`` or, failing that, ``pytorch_model.bin`` read with
+        ``weights_only=True``: no pickled code is ever executed.
+        """
+        from gpt2cli.artifacts import Artifact, Store
+
+        if isinstance(source, Artifact):
+            directory = source.path
+        elif isinstance(source, (str, Path)) and (Path(source) / CONFIG_JSON).is_file():
+            directory = Path(source)
+        else:
+            directory = Store().resolve(str(source)).path
+        config = config_from_hf(json.loads((directory / CONFIG_JSON).read_text()))
+        model = cls(config)
+        if (directory / WEIGHTS).is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(directory / WEIGHTS, device=str(map_location))
+        elif (directory / "pytorch_model.bin").is_file():
+            state = torch.load(directory / "pytorch_model.bin", map_location=map_location, weights_only=True)
+        else:
+            raise Gpt2Error(f"{directory} has neither {WEIGHTS} nor pytorch_model.bin")
+        with torch.no_grad():
+            model.load_hf_state_dict(state)
+        return model.to(map_location)
+
+
+def _is_conv1d(name: str) -> bool:
+    return name.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"))
+
+
+def hf_config(config: GPTConfig) -> dict[str, Any]:
+    """A config.json that transformers' GPT2Config reads, with our own settings kept alongside."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_ctx,
+        "n_ctx": config.n_ctx,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",  # GELU, tanh approximation
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": config.vocab_size - 1,
+        "eos_token_id": config.vocab_size - 1,
+        "torch_dtype": "float32",
+        "gpt2cli": asdict(config),
+    }
+
+
+def config_from_hf(raw: dict[str, Any]) -> GPTConfig:
+    if "gpt2cli" in raw:
+        known = {f.name for f in fields(GPTConfig)}
+        return GPTConfig(**{k: v for k, v in raw["gpt2cli"].items() if k in known})
+    if raw.get("model_type", "gpt2") != "gpt2":
+        raise Gpt2Error(f"not a GPT-2 checkpoint (model_type {raw.get('model_type')!r})")
+    if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise Gpt2Error(f"unsupported activation {raw['activation_function']!r}")
+    if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
+        raise Gpt2Error("unsupported GPT-2 variant (scaled attention by layer index or a non-4x MLP)")
+    return replace(
+        GPTConfig(),
+        n_layer=raw["n_layer"],
+        n_head=raw["n_head"],
+        n_embd=raw["n_embd"],
+        n_ctx=raw.get("n_positions", raw.get("n_ctx", 1024)),
+        vocab_size=raw["vocab_size"],
+        dropout=0.0,
+    )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.model import GPT, GPTConfig, config_for, hf_config
+
+# PAPER.md, Table 2: real parameter counts (tied output embedding, biases, final LayerNorm included).
+PAPER_COUNTS = {"124M": 124_439_808, "355M": 354_823_168, "774M": 774_030_080, "1558M": 1_557_611_200}
+
+
+def count_without_building(config: GPTConfig) -> int:
+    with torch.device("meta"):
+        return GPT(config).num_params()
+
+
+@pytest.mark.parametrize("size", PAPER_COUNTS)
+def test_parameter_counts_match_the_paper(size):
+    assert count_without_building(config_for(size)) == PAPER_COUNTS[size]
+    assert count_without_building(config_for(size, pad_vocab_multiple=1)) == PAPER_COUNTS[size]
+
+
+def test_aliases_and_unknown_size():
+    assert config_for("117M") == config_for("124M") and config_for("1542M") == config_for("1558M")
+    with pytest.raises(UsageError, match="unknown model size"):
+        config_for("7B")
+
+
+def test_padding_is_invisible():
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100, pad_vocab_multiple=64)
+    model = GPT(config)
+    assert model.transformer.wte.weight.shape[0] == 128
+    idx = torch.randint(0, 100, (3, 16))
+    assert model(idx).shape == (3, 16, 100)
+    unpadded = GPT(GPTConfig(**{**config.__dict__, "pad_vocab_multiple": 1}))
+    unpadded.load_hf_state_dict(model.hf_state_dict())
+    torch.testing.assert_close(unpadded(idx), model(idx), rtol=0, atol=1e-6)
+
+
+def test_init_follows_gpt2():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=256, n_ctx=512, vocab_size=1000))
+    std = lambda t: t.float().std().item()  # noqa: E731
+    assert std(model.transformer.wte.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.transformer.wpe.weight) == pytest.approx(0.01, rel=0.05)
+    assert std(model.transformer.h[0].attn.c_attn.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.transformer.h[0].mlp.c_proj.weight) == pytest.approx(0.02 / 8**0.5, rel=0.05)
+    assert std(model.transformer.h[0].attn.c_proj.weight) == pytest.approx(0.02 / 8**0.5, rel=0.05)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.h[0].ln_1.eps == 1e-5
+
+
+def test_context_longer_than_model_is_an_error():
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, n_ctx=4, vocab_size=10))
+    with pytest.raises(Gpt2Error, match="longer than the model's context"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_causality():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=50)).eval()
+    a = torch.randint(0, 50, (1, 10))
+    b = a.clone()
+    b[0, 7:] = (b[0, 7:] + 1) % 50
+    torch.testing.assert_close(model(a)[:, :7], model(b)[:, :7])
+
+
+transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) is needed for interop")
+
+
+def small_config() -> GPTConfig:
+    return GPTConfig(n_layer=2, n_head=4, n_embd=64, n_ctx=32, vocab_size=300)
+
+
+def test_logits_equal_hugging_face_both_ways(tmp_path: Path):
+    torch.manual_seed(0)
+    ours = GPT(small_config()).eval()
+    # make LayerNorms and biases non-trivial so a missed transpose or tensor would show
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    ours.save(tmp_path / "ours")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()
+    idx = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)).abs().max().item() < 1e-4
+    # and back: a checkpoint saved by transformers loads into ours
+    hf_model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(**{k: v for k, v in hf_config(small_config()).items() if k != "gpt2cli"})
+    ).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    loaded = GPT.load(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert (hf_model(idx).logits - loaded(idx)).abs().max().item() < 1e-4
+    # the older pickle format, read with weights_only=True
+    (tmp_path / "hf-bin").mkdir()
+    (tmp_path / "hf-bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    torch.save(hf_model.state_dict(), tmp_path / "hf-bin" / "pytorch_model.bin")
+    with torch.no_grad():
+        assert (hf_model(idx).logits - GPT.load(tmp_path / "hf-bin")(idx)).abs().max().item() < 1e-4
+
+
+def test_load_rejects_wrong_shapes_and_missing_weights(tmp_path: Path):
+    GPT(small_config()).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["gpt2cli"]["n_embd"] = 32
+    config["gpt2cli"]["n_head"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Gpt2Error, match="has shape"):
+        GPT.load(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(Gpt2Error, match=r"neither model\.safetensors nor pytorch_model\.bin"):
+        GPT.load(tmp_path)
