@@ -232,6 +232,32 @@ def fingerprint(kind: str, params: dict[str, Any], inputs: Sequence[dict[str, An
     return hashlib.sha256(_canonical_json({"kind": kind, "params": params, "inputs": identity})).hexdigest()
 
 
+@contextlib.contextmanager
+def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
+    """An exclusive fcntl lock on ``path``, released by the kernel when the holder dies, even on kill -9.
+
+    Without ``wait``, a held lock raises LockHeld (exit 75) naming the holder's pid.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
+            if not wait:
+                raise LockHeld(f"another run holds {what} (pid {holder}); retry later or pass --wait") from None
+            log.info("waiting for %s held by pid %s", what, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 class Store:
     """All artifacts under one home directory."""
 
@@ -321,32 +347,23 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, kind: str, *, wait: bool = False) -> Iterator[None]:
-        """Exclusive per-kind lock (fcntl); released by the kernel when the holder dies, even on kill -9."""
+    def lock(self, kind: str, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Exclusive per-kind lock: one process at a time publishes a kind."""
         if not _KIND_RE.match(kind):
             raise UsageError(f"bad artifact kind {kind!r}")
-        kind_dir = self.home / kind
-        kind_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(kind_dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
-                if not wait:
-                    raise LockHeld(
-                        f"another run holds the lock on {kind!r} (pid {holder}); retry later or pass --wait"
-                    ) from None
-                log.info("waiting for the lock on %s held by pid %s", kind, holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
+        return hold_lock(self.home / kind / _LOCK, f"the lock on {kind!r}", wait=wait)
+
+    def reusable(self, kind: str, params: dict[str, Any], inputs: Sequence[dict[str, Any]]) -> Artifact | None:
+        """The newest intact version built from the same parameters and inputs, if any."""
+        key = fingerprint(kind, json.loads(_canonical_json(params)), inputs)
+        for existing in reversed(self.versions(kind)):
+            if existing.manifest.get("fingerprint") != key:
+                continue
+            if problems := existing.verify(quick=True):
+                log.warning("not reusing %s: %s", existing.ref, "; ".join(problems))
+                continue
+            return existing
+        return None
 
     def produce(
         self,
@@ -372,15 +389,9 @@ class Store:
             kind_dir = self.home / kind
             partial = kind_dir / f"{_PARTIAL}{key[:20]}"
             self._remove_leftovers(kind_dir, keep=partial if resumable else None)
-            if not force:
-                for existing in reversed(self.versions(kind)):
-                    if existing.manifest.get("fingerprint") != key:
-                        continue
-                    if problems := existing.verify(quick=True):
-                        log.warning("not reusing %s: %s", existing.ref, "; ".join(problems))
-                        continue
-                    log.info("reusing %s: same inputs and parameters (--force recomputes)", existing.ref)
-                    return Published(existing, reused=True)
+            if not force and (existing := self.reusable(kind, params_json, inputs)):
+                log.info("reusing %s: same inputs and parameters (--force recomputes)", existing.ref)
+                return Published(existing, reused=True)
             resumed = partial.is_dir()
             if resumed:
                 log.info("resuming the build left by an interrupted run in %s", partial)

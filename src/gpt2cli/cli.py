@@ -171,6 +171,73 @@ def tokenize_command(
     report(result, opts)
 
 
+def _opt(help_text: str) -> Any:
+    return typer.Option(help=help_text, show_default=False)
+
+
+@app.command("pretrain")
+def pretrain_command(
+    ctx: typer.Context,
+    tokens: Annotated[str, typer.Option(help="Tokens artifact to train on \\[default: the latest].")] = "tokens",
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of settings ([pretrain] table); flags win.")] = None,
+    model_size: Annotated[
+        Optional[str], _opt("tiny, mini, small, 124M, 355M, 774M, 1558M (or 117M ... 1542M).")
+    ] = None,
+    n_ctx: Annotated[Optional[int], _opt("Context length of the model \\[default: the size's].")] = None,
+    seq_len: Annotated[Optional[int], _opt("Tokens per training sequence \\[default: the context].")] = None,
+    micro_batch: Annotated[Optional[int], _opt("Sequences per process per forward pass \\[8].")] = None,
+    global_batch_tokens: Annotated[Optional[int], _opt("Tokens per optimizer step, all processes \\[8192].")] = None,
+    max_steps: Annotated[Optional[int], _opt("Where this run stops \\[200].")] = None,
+    lr_decay_steps: Annotated[Optional[int], _opt("Length of the cosine schedule \\[--max-steps].")] = None,
+    learning_rate: Annotated[Optional[float], _opt("Peak learning rate \\[6e-4].")] = None,
+    min_lr: Annotated[Optional[float], _opt("Learning rate at the end of the decay \\[6e-5].")] = None,
+    warmup_steps: Annotated[Optional[int], _opt("Linear warmup steps \\[20].")] = None,
+    weight_decay: Annotated[Optional[float], _opt("AdamW weight decay on matrices \\[0.1].")] = None,
+    grad_clip: Annotated[Optional[float], _opt("Gradient norm clip, 0 = off \\[1.0].")] = None,
+    dropout: Annotated[Optional[float], _opt("Dropout \\[0.0].")] = None,
+    seed: Annotated[Optional[int], _opt("Seed: same seed and data, same run \\[1337].")] = None,
+    dtype: Annotated[Optional[str], _opt("auto, float32 or bfloat16 (autocast) \\[auto].")] = None,
+    device: Annotated[Optional[str], _opt("auto, cpu, cuda \\[auto].")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    eval_every: Annotated[Optional[int], _opt("Validation loss and a sample every N steps \\[50].")] = None,
+    eval_batches: Annotated[Optional[int], _opt("Held-out micro-batches per evaluation \\[8].")] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("Checkpoint every N steps \\[50].")] = None,
+    log_every: Annotated[Optional[int], _opt("Log a line every N steps \\[10].")] = None,
+    sample_tokens: Annotated[Optional[int], _opt("Tokens sampled at each evaluation \\[48].")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Require a checkpoint of this run to continue from.")
+    ] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore checkpoints and train from step 0.")] = False,
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train GPT-2 on a tokens artifact; writes a `model` artifact. Continues a killed run by default.
+
+    Many processes: `torchrun --nproc_per_node=K -m gpt2cli pretrain ...` (DDP; NCCL on GPUs, gloo on CPUs).
+    """
+    from gpt2cli.train.config import load_config
+    from gpt2cli.train.loop import pretrain
+
+    if resume and restart:
+        raise typer.BadParameter("--resume and --restart exclude each other")
+    opts = settings(ctx, home, as_json)
+    flags = dict(locals())
+    cfg = load_config(config, {k: flags[k] for k in _PRETRAIN_FLAGS})
+    mode = "require" if resume else "never" if restart else "auto"
+    result = pretrain(Store(opts.home), tokens_ref=tokens, cfg=cfg, resume=mode, force=force, wait=wait)
+    if result is not None:
+        report(result, opts)
+
+
+_PRETRAIN_FLAGS = [
+    "model_size", "n_ctx", "seq_len", "micro_batch", "global_batch_tokens", "max_steps", "lr_decay_steps",
+    "learning_rate", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "seed", "dtype", "device",
+    "compile", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
+]  # fmt: skip
+
+
 # -- gpt2 artifacts ----------------------------------------------------------------------------
 
 

@@ -26,3 +26,9 @@ class LockHeld(Gpt2Error):
     """Another process is publishing the same artifact kind."""
 
     exit_code = EXIT_LOCKED
+
+
+class Terminated(Gpt2Error):
+    """A run stopped by SIGTERM after saving its state; rerunning the command resumes it."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a terminated job

@@ -150,6 +150,28 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))
         return logits[..., : self.config.vocab_size]
 
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prompt ids (batch, time) followed by ``max_new_tokens`` sampled ids; the context window slides
+        when the sequence outgrows ``n_ctx``. ``temperature == 0`` means greedy decoding."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.n_ctx :])[:, -1, :].float()
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
     # -- files: one format, Hugging Face's GPT-2 layout ----------------------------------------------
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
@@ -226,6 +248,20 @@ class GPT(nn.Module):
         with torch.no_grad():
             model.load_hf_state_dict(state)
         return model.to(map_location)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Keep the ``top_k`` most likely tokens and the smallest set whose probability reaches ``top_p``;
+    the rest get -inf. The most likely token always survives."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
 
 
 def _is_conv1d(name: str) -> bool:

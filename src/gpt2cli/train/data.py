@@ -1,0 +1,51 @@
+"""Training batches drawn from token shards, addressed by step so that any run can resume anywhere.
+
+The sequences of optimizer step ``s`` are random windows whose start offsets come from a generator
+seeded with ``(seed, s)``. Process ``r`` of ``world`` takes every ``world``-th group of ``micro_batch``
+of them, so 1 process and K processes see the same sequences in each step, and the data position of a
+run is nothing but its step number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gpt2cli.bpe.shards import TokenShard
+from gpt2cli.errors import Gpt2Error
+
+
+@dataclass
+class Batches:
+    shard: TokenShard
+    seq_len: int
+    micro_batch: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.tokens = self.shard.tokens()
+        if self.shard.count < self.seq_len + 2:
+            raise Gpt2Error(
+                f"{self.shard.path} holds {self.shard.count} tokens, fewer than one sequence of {self.seq_len} + 1"
+            )
+
+    def starts(self, key: tuple[int, ...], count: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, *key])
+        return rng.integers(0, self.shard.count - self.seq_len - 1, size=count)
+
+    def window(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts])
+        data = torch.from_numpy(rows)
+        return data[:, :-1], data[:, 1:]
+
+    def train_step(self, step: int, accum: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches (inputs, targets) that process ``rank`` trains on in optimizer step ``step``."""
+        starts = self.starts((step,), accum * world * self.micro_batch).reshape(accum, world, self.micro_batch)
+        return [self.window(starts[m, rank]) for m in range(accum)]
+
+    def eval_batches(self, count: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The same held-out sequences at every evaluation, shared out among processes."""
+        starts = self.starts((2**31 - 1,), count * self.micro_batch).reshape(count, self.micro_batch)
+        return [self.window(starts[i]) for i in range(rank, count, world)]

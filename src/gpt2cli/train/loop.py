@@ -1,0 +1,435 @@
+"""The `gpt2 pretrain` stage: a tokens artifact in, a model artifact out, from one CPU to many GPUs.
+
+A run is identified by its tokens and the settings that change the weights (``TrainConfig.run_identity``).
+Its checkpoints live in ``$GPT2_HOME/model/.runs/<id>/`` and hold model, optimizer, RNG states and the
+step (the data position: batches are addressed by step). Rerunning the same command continues from the
+newest checkpoint at or before ``--max-steps``, and the losses are the same as those of an uninterrupted
+run; ``--restart`` ignores the checkpoints, ``--resume`` insists on one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock
+from gpt2cli.bpe.shards import TokenShard
+from gpt2cli.bpe.tokenizer import Tokenizer
+from gpt2cli.console import progress
+from gpt2cli.errors import Gpt2Error, Terminated, UsageError
+from gpt2cli.model import GPT, GPTConfig, config_for
+from gpt2cli.train import distributed
+from gpt2cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gpt2cli.train.config import TrainConfig
+from gpt2cli.train.data import Batches
+
+log = logging.getLogger(__name__)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``learning_rate``, then cosine decay to ``min_lr`` at ``lr_decay_steps``."""
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if step >= decay_steps:
+        return cfg.min_lr
+    progress_ = (step - cfg.warmup_steps) / max(decay_steps - cfg.warmup_steps, 1)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress_)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorms: parameters of one dimension)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda" or None
+    )
+
+
+def flops_per_token(config: GPTConfig, n_params: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6N for the weights plus attention (PaLM, appendix B)."""
+    return 6 * n_params + 12 * config.n_layer * config.n_embd * seq_len
+
+
+_GPU_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's matmul peak: a table for known GPUs (dense bf16), else measured with a large matmul."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, value in _GPU_BF16_PEAK.items():
+            if key in name:
+                return value
+    n = 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up
+    start, reps = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.2:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def training_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bfloat16 autocast on GPUs that support it; float32 on CPUs (bf16 there is slower without AMX)."""
+    if cfg.dtype == "float32":
+        return torch.float32
+    if cfg.dtype == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _tokenizer_of(store: Store, tokens: Artifact) -> Artifact:
+    refs = [i["ref"] for i in tokens.inputs if i.get("ref", "").startswith("tokenizer@")]
+    if not refs:
+        raise Gpt2Error(f"{tokens.ref} does not record the tokenizer it was encoded with")
+    return store.resolve(refs[0])
+
+
+class _Run:
+    """State of one training run, on one process."""
+
+    def __init__(self, store: Store, tokens: Artifact, cfg: TrainConfig, ctx: distributed.Context):
+        self.store, self.tokens, self.cfg, self.ctx = store, tokens, cfg, ctx
+        self.tokenizer_artifact = _tokenizer_of(store, tokens)
+        self.tokenizer = Tokenizer.load(self.tokenizer_artifact)
+        self.train_shard = TokenShard.open(tokens.file("train.bin"))
+        self.val_shard = TokenShard.open(tokens.file("val.bin")) if tokens.summary.get("val_tokens") else None
+        for shard in filter(None, (self.train_shard, self.val_shard)):
+            if shard.vocab_size != self.tokenizer.vocab_size:
+                raise Gpt2Error(
+                    f"{tokens.ref} was encoded with a {shard.vocab_size}-token vocabulary but its tokenizer "
+                    f"{self.tokenizer_artifact.ref} has {self.tokenizer.vocab_size}"
+                )
+        self.model_config = config_for(
+            cfg.model_size, n_ctx=cfg.n_ctx, vocab_size=self.tokenizer.vocab_size, dropout=cfg.dropout
+        )
+        self.seq_len = cfg.seq_len or self.model_config.n_ctx
+        if self.seq_len > self.model_config.n_ctx:
+            raise UsageError(f"seq-len {self.seq_len} is longer than the model's context ({self.model_config.n_ctx})")
+        sequences, rest = divmod(cfg.global_batch_tokens, self.seq_len)
+        per_pass = cfg.micro_batch * ctx.world
+        if rest or sequences % per_pass:
+            raise UsageError(
+                f"global-batch-tokens {cfg.global_batch_tokens} must be a multiple of seq-len x micro-batch x "
+                f"processes = {self.seq_len} x {cfg.micro_batch} x {ctx.world} = {self.seq_len * per_pass}"
+            )
+        self.accum = sequences // per_pass
+        self.dtype = training_dtype(cfg, ctx.device)
+        self.run_id = fingerprint("model-run", cfg.run_identity(), [artifact_input(tokens)])[:16]
+        self.run_dir = store.home / "model" / ".runs" / self.run_id
+        self.history: list[dict[str, Any]] = []
+        self.stop_requested = False
+
+    # -- pieces of a step ------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.ctx.device.type, dtype=self.dtype)
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+        with self.autocast():
+            logits = model(x)
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> float | None:
+        if self.val_shard is None or self.val_shard.count < self.seq_len + 2:
+            return None
+        batches = Batches(self.val_shard, self.seq_len, self.cfg.micro_batch, self.cfg.seed)
+        model.eval()
+        total = torch.zeros(2, device=self.ctx.device, dtype=torch.float64)
+        for x, y in batches.eval_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world):
+            total[0] += self.loss(model, x, y).double() * y.numel()
+            total[1] += y.numel()
+        model.train()
+        distributed.all_reduce_sum(total)
+        return (total[0] / total[1]).item()
+
+    def sample(self, model: GPT, step: int) -> str:
+        generator = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.seed + step)
+        start = torch.tensor([[self.tokenizer.eot_id]], device=self.ctx.device)
+        model.eval()
+        with self.autocast():
+            ids = model.generate(start, self.cfg.sample_tokens, top_k=40, generator=generator)
+        model.train()
+        return self.tokenizer.decode(ids[0, 1:].tolist())
+
+    def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.ctx.is_main:
+            state = {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state()}
+                | ({"cuda": torch.cuda.get_rng_state(self.ctx.device)} if self.ctx.device.type == "cuda" else {}),
+                "history": json.dumps(self.history),
+                "run_identity": json.dumps(self.cfg.run_identity(), sort_keys=True),
+            }
+            path = save_checkpoint(self.run_dir, step, state, self.cfg.keep_checkpoints)
+            log.info("checkpoint at step %d: %s", step, path)
+        distributed.barrier()
+
+
+def pretrain(
+    store: Store,
+    *,
+    tokens_ref: str,
+    cfg: TrainConfig,
+    resume: str = "auto",
+    force: bool = False,
+    wait: bool = False,
+) -> Published | None:
+    """Train (or continue training) and publish a `model` artifact; None on processes other than rank 0.
+
+    ``resume``: "auto" continues from a checkpoint of the same run when there is one, "require" fails
+    without one, "never" starts from scratch.
+    """
+    ctx = distributed.setup(cfg.device)
+    try:
+        tokens = store.resolve(tokens_ref)
+        if tokens.kind != "tokens":
+            raise UsageError(f"{tokens.ref} is a {tokens.kind} artifact; pretrain reads a tokens artifact")
+        run = _Run(store, tokens, cfg.resolved(), ctx)
+        params = {**asdict(run.cfg), "seq_len": run.seq_len, "model": asdict(run.model_config)}
+        inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
+        existing = None if force else store.reusable("model", params, inputs)
+        if existing is not None:
+            log.info("reusing %s: same tokens and settings (--force retrains)", existing.ref)
+            return Published(existing, reused=True) if ctx.is_main else None
+        lock = hold_lock(run.run_dir / ".lock", f"training run {run.run_id}", wait=wait)
+        with lock if ctx.is_main else contextlib.nullcontext():
+            model = _train(run, resume)
+            if not ctx.is_main:
+                return None
+            return store.produce(
+                "model", params=params, inputs=inputs, build=lambda draft: _publish(run, model, draft.dir), force=True
+            )
+    finally:
+        distributed.teardown()
+
+
+def _train(run: _Run, resume: str) -> GPT:
+    cfg, ctx = run.cfg, run.ctx
+    torch.manual_seed(cfg.seed)
+    model = GPT(run.model_config).to(ctx.device)
+    optimizer = make_optimizer(model, cfg, ctx.device)
+    start = _restore(run, model, optimizer, resume)
+    trained: torch.nn.Module = model
+    if ctx.world > 1:
+        trained = _wrap_distributed(model, ctx)
+    if cfg.compile:
+        trained = torch.compile(trained)  # type: ignore[assignment]
+    batches = Batches(run.train_shard, run.seq_len, cfg.micro_batch, cfg.seed)
+    n_params = model.num_params()
+    tokens_per_step = run.accum * cfg.micro_batch * run.seq_len * ctx.world
+    flops_step = flops_per_token(run.model_config, n_params, run.seq_len) * tokens_per_step
+    peak = peak_flops(ctx.device, run.dtype) * ctx.world
+    log.info(
+        "training %s (%s parameters) on %s x%d, %s, %d tokens/step (%d x %d x %d accumulation), steps %d..%d",
+        cfg.model_size, f"{n_params:,}", ctx.device.type, ctx.world, run.dtype, tokens_per_step,
+        cfg.micro_batch, run.seq_len, run.accum, start + 1, cfg.max_steps,
+    )  # fmt: skip
+    writer = _tensorboard(run) if ctx.is_main else None
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
+    try:
+        with progress("pretraining", total=cfg.max_steps - start, unit="steps") as bar:
+            for step in range(start, cfg.max_steps):
+                row = _step(run, trained, optimizer, batches, step, flops_step, peak)
+                done = step + 1
+                if done % cfg.eval_every == 0 or done == cfg.max_steps:
+                    row["val_loss"] = run.evaluate(trained)
+                    if ctx.is_main:
+                        sample = run.sample(model, done)
+                        log.info("step %d val loss %s | sample: %r", done, _fmt(row["val_loss"]), sample[:200])
+                run.history.append(row)
+                if ctx.is_main:
+                    _log_row(run, row, writer)
+                bar.advance()
+                stop = _stop_requested(run)
+                if done % cfg.checkpoint_every == 0 or done == cfg.max_steps or stop:
+                    run.checkpoint(done, model, optimizer)
+                if stop:
+                    raise Terminated(
+                        f"stopped by SIGTERM after step {done}; checkpoint saved in {run.run_dir}; "
+                        "run the same command again to resume"
+                    )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if writer is not None:
+            writer.close()
+    return model
+
+
+def _step(
+    run: _Run,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    step: int,
+    flops_step: int,
+    peak: float,
+) -> dict[str, Any]:
+    cfg, ctx = run.cfg, run.ctx
+    started = time.perf_counter()
+    lr = learning_rate(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    micro = batches.train_step(step, run.accum, ctx.rank, ctx.world)
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    for m, (x, y) in enumerate(micro):
+        sync = m == len(micro) - 1 or ctx.world == 1
+        with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+            loss = run.loss(model, x, y) / run.accum
+            loss.backward()
+        loss_sum += loss.detach().double()
+    distributed.all_reduce_sum(loss_sum)
+    mean_loss = loss_sum.item() / ctx.world
+    if not math.isfinite(mean_loss):
+        last = latest_checkpoint(run.run_dir, step)
+        kept = f"the last good checkpoint ({last.name}) is kept in {run.run_dir}" if last else "no checkpoint yet"
+        raise Gpt2Error(
+            f"loss is {mean_loss} at step {step + 1}: stopped; {kept}; lower the learning rate or check the data"
+        )
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    seconds = time.perf_counter() - started
+    tokens = run.accum * cfg.micro_batch * run.seq_len * ctx.world
+    return {
+        "step": step + 1,
+        "loss": mean_loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": tokens / seconds,
+        "mfu": flops_step / seconds / peak,
+        "tokens_seen": (step + 1) * tokens,
+    }
+
+
+def _stop_requested(run: _Run) -> bool:
+    """Every process stops at the same step when any of them received SIGTERM."""
+    flag = torch.tensor([1.0 if run.stop_requested else 0.0], device=run.ctx.device)
+    return bool(distributed.all_reduce_sum(flag).item())
+
+
+def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
+    found = None
+    if run.ctx.is_main and resume != "never":
+        found = latest_checkpoint(run.run_dir, run.cfg.max_steps)
+    found = distributed.broadcast_object(found, run.ctx)  # type: ignore[assignment]
+    if found is None:
+        if resume == "require":
+            raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
+        return 0
+    state = load_checkpoint(found, run.ctx.device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if "cuda" in state["rng"] and run.ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), run.ctx.device)
+    run.history = json.loads(state["history"])
+    log.info("resuming from %s (step %d)", found, state["step"])
+    return int(state["step"])
+
+
+def _wrap_distributed(model: GPT, ctx: distributed.Context) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _tensorboard(run: _Run) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run.run_dir / "tensorboard"))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _log_row(run: _Run, row: dict[str, Any], writer: Any) -> None:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss"):
+            if row.get(key) is not None:
+                writer.add_scalar(key, row[key], row["step"])
+    if row["step"] % run.cfg.log_every == 0 or row["step"] == run.cfg.max_steps:
+        log.info(
+            "step %d/%d loss %.4f lr %.2e grad norm %.3f %s tokens/s MFU %.1f%%",
+            row["step"], run.cfg.max_steps, row["loss"], row["lr"], row["grad_norm"],
+            f"{row['tokens_per_s']:,.0f}", 100 * row["mfu"],
+        )  # fmt: skip
+
+
+def _publish(run: _Run, model: GPT, out: Path) -> dict[str, Any]:
+    model.save(out)
+    for name in ("encoder.json", "vocab.bpe", "tokenizer.json"):
+        (out / name).write_bytes(run.tokenizer_artifact.file(name).read_bytes())
+    with open(out / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in run.history)
+    _plot_losses(run.history, out / "loss.png")
+    evals = [r for r in run.history if r.get("val_loss") is not None]
+    last = run.history[-1]
+    timed = run.history[1:] or run.history  # the first step includes warm-up costs
+    return {
+        "model_size": run.cfg.model_size,
+        "parameters": model.num_params(),
+        "steps": last["step"],
+        "tokens_seen": last["tokens_seen"],
+        "train_loss": round(last["loss"], 4),
+        "val_loss": round(evals[-1]["val_loss"], 4) if evals else None,
+        "tokens_per_s": round(sum(r["tokens_per_s"] for r in timed) / len(timed), 1),
+        "mfu": round(sum(r["mfu"] for r in timed) / len(timed), 4),
+        "tokenizer": run.tokenizer_artifact.ref,
+        "run_dir": str(run.run_dir),
+    }
+
+
+def _plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="train", linewidth=1)
+    evals = [r for r in history if r.get("val_loss") is not None]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2cli.artifacts import Store
+from gpt2cli.model import GPT
+from gpt2cli.train.config import TrainConfig
+from gpt2cli.train.loop import learning_rate
+
+SAMPLE = Path(__file__).parent.parent / "data" / "sample" / "articles"
+# A tiny, fast run: 4 x 32-token sequences per pass, 2 accumulation steps, 256 tokens per step.
+FAST = ["--model-size", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch-tokens", "256",
+        "--eval-every", "5", "--eval-batches", "2", "--checkpoint-every", "5", "--sample-tokens", "8",
+        "--warmup-steps", "3", "--learning-rate", "3e-3", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tokens_home(tmp_path_factory) -> Path:
+    """A home with a tokenizer and a tokens artifact of the sample, built once and copied per test."""
+    home = tmp_path_factory.mktemp("tokens-home")
+    for args in (
+        ["train-bpe", "--input", str(SAMPLE), "--vocab-size", "400"],
+        ["tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2"],
+    ):
+        result = run_cli(home, *args)
+        assert result.returncode == 0, result.stderr
+    return home
+
+
+@pytest.fixture
+def home(tokens_home: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "home"
+    shutil.copytree(tokens_home, target)
+    return target
+
+
+def run_cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+def losses(home: Path, ref: str = "model") -> list[float]:
+    artifact = Store(home).resolve(ref)
+    rows = [json.loads(line) for line in artifact.file("metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=100)
+    assert learning_rate(0, cfg) == pytest.approx(0.1) and learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, cfg) == pytest.approx(1.0)
+    assert learning_rate(55, cfg) == pytest.approx(0.55)
+    assert learning_rate(100, cfg) == pytest.approx(0.1) and learning_rate(500, cfg) == pytest.approx(0.1)
+    longer = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=50, lr_decay_steps=100)
+    assert learning_rate(49, longer) == learning_rate(49, cfg)
+
+
+def test_pretrain_publishes_a_model_that_learns(home: Path):
+    result = run_cli(home, "pretrain", *FAST, "--max-steps", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    summary = out["summary"]
+    assert out["ref"] == "model@v1" and summary["steps"] == 20 and summary["parameters"] > 0
+    folder = Path(out["path"])
+    expected = {"model.safetensors", "config.json", "encoder.json", "vocab.bpe", "tokenizer.json", "metrics.jsonl",
+                "loss.png", "manifest.json"}  # fmt: skip
+    assert expected <= {p.name for p in folder.iterdir()}
+    assert (folder / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    curve = losses(home)
+    assert curve[-1] < curve[0] - 0.5  # it learns
+    assert summary["val_loss"] is not None and summary["val_loss"] < 6.0
+    manifest = Store(home).resolve("model").manifest
+    assert manifest["params"]["max_steps"] == 20 and manifest["params"]["model"]["vocab_size"] == 400
+    assert [i["ref"] for i in manifest["inputs"]] == ["tokens@v1", "tokenizer@v1"]
+    model = GPT.load(folder)
+    assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 400)
+    again = run_cli(home, "pretrain", *FAST, "--max-steps", "20", "--json")
+    assert json.loads(again.stdout)["reused"] is True
+
+
+def test_resume_is_bit_exact(home: Path, tmp_path: Path):
+    straight_home = tmp_path / "straight"
+    shutil.copytree(home, straight_home)
+    assert run_cli(straight_home, "pretrain", *FAST, "--max-steps", "12").returncode == 0
+    first = run_cli(home, "pretrain", *FAST, "--max-steps", "6", "--lr-decay-steps", "12")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(home, "pretrain", *FAST, "--max-steps", "12", "--resume")
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stderr
+    assert losses(home, "model@v2") == losses(straight_home)  # identical, not merely close
+
+
+def test_kill_9_mid_run_then_resume_is_bit_exact(home: Path, tmp_path: Path):
+    straight_home = tmp_path / "straight"
+    shutil.copytree(home, straight_home)
+    args = ["pretrain", *FAST, "--max-steps", "40"]
+    assert run_cli(straight_home, *args).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not list((home / "model" / ".runs").glob("*/step-00000010")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (home / "model" / "v1").exists()
+    resumed = run_cli(home, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(home) == losses(straight_home)
+
+
+def test_sigterm_saves_and_exits_then_resumes(home: Path, tmp_path: Path):
+    args = ["pretrain", *FAST, "--max-steps", "400", "--checkpoint-every", "1000", "--eval-every", "1000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not list((home / "model" / ".runs").glob("*/metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM after step" in err and "run the same command again to resume" in err
+    (checkpoint,) = list((home / "model" / ".runs").glob("*/step-*"))
+    step = int(checkpoint.name[5:])
+    assert 0 < step < 400
+    result = run_cli(home, "pretrain", *FAST, "--max-steps", str(step + 3), "--lr-decay-steps", "400",
+                     "--checkpoint-every", "1000", "--eval-every", "1000")  # fmt: skip
+    assert result.returncode == 0 and f"(step {step})" in result.stderr
+
+
+def test_nan_loss_stops_with_a_clear_message(home: Path):
+    result = run_cli(home, "pretrain", *FAST, "--max-steps", "30", "--learning-rate", "1e12", "--grad-clip", "0",
+                     "--warmup-steps", "0")  # fmt: skip
+    assert result.returncode == 1
+    assert "gpt2: error: loss is" in result.stderr and "lower the learning rate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_settings_are_usage_errors(home: Path, tmp_path: Path):
+    too_long = run_cli(home, "pretrain", *FAST, "--seq-len", "256")
+    assert too_long.returncode == 2 and "longer than the model's context (128)" in too_long.stderr
+    uneven = run_cli(home, "pretrain", *FAST, "--global-batch-tokens", "100")
+    assert uneven.returncode == 2 and "must be a multiple of" in uneven.stderr
+    toml = tmp_path / "run.toml"
+    toml.write_text("[pretrain]\nmax_steps = 3\nnot_a_setting = 1\n")
+    assert run_cli(home, "pretrain", "--config", str(toml)).returncode == 2
+    assert run_cli(home, "pretrain", "--tokens", "tokenizer").returncode == 2
+
+
+def test_toml_config_and_flags(home: Path, tmp_path: Path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("[pretrain]\nmax_steps = 4\nseed = 7\n")
+    result = run_cli(home, "pretrain", *FAST, "--config", str(toml), "--max-steps", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    params = Store(home).resolve("model").params
+    assert params["max_steps"] == 3 and params["seed"] == 7  # the flag wins over the file
+
+
+def test_vocabulary_mismatch_is_refused(home: Path):
+    store = Store(home)
+    tokens = store.resolve("tokens")
+    assert run_cli(home, "train-bpe", "--input", str(SAMPLE), "--vocab-size", "500").returncode == 0
+
+    def build(draft):
+        for name in ("train.bin", "val.bin"):
+            shutil.copy(tokens.file(name), draft.dir / name)
+        return tokens.summary
+
+    store.produce("tokens", params={"hand-made": True}, inputs=[{"ref": "tokenizer@v2", "manifest_sha256": "x"}],
+                  build=build)  # fmt: skip
+    result = run_cli(home, "pretrain", *FAST, "--max-steps", "2")
+    assert result.returncode == 1
+    assert "encoded with a 400-token vocabulary but its tokenizer tokenizer@v2 has 500" in result.stderr
+
+
+def test_two_gloo_processes_match_one(home: Path, tmp_path: Path):
+    single_home = tmp_path / "single"
+    shutil.copytree(home, single_home)
+    args = ["pretrain", *FAST, "--max-steps", "6", "--micro-batch", "2"]
+    one = run_cli(single_home, *args)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("published model@v1") == 1  # only rank 0 writes and reports
+    assert losses(home) == pytest.approx(losses(single_home), rel=1e-5)
