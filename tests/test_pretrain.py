@@ -216,3 +216,26 @@ def test_two_gloo_processes_match_one(home: Path, tmp_path: Path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("published model@v1") == 1  # only rank 0 writes and reports
     assert losses(home) == pytest.approx(losses(single_home), rel=1e-5)
+
+
+def test_export_hf_loads_in_transformers(home: Path, tmp_path: Path):
+    transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) checks the export")
+    assert run_cli(home, "pretrain", *FAST, "--max-steps", "2").returncode == 0
+    out = tmp_path / "hf"
+    result = run_cli(home, "export", "model", "--format", "hf", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ours = GPT.load(Store(home).resolve("model")).eval()
+    idx = torch.randint(0, 400, (2, 32))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)).abs().max().item() < 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    from gpt2cli.bpe import Tokenizer
+
+    tok = Tokenizer.load(Store(home).resolve("tokenizer"))
+    text = (SAMPLE / "002-pork-and-chive-dumplings.txt").read_text(encoding="utf-8")
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    assert hf_tok.eos_token_id == tok.eot_id
+    again = run_cli(home, "export", "model", "--out", str(out))
+    assert again.returncode == 2 and "pass --force" in again.stderr
+    assert run_cli(home, "export", "model", "--out", str(out), "--format", "onnx").returncode == 2

@@ -238,6 +238,30 @@ _PRETRAIN_FLAGS = [
 ]  # fmt: skip
 
 
+@app.command("export")
+def export_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model artifact: KIND@vN, model, or a directory.")] = "model",
+    format: Annotated[str, typer.Option("--format", help="Output format; hf = Hugging Face transformers.")] = "hf",
+    out: Annotated[Path, typer.Option("--out", help="Directory to write.")] = Path("export"),
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a model artifact in a format other tools load (GPT2LMHeadModel / AutoTokenizer.from_pretrained)."""
+    from gpt2cli.export import export_hf
+
+    if format != "hf":
+        raise typer.BadParameter(f"unknown format {format!r}; supported: hf", param_hint="--format")
+    opts = settings(ctx, home, as_json)
+    artifact = Store(opts.home).resolve(model)
+    path = export_hf(artifact, out, overwrite=force)
+    if opts.json:
+        print_json({"ref": artifact.ref, "format": format, "path": str(path)})
+    else:
+        stdout_console().print(f"exported {artifact.ref} to {path} ({format})")
+
+
 # -- gpt2 artifacts ----------------------------------------------------------------------------
 
 
