@@ -200,14 +200,25 @@ def test_vocabulary_mismatch_is_refused(home: Path):
     assert "encoded with a 400-token vocabulary but its tokenizer tokenizer@v2 has 500" in result.stderr
 
 
-def test_two_gloo_processes_match_one(home: Path, tmp_path: Path):
+@pytest.mark.parametrize("sharding", ["--no-fsdp", "--fsdp"])
+def test_two_gloo_processes_match_one(home: Path, tmp_path: Path, sharding: str):
     single_home = tmp_path / "single"
     shutil.copytree(home, single_home)
-    args = ["pretrain", *FAST, "--max-steps", "6", "--micro-batch", "2"]
+    args = ["pretrain", *FAST, "--max-steps", "6", "--micro-batch", "2", "--checkpoint-every", "3"]
     one = run_cli(single_home, *args)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2cli", *args],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "gpt2cli",
+            *args,
+            sharding,
+        ],
         env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,

@@ -199,6 +199,9 @@ def pretrain_command(
     dtype: Annotated[Optional[str], _opt("auto, float32 or bfloat16 (autocast) \\[auto].")] = None,
     device: Annotated[Optional[str], _opt("auto, cpu, cuda \\[auto].")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    fsdp: Annotated[
+        Optional[bool], typer.Option("--fsdp/--no-fsdp", help="Shard the model across processes (FSDP2).")
+    ] = None,
     eval_every: Annotated[Optional[int], _opt("Validation loss and a sample every N steps \\[50].")] = None,
     eval_batches: Annotated[Optional[int], _opt("Held-out micro-batches per evaluation \\[8].")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("Checkpoint every N steps \\[50].")] = None,
@@ -234,7 +237,7 @@ def pretrain_command(
 _PRETRAIN_FLAGS = [
     "model_size", "n_ctx", "seq_len", "micro_batch", "global_batch_tokens", "max_steps", "lr_decay_steps",
     "learning_rate", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "seed", "dtype", "device",
-    "compile", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
+    "compile", "fsdp", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ def stdout_console() -> Console:
 
 
 def interactive() -> bool:
-    return stderr_console().is_terminal
+    """A terminal, and the first process of a distributed job (torchrun sets RANK)."""
+    return stderr_console().is_terminal and os.environ.get("RANK", "0") == "0"
 
 
 class _UTCFormatter(logging.Formatter):

@@ -40,6 +40,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bfloat16 autocast where the device supports it, else float32
     device: str = "auto"
     compile: bool = False
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (FSDP2)
     eval_every: int = 50
     eval_batches: int = 8
     checkpoint_every: int = 50
@@ -55,7 +56,7 @@ class TrainConfig:
         can be resumed by this one (how far it goes and how often it reports or saves do not count)."""
         bookkeeping = {
             "max_steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-            "log_every", "sample_tokens", "compile",
+            "log_every", "sample_tokens", "compile", "fsdp",
         }  # fmt: skip
         return {k: v for k, v in asdict(self.resolved()).items() if k not in bookkeeping}
 

@@ -136,6 +136,7 @@ class _Run:
         self.dtype = training_dtype(cfg, ctx.device)
         self.run_id = fingerprint("model-run", cfg.run_identity(), [artifact_input(tokens)])[:16]
         self.run_dir = store.home / "model" / ".runs" / self.run_id
+        self.sharded = cfg.fsdp and ctx.world > 1
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
 
@@ -176,11 +177,12 @@ class _Run:
         return self.tokenizer.decode(ids[0, 1:].tolist())
 
     def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        model_state, optimizer_state = _full_state(self, model, optimizer)  # collective under FSDP
         if self.ctx.is_main:
             state = {
                 "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": model_state,
+                "optimizer": optimizer_state,
                 "rng": {"torch": torch.get_rng_state()}
                 | ({"cuda": torch.cuda.get_rng_state(self.ctx.device)} if self.ctx.device.type == "cuda" else {}),
                 "history": json.dumps(self.history),
@@ -206,6 +208,10 @@ def pretrain(
     without one, "never" starts from scratch.
     """
     ctx = distributed.setup(cfg.device)
+    if not ctx.is_main:
+        logging.getLogger("gpt2cli").setLevel(logging.WARNING)  # one process speaks for the run
+    if cfg.fsdp and ctx.world == 1:
+        log.warning("--fsdp needs several processes (torchrun); training unsharded")
     try:
         tokens = store.resolve(tokens_ref)
         if tokens.kind != "tokens":
@@ -233,11 +239,9 @@ def _train(run: _Run, resume: str) -> GPT:
     cfg, ctx = run.cfg, run.ctx
     torch.manual_seed(cfg.seed)
     model = GPT(run.model_config).to(ctx.device)
+    trained: torch.nn.Module = _wrap_distributed(model, run) if ctx.world > 1 else model
     optimizer = make_optimizer(model, cfg, ctx.device)
     start = _restore(run, model, optimizer, resume)
-    trained: torch.nn.Module = model
-    if ctx.world > 1:
-        trained = _wrap_distributed(model, ctx)
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     batches = Batches(run.train_shard, run.seq_len, cfg.micro_batch, cfg.seed)
@@ -259,7 +263,7 @@ def _train(run: _Run, resume: str) -> GPT:
                 done = step + 1
                 if done % cfg.eval_every == 0 or done == cfg.max_steps:
                     row["val_loss"] = run.evaluate(trained)
-                    if ctx.is_main:
+                    if run.sharded or ctx.is_main:  # a sharded model needs every process for a forward pass
                         sample = run.sample(model, done)
                         log.info("step %d val loss %s | sample: %r", done, _fmt(row["val_loss"]), sample[:200])
                 run.history.append(row)
@@ -278,7 +282,13 @@ def _train(run: _Run, resume: str) -> GPT:
         signal.signal(signal.SIGTERM, previous)
         if writer is not None:
             writer.close()
-    return model
+    if not run.sharded:
+        return model
+    model_state, _ = _full_state(run, model, None)
+    plain = GPT(run.model_config)
+    if ctx.is_main:
+        plain.load_state_dict(model_state)
+    return plain
 
 
 def _step(
@@ -298,8 +308,10 @@ def _step(
     micro = batches.train_step(step, run.accum, ctx.rank, ctx.world)
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     for m, (x, y) in enumerate(micro):
-        sync = m == len(micro) - 1 or ctx.world == 1
-        with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+        sync = m == len(micro) - 1  # gradients are reduced across processes once, after the last micro-batch
+        if run.sharded:
+            model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        with contextlib.nullcontext() if sync or ctx.world == 1 or run.sharded else model.no_sync():  # type: ignore[operator]
             loss = run.loss(model, x, y) / run.accum
             loss.backward()
         loss_sum += loss.detach().double()
@@ -312,7 +324,8 @@ def _step(
             f"loss is {mean_loss} at step {step + 1}: stopped; {kept}; lower the learning rate or check the data"
         )
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ctx.device.type == "cuda":
@@ -346,8 +359,19 @@ def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: st
             raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
         return 0
     state = load_checkpoint(found, run.ctx.device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if run.sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if "cuda" in state["rng"] and run.ctx.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), run.ctx.device)
@@ -356,11 +380,33 @@ def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: st
     return int(state["step"])
 
 
-def _wrap_distributed(model: GPT, ctx: distributed.Context) -> torch.nn.Module:
+def _wrap_distributed(model: GPT, run: _Run) -> torch.nn.Module:
+    """DDP (a full copy per process), or FSDP2 sharding of each block and the embeddings (--fsdp)."""
+    if run.sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+        return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    device_ids = [run.ctx.device.index] if run.ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _full_state(
+    run: _Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Unsharded model and optimizer state; under FSDP every process must call this (it gathers)."""
+    if not run.sharded:
+        return model.state_dict(), optimizer.state_dict() if optimizer else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        return get_model_state_dict(model, options=options), None
+    return get_state_dict(model, optimizer, options=options)
 
 
 def _tensorboard(run: _Run) -> Any:
