@@ -13,6 +13,11 @@ from gpt2cli.cli import main
 
 TESTS = Path(__file__).parent
 SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+SAMPLE = TESTS.parent / "data" / "sample" / "articles"
+# A tiny, fast pretraining run: 4 x 32-token sequences per pass, 2 accumulation steps, 256 tokens per step.
+FAST = ["--model-size", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch-tokens", "256",
+        "--eval-every", "5", "--eval-batches", "2", "--checkpoint-every", "5", "--sample-tokens", "8",
+        "--warmup-steps", "3", "--learning-rate", "3e-3", "--device", "cpu", "--dtype", "float32"]  # fmt: skip
 
 
 def shared_data(*parts: str) -> Path:
@@ -68,3 +73,36 @@ def run_module(*args: str, env: dict[str, str] | None = None, **kwargs) -> subpr
         timeout=120,
         **kwargs,
     )
+
+
+def run_cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    """`python -m gpt2cli ARGS` in a child process with GPT2_HOME=home."""
+    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2cli", *args], env=env, capture_output=True, text=True, timeout=600, **kwargs
+    )
+
+
+@pytest.fixture(scope="session")
+def tokens_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with a tokenizer (400 tokens) and a tokens artifact of the sample, built once per session."""
+    home = tmp_path_factory.mktemp("tokens-home")
+    for args in (
+        ["train-bpe", "--input", str(SAMPLE), "--vocab-size", "400"],
+        ["tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2"],
+    ):
+        result = run_cli(home, *args)
+        assert result.returncode == 0, result.stderr
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_home(tokens_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tokens_home plus a briefly trained tiny model artifact (read-only for tests)."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("model-home") / "home"
+    shutil.copytree(tokens_home, home)
+    result = run_cli(home, "pretrain", *FAST, "--max-steps", "30")
+    assert result.returncode == 0, result.stderr
+    return home

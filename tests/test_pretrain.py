@@ -16,25 +16,7 @@ from gpt2cli.artifacts import Store
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.loop import learning_rate
-
-SAMPLE = Path(__file__).parent.parent / "data" / "sample" / "articles"
-# A tiny, fast run: 4 x 32-token sequences per pass, 2 accumulation steps, 256 tokens per step.
-FAST = ["--model-size", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch-tokens", "256",
-        "--eval-every", "5", "--eval-batches", "2", "--checkpoint-every", "5", "--sample-tokens", "8",
-        "--warmup-steps", "3", "--learning-rate", "3e-3", "--device", "cpu"]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tokens_home(tmp_path_factory) -> Path:
-    """A home with a tokenizer and a tokens artifact of the sample, built once and copied per test."""
-    home = tmp_path_factory.mktemp("tokens-home")
-    for args in (
-        ["train-bpe", "--input", str(SAMPLE), "--vocab-size", "400"],
-        ["tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2"],
-    ):
-        result = run_cli(home, *args)
-        assert result.returncode == 0, result.stderr
-    return home
+from tests.conftest import FAST, SAMPLE, run_cli
 
 
 @pytest.fixture
@@ -42,17 +24,6 @@ def home(tokens_home: Path, tmp_path: Path) -> Path:
     target = tmp_path / "home"
     shutil.copytree(tokens_home, target)
     return target
-
-
-def run_cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpt2cli", *args],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
 
 
 def losses(home: Path, ref: str = "model") -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,80 @@ _PRETRAIN_FLAGS = [
     "learning_rate", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "seed", "dtype", "device",
     "compile", "fsdp", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
 ]  # fmt: skip
+
+
+@app.command("sample")
+def sample_command(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Argument(help="Model artifact reference, or a Hugging Face GPT-2 directory.")
+    ] = "model",
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt text; empty = unconditional.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from a UTF-8 file.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 means greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (the paper: 40); 0 = off.")] = 40,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: keep the smallest set of mass p.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token.")] = False,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch.")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed and options, same text.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop at this string (repeatable).")] = None,
+    ignore_eot: Annotated[bool, typer.Option("--ignore-eot", help="Keep going past <|endoftext|>.")] = False,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Read prompt after prompt.")] = False,
+    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate text from a model: top-k 40 by default, as the paper's samples; streams on a terminal."""
+    from gpt2cli.sample import SampleOptions, Sampler, read_prompt
+
+    opts = settings(ctx, home, as_json)
+    options = SampleOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        num_samples=num_samples,
+        seed=seed,
+        stop=tuple(stop or ()),
+        stop_at_eot=not ignore_eot,
+        dtype=dtype,
+        device=device,
+        compile=compile,
+    )
+    options.validate()
+    sampler = Sampler(model, Store(opts.home), options)
+    out = stdout_console()
+    stream = out.is_terminal and not opts.json and num_samples == 1
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def run(text: str) -> None:
+        samples = sampler.generate(text, on_text=show if stream else None)
+        for i, sample in enumerate(samples):
+            if opts.json:
+                sys.stdout.write(json.dumps(sample.as_dict(), ensure_ascii=False) + "\n")
+            elif stream:
+                sys.stdout.write("\n")
+            else:
+                if num_samples > 1:
+                    out.rule(f"sample {i + 1}")
+                sys.stdout.write(text + sample.text + "\n")
+        sys.stdout.flush()
+
+    if interactive:
+        while True:
+            try:
+                text = input("> " if sys.stdin.isatty() else "")
+            except EOFError:
+                break
+            run(text)
+        return
+    run(read_prompt(prompt, prompt_file))
 
 
 @app.command("export")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,22 @@ SIZES: dict[str, dict[str, int]] = {
 ALIASES = {"117M": "124M", "345M": "355M", "762M": "774M", "1542M": "1558M"}
 
 
+def cpu_has_amx() -> bool:
+    """Intel AMX makes bfloat16 matmuls several times faster than float32 on a CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware runs it fast (GPUs with bf16, CPUs with AMX), else float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_amx() else torch.float32
+
+
 def config_for(size: str, **overrides: Any) -> GPTConfig:
     name = ALIASES.get(size, size)
     if name not in SIZES:
@@ -68,12 +85,18 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        causal = True
+        if cache is not None:
+            k, v = cache.append(k, v)
+            causal = T > 1  # one new query may look at every cached position
+            if causal and k.size(2) > T:
+                raise Gpt2Error("several new tokens after a non-empty cache are not supported")
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # flash attention kernels on GPU
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
@@ -99,9 +122,41 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class LayerCache:
+    """Keys and values of the positions seen so far, in buffers allocated once (no copy per token)."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.size = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None or self.v is None:
+            B, H, _, D = k.shape
+            self.k = k.new_empty(B, H, self.length, D)
+            self.v = v.new_empty(B, H, self.length, D)
+        end = self.size + k.size(2)
+        self.k[:, :, self.size : end] = k
+        self.v[:, :, self.size : end] = v
+        self.size = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """One LayerCache per block; ``size`` is the number of positions already processed."""
+
+    def __init__(self, config: GPTConfig):
+        self.layers = [LayerCache(config.n_ctx) for _ in range(config.n_layer)]
+
+    @property
+    def size(self) -> int:
+        return self.layers[0].size
 
 
 class GPT(nn.Module):
@@ -138,16 +193,22 @@ class GPT(nn.Module):
         padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
         return sum(p.numel() for p in self.parameters()) - padding
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (batch, time, vocab_size) for token ids of shape (batch, time)."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits of shape (batch, time, vocab_size) for token ids of shape (batch, time).
+
+        With a ``cache``, ``idx`` holds only the new positions; ``last_only`` computes the logits of the
+        last position alone (all that sampling needs: the output head is the largest matmul at batch 1).
+        """
+        start = cache.size if cache is not None else 0
         T = idx.size(1)
-        if T > self.config.n_ctx:
-            raise Gpt2Error(f"sequence of {T} tokens is longer than the model's context ({self.config.n_ctx})")
-        pos = torch.arange(T, device=idx.device)
+        if start + T > self.config.n_ctx:
+            raise Gpt2Error(f"sequence of {start + T} tokens is longer than the model's context ({self.config.n_ctx})")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache.layers[i] if cache is not None else None)
+        x = self.transformer.ln_f(x[:, -1:] if last_only else x)
+        logits = self.lm_head(x)
         return logits[..., : self.config.vocab_size]
 
     @torch.no_grad()
@@ -158,18 +219,58 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        *,
         generator: torch.Generator | None = None,
+        stop_ids: Iterable[int] = (),
+        use_cache: bool = True,
+        on_step: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+        forward: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Prompt ids (batch, time) followed by ``max_new_tokens`` sampled ids; the context window slides
-        when the sequence outgrows ``n_ctx``. ``temperature == 0`` means greedy decoding."""
+        """Prompt ids (batch, time) followed by up to ``max_new_tokens`` sampled ids per row.
+
+        ``temperature == 0`` means greedy decoding. Rows that produce one of ``stop_ids`` are finished:
+        they are padded with that id while the others go on, and generation ends when all rows are.
+        The KV cache computes each position once; once the sequence outgrows the context, every step
+        attends to the last ``n_ctx`` tokens (a sliding window recomputed per step, exactly as without
+        a cache). ``on_step`` receives each step's new ids (batch,), for streaming, and may return a
+        boolean mask of rows to finish (a stop string seen). ``forward`` replaces ``self`` for the
+        forward passes (a compiled model).
+        """
+        if temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise UsageError(f"top-p must be in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise UsageError(f"top-k must be at least 1, got {top_k}")
+        n_ctx = self.config.n_ctx
+        stops = torch.tensor(sorted(set(stop_ids)), device=idx.device, dtype=idx.dtype)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        pad = torch.full_like(finished, stops[0].item() if len(stops) else 0, dtype=idx.dtype)
+        cache: KVCache | None = None
+        model = forward or self
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.config.n_ctx :])[:, -1, :].float()
+            if use_cache and idx.size(1) <= n_ctx:
+                if cache is None:
+                    cache = KVCache(self.config)
+                    logits = model(idx, cache, last_only=True)
+                else:
+                    logits = model(idx[:, -1:], cache, last_only=True)
+            else:
+                logits = model(idx[:, -n_ctx:], last_only=True)
+            logits = logits[:, -1, :].float()
             if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
+                next_id = logits.argmax(dim=-1)
             else:
                 probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat([idx, next_id], dim=1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            next_id = torch.where(finished, pad, next_id)
+            if len(stops):
+                finished |= torch.isin(next_id, stops)
+            idx = torch.cat([idx, next_id[:, None]], dim=1)
+            if on_step is not None and (finish := on_step(next_id)) is not None:
+                finished |= finish.to(finished.device)
+            if finished.all():
+                break
         return idx
 
     # -- files: one format, Hugging Face's GPT-2 layout ----------------------------------------------

@@ -173,16 +173,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, source: Any) -> Tokenizer:
-        """From a tokenizer artifact, a reference to one, or a directory with encoder.json + vocab.bpe."""
+        """From an artifact that carries a tokenizer (tokenizer, model), a reference to one, or a directory
+        with GPT-2's encoder.json + vocab.bpe or Hugging Face's vocab.json + merges.txt."""
         from gpt2cli.artifacts import Artifact, Store
 
         if isinstance(source, Artifact):
             directory = source.path
-        elif isinstance(source, (str, Path)) and (Path(source) / ENCODER_JSON).is_file():
+        elif isinstance(source, (str, Path)) and Path(source).is_dir():
             directory = Path(source)
         else:
             directory = Store().resolve(str(source)).path
-        return cls.from_files(directory / ENCODER_JSON, directory / VOCAB_BPE)
+        for encoder, merges in ((ENCODER_JSON, VOCAB_BPE), ("vocab.json", "merges.txt")):
+            if (directory / encoder).is_file() and (directory / merges).is_file():
+                return cls.from_files(directory / encoder, directory / merges)
+        raise Gpt2Error(f"{directory} has no tokenizer files (encoder.json + vocab.bpe, or vocab.json + merges.txt)")
 
     def _check(self) -> None:
         ids = [*self.vocab.values(), *self.special_tokens.values()]

@@ -27,7 +27,7 @@ from gpt2cli.bpe.shards import TokenShard
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, Terminated, UsageError
-from gpt2cli.model import GPT, GPTConfig, config_for
+from gpt2cli.model import GPT, GPTConfig, config_for, fast_dtype
 from gpt2cli.train import distributed
 from gpt2cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gpt2cli.train.config import TrainConfig
@@ -87,14 +87,12 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def training_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    """bfloat16 autocast on GPUs that support it; float32 on CPUs (bf16 there is slower without AMX)."""
+    """bfloat16 autocast where the device runs it fast (see ``fast_dtype``), unless told otherwise."""
     if cfg.dtype == "float32":
         return torch.float32
     if cfg.dtype == "bfloat16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return fast_dtype(device)
 
 
 def _tokenizer_of(store: Store, tokens: Artifact) -> Artifact:

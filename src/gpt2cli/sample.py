@@ -1,0 +1,212 @@
+"""`gpt2 sample`: text from a model artifact or a Hugging Face GPT-2 directory.
+
+Defaults follow the paper's samples: top-k with k = 40. An empty prompt starts from <|endoftext|>
+(unconditional samples); generation stops at <|endoftext|> unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
+from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.model import GPT, fast_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    max_new_tokens: int = 200
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int | None = 40
+    top_p: float | None = None
+    num_samples: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_at_eot: bool = True
+    dtype: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1 or self.num_samples < 1:
+            raise UsageError("--max-new-tokens and --num-samples must be at least 1")
+        if self.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    stopped: str  # "eot", "stop" or "length"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "tokens_per_s": round(self.new_tokens / self.seconds, 1) if self.seconds else None,
+            "stopped": self.stopped,
+            "seed": self.seed,
+        }
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """The prompt from --prompt, --prompt-file, or standard input when it is not a terminal."""
+    import sys
+
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if prompt is not None:
+        return prompt
+    if prompt_file is not None:
+        try:
+            data = Path(prompt_file).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read --prompt-file {prompt_file}: {e.strerror}") from None
+        where = str(prompt_file)
+    elif not sys.stdin.isatty():
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"the prompt in {where} is not UTF-8 (byte {e.start}: {data[e.start : e.start + 1]!r})"
+        ) from None
+
+
+class Sampler:
+    """A loaded model and its tokenizer, ready to continue prompts."""
+
+    def __init__(self, source: str | Path, store: Store, options: SampleOptions):
+        options.validate()
+        self.options = options
+        path = Path(source).expanduser()
+        directory = path if path.is_dir() else store.resolve(str(source)).path
+        self.device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if options.device == "auto" else options.device)  # fmt: skip
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(self.device)
+        self.model = GPT.load(directory, map_location=self.device).to(dtype).eval()
+        self.tokenizer = Tokenizer.load(directory)
+        if (n_tok := self.tokenizer.vocab_size) != (n_model := self.model.config.vocab_size):
+            raise Gpt2Error(f"{directory}: the tokenizer has {n_tok} tokens, the model {n_model}")
+        self.forward: Any = torch.compile(self.model, dynamic=True) if options.compile else self.model
+        self.label = str(directory)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        limit = self.model.config.n_ctx - 1
+        if len(ids) > limit:
+            log.warning("prompt of %d tokens is longer than the context; keeping its last %d", len(ids), limit)
+            ids = ids[-limit:]
+        return ids or [self.tokenizer.eot_id]
+
+    def generate(self, prompt: str, on_text: Callable[[str], None] | None = None) -> list[Sample]:
+        """``num_samples`` continuations of ``prompt``, generated together as one batch.
+
+        ``on_text`` receives the first sample's text as it is produced (for streaming to a terminal).
+        """
+        opts, tok = self.options, self.tokenizer
+        ids = self.encode_prompt(prompt)
+        seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        idx = torch.tensor([ids] * opts.num_samples, device=self.device)
+        stop_strings = [s for s in opts.stop if s]
+        streams = [_TextStream(tok, stop_strings) for _ in range(opts.num_samples)]
+        stopped = ["length"] * opts.num_samples
+        stop_ids = [tok.eot_id] if opts.stop_at_eot else []
+
+        def on_step(new_ids: torch.Tensor) -> torch.Tensor:
+            finish = torch.zeros(len(streams), dtype=torch.bool)
+            for row, (stream, token) in enumerate(zip(streams, new_ids.tolist(), strict=True)):
+                if stopped[row] != "length":
+                    continue
+                if token in stop_ids:
+                    stopped[row] = "eot"
+                elif stream.push(token):
+                    stopped[row] = "stop"
+                    finish[row] = True
+            if on_text is not None and (delta := streams[0].pending()):
+                on_text(delta)
+            return finish
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                idx,
+                opts.max_new_tokens,
+                temperature=opts.temperature,
+                top_k=opts.top_k,
+                top_p=opts.top_p,
+                generator=generator,
+                stop_ids=stop_ids,
+                on_step=on_step,
+                forward=self.forward,
+            )
+        seconds = time.perf_counter() - started
+        samples = []
+        for row, stream in enumerate(streams):
+            new = out[row, len(ids) :].tolist()
+            produced = new.index(tok.eot_id) + 1 if stopped[row] == "eot" else len(new)
+            samples.append(Sample(prompt, stream.finish(), len(ids), produced, seconds, stopped[row], seed))
+        if on_text is not None and (rest := streams[0].pending(final=True)):
+            on_text(rest)
+        return samples
+
+
+class _TextStream:
+    """Token ids to text as they arrive. Bytes of a character split across tokens wait for the rest, and
+    the last few characters wait while they could still be the start of a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""
+        self.emitted = 0
+        self.done = False
+
+    def push(self, token: int) -> bool:
+        """Add a token; True when a stop string has appeared (the text is cut before it)."""
+        self.text += self.decoder.decode(self.tokenizer.decode_bytes([token]))
+        found = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.text = self.text[: min(found)]
+            self.done = True
+        return self.done
+
+    def pending(self, final: bool = False) -> str:
+        """Text not yet shown that can no longer change."""
+        end = len(self.text) if final or self.done else max(len(self.text) - self.hold, 0)
+        if end <= self.emitted:
+            return ""
+        out, self.emitted = self.text[self.emitted : end], end
+        return out
+
+    def finish(self) -> str:
+        if not self.done:
+            self.text += self.decoder.decode(b"", final=True)
+        return self.text

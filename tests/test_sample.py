@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2cli.artifacts import Store
+from gpt2cli.errors import UsageError
+from gpt2cli.model import GPT, GPTConfig, filter_logits
+from gpt2cli.sample import SampleOptions, Sampler
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def random_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=24, vocab_size=60)).eval()
+
+
+def test_greedy_with_cache_equals_without(random_model: GPT):
+    prompt = torch.randint(0, 60, (3, 5))
+    # 40 new tokens: past the 24-token context, so the sliding window is exercised too
+    cached = random_model.generate(prompt, 40, temperature=0)
+    plain = random_model.generate(prompt, 40, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain) and cached.shape == (3, 45)
+
+
+def test_sampling_with_cache_equals_without(random_model: GPT):
+    prompt = torch.randint(0, 60, (2, 3))
+    a = random_model.generate(prompt, 15, top_k=10, generator=torch.Generator().manual_seed(3))
+    b = random_model.generate(prompt, 15, top_k=10, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_greedy_equals_hugging_face_generate(random_model: GPT, tmp_path: Path):
+    transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the reference")
+    random_model.save(tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    prompt = torch.randint(0, 60, (2, 4))
+    ours = random_model.generate(prompt, 16, temperature=0)
+    theirs = hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(ours, theirs)
+
+
+def test_top_k_and_top_p_never_leave_the_allowed_set():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50) * 3
+    probs = torch.softmax(logits, -1)[0]
+    top5 = set(torch.topk(logits[0], 5).indices.tolist())
+    order = torch.argsort(probs, descending=True).tolist()
+    nucleus, mass = set(), 0.0
+    for i in order:  # the smallest set of most likely tokens reaching 0.6
+        nucleus.add(i)
+        mass += probs[i].item()
+        if mass >= 0.6:
+            break
+    for top_k, top_p, allowed in ((5, None, top5), (None, 0.6, nucleus), (5, 0.6, top5 & nucleus)):
+        filtered = torch.softmax(filter_logits(logits, top_k, top_p), -1)
+        draws = torch.multinomial(filtered.expand(4000, -1), 1, replacement=True).flatten().tolist()
+        assert set(draws) <= allowed
+        assert set(draws) == allowed  # and every allowed token does occur
+    one = filter_logits(logits, None, 1e-9)
+    assert torch.isfinite(one).sum() == 1  # the most likely token always survives
+
+
+def test_generate_rejects_bad_options(random_model: GPT):
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    for kwargs in ({"top_p": 0.0}, {"top_p": 1.5}, {"temperature": -1.0}, {"top_k": 0}):
+        with pytest.raises(UsageError):
+            random_model.generate(prompt, 2, **kwargs)
+
+
+def test_stop_ids_finish_rows(random_model: GPT):
+    prompt = torch.randint(0, 60, (4, 3))
+    first = random_model.generate(prompt, 1, temperature=0)[:, -1].tolist()
+    out = random_model.generate(prompt, 10, temperature=0, stop_ids=[first[0]])
+    assert (out[0, 3:] == first[0]).all()  # row 0 stopped at once and is padded with the stop id
+
+
+def test_sample_cli_seed_json_and_stop(model_home: Path):
+    args = ["sample", "--prompt", "The council", "--max-new-tokens", "20", "--seed", "5", "--json"]
+    a, b = run_cli(model_home, *args), run_cli(model_home, *args)
+    assert a.returncode == 0, a.stderr
+    sample = json.loads(a.stdout)
+    assert sample["text"] == json.loads(b.stdout)["text"]  # same seed, same options, same text
+    assert sample["prompt"] == "The council" and sample["seed"] == 5 and sample["new_tokens"] <= 20
+    assert sample["prompt_tokens"] > 1 and sample["tokens_per_s"] > 0
+    other = json.loads(run_cli(model_home, *args[:-3], "--seed", "6", "--json").stdout)
+    assert other["text"] != sample["text"]
+    several = run_cli(model_home, "sample", "-n", "3", "--max-new-tokens", "8", "--seed", "1", "--json")
+    rows = [json.loads(line) for line in several.stdout.splitlines()]
+    assert len(rows) == 3 and all(r["prompt"] == "" and r["prompt_tokens"] == 1 for r in rows)  # from <|eot|>
+    text = sample["text"]
+    assert len(text) > 4
+    stop = text[2:4]
+    stopped = run_cli(model_home, *args, "--stop", stop)
+    assert stopped.returncode == 0, (stop, stopped.stderr)
+    cut = json.loads(stopped.stdout)
+    assert cut["stopped"] == "stop" and cut["text"] == text[: text.find(stop)]
+
+
+def test_greedy_temperature_zero_and_stdin(model_home: Path):
+    greedy = run_cli(model_home, "sample", "--greedy", "--max-new-tokens", "12", "--json", input="A library")
+    zero = run_cli(model_home, "sample", "--temperature", "0", "--max-new-tokens", "12", "--json", "--seed", "9",
+                   input="A library")  # fmt: skip
+    assert greedy.returncode == 0, greedy.stderr
+    assert json.loads(greedy.stdout)["text"] == json.loads(zero.stdout)["text"]  # temperature 0 means greedy
+    assert json.loads(greedy.stdout)["prompt"] == "A library"
+
+
+def test_interactive_reads_prompt_after_prompt(model_home: Path):
+    result = run_cli(model_home, "sample", "-i", "--max-new-tokens", "4", "--json", input="one\ntwo\nthree\n")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["one", "two", "three"]
+
+
+def test_bad_input_is_a_clear_error(model_home: Path, tmp_path: Path):
+    bad = tmp_path / "prompt.txt"
+    bad.write_bytes(b"caf\xe9")
+    result = run_cli(model_home, "sample", "--prompt-file", str(bad))
+    assert result.returncode == 2 and "is not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(model_home, "sample", "--top-p", "1.5")
+    assert result.returncode == 2 and "--top-p must be in (0, 1]" in result.stderr
+    result = run_cli(model_home, "sample", "model@v9")
+    assert result.returncode == 2 and "model versions: v1" in result.stderr
+    long_prompt = "word " * 400  # longer than the tiny model's 128-token context
+    result = run_cli(model_home, "sample", "--prompt", long_prompt, "--max-new-tokens", "3", "--json")
+    assert result.returncode == 0 and "longer than the context" in result.stderr
+    assert json.loads(result.stdout)["prompt_tokens"] == 127
+
+
+def test_sample_from_a_hugging_face_directory(model_home: Path, tmp_path: Path):
+    out = tmp_path / "hf"
+    assert run_cli(model_home, "export", "model", "--out", str(out)).returncode == 0
+    from_dir = Sampler(out, Store(model_home), SampleOptions(max_new_tokens=6, temperature=0, dtype="float32"))
+    from_ref = Sampler("model", Store(model_home), SampleOptions(max_new_tokens=6, temperature=0, dtype="float32"))
+    assert from_dir.generate("The")[0].text == from_ref.generate("The")[0].text
