@@ -13,8 +13,9 @@ PYTEST_WORKERS ?= 2
 SAMPLE ?= data/sample/articles
 VOCAB_SIZE ?= 2048
 VAL_FRACTION ?= 0.1
+PRETRAIN_CONFIG ?= data/sample/pretrain.toml
 
-.PHONY: install test lint format demo train-bpe tokenize clean
+.PHONY: install test lint format demo train-bpe tokenize pretrain sample clean
 
 install: $(VENV)/.installed
 
@@ -43,9 +44,15 @@ train-bpe: install
 tokenize: train-bpe
 	$(GPT2) tokenize --input $(SAMPLE) --val-fraction $(VAL_FRACTION)
 
-demo: tokenize
+pretrain: tokenize
+	$(GPT2) pretrain --config $(PRETRAIN_CONFIG)
+
+sample: pretrain
+	$(GPT2) sample --prompt "The city council" --max-new-tokens 60 --num-samples 2 --seed 1
+
+demo: sample
 	$(GPT2) artifacts ls
-	$(GPT2) artifacts lineage tokens
+	$(GPT2) artifacts lineage model
 
 clean:
 	rm -rf $(GPT2_HOME) .pytest_cache .ruff_cache .hypothesis benchmarks/out
