@@ -8,7 +8,7 @@ import torch
 
 from gpt2cli.artifacts import Store
 from gpt2cli.errors import UsageError
-from gpt2cli.model import GPT, GPTConfig, filter_logits
+from gpt2cli.model import GPT, GPTConfig, sample_next
 from gpt2cli.sample import SampleOptions, Sampler
 from tests.conftest import run_cli
 
@@ -56,13 +56,17 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
         mass += probs[i].item()
         if mass >= 0.6:
             break
+    many = logits.expand(6000, -1)
+    generator = torch.Generator().manual_seed(0)
     for top_k, top_p, allowed in ((5, None, top5), (None, 0.6, nucleus), (5, 0.6, top5 & nucleus)):
-        filtered = torch.softmax(filter_logits(logits, top_k, top_p), -1)
-        draws = torch.multinomial(filtered.expand(4000, -1), 1, replacement=True).flatten().tolist()
-        assert set(draws) <= allowed
-        assert set(draws) == allowed  # and every allowed token does occur
-    one = filter_logits(logits, None, 1e-9)
-    assert torch.isfinite(one).sum() == 1  # the most likely token always survives
+        draws = set(sample_next(many, 1.0, top_k, top_p, generator).tolist())
+        assert draws == allowed  # never outside the allowed set, and every allowed token occurs
+    assert set(sample_next(many, 1.0, None, 1e-9, generator).tolist()) == {int(logits.argmax())}
+    assert set(sample_next(many, 0.0, 5, None, generator).tolist()) == {int(logits.argmax())}  # greedy
+    frequent = torch.bincount(sample_next(many, 1.0, 3, None, generator), minlength=50).float() / 6000
+    top3 = torch.topk(logits[0], 3).indices
+    expected = torch.softmax(logits[0, top3], -1)
+    assert torch.allclose(frequent[top3], expected, atol=0.03)  # renormalized over the kept tokens
 
 
 def test_generate_rejects_bad_options(random_model: GPT):

@@ -257,12 +257,7 @@ class GPT(nn.Module):
                     logits = model(idx[:, -1:], cache, last_only=True)
             else:
                 logits = model(idx[:, -n_ctx:], last_only=True)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1)
-            else:
-                probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
             next_id = torch.where(finished, pad, next_id)
             if len(stops):
                 finished |= torch.isin(next_id, stops)
@@ -351,18 +346,32 @@ class GPT(nn.Module):
         return model.to(map_location)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Keep the ``top_k`` most likely tokens and the smallest set whose probability reaches ``top_p``;
-    the rest get -inf. The most likely token always survives."""
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of ``logits`` (batch, vocab); ``temperature == 0`` means the most likely.
+
+    Top-k keeps the k most likely tokens, top-p the smallest set of most likely tokens whose probability
+    reaches p (the most likely token always stays). The draw is made among the kept candidates only,
+    which avoids a multinomial over the whole vocabulary.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        values, ids = torch.topk(logits, top_k, dim=-1)  # sorted, most likely first
+    else:
+        values, ids = torch.sort(logits, descending=True, dim=-1)
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
+        probs = F.softmax(values, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates
+        values = values.masked_fill(before >= top_p, float("-inf"))
+    choice = torch.multinomial(F.softmax(values, dim=-1), num_samples=1, generator=generator)
+    return ids.gather(-1, choice).squeeze(-1)
 
 
 def _is_conv1d(name: str) -> bool:

@@ -1,0 +1,87 @@
+"""Generation throughput: gpt2cli's `GPT.generate` vs transformers' `generate()`, same weights and settings.
+
+Both sides continue the same prompts with top-k 40 sampling at temperature 1 (the paper's setting) for a
+fixed number of new tokens (no early stop), at batch 1 and 8, in float32 and bfloat16. Prints new
+tokens per second for each and the ratio.
+
+    .venv/bin/python benchmarks/bench_sample.py                     # sizes 124M and mini, batch 1 and 8
+    .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 1 --new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from gpt2cli.model import GPT, config_for
+
+
+def timed(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["124M", "mini"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import transformers
+
+    print(f"threads {torch.get_num_threads()}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
+          "top-k 40, temperature 1, best of", args.repeats)  # fmt: skip
+    print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
+    for size in args.sizes:
+        config = config_for(size, vocab_size=50257, pad_vocab_multiple=1)
+        torch.manual_seed(0)
+        ours_fp32 = GPT(config).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_fp32.save(tmp)
+            hf_fp32 = transformers.GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval()
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            ours, hf = ours_fp32.to(dtype), hf_fp32.to(dtype)
+            for batch in args.batches:
+                prompt = torch.randint(0, 50257, (batch, args.prompt_tokens))
+
+                def run_ours(ours=ours, prompt=prompt):
+                    with torch.inference_mode():
+                        g = torch.Generator().manual_seed(0)
+                        ours.generate(prompt, args.new_tokens, top_k=40, generator=g)
+
+                def run_hf(hf=hf, prompt=prompt):
+                    torch.manual_seed(0)
+                    with torch.inference_mode():
+                        hf.generate(
+                            prompt,
+                            attention_mask=torch.ones_like(prompt),
+                            max_new_tokens=args.new_tokens,
+                            min_new_tokens=args.new_tokens,
+                            do_sample=True,
+                            top_k=40,
+                            temperature=1.0,
+                            pad_token_id=50256,
+                        )
+
+                run_ours(), run_hf()  # warm up
+                new = batch * args.new_tokens
+                ours_rate = new / timed(run_ours, args.repeats)
+                hf_rate = new / timed(run_hf, args.repeats)
+                print(f"{size:<6}{dtype_name:<10}{batch:>6}{ours_rate:>15,.0f}{hf_rate:>11,.0f}"
+                      f"{ours_rate / hf_rate:>7.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
