@@ -54,6 +54,10 @@ def test_counting_is_the_same_on_any_number_of_workers():
     expected = Counter(piece.encode() for t in texts for piece in pretokenize(t))
     assert count_corpus(texts, workers=1) == expected
     assert count_corpus(texts * 3, workers=2) == Counter({k: 3 * v for k, v in expected.items()})
+    # many small batches, more than the 2 x workers kept in flight: each is counted exactly once
+    for on_batch in (None, lambda chars: None):
+        many = count_corpus(texts * 3, workers=2, on_batch=on_batch, batch_chars=5000)
+        assert many == Counter({k: 3 * v for k, v in expected.items()})
     shuffled = texts[:]
     random.Random(0).shuffle(shuffled)
     assert learn_merges(count_corpus(shuffled, workers=2), 300) == learn_merges(count_corpus(texts, workers=1), 300)

@@ -32,7 +32,16 @@ ENCODER_JSON, VOCAB_BPE, TOKENIZER_JSON = "encoder.json", "vocab.bpe", "tokenize
 
 # tiktoken's regex engine overflows its stack on very long whitespace runs (seen at 1 MB of spaces);
 # such runs are cut out and encoded as one pre-token, which is exactly what the pattern makes of them.
-_LONG_WHITESPACE = regex.compile(r"\s{4096,}")
+_LONG = 4096
+_LONG_WHITESPACE = regex.compile(rf"\s{{{_LONG},}}")
+_TWO_WHITESPACE = regex.compile(r"\s\s")
+
+
+def _may_have_long_whitespace(text: str) -> bool:
+    """Cheap necessary condition: a run of 4096 covers two consecutive multiples of 2048."""
+    return len(text) >= _LONG and _TWO_WHITESPACE.search(text[:: _LONG // 2]) is not None
+
+
 _PRETOKEN = regex.compile(GPT2_PATTERN)
 
 Merge = tuple[bytes, bytes]
@@ -266,7 +275,7 @@ class Tokenizer:
         engine = self._engine
         if engine is None:
             return self.encode_reference(text)
-        if len(text) < 4096 or not _LONG_WHITESPACE.search(text):
+        if not _may_have_long_whitespace(text) or not _LONG_WHITESPACE.search(text):
             return engine.encode_ordinary(text)  # tiktoken replaces lone surrogates itself
         text = valid_unicode(text)
         # A maximal whitespace run [i, j) is its own pre-token(s): the pattern leaves its last character to
@@ -302,7 +311,7 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 0) -> list[list[int]]:
         """Many documents at once; the engine releases the GIL, so threads use every core."""
         engine = self._engine
-        if engine is None or any(len(t) >= 4096 and _LONG_WHITESPACE.search(t) for t in texts):
+        if engine is None or any(_may_have_long_whitespace(t) and _LONG_WHITESPACE.search(t) for t in texts):
             return [self._encode_ordinary(t) for t in texts]
         import os
 

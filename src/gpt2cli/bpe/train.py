@@ -54,29 +54,32 @@ def _batches(texts: Iterable[str], chars: int) -> Iterator[list[str]]:
         yield batch
 
 
-def count_corpus(texts: Iterable[str], workers: int, on_batch: Callable[[int], None] | None = None) -> Counter[bytes]:
+def count_corpus(
+    texts: Iterable[str],
+    workers: int,
+    on_batch: Callable[[int], None] | None = None,
+    batch_chars: int = BATCH_CHARS,
+) -> Counter[bytes]:
     """Pre-token counts of a stream of texts, with at most ``2 * workers`` batches in flight."""
     total: Counter[str] = Counter()
+    report = on_batch or (lambda _chars: None)
     if workers <= 1:
-        for batch in _batches(texts, BATCH_CHARS):
+        for batch in _batches(texts, batch_chars):
             total.update(count_pretokens(batch))
-            if on_batch:
-                on_batch(sum(map(len, batch)))
+            report(sum(map(len, batch)))
     else:
         with ProcessPoolExecutor(workers) as pool:
             pending: dict[Any, int] = {}
-            for batch in _batches(texts, BATCH_CHARS):
+            for batch in _batches(texts, batch_chars):
                 if len(pending) >= 2 * workers:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         total.update(future.result())
-                        if on_batch:
-                            on_batch(pending.pop(future))
+                        report(pending.pop(future))
                 pending[pool.submit(count_pretokens, batch)] = sum(map(len, batch))
             for future in list(pending):
                 total.update(future.result())
-                if on_batch:
-                    on_batch(pending.pop(future))
+                report(pending.pop(future))
     return Counter({piece.encode("utf-8"): n for piece, n in total.items()})
 
 

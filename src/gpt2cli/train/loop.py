@@ -118,7 +118,11 @@ class _Run:
                     f"{self.tokenizer_artifact.ref} has {self.tokenizer.vocab_size}"
                 )
         self.model_config = config_for(
-            cfg.model_size, n_ctx=cfg.n_ctx, vocab_size=self.tokenizer.vocab_size, dropout=cfg.dropout
+            cfg.model_size,
+            n_ctx=cfg.n_ctx,
+            vocab_size=self.tokenizer.vocab_size,
+            dropout=cfg.dropout,
+            pad_vocab_multiple=64 if ctx.device.type == "cuda" else 1,  # padding pays off on GPUs only
         )
         self.seq_len = cfg.seq_len or self.model_config.n_ctx
         if self.seq_len > self.model_config.n_ctx:
