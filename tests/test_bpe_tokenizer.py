@@ -208,3 +208,13 @@ def test_trained_vocabulary_on_real_text_and_hf(trained: Tokenizer, tmp_path: Pa
     trained.save(tmp_path)
     assert HFTokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == ids
     assert trained.vocab_size == 3257 and trained.eot_id == 3256
+
+
+def test_long_whitespace_detection_is_exact():
+    from gpt2cli.bpe.tokenizer import _has_long_whitespace
+
+    for n in (4095, 4096, 9000):
+        for offset in range(0, 4200, 131):
+            for ch in (" ", "\n", "\t", "\u3000"):
+                assert _has_long_whitespace("x" * offset + ch * n + "y") == (n >= 4096), (n, offset, ch)
+    assert not _has_long_whitespace(" \n" * 10_000 + "a" + " " * 4095)

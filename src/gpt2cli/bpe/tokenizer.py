@@ -34,12 +34,23 @@ ENCODER_JSON, VOCAB_BPE, TOKENIZER_JSON = "encoder.json", "vocab.bpe", "tokenize
 # such runs are cut out and encoded as one pre-token, which is exactly what the pattern makes of them.
 _LONG = 4096
 _LONG_WHITESPACE = regex.compile(rf"\s{{{_LONG},}}")
-_TWO_WHITESPACE = regex.compile(r"\s\s")
+_WHITESPACE_PAIR = regex.compile(r"\s(?=\s)")
+_WHITESPACE_RUN = regex.compile(r"\s*")
 
 
-def _may_have_long_whitespace(text: str) -> bool:
-    """Cheap necessary condition: a run of 4096 covers two consecutive multiples of 2048."""
-    return len(text) >= _LONG and _TWO_WHITESPACE.search(text[:: _LONG // 2]) is not None
+def _has_long_whitespace(text: str) -> bool:
+    """Whether ``text`` has a whitespace run of ``_LONG`` or more, cheaply: such a run covers two
+    consecutive multiples of ``_LONG / 2`` and everything between them, so only those stretches are read."""
+    if len(text) < _LONG:
+        return False
+    step = _LONG // 2
+    for m in _WHITESPACE_PAIR.finditer(text[::step]):
+        start = m.start() * step
+        if _WHITESPACE_RUN.match(text, start, start + step).end() == start + step and _LONG_WHITESPACE.search(
+            text, max(start - _LONG, 0), start + step + _LONG
+        ):
+            return True
+    return False
 
 
 _PRETOKEN = regex.compile(GPT2_PATTERN)
@@ -275,7 +286,7 @@ class Tokenizer:
         engine = self._engine
         if engine is None:
             return self.encode_reference(text)
-        if not _may_have_long_whitespace(text) or not _LONG_WHITESPACE.search(text):
+        if not _has_long_whitespace(text):
             return engine.encode_ordinary(text)  # tiktoken replaces lone surrogates itself
         text = valid_unicode(text)
         # A maximal whitespace run [i, j) is its own pre-token(s): the pattern leaves its last character to
@@ -311,7 +322,7 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 0) -> list[list[int]]:
         """Many documents at once; the engine releases the GIL, so threads use every core."""
         engine = self._engine
-        if engine is None or any(_may_have_long_whitespace(t) and _LONG_WHITESPACE.search(t) for t in texts):
+        if engine is None or any(map(_has_long_whitespace, texts)):
             return [self._encode_ordinary(t) for t in texts]
         import os
 
