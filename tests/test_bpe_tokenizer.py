@@ -217,4 +217,5 @@ def test_long_whitespace_detection_is_exact():
         for offset in range(0, 4200, 131):
             for ch in (" ", "\n", "\t", "\u3000"):
                 assert _has_long_whitespace("x" * offset + ch * n + "y") == (n >= 4096), (n, offset, ch)
-    assert not _has_long_whitespace(" \n" * 10_000 + "a" + " " * 4095)
+    assert not _has_long_whitespace("a \n" * 10_000 + "a" + " " * 4095)
+    assert _has_long_whitespace(" \n" * 10_000 + "a")
