@@ -16,7 +16,6 @@ import contextlib
 import time
 
 import torch
-from torch.nn import functional as F
 
 from gpt2cli.model import GPT, config_for, hf_config
 from gpt2cli.train.loop import flops_per_token, peak_flops
@@ -26,8 +25,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def ours_step(model, optimizer, x, y, autocast):
     with autocast():
-        logits = model(x)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = model(x, targets=y)  # what `gpt2 pretrain` runs
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()

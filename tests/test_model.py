@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.model import GPT, GPTConfig, config_for, hf_config
@@ -117,3 +118,55 @@ def test_load_rejects_wrong_shapes_and_missing_weights(tmp_path: Path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(Gpt2Error, match=r"neither model\.safetensors nor pytorch_model\.bin"):
         GPT.load(tmp_path)
+
+
+@pytest.mark.parametrize("rows", [1, 100, 1000])
+def test_linear_cross_entropy_equals_cross_entropy(rows: int):
+    from gpt2cli.model import linear_cross_entropy
+
+    torch.manual_seed(rows)
+    h = torch.randn(rows, 16, requires_grad=True)
+    weight = (torch.randn(70_000, 16) * 0.1).requires_grad_()  # several chunks of rows at this vocabulary
+    targets = torch.randint(0, 70_000, (rows,))
+    fused = linear_cross_entropy(h, weight, targets)
+    fused.backward()
+    grads = h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    reference = F.cross_entropy(h @ weight.t(), targets)
+    reference.backward()
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(grads[0], h.grad)
+    torch.testing.assert_close(grads[1], weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, weight, targets), reference)
+
+
+def test_model_loss_matches_logits_and_gradients_flow_to_tied_weights():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100, pad_vocab_multiple=64))
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(0, 100, (3, 16))
+    loss = model(idx, targets=targets)
+    loss.backward()
+    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    reference = F.cross_entropy(model(idx).reshape(-1, 100), targets.reshape(-1))
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused_grads[name], p.grad, msg=name)
+    assert fused_grads["transformer.wte.weight"][100:].abs().sum() == 0  # padding rows get no gradient
+
+
+def test_linear_cross_entropy_under_bf16_autocast():
+    from gpt2cli.model import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(300, 32, requires_grad=True)
+    weight = (torch.randn(5000, 32) * 0.1).requires_grad_()
+    targets = torch.randint(0, 5000, (300,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(h, weight, targets)
+        reference = F.cross_entropy((h @ weight.t()).float(), targets)
+    fused.backward()
+    assert fused.dtype == torch.float32 and h.grad.dtype == h.dtype and weight.grad.dtype == weight.dtype
+    torch.testing.assert_close(fused, reference, rtol=1e-2, atol=1e-2)

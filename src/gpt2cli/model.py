@@ -193,11 +193,19 @@ class GPT(nn.Module):
         padding = (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
         return sum(p.numel() for p in self.parameters()) - padding
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits of shape (batch, time, vocab_size) for token ids of shape (batch, time).
 
         With a ``cache``, ``idx`` holds only the new positions; ``last_only`` computes the logits of the
         last position alone (all that sampling needs: the output head is the largest matmul at batch 1).
+        With ``targets`` (batch, time), the mean cross-entropy is returned instead of the logits, computed
+        without ever holding all the logits (see ``linear_cross_entropy``).
         """
         start = cache.size if cache is not None else 0
         T = idx.size(1)
@@ -208,8 +216,10 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layers[i] if cache is not None else None)
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
-        logits = self.lm_head(x)
-        return logits[..., : self.config.vocab_size]
+        head = self.lm_head.weight[: self.config.vocab_size]
+        if targets is not None:
+            return linear_cross_entropy(x.reshape(-1, x.size(-1)), head, targets.reshape(-1))
+        return F.linear(x, head)
 
     @torch.no_grad()
     def generate(
@@ -344,6 +354,52 @@ class GPT(nn.Module):
         with torch.no_grad():
             model.load_hf_state_dict(state)
         return model.to(map_location)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T`` against ``targets``, chunk by chunk of rows.
+
+    The logits of a GPT-2 batch are the largest tensor of a training step (batch x time x 50,257);
+    computing them a few rows at a time, with their gradient right away, keeps them in cache instead
+    of writing and re-reading them from memory several times. Same result as F.cross_entropy.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, vocab = h.size(0), weight.size(0)
+        chunk = max(16, (16 << 20) // (4 * vocab))  # about 16 MB of float32 logits at a time
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        device = h.device.type
+        # under autocast, cast the operands once here rather than once per chunk inside each matmul
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        grad_h = torch.empty_like(h) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        with torch.autocast(device, enabled=False):
+            w, hc = weight.to(dtype), h.to(dtype)
+            for start in range(0, n, chunk):
+                hs, ts = hc[start : start + chunk], targets[start : start + chunk]
+                log_probs = torch.log_softmax((hs @ w.t()).float(), dim=-1)
+                total -= log_probs.gather(1, ts[:, None]).sum().double()
+                if need_grad:
+                    g = log_probs.exp_()  # softmax
+                    g[torch.arange(len(ts), device=g.device), ts] -= 1.0
+                    g = g.div_(n).to(dtype)
+                    grad_h[start : start + chunk] = g @ w  # type: ignore[index]
+                    grad_w += (g.t() @ hs).float()  # type: ignore[operator]
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))  # type: ignore[union-attr]
+        return (total / n).float()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad, grad_w * grad, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(h @ weight.T, targets)`` without materializing all the logits at once."""
+    return _LinearCrossEntropy.apply(h, weight, targets)
 
 
 def sample_next(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock
 from gpt2cli.bpe.shards import TokenShard
@@ -152,8 +151,7 @@ class _Run:
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
         with self.autocast():
-            logits = model(x)
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            return model(x, targets=y)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> float | None:
