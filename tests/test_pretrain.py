@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -62,6 +63,10 @@ def test_pretrain_publishes_a_model_that_learns(home: Path):
     assert [i["ref"] for i in manifest["inputs"]] == ["tokens@v1", "tokenizer@v1"]
     model = GPT.load(folder)
     assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 400)
+    run_dir = Path(summary["run_dir"])
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 20
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     again = run_cli(home, "pretrain", *FAST, "--max-steps", "20", "--json")
     assert json.loads(again.stdout)["reused"] is True
 
@@ -221,3 +226,13 @@ def test_export_hf_loads_in_transformers(home: Path, tmp_path: Path):
     again = run_cli(home, "export", "model", "--out", str(out))
     assert again.returncode == 2 and "pass --force" in again.stderr
     assert run_cli(home, "export", "model", "--out", str(out), "--format", "onnx").returncode == 2
+
+
+def test_compiled_training_matches_eager(home: Path, tmp_path: Path):
+    """--compile (inductor; needs a C++ compiler on CPUs) trains the same model as eager mode."""
+    eager_home = tmp_path / "eager"
+    shutil.copytree(home, eager_home)
+    assert run_cli(eager_home, "pretrain", *FAST, "--max-steps", "3").returncode == 0
+    compiled = run_cli(home, "pretrain", *FAST, "--max-steps", "3", "--compile")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert losses(home) == pytest.approx(losses(eager_home), rel=1e-4)
