@@ -12,7 +12,9 @@ from gpt2cli.artifacts import Store
 from gpt2cli.cli import main
 
 TESTS = Path(__file__).parent
-SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+# Real public data (GPT-2's tokenizer files, WikiText, PTB, LAMBADA, Reddit dumps): ../shared/data from the
+# repository root, or wherever GPT2_SHARED_DATA points.
+SHARED_DATA = Path(os.environ.get("GPT2_SHARED_DATA") or TESTS.parent.parent / "shared" / "data")
 SAMPLE = TESTS.parent / "data" / "sample" / "articles"
 # A tiny, fast pretraining run: 4 x 32-token sequences per pass, 2 accumulation steps, 256 tokens per step.
 FAST = ["--model-size", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch-tokens", "256",
