@@ -10,17 +10,19 @@ GPT2 := $(BIN)/gpt2
 PYTEST_WORKERS ?= 2
 
 # The embedded sample and the demo's settings (small enough for 2 CPU cores).
-SAMPLE ?= data/sample/articles
-VOCAB_SIZE ?= 2048
-VAL_FRACTION ?= 0.1
+DUMPS ?= data/sample/reddit/RS_2017-11.zst
+REPLAY ?= data/sample/reddit/pages.warc.gz
+VOCAB_SIZE ?= 4096
+VAL_FRACTION ?= 0.05
 PRETRAIN_CONFIG ?= data/sample/pretrain.toml
 
-.PHONY: install test lint format demo train-bpe tokenize pretrain sample clean
+.PHONY: install test lint format demo scrape-reddit train-bpe tokenize pretrain sample sample-data clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	touch $@
@@ -38,11 +40,14 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 
 # One target per stage; each reuses its artifact when inputs and parameters are unchanged.
-train-bpe: install
-	$(GPT2) train-bpe --input $(SAMPLE) --vocab-size $(VOCAB_SIZE) --val-fraction $(VAL_FRACTION)
+scrape-reddit: install
+	$(GPT2) scrape-reddit $(addprefix --dump ,$(DUMPS)) $(addprefix --replay ,$(REPLAY))
+
+train-bpe: scrape-reddit
+	$(GPT2) train-bpe --corpus raw-docs --vocab-size $(VOCAB_SIZE) --val-fraction $(VAL_FRACTION)
 
 tokenize: train-bpe
-	$(GPT2) tokenize --input $(SAMPLE) --val-fraction $(VAL_FRACTION)
+	$(GPT2) tokenize --corpus raw-docs --val-fraction $(VAL_FRACTION)
 
 pretrain: tokenize
 	$(GPT2) pretrain --config $(PRETRAIN_CONFIG)
@@ -53,6 +58,10 @@ sample: pretrain
 demo: sample
 	$(GPT2) artifacts ls
 	$(GPT2) artifacts lineage model
+
+# Rebuild the embedded Reddit sample (dumps + WARC) from data/sample/articles and Python's docstrings.
+sample-data: install
+	$(BIN)/python data/sample/build_reddit_sample.py
 
 clean:
 	rm -rf $(GPT2_HOME) .pytest_cache .ruff_cache .hypothesis benchmarks/out

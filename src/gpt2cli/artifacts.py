@@ -141,6 +141,10 @@ class Artifact:
         return self.manifest.get("inputs", [])
 
     @property
+    def parent(self) -> dict[str, Any] | None:
+        return self.manifest.get("parent")
+
+    @property
     def summary(self) -> dict[str, Any]:
         return self.manifest.get("summary", {})
 
@@ -324,12 +328,17 @@ class Store:
                 continue
             seen.add(ref)
             with contextlib.suppress(Gpt2Error):
-                stack.extend(i["ref"] for i in self.resolve(ref).inputs if "ref" in i)
+                artifact = self.resolve(ref)
+                stack.extend(i["ref"] for i in artifact.inputs if "ref" in i)
+                if artifact.parent:
+                    stack.append(artifact.parent["ref"])
         return seen
 
     def lineage(self, artifact: Artifact) -> dict[str, Any]:
         """The tree of inputs back to the raw files; each node says whether its input is still intact."""
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
+        if artifact.parent:
+            node["parent"] = artifact.parent["ref"]
         for entry in artifact.inputs:
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
@@ -376,12 +385,15 @@ class Store:
         wait: bool = False,
         resumable: bool = False,
         command: Sequence[str] | None = None,
+        parent: Artifact | None = None,
     ) -> Published:
         """Build and publish a version of ``kind``, or reuse the version already built from the same things.
 
         ``build`` writes the artifact's files into ``draft.dir`` and returns the summary (metrics, counts).
         With ``resumable``, a draft left by a killed run of the same build is handed back (``draft.resumed``)
-        instead of being discarded.
+        instead of being discarded. ``parent`` names the version this one continues (an incremental refresh);
+        it is recorded and shown in the lineage but is not part of the build's identity, so rerunning the
+        same refresh reuses its version.
         """
         params_json = json.loads(_canonical_json(params))  # what the manifest will hold, JSON-normalized
         key = fingerprint(kind, params_json, inputs)
@@ -409,6 +421,7 @@ class Store:
                 "command": shlex.join(["gpt2", *sys.argv[1:]] if command is None else command),
                 "params": params_json,
                 "inputs": list(inputs),
+                "parent": artifact_input(parent) if parent is not None else None,
                 "fingerprint": key,
                 "build_seconds": round(time.time() - started, 3),
                 "files": [

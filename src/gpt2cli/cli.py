@@ -110,6 +110,86 @@ def report(result: Published, opts: Settings) -> None:
 # -- stages ------------------------------------------------------------------------------------
 
 
+@app.command("scrape-reddit")
+def scrape_reddit_command(
+    ctx: typer.Context,
+    dump: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="Pushshift/Arctic Shift dump (.zst/.bz2/.xz/.gz/NDJSON) or folder; repeatable."),
+    ] = None,
+    subreddit: Annotated[
+        Optional[list[str]], typer.Option(help="Pull a subreddit listing from the Reddit API; repeatable.")
+    ] = None,
+    urls: Annotated[Optional[list[Path]], typer.Option(help="A file of URLs, one per line; repeatable.")] = None,
+    replay: Annotated[
+        Optional[list[Path]], typer.Option(help="Take pages from this WARC instead of the network; repeatable.")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="API listing: top or new.")] = "top",
+    time_filter: Annotated[str, typer.Option(help="API `top` time filter: hour, day, week, month, year, all.")] = "all",
+    limit: Annotated[Optional[int], typer.Option(help="API: at most this many submissions per subreddit.")] = None,
+    min_score: Annotated[
+        int, typer.Option(help="Karma threshold, summed over submissions of one URL (WebText: 3).")
+    ] = 3,
+    keep_self: Annotated[bool, typer.Option("--keep-self", help="Keep self posts.")] = False,
+    keep_nsfw: Annotated[bool, typer.Option("--keep-nsfw", help="Keep over_18 submissions.")] = False,
+    block_subreddit: Annotated[
+        Optional[list[str]], typer.Option(help="Add to the subreddit blocklist; repeatable.")
+    ] = None,
+    block_domain: Annotated[Optional[list[str]], typer.Option(help="Add to the domain blocklist; repeatable.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only submissions from this UTC day on (YYYY-MM-DD).")] = None,
+    until: Annotated[
+        Optional[str], typer.Option(help="Only submissions up to this UTC day (WebText: 2017-12-31).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Connections at once.")] = 32,
+    per_host_interval: Annotated[float, typer.Option(help="Seconds between requests to one host.")] = 1.0,
+    user_agent: Annotated[Optional[str], typer.Option(help="User-Agent for the API and the crawl.")] = None,
+    allow_private_network: Annotated[
+        bool, typer.Option("--allow-private-network", help="Allow private/loopback addresses (tests).")
+    ] = False,
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Collect WebText-style links from Reddit, fetch the pages politely, extract their main text; writes `raw-docs`."""
+    from dataclasses import replace
+
+    from gpt2cli.scrape.fetch import FetchConfig
+    from gpt2cli.scrape.filters import LinkFilters, parse_day
+    from gpt2cli.scrape.stage import LinkSources, scrape_reddit
+
+    opts = settings(ctx, home, as_json)
+    defaults = LinkFilters()
+    filters = LinkFilters(
+        min_score=min_score,
+        drop_self=not keep_self,
+        drop_over_18=not keep_nsfw,
+        subreddit_blocklist=defaults.subreddit_blocklist | {s.lower() for s in block_subreddit or ()},
+        domain_blocklist=defaults.domain_blocklist | {d.lower() for d in block_domain or ()},
+        since=parse_day(since) if since else None,
+        until=parse_day(until) if until else None,
+    )
+    sources = LinkSources(
+        dumps=tuple(dump or ()),
+        subreddits=tuple(subreddit or ()),
+        url_files=tuple(urls or ()),
+        replays=tuple(replay or ()),
+        api_sort=sort,
+        api_time_filter=time_filter,
+        api_limit=limit,
+    )
+    if user_agent:
+        sources = replace(sources, user_agent=user_agent)
+    fetch = FetchConfig(
+        concurrency=concurrency,
+        per_host_interval_s=per_host_interval,
+        allow_private_network=allow_private_network,
+        **({"user_agent": user_agent} if user_agent else {}),
+    )
+    result = scrape_reddit(Store(opts.home), sources=sources, filters=filters, fetch=fetch, force=force, wait=wait)
+    report(result, opts)
+
+
 @app.command("train-bpe")
 def train_bpe_command(
     ctx: typer.Context,
@@ -350,7 +430,8 @@ def _row(artifact: Artifact) -> dict[str, Any]:
         "version": artifact.version,
         "bytes": artifact.size_bytes,
         "created_at": artifact.manifest.get("created_at"),
-        "parents": [i["ref"] for i in artifact.inputs if "ref" in i],
+        "parents": [i["ref"] for i in artifact.inputs if "ref" in i]
+        + ([f"{artifact.parent['ref']} (previous)"] if artifact.parent else []),
         "input_files": sum(1 for i in artifact.inputs if "path" in i),
         "path": str(artifact.path),
     }
@@ -440,7 +521,8 @@ def artifacts_lineage(
         if "file" in node:
             return f"{node['file']}  ({human_bytes(node['bytes'])}, sha256 {node['sha256'][:12]})"
         status = f"  [red]{node['status']}[/red]" if "status" in node else ""
-        return f"[bold]{node['ref']}[/bold]{status}"
+        parent = f"  (continues {node['parent']})" if node.get("parent") else ""
+        return f"[bold]{node['ref']}[/bold]{parent}{status}"
 
     def grow(branch: Tree, node: dict[str, Any], shown_files: int = 3) -> None:
         children = node.get("inputs", [])

@@ -1,0 +1,306 @@
+"""The `gpt2 scrape-reddit` stage: Reddit links -> filtered, deduplicated URLs -> pages -> main text.
+
+Crawl state lives next to the artifacts, in ``$GPT2_HOME/raw-docs/.crawl/``: the SQLite frontier (every URL
+with its status, attempts, error, archive location) and the WARC files of raw responses. It outlives any
+single run, so a killed run continues where it stopped and a later run with new links fetches only the
+URLs never fetched before. A published `raw-docs` version holds the documents of the links this run
+collected (fetched now or earlier) and names the previous version as its parent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt2cli.artifacts import Draft, Published, Store, file_input
+from gpt2cli.console import progress
+from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract
+from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult
+from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
+from gpt2cli.scrape.frontier import Frontier
+from gpt2cli.scrape.sources import RedditAPI, Submission, iter_dumps, read_url_list
+from gpt2cli.scrape.urls import host_of, normalize_url
+from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS = "documents.parquet"
+
+
+@dataclass(frozen=True)
+class LinkSources:
+    dumps: tuple[Path, ...] = ()
+    subreddits: tuple[str, ...] = ()
+    url_files: tuple[Path, ...] = ()
+    replays: tuple[Path, ...] = ()
+    api_sort: str = "top"
+    api_time_filter: str = "all"
+    api_limit: int | None = None
+    user_agent: str = "gpt2cli/0.1 (WebText-style link collection; https://example.invalid/gpt2cli)"
+
+    def validate(self) -> None:
+        if not (self.dumps or self.subreddits or self.url_files):
+            raise UsageError("no link source: give --dump, --subreddit or --urls (and --replay to fetch from a WARC)")
+        for path in (*self.dumps, *self.url_files, *self.replays):
+            if not Path(path).exists():
+                raise UsageError(f"{path} does not exist")
+        if self.api_sort not in ("top", "new"):
+            raise UsageError(f"--sort must be top or new, got {self.api_sort!r}")
+
+
+def _submissions(sources: LinkSources, stats: Counter[str]) -> Iterator[Submission]:
+    yield from iter_dumps([Path(p) for p in sources.dumps], stats)
+    for path in sources.url_files:
+        yield from read_url_list(Path(path), stats)
+    if sources.subreddits:
+        api = RedditAPI(user_agent=sources.user_agent)
+        for name in sources.subreddits:
+            yield from api.listing(name, sources.api_sort, sources.api_time_filter, sources.api_limit)
+
+
+def _input_files(sources: LinkSources) -> list[Path]:
+    files: list[Path] = []
+    for path in (*sources.dumps, *sources.url_files, *sources.replays):
+        path = Path(path)
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def scrape_reddit(
+    store: Store,
+    *,
+    sources: LinkSources,
+    filters: LinkFilters,
+    fetch: FetchConfig,
+    force: bool = False,
+    wait: bool = False,
+) -> Published:
+    sources.validate()
+    parent = store.latest("raw-docs")
+    inputs = [file_input(p) for p in _input_files(sources)]
+    params: dict[str, Any] = {
+        "sources": {k: [str(x) for x in v] if isinstance(v, tuple) else v for k, v in asdict(sources).items()},
+        "filters": _jsonable(asdict(filters)),
+        "fetch": _jsonable(asdict(fetch)),
+        "extractor_version": EXTRACTOR_VERSION,
+    }
+    if sources.subreddits:
+        params["pulled_at"] = dt.datetime.now(dt.timezone.utc).isoformat()  # API listings change: never reuse
+
+    def build(draft: Draft) -> dict[str, Any]:
+        return _build(store, draft.dir, sources, filters, fetch)
+
+    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return (
+            sorted(_jsonable(v) for v in value)
+            if isinstance(value, (set, frozenset))
+            else [_jsonable(v) for v in value]
+        )
+    if isinstance(value, (dt.date, dt.datetime, Path)):
+        return str(value)
+    return value
+
+
+def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
+    stats: Counter[str] = Counter()
+    links = collect_links(_submissions(sources, stats), filters, stats)
+    log.info("%d links kept of %d submissions", len(links), stats["submissions_seen"])
+    crawl = store.home / "raw-docs" / ".crawl"
+    crawl.mkdir(parents=True, exist_ok=True)
+    with Frontier(crawl / "frontier.sqlite") as frontier:
+        stats["links_new"] = frontier.add((url, link.original_url, _link_meta(link)) for url, link in links.items())
+        if sources.replays:
+            documents = _replay(frontier, [Path(p) for p in sources.replays], links, stats)
+        else:
+            archive = WarcArchive(crawl / "warc", prefix="crawl", committed=frontier.warc_committed_ends())
+            try:
+                _crawl(frontier, archive, Fetcher(fetch), links, stats)
+            finally:
+                archive.close()
+            documents = _archived_documents(frontier, crawl / "warc", links, stats)
+        n_docs = _write_parquet(out / DOCUMENTS, documents)
+        counts = frontier.counts()
+        failures = frontier.failures_by_reason()
+    stats["documents"] = n_docs
+    if not n_docs:
+        raise Gpt2Error("no document was extracted: every link was filtered out or failed (see the summary)")
+    summary: dict[str, Any] = dict(sorted(stats.items()))
+    summary.update({f"frontier_{k}": v for k, v in counts.items()})
+    summary.update({f"failed_{k}": v for k, v in sorted(failures.items())})
+    return summary
+
+
+def _link_meta(link: Link) -> dict[str, Any]:
+    return {"score": link.score, "ids": list(link.submission_ids), "subreddits": list(link.subreddits)}
+
+
+def _crawl(
+    frontier: Frontier, archive: WarcArchive, fetcher: Fetcher, links: dict[str, Link], stats: Counter[str]
+) -> None:
+    """Fetch this run's pending links; each success is in the WARC (fsynced) before the frontier says done."""
+    pending = [row for row in frontier.claim(len(links) + 1, time.time()) if row.url in links]
+    if not pending:
+        return
+    by_requested = {row.original_url: row.url for row in pending}
+    with progress("fetching", total=len(pending), unit="pages") as bar:
+
+        def on_result(result: FetchResult) -> None:
+            url = by_requested.get(result.url) or normalize_url(result.url) or result.url
+            bar.advance()
+            if not result.ok:
+                stats[f"fetch_{result.error}"] += 1
+                retry_at = time.time() + max(result.retry_after or 0.0, 600.0) if result.retryable else None
+                frontier.mark_failed(url, result.error or "unknown", retry_at)
+                return
+            body = result.body or b""
+            where = archive.write_response(
+                url=result.final_url or result.url,
+                status=result.status or 200,
+                reason=result.reason,
+                headers=result.headers,
+                body=body,
+                request_headers=result.request_headers,
+                requested_url=result.url,
+            )
+            frontier.mark_done(
+                url,
+                fetched_at=_iso(result.fetched_at),
+                http_status=result.status,
+                final_url=result.final_url or result.url,
+                content_type=result.content_type,
+                content_sha256=hashlib.sha256(body).hexdigest(),
+                warc_file=where.file,
+                warc_offset=where.offset,
+                warc_length=where.length,
+            )
+            stats["fetched"] += 1
+
+        fetcher.fetch_many([row.original_url for row in pending], on_result)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _replay(
+    frontier: Frontier, warcs: list[Path], links: dict[str, Link], stats: Counter[str]
+) -> Iterator[dict[str, Any]]:
+    """Pages from archived responses instead of the network: the embedded sample, and re-extraction."""
+    seen: set[str] = set()
+    warc_stats: Counter[str] = Counter()
+    for response in iter_responses(warcs, warc_stats):
+        url = next((u for u in map(normalize_url, (response.requested_url, response.url)) if u in links), None)
+        if url is None or url in seen:
+            continue
+        seen.add(url)
+        if response.status >= 400:
+            frontier.mark_failed(url, f"http_{response.status}", None)
+            stats[f"replay_http_{response.status}"] += 1
+            continue
+        frontier.mark_done(
+            url,
+            fetched_at=response.date,
+            http_status=response.status,
+            final_url=response.url,
+            content_type=response.content_type,
+            content_sha256=hashlib.sha256(response.body).hexdigest(),
+            warc_file=str(Path(response.warc_file or "").resolve()) if response.warc_file else None,
+            warc_offset=response.offset,
+        )
+        stats["replayed"] += 1
+        if (doc := _document(links[url], response.url, response.status, response.content_type, response.date,
+                             response.body, stats)) is not None:  # fmt: skip
+            yield doc
+    for url in links.keys() - seen:
+        frontier.mark_failed(url, "not_archived", None)
+        stats["replay_not_archived"] += 1
+    stats["warc_errors"] += warc_stats.get("errors", 0)
+
+
+def _archived_documents(
+    frontier: Frontier, warc_dir: Path, links: dict[str, Link], stats: Counter[str]
+) -> Iterator[dict[str, Any]]:
+    for row in frontier.done_rows():
+        link = links.get(row.url)
+        if link is None or row.warc_file is None or row.warc_offset is None or row.warc_length is None:
+            continue
+        response = read_record_at(warc_dir / row.warc_file, row.warc_offset, row.warc_length)
+        doc = _document(link, row.final_url or row.url, row.http_status, row.content_type, row.fetched_at,
+                        response.body, stats)  # fmt: skip
+        if doc is not None:
+            yield doc
+
+
+def _document(link: Link, final_url: str, status: int | None, content_type: str | None, fetched_at: str | None,
+              body: bytes, stats: Counter[str]) -> dict[str, Any] | None:  # fmt: skip
+    page = extract(body, url=final_url)
+    if not page.text.strip():
+        stats["empty_text"] += 1
+        return None
+    return {
+        "url": link.url,
+        "final_url": final_url,
+        "domain": host_of(final_url),
+        "reddit_ids": list(link.submission_ids),
+        "subreddits": list(link.subreddits),
+        "score": link.score,
+        "created_utc": link.created_utc,
+        "fetched_at": fetched_at,
+        "http_status": status,
+        "content_type": content_type,
+        "title": page.title,
+        "text": page.text,
+        "language": page.language,
+        "extractor_version": EXTRACTOR_VERSION,
+    }
+
+
+def _write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("url", pa.string()),
+            ("final_url", pa.string()),
+            ("domain", pa.string()),
+            ("reddit_ids", pa.list_(pa.string())),
+            ("subreddits", pa.list_(pa.string())),
+            ("score", pa.int64()),
+            ("created_utc", pa.int64()),
+            ("fetched_at", pa.string()),
+            ("http_status", pa.int32()),
+            ("content_type", pa.string()),
+            ("title", pa.string()),
+            ("text", pa.string()),
+            ("language", pa.string()),
+            ("extractor_version", pa.string()),
+        ]
+    )
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 256:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                count += len(batch)
+                batch = []
+        if batch or not count:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            count += len(batch)
+    return count

@@ -1,0 +1,536 @@
+"""The crawler against a local HTTP server: politeness, limits, SSRF guard, frontier, WARC, kill -9."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gpt2cli.scrape import fetch as fetch_mod
+from gpt2cli.scrape.fetch import (
+    FetchConfig,
+    Fetcher,
+    FetchResult,
+    backoff_delay,
+    is_forbidden_address,
+    parse_retry_after,
+    split_content_type,
+)
+from gpt2cli.scrape.frontier import Frontier
+from gpt2cli.scrape.warc import WarcArchive, complete_length, iter_responses, read_record_at
+
+
+def page_html(path: str) -> bytes:
+    return f"<html><head><title>{path}</title></head><body><p>Page {path}.</p></body></html>".encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        srv = self.server
+        path = self.path
+        with srv.lock:
+            srv.hits[path] += 1
+            srv.log.append((time.monotonic(), self.headers.get("Host", "").split(":")[0], path))
+            n = srv.hits[path]
+        try:
+            if path == "/robots.txt":
+                self._send(200, b"User-agent: *\nDisallow: /private\n", "text/plain")
+            elif path.startswith("/page/"):
+                with srv.lock:
+                    srv.active += 1
+                    srv.max_active = max(srv.max_active, srv.active)
+                time.sleep(srv.page_delay)
+                with srv.lock:
+                    srv.active -= 1
+                self._send(200, page_html(path))
+            elif path == "/flaky":
+                self._send(500, b"oops") if n == 1 else self._send(200, page_html(path))
+            elif path == "/ratelimited":
+                self._send(429, b"slow down", Retry_After="1") if n == 1 else self._send(200, page_html(path))
+            elif path == "/slow":
+                time.sleep(1.5)
+                self._send(200, page_html(path))
+            elif path == "/trickle":
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                while not srv.stopping.is_set():
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            elif path == "/huge":  # no Content-Length: the size is only known by reading
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for _ in range(64):
+                    self.wfile.write(b"y" * 65536)
+            elif path == "/gzipped":
+                body = gzip.compress(page_html(path))
+                self._send(200, body, Content_Encoding="gzip")
+            elif path == "/always429":
+                self._send(429, b"slow down", Retry_After="1")
+            elif path == "/image":
+                self._send(200, b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "image/png")
+            elif path == "/loop-a":
+                self._send(302, b"", Location="/loop-b")
+            elif path == "/loop-b":
+                self._send(301, b"", Location="/loop-a")
+            elif path == "/hop":
+                self._send(302, b"", Location="/page/target")
+            elif path.startswith("/to?"):
+                self._send(302, b"", Location=path[4:])
+            else:
+                self._send(404, b"not found")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.lock = threading.Lock()
+        self.hits: Counter[str] = Counter()
+        self.log: list[tuple[float, str, str]] = []
+        self.stopping = threading.Event()
+        self.page_delay = 0.0
+        self.active = self.max_active = 0
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.stopping.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def local_resolver(host: str, port: int) -> list[str]:
+    """Names of the tests: *.test are our server; evil.test has a private address among public ones."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]  # a literal resolves to itself, as with getaddrinfo
+    except ValueError:
+        pass
+    if host == "evil.test":
+        return ["93.184.216.34", "10.0.0.7"]
+    if host == "metadata.test":
+        return ["169.254.169.254"]
+    if host.endswith(".test") or host == "127.0.0.1":
+        return ["127.0.0.1"]
+    raise OSError(f"unknown test host {host}")
+
+
+def fast(**kw: object) -> FetchConfig:
+    base: dict[str, object] = dict(
+        concurrency=4,
+        per_host_interval_s=0.0,
+        connect_timeout_s=1.0,
+        read_timeout_s=0.5,
+        page_deadline_s=3.0,
+        max_bytes=256 * 1024,
+        retries=2,
+        backoff_base_s=0.05,
+        retry_after_cap_s=5.0,
+        allow_private_network=True,
+        obey_robots=False,
+    )
+    base.update(kw)
+    return FetchConfig(**base)  # type: ignore[arg-type]
+
+
+def fetcher(**kw: object) -> Fetcher:
+    return Fetcher(fast(**kw), resolver=local_resolver)
+
+
+def many(f: Fetcher, urls: list[str]) -> dict[str, FetchResult]:
+    out: dict[str, FetchResult] = {}
+    main = threading.get_ident()
+
+    def on_result(r: FetchResult) -> None:
+        assert threading.get_ident() == main  # the caller's thread: WARC + frontier need no locks
+        out[r.url] = r
+
+    f.fetch_many(urls, on_result)
+    assert len(out) == len(urls)
+    return out
+
+
+# -- pure helpers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "224.0.0.1",
+     "100.64.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fe80::1%eth0", "fc00::1", "ff02::1",
+     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::1", "2002:a00:1::", "64:ff9b::a00:1", "::127.0.0.1",
+     "not-an-ip"],
+)  # fmt: skip
+def test_forbidden_addresses(address: str) -> None:
+    assert is_forbidden_address(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses(address: str) -> None:
+    assert not is_forbidden_address(address)
+
+
+def test_helpers() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 10) == pytest.approx(10)
+    cfg = FetchConfig(backoff_base_s=2.0, retry_after_cap_s=60)
+    assert [backoff_delay(k, cfg, None) for k in range(3)] == [2.0, 4.0, 8.0]
+    assert backoff_delay(0, cfg, 30.0) == 30.0
+    assert backoff_delay(0, cfg, 3600.0) is None
+    assert split_content_type('text/HTML; Charset="ISO-8859-1"') == ("text/html", "iso-8859-1")
+    assert split_content_type(None) == (None, None)
+
+
+# -- fetching -----------------------------------------------------------------------------------------------
+
+
+def test_fetch_outcomes(server: Server) -> None:
+    base = f"http://site.test:{server.port}"
+    f = fetcher(max_bytes=200_000)
+    urls = [f"{base}/{p}" for p in ("page/1", "missing", "flaky", "image", "huge", "loop-a", "hop", "gzipped")]
+    res = many(f, urls)
+    ok = res[f"{base}/page/1"]
+    assert ok.ok and ok.status == 200 and ok.body == page_html("/page/1") and ok.charset == "utf-8"
+    assert ok.content_type == "text/html" and ok.request_headers["User-Agent"].startswith("gpt2cli/")
+    assert (res[f"{base}/missing"].error, res[f"{base}/missing"].retryable) == ("http_404", False)
+    flaky = res[f"{base}/flaky"]
+    assert flaky.ok and flaky.attempts == 2 and server.hits["/flaky"] == 2
+    assert res[f"{base}/image"].error == "not_html" and res[f"{base}/image"].body is None
+    assert res[f"{base}/huge"].error == "too_large"
+    assert res[f"{base}/loop-a"].error == "redirect_loop"
+    hop = res[f"{base}/hop"]
+    assert hop.ok and hop.final_url == f"{base}/page/target"
+    assert res[f"{base}/gzipped"].body == page_html("/gzipped")
+
+
+def test_retry_after_then_success(server: Server) -> None:
+    start = time.monotonic()
+    res = many(fetcher(), [f"http://127.0.0.1:{server.port}/ratelimited"])
+    r = next(iter(res.values()))
+    assert r.ok and r.attempts == 2 and time.monotonic() - start >= 1.0
+
+
+def test_retry_after_beyond_cap_is_left_to_the_frontier(server: Server) -> None:
+    r = fetcher().fetch(f"http://127.0.0.1:{server.port}/ratelimited")
+    assert (r.error, r.retryable, r.retry_after) == ("http_429", True, 1.0)
+    res = many(fetcher(retry_after_cap_s=0.5), [f"http://127.0.0.1:{server.port}/always429"])
+    r = next(iter(res.values()))
+    assert (r.error, r.retry_after, r.attempts, server.hits["/always429"]) == ("http_429", 1.0, 1, 1)
+
+
+def test_slow_and_trickling_servers_are_cut_off(server: Server) -> None:
+    f = fetcher(retries=0, read_timeout_s=0.3, page_deadline_s=1.0)
+    start = time.monotonic()
+    slow = f.fetch(f"http://127.0.0.1:{server.port}/slow")
+    assert (slow.error, slow.retryable) == ("timeout", True)
+    assert time.monotonic() - start < 1.4
+    start = time.monotonic()
+    trickle = f.fetch(f"http://127.0.0.1:{server.port}/trickle")  # each byte within read timeout, forever
+    elapsed = time.monotonic() - start
+    assert (trickle.error, trickle.body) == ("deadline", None)
+    assert 0.9 < elapsed < 2.5
+
+
+def test_non_http_schemes_refused() -> None:
+    assert fetcher().fetch("ftp://example.com/x").error == "bad_scheme"
+    assert fetcher().fetch("file:///etc/passwd").error == "bad_scheme"
+
+
+def test_private_addresses_refused(server: Server) -> None:
+    f = fetcher(allow_private_network=False)
+    for url in (f"http://127.0.0.1:{server.port}/page/1", f"http://evil.test:{server.port}/page/1",
+                "http://metadata.test/latest/meta-data", f"http://[::1]:{server.port}/"):  # fmt: skip
+        r = f.fetch(url)
+        assert (r.error, r.retryable) == ("private_address", False), url
+    assert server.hits["/page/1"] == 0
+
+
+def test_redirect_to_private_address_refused(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Treat our server's address as public, so the first hop connects and only the redirect is refused.
+    real = fetch_mod.is_forbidden_address
+    monkeypatch.setattr(fetch_mod, "is_forbidden_address", lambda a: a != "127.0.0.1" and real(a))
+    f = fetcher(allow_private_network=False)
+    base = f"http://public.test:{server.port}"
+    assert f.fetch(f"{base}/page/ok").ok
+    for target in (f"http://127.0.0.2:{server.port}/page/1", "http://metadata.test/", "http://evil.test/x"):
+        r = f.fetch(f"{base}/to?{target}")
+        assert r.error == "private_address", target
+        assert server.hits[f"/to?{target}"] == 1
+    assert server.hits["/page/1"] == 0
+
+
+def test_system_resolver_checked(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = Fetcher(fast(allow_private_network=False))  # the real resolver
+    assert f.fetch(f"http://localhost:{server.port}/page/1").error == "private_address"
+    real = socket.getaddrinfo
+
+    def fake(host: str, *args: object, **kwargs: object):
+        if host == "intranet.example":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:4700::1", 80, 0, 0)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.168.0.10", 80))]  # fmt: skip
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    assert f.fetch("http://intranet.example/").error == "private_address"
+    assert server.hits["/page/1"] == 0
+
+
+def test_dns_rebinding_checked_at_connect(server: Server) -> None:
+    """The address that is checked is the one connected to: a resolver that answers differently each
+    time (public, then private) is refused at the connection, whatever it said before."""
+    answers = iter([["127.0.0.1"], ["10.0.0.1"]] * 10)
+    calls: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return next(answers)
+
+    f = Fetcher(fast(allow_private_network=False), resolver=rebinding)
+    r = f.fetch(f"http://rebind.test:{server.port}/page/1")
+    assert r.error == "private_address" and len(calls) == 1  # one resolution per connection, checked
+
+
+def test_robots_obeyed_and_fetched_once(server: Server) -> None:
+    base = f"http://site.test:{server.port}"
+    f = fetcher(obey_robots=True)
+    urls = [f"{base}/page/{i}" for i in range(5)] + [f"{base}/private/secret"]
+    res = many(f, urls)
+    assert res[f"{base}/private/secret"].error == "robots"
+    assert all(res[u].ok for u in urls[:5])
+    assert server.hits["/robots.txt"] == 1 and server.hits["/private/secret"] == 0
+    assert f.fetch(f"{base}/private/other").error == "robots" and server.hits["/robots.txt"] == 1
+
+
+def test_robots_failures(server: Server) -> None:
+    # A site without robots.txt (404) allows everything.
+    r = fetcher(obey_robots=True).fetch(f"http://127.0.0.1:{server.port}/page/x")
+    assert r.ok or r.error is None
+    # A site whose robots.txt cannot be read (5xx, timeout, connection) is off limits for this run.
+    f = fetcher(obey_robots=True)
+    f.robots._fetch_text = lambda url: FetchResult(url=url, status=503, error="http_503", retryable=True)
+    r = f.fetch(f"http://other.test:{server.port}/page/y")
+    assert (r.error, r.retryable) == ("robots_unreachable", True)
+    assert server.hits["/page/y"] == 0
+
+
+def test_politeness(server: Server) -> None:
+    server.page_delay = 0.2
+    f = fetcher(per_host_interval_s=0.4, concurrency=4)
+    urls = [f"http://{h}.test:{server.port}/page/{h}{i}" for i in range(3) for h in ("a", "b")]
+    start = time.monotonic()
+    res = many(f, urls)
+    assert all(r.ok for r in res.values())
+    starts: dict[str, list[float]] = defaultdict(list)
+    for t, host, _ in server.log:
+        starts[host].append(t - start)
+    for host in ("a.test", "b.test"):
+        gaps = [b - a for a, b in zip(starts[host], starts[host][1:], strict=False)]
+        assert len(starts[host]) == 3 and min(gaps) >= 0.38, (host, starts[host])
+    # Hosts proceed in parallel (one host never has two requests in flight, by the gaps above).
+    assert server.max_active == 2
+    assert time.monotonic() - start < 2.0  # one host after the other would take > 2.2 s
+
+
+# -- frontier -----------------------------------------------------------------------------------------------
+
+
+def test_frontier_cycle(tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "frontier.sqlite")
+    triples = [(f"http://x.test/{i}", f"http://X.test/{i}#f", {"score": i}) for i in range(5)]
+    assert fr.add(triples) == 5
+    assert fr.add([*triples, ("http://x.test/5", "http://x.test/5", {})]) == 1
+    assert fr.counts() == {"pending": 6, "done": 0, "failed": 0, "total": 6}
+    rows = fr.claim(3, now=time.time())
+    assert [r.url for r in rows] == [f"http://x.test/{i}" for i in range(3)] and rows[0].meta == {"score": 0}
+    assert [r.url for r in fr.claim(10, now=time.time())] == [f"http://x.test/{i}" for i in range(3, 6)]
+    assert fr.mark_done(rows[0].url, http_status=200, warc_file="a.warc.gz", warc_offset=0, warc_length=10)
+    assert not fr.mark_done(rows[0].url, http_status=200)  # done stays done
+    fr.mark_failed(rows[1].url, "http_404", None)
+    fr.mark_failed(rows[2].url, "timeout", retry_at=time.time() + 3600)
+    assert fr.counts() == {"pending": 4, "done": 1, "failed": 1, "total": 6}
+    fr.close()
+    fr = Frontier(tmp_path / "frontier.sqlite")  # a new process: nothing in flight, the retry not yet due
+    assert [r.url for r in fr.claim(10, now=time.time())] == [f"http://x.test/{i}" for i in range(3, 6)]
+    assert rows[2].url in [r.url for r in fr.claim(10, now=time.time() + 7200)]
+    assert fr.failures_by_reason() == Counter({"http_404": 1})
+    done = list(fr.done_rows())
+    assert len(done) == 1 and done[0].http_status == 200 and done[0].attempts == 1
+    assert fr.get(rows[2].url).attempts == 1 and fr.get(rows[2].url).last_error == "timeout"
+    assert fr.warc_committed_ends() == {"a.warc.gz": 10}
+
+
+# -- WARC ---------------------------------------------------------------------------------------------------
+
+
+def write_pages(archive: WarcArchive, n: int, start: int = 0):
+    locs = []
+    for i in range(start, start + n):
+        url = f"http://x.test/p{i}"
+        locs.append(
+            archive.write_response(
+                url=url, status=200, reason="OK", body=page_html(f"/p{i}"),
+                headers={"Content-Type": "text/html", "Content-Encoding": "gzip", "Content-Length": "5"},
+                request_headers={"User-Agent": "t"}, requested_url=url + "?orig",
+            )
+        )  # fmt: skip
+    return locs
+
+
+def test_warc_roundtrip_rollover_and_torn_record(tmp_path: Path) -> None:
+    archive = WarcArchive(tmp_path, "crawl", max_bytes=2000)
+    locs = write_pages(archive, 8)
+    archive.close()
+    files = archive.files()
+    assert len(files) > 1 and files[0].name == "crawl-00000.warc.gz"
+    stats: Counter[str] = Counter()
+    got = list(iter_responses(files, stats))
+    assert [r.url for r in got] == [f"http://x.test/p{i}" for i in range(8)]
+    assert all(r.body == page_html(f"/p{i}") and r.status == 200 for i, r in enumerate(got))
+    assert got[0].headers["X-Archive-Orig-Content-Encoding"] == "gzip" and got[0].content_type == "text/html"
+    assert got[0].requested_url == "http://x.test/p0?orig" and stats["errors"] == 0
+    for i, loc in enumerate(locs):
+        assert read_record_at(tmp_path / loc.file, loc.offset, loc.length).body == page_html(f"/p{i}")
+
+    last = files[-1]
+    good = last.stat().st_size
+    with open(last, "ab") as f:  # a kill mid-write: half a gzip member
+        f.write(gzip.compress(b"WARC/1.1\r\nWARC-Type: response\r\n" + os.urandom(500))[:200])
+    stats = Counter()
+    assert len(list(iter_responses([last], stats))) >= 1 and stats["errors"] == 1  # no exception
+    assert complete_length(last) == good
+    archive = WarcArchive(tmp_path, "crawl", max_bytes=2000)
+    assert last.stat().st_size == good and archive.repaired == {last.name: 200}
+    write_pages(archive, 2, start=8)
+    archive.close()
+    assert [r.url for r in iter_responses(archive.files())][-3:] == [f"http://x.test/p{i}" for i in (7, 8, 9)]
+
+
+def test_warc_cut_back_to_committed(tmp_path: Path) -> None:
+    archive = WarcArchive(tmp_path, "c")
+    locs = write_pages(archive, 3)
+    archive.close()
+    committed = {locs[1].file: locs[1].offset + locs[1].length}  # the third was never marked done
+    archive = WarcArchive(tmp_path, "c", committed=committed)
+    archive.close()
+    assert [r.url for r in iter_responses(archive.files())] == ["http://x.test/p0", "http://x.test/p1"]
+
+
+def test_iter_responses_on_garbage(tmp_path: Path) -> None:
+    (tmp_path / "bad.warc.gz").write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(100))
+    stats: Counter[str] = Counter()
+    assert list(iter_responses([tmp_path / "bad.warc.gz", tmp_path / "absent.warc.gz"], stats)) == []
+    assert stats["errors"] == 2
+
+
+# -- kill -9 ------------------------------------------------------------------------------------------------
+
+
+def crawl(workdir: Path, port: int) -> None:
+    """The crawl loop the stage runs: claim, fetch, archive, mark. Run in a child process by the test."""
+    frontier = Frontier(workdir / "frontier.sqlite")
+    archive = WarcArchive(workdir / "warc", "crawl", max_bytes=8000, committed=frontier.warc_committed_ends())
+    f = Fetcher(fast(concurrency=3), resolver=local_resolver)
+
+    def on_result(r: FetchResult) -> None:
+        if r.ok and r.status is not None and r.body is not None:
+            loc = archive.write_response(
+                url=r.final_url or r.url, status=r.status, reason=r.reason, headers=r.headers, body=r.body,
+                request_headers=r.request_headers, requested_url=r.url,
+            )  # fmt: skip
+            frontier.mark_done(r.url, http_status=r.status, fetched_at=r.fetched_at, warc_file=loc.file,
+                               warc_offset=loc.offset, warc_length=loc.length)  # fmt: skip
+        else:
+            frontier.mark_failed(r.url, r.error or "unknown", None)
+
+    while rows := frontier.claim(6, now=time.time()):
+        f.fetch_many([r.url for r in rows], on_result)
+    archive.close()
+
+
+def test_kill_9_mid_crawl_then_resume(server: Server, tmp_path: Path) -> None:
+    n = 60
+    server.page_delay = 0.02
+    urls = [f"http://127.0.0.1:{server.port}/page/{i}" for i in range(n)]
+    with Frontier(tmp_path / "frontier.sqlite") as fr:
+        fr.add((u, u, {"i": i}) for i, u in enumerate(urls))
+    cmd = [sys.executable, __file__, str(tmp_path), str(server.port)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(cmd, env=env)
+    db = sqlite3.connect(tmp_path / "frontier.sqlite", timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        (done,) = db.execute("SELECT COUNT(*) FROM urls WHERE status = 'done'").fetchone()
+        if done >= 15:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done_at_kill = {u for (u,) in db.execute("SELECT url FROM urls WHERE status = 'done'")}
+    db.close()
+    assert 15 <= len(done_at_kill) < n, "the child finished before it was killed"
+    hits_at_kill = Counter(server.hits)
+
+    assert subprocess.run(cmd, env=env, timeout=60).returncode == 0
+    with Frontier(tmp_path / "frontier.sqlite") as fr:
+        assert fr.counts() == {"pending": 0, "done": n, "failed": 0, "total": n}
+        rows = list(fr.done_rows())
+    assert sorted(r.url for r in rows) == sorted(urls)
+    for r in rows:  # every done URL's record is where the frontier says
+        rec = read_record_at(tmp_path / "warc" / r.warc_file, r.warc_offset, r.warc_length)
+        assert rec.url == r.url and rec.body == page_html(urllib_path(r.url))
+    for url in done_at_kill:  # fetched once, never again after success
+        assert server.hits[urllib_path(url)] == hits_at_kill[urllib_path(url)] == 1
+    assert max(server.hits[urllib_path(u)] for u in urls) <= 2  # at most the in-flight ones twice
+    stats: Counter[str] = Counter()
+    replayed = [r.url for r in iter_responses(sorted((tmp_path / "warc").iterdir()), stats)]
+    assert sorted(replayed) == sorted(urls) and stats["errors"] == 0  # no torn or duplicate records
+
+
+def urllib_path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+if __name__ == "__main__":
+    crawl(Path(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from gpt2cli.artifacts import Store
+from tests.conftest import SAMPLE, run_cli
+
+REDDIT = SAMPLE.parent / "reddit"
+NOVEMBER, JANUARY, WARC = REDDIT / "RS_2017-11.zst", REDDIT / "RS_2018-01.zst", REDDIT / "pages.warc.gz"
+
+
+def rows(home: Path, ref: str = "raw-docs") -> list[dict]:
+    return pq.read_table(Store(home).resolve(ref).file("documents.parquet")).to_pylist()
+
+
+def test_replay_of_the_embedded_sample(home: Path):
+    result = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    # every case of the sample is counted
+    for key in ("filtered_self", "filtered_over_18", "filtered_domain", "filtered_extension", "filtered_score",
+                "bad_json", "missing_url", "score_from_string", "failed_http_404", "failed_http_500",
+                "failed_not_archived"):  # fmt: skip
+        assert summary.get(key, 0) >= 1, key
+    docs = rows(home)
+    assert len(docs) == summary["documents"] > 150
+    assert sum(len(d["text"]) for d in docs) > 800_000
+    # one URL in five spellings is one document whose score is the sum (1 each)
+    (blight,) = [d for d in docs if "tomato-blight" in d["url"]]
+    assert blight["score"] == 5 and len(blight["reddit_ids"]) == 5
+    assert {"fr", "es", "de"} <= {d["language"] for d in docs}
+    assert any(d["domain"] == "en.wikipedia.org" for d in docs)  # removed later, by dedupe
+    assert all(d["text"].strip() and d["extractor_version"] for d in docs)
+    assert not any("cookies to improve your experience" in d["text"] for d in docs)
+    # Parquet that datasets reads
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_files=str(Store(home).resolve("raw-docs").file("documents.parquet")))
+    assert loaded["train"].num_rows == len(docs)
+    # the same run again reuses the version; a new month fetches only new URLs and records its parent
+    again = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--json")
+    assert json.loads(again.stdout)["reused"] is True
+    refresh = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--dump", str(JANUARY), "--replay", str(WARC),
+                      "--json")  # fmt: skip
+    out = json.loads(refresh.stdout)
+    assert out["ref"] == "raw-docs@v2" and out["summary"]["links_new"] == 3
+    assert Store(home).resolve("raw-docs@v2").parent["ref"] == "raw-docs@v1"
+    cutoff = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--dump", str(JANUARY), "--replay", str(WARC),
+                     "--until", "2017-12-31", "--json")  # fmt: skip
+    assert json.loads(cutoff.stdout)["summary"]["filtered_date"] == 3
+
+
+def test_bad_input(home: Path, tmp_path: Path):
+    assert run_cli(home, "scrape-reddit").returncode == 2
+    missing = run_cli(home, "scrape-reddit", "--dump", str(tmp_path / "RS_2099-01.zst"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--until", "yesterday").returncode == 2
+
+
+class _Site:
+    """Article pages on 127.0.0.1, each answered slowly, with a count of hits per path."""
+
+    def __init__(self, pages: int, delay: float):
+        self.hits: Counter[str] = Counter()
+        texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))]
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.hits[self.path] += 1
+                if self.path == "/robots.txt":
+                    body, ctype = b"User-agent: *\nDisallow: /private/\n", "text/plain"
+                else:
+                    time.sleep(delay)
+                    k = int(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/page/") else 0
+                    paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in texts[k % len(texts)].split("\n\n"))
+                    body = (f"<html><body><nav><a href='/'>Home</a></nav><article><h1>Page {k}</h1>{paragraphs}"
+                            f"</article><footer>Footer</footer></body></html>").encode()  # fmt: skip
+                    ctype = "text/html; charset=utf-8"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_live_crawl_survives_kill_9(home: Path, tmp_path: Path):
+    site = _Site(pages=40, delay=0.05)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("\n".join([f"{site.base}/page/{i}" for i in range(40)] + [f"{site.base}/private/x"]) + "\n")
+        args = ["scrape-reddit", "--urls", str(urls), "--allow-private-network", "--per-host-interval", "0.02",
+                "--json"]  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt2cli", *args],
+            env={**os.environ, "GPT2_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 60
+        while sum(n for p, n in site.hits.items() if p.startswith("/page/")) < 10:
+            assert proc.poll() is None and time.time() < deadline, "the crawl ended before it could be killed"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (home / "raw-docs" / "v1").exists()
+        done = run_cli(home, *args)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)["summary"]
+        docs = rows(home)
+        assert len(docs) == 40 and summary["failed_robots"] == 1
+        # a page archived before the kill is never fetched again; at most the in-flight ones are repeated
+        repeated = [p for p, n in site.hits.items() if p.startswith("/page/") and n > 1]
+        assert len(repeated) <= 2, repeated
+        assert site.hits["/private/x"] == 0
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize("name", ["RS_v2_2005-06.xz"])
+def test_real_dump_links(home: Path, name: str, tmp_path: Path):
+    from tests.conftest import shared_data
+
+    dump = shared_data("reddit", "pushshift", name)
+    empty_warc = tmp_path / "none.warc.gz"
+    empty_warc.write_bytes(b"")
+    result = run_cli(home, "scrape-reddit", "--dump", str(dump), "--replay", str(empty_warc), "--json")
+    # nothing is archived, so no document: a clear failure, with the link counts in the log
+    assert result.returncode == 1 and "no document was extracted" in result.stderr
+    assert "Traceback" not in result.stderr
