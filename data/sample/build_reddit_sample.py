@@ -3,8 +3,8 @@
     .venv/bin/python data/sample/build_reddit_sample.py        # rewrites data/sample/reddit/
 
 Everything comes from text written for this project (data/sample/articles/, the short foreign-language
-pieces below) or installed with Python (docstrings of the standard library, rendered as documentation
-pages). Output is deterministic for a given Python version:
+pieces below) or installed with Python (docstrings of the standard library and the language reference
+topics of ``pydoc_data``, rendered as documentation pages). Output is deterministic for a given Python version:
 
 - ``reddit/RS_2017-11.zst`` and ``reddit/RS_2018-01.zst``: NDJSON submissions compressed with zstd and a long
   window, like the Pushshift / Arctic Shift dumps;
@@ -199,13 +199,29 @@ def stdlib_pages(limit_chars: int) -> list[tuple[str, str, list[str]]]:
                     if not meth.startswith("_") and inspect.isfunction(fn) and (d := inspect.getdoc(fn)):
                         blocks.append(f"{attr}.{meth}\n" + d.replace("\n\n", "\n"))
         size = sum(map(len, blocks))
-        if size < 800:
+        if size < 300:
             continue
         summary = (inspect.getdoc(module) or name).split("\n")[0][:80]
         pages.append((f"{name} — {summary}", f"https://pyref-notes.example/3/library/{name}.html", blocks))
         total += size
         if total >= limit_chars:
             break
+    return pages
+
+
+def reference_pages() -> list[tuple[str, str, list[str]]]:
+    """Pages of the language reference that ships with Python (pydoc_data.topics)."""
+    from pydoc_data.topics import topics
+
+    pages = []
+    for name, text in sorted(topics.items()):
+        lines = text.split("\n")
+        title = lines[0].strip() or name
+        body = "\n".join(line for line in lines[2:] if not set(line.strip()) <= {"*", "=", "-"})
+        blocks = [b.strip("\n") for b in re.split(r"\n\s*\n", body) if b.strip()]
+        blocks = [b if b.startswith("   ") else " ".join(b.split()) for b in blocks]  # reflow prose, keep code
+        blocks = [("    " + b.strip().replace("\n", "\n    ")) if b.startswith("   ") else b for b in blocks]
+        pages.append((title, f"https://pyref-notes.example/3/reference/{name}.html", blocks))
     return pages
 
 
@@ -318,14 +334,14 @@ def main() -> None:
         archive(url, title, paragraphs, lang=lang)
         november.append(submission(rng, url, title, when(), subreddit="europe"))
     # Wikipedia pages (the dedupe stage removes them) written from standard-library docstrings.
-    docs = stdlib_pages(limit_chars=1_300_000)
+    docs = stdlib_pages(limit_chars=1_500_000)
     for title, _, blocks in docs[:2]:
         name = title.split(" ")[0]
         wiki = f"https://en.wikipedia.org/wiki/{name.capitalize()}_(Python_module)"
         archive(wiki, title, blocks[:12])
         november.append(submission(rng, wiki, title, when(), subreddit="learnpython"))
     # Documentation pages: the bulk of the sample's text.
-    for title, url, blocks in docs[2:]:
+    for title, url, blocks in docs[2:] + reference_pages():
         archive(url, title, blocks, heavy=rng.random() < 0.2)
         november.append(submission(rng, url, title, when(), subreddit="Python"))
     # Links that the filters drop: NSFW, self posts, media, a blocked subreddit.
