@@ -13,10 +13,9 @@ PYTEST_WORKERS ?= 2
 DUMPS ?= data/sample/reddit/RS_2017-11.zst
 REPLAY ?= data/sample/reddit/pages.warc.gz
 VOCAB_SIZE ?= 4096
-VAL_FRACTION ?= 0.05
 PRETRAIN_CONFIG ?= data/sample/pretrain.toml
 
-.PHONY: install test lint format demo scrape-reddit train-bpe tokenize pretrain sample sample-data clean
+.PHONY: install test lint format demo scrape-reddit dedupe train-bpe tokenize pretrain sample sample-data clean
 
 install: $(VENV)/.installed
 
@@ -43,11 +42,14 @@ format: install
 scrape-reddit: install
 	$(GPT2) scrape-reddit $(addprefix --dump ,$(DUMPS)) $(addprefix --replay ,$(REPLAY))
 
-train-bpe: scrape-reddit
-	$(GPT2) train-bpe --corpus raw-docs --vocab-size $(VOCAB_SIZE) --val-fraction $(VAL_FRACTION)
+dedupe: scrape-reddit
+	$(GPT2) dedupe --raw-docs raw-docs
+
+train-bpe: dedupe
+	$(GPT2) train-bpe --corpus corpus --vocab-size $(VOCAB_SIZE)
 
 tokenize: train-bpe
-	$(GPT2) tokenize --corpus raw-docs --val-fraction $(VAL_FRACTION)
+	$(GPT2) tokenize --corpus corpus
 
 pretrain: tokenize
 	$(GPT2) pretrain --config $(PRETRAIN_CONFIG)

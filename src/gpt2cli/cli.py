@@ -190,6 +190,73 @@ def scrape_reddit_command(
     report(result, opts)
 
 
+@app.command("dedupe")
+def dedupe_command(
+    ctx: typer.Context,
+    raw_docs: Annotated[
+        Optional[list[str]], typer.Option(help="raw-docs artifacts to read \\[default: the latest]; repeatable.")
+    ] = None,
+    inputs: Annotated[
+        Optional[list[Path]],
+        typer.Option("--input", help="JSONL/Parquet files with a text column (and url, score) instead."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Near-duplicate Jaccard of word 5-gram sets (OpenWebText: 0.5).")
+    ] = 0.5,
+    num_perm: Annotated[int, typer.Option(help="MinHash permutations.")] = 128,
+    val_fraction: Annotated[float, typer.Option(help="Held-out share, by hash of the URL (the paper: 5%).")] = 0.05,
+    keep_wikipedia: Annotated[
+        bool, typer.Option("--keep-wikipedia", help="Do not remove Wikipedia and its mirrors.")
+    ] = False,
+    language: Annotated[str, typer.Option(help="Keep documents in this language; 'any' turns the filter off.")] = "en",
+    min_words: Annotated[int, typer.Option(help="Drop documents shorter than this (OpenWebText: 128 tokens).")] = 100,
+    incremental: Annotated[
+        bool, typer.Option("--incremental", help="Add to the latest corpus without recomputing it.")
+    ] = False,
+    overlap: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="Report the 8-gram overlap of these eval files with the corpus (paper section 4)."),
+    ] = None,
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Clean and deduplicate raw documents into a `corpus` (Parquet with a train/val split) and a report."""
+    from dataclasses import replace
+
+    from gpt2cli.dedupe.filters import QualityConfig
+    from gpt2cli.dedupe.stage import DedupeConfig, dedupe, overlap_table
+
+    opts = settings(ctx, home, as_json)
+    config = DedupeConfig(
+        near_threshold=threshold,
+        num_perm=num_perm,
+        val_fraction=val_fraction,
+        remove_wikipedia=not keep_wikipedia,
+        language=None if language == "any" else language,
+        quality=replace(QualityConfig(), min_words=min_words),
+        bloom=bool(overlap),
+    )
+    store = Store(opts.home)
+    result = dedupe(store, raw_refs=raw_docs or [], inputs=inputs or [], config=config, incremental=incremental,
+                    force=force, wait=wait)  # fmt: skip
+    report(result, opts)
+    if overlap:
+        rows = overlap_table(result.artifact, overlap)
+        if opts.json:
+            print_json({"overlap": rows})
+        else:
+            from rich.table import Table
+
+            table = Table(
+                "eval file", "8-grams", "found in corpus", "percent", title=f"overlap with {result.artifact.ref}"
+            )
+            for r in rows:
+                table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
+            stdout_console().print(table)
+
+
 @app.command("train-bpe")
 def train_bpe_command(
     ctx: typer.Context,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,8 @@ def open_documents(
         files = expand_inputs([Path(p) for p in input_paths])
         return DocumentSource([file_input(p) for p in files], files, val_fraction, has_split_column=False)
     corpus: Artifact = store.resolve(corpus_ref or "corpus")
-    files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if f["path"].endswith(".parquet")]
+    # the documents are the top-level Parquet files; subfolders hold a stage's own state
+    files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if re.fullmatch(r"[^/]+\.parquet", f["path"])]
     if not files:
         raise Gpt2Error(f"{corpus.ref} holds no Parquet documents")
     return DocumentSource([artifact_input(corpus)], files, val_fraction, has_split_column=True)

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpt2cli.artifacts import Store
+from tests.conftest import SAMPLE, run_cli
+
+REDDIT = SAMPLE.parent / "reddit"
+NOVEMBER, JANUARY, WARC = REDDIT / "RS_2017-11.zst", REDDIT / "RS_2018-01.zst", REDDIT / "pages.warc.gz"
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """raw-docs@v1 (November) and raw-docs@v2 (November + January) of the embedded sample."""
+    home = tmp_path_factory.mktemp("scraped")
+    for dumps in ([NOVEMBER], [NOVEMBER, JANUARY]):
+        args = [a for d in dumps for a in ("--dump", str(d))]
+        result = run_cli(home, "scrape-reddit", *args, "--replay", str(WARC))
+        assert result.returncode == 0, result.stderr
+    return home
+
+
+@pytest.fixture
+def home(scraped: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "home"
+    shutil.copytree(scraped, target)
+    return target
+
+
+def corpus_rows(home: Path, ref: str = "corpus") -> list[dict]:
+    return pq.read_table(Store(home).resolve(ref).file("documents-00000.parquet")).to_pylist()
+
+
+def test_dedupe_the_sample(home: Path):
+    result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["removed_wikipedia"] == 2
+    assert summary["removed_exact_duplicates"] == 1  # the mirror of the dumplings recipe
+    assert summary["removed_near_duplicates"] >= 1  # the syndicated, edited bike-lanes story
+    rows = corpus_rows(home)
+    urls = {r["url"] for r in rows}
+    assert not any("wikipedia.org" in u for u in urls)
+    assert not any(u.startswith("https://mirror-news.example") for u in urls)
+    assert not any(u.startswith("https://regional-wire.example") for u in urls)
+    assert not any(("journal-du-quai" in u) or ("noticias-del-valle" in u) for u in urls)  # French, Spanish
+    assert {r["split"] for r in rows} == {"train", "val"}
+    assert all(r["raw_docs"] == "raw-docs@v1" and r["text"] for r in rows)
+    report = json.loads(Store(home).resolve("corpus").file("report.json").read_text())
+    assert report["wikipedia"]["removed"] == 2 and report["wikipedia"]["examples"][0]["reason"] == "wikipedia"
+    import datasets
+
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(Store(home).resolve("corpus").file("documents-00000.parquet"))
+    )
+    assert loaded["train"].num_rows == len(rows) == summary["documents"]
+
+
+def test_incremental_equals_full_recompute(home: Path, tmp_path: Path):
+    full_home = tmp_path / "full"
+    shutil.copytree(home, full_home)
+    full = run_cli(full_home, "dedupe", "--raw-docs", "raw-docs@v1", "--raw-docs", "raw-docs@v2")
+    assert full.returncode == 0, full.stderr
+    assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1").returncode == 0
+    incremental = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--json")
+    assert incremental.returncode == 0, incremental.stderr
+    out = json.loads(incremental.stdout)
+    assert out["ref"] == "corpus@v2" and Store(home).resolve("corpus@v2").parent["ref"] == "corpus@v1"
+
+    def key(rows):
+        return sorted((r["url"], r["text"], r["split"], r["score"]) for r in rows)
+
+    assert key(corpus_rows(home)) == key(corpus_rows(full_home))
+    assert len(corpus_rows(home)) > len(corpus_rows(home, "corpus@v1"))  # January's documents were added
+
+
+def test_input_files_planted_duplicates_and_bad_records(gpt2, tmp_path: Path, home: Path):
+    texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))][:12]
+    near = texts[0].replace("the", "a", 3)  # a few words changed: Jaccard well above 0.5
+    lines = [json.dumps({"text": t, "url": f"https://site{i}.example/a", "score": 10}) for i, t in enumerate(texts)]
+    lines += [json.dumps({"text": texts[1], "url": "https://copy.example/b", "score": 1}),
+              json.dumps({"text": near, "url": "https://copy.example/c", "score": 99}),
+              json.dumps({"text": "", "url": "https://empty.example"}), "{not json"]  # fmt: skip
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "caf\xe9 latin-1"}\n')
+    result = run_cli(home, "dedupe", "--input", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["malformed"] == 1 and summary["invalid_utf8"] == 1 and summary["removed_normalize"] == 1
+    rows = corpus_rows(home)
+    urls = {r["url"] for r in rows}
+    assert "https://copy.example/b" not in urls  # exact copy with a lower score
+    assert "https://copy.example/c" in urls and "https://site0.example/a" not in urls  # higher score wins
+
+
+def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
+    assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1").returncode == 0
+    first = corpus_rows(home)[0]
+    corpus_text = tmp_path / "seen.txt"
+    corpus_text.write_text(first["text"])
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text(" ".join(f"zebra{i} quokka{i * 7} marmot{i * 13}" for i in range(300)))
+    result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(corpus_text), "--overlap",
+                     str(unseen), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    overlap = json.loads(result.stdout.split("\n}\n", 1)[1])["overlap"]
+    assert overlap[0]["percent"] == 100.0 and overlap[1]["percent"] == 0.0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run_cli(home, "dedupe", "--input", str(empty)).returncode == 1
+    odd = (
+        Store(home)
+        .produce(
+            "raw-docs",
+            params={"odd": 1},
+            inputs=[],
+            build=lambda d: pq.write_table(pa.table({"body": ["x"]}), d.dir / "documents.parquet"),
+        )
+        .artifact
+    )
+    bad = run_cli(home, "dedupe", "--raw-docs", odd.ref)
+    assert bad.returncode == 1 and "unknown raw-docs schema" in bad.stderr
