@@ -126,3 +126,16 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     )
     bad = run_cli(home, "dedupe", "--raw-docs", odd.ref)
     assert bad.returncode == 1 and "unknown raw-docs schema" in bad.stderr
+
+
+def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):
+    assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1").returncode == 0
+    victim = corpus_rows(home)[3]
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text(victim["text"])
+    result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(eval_file), "--drop-overlap", "0.5",
+                     "--workers", "1", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.split("\n}\n", 1)[0] + "\n}")["summary"]["removed_contamination"] == 1
+    assert victim["url"] not in {r["url"] for r in corpus_rows(home)}
+    assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--drop-overlap", "0.5").returncode == 2

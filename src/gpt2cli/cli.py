@@ -217,6 +217,11 @@ def dedupe_command(
         Optional[list[Path]],
         typer.Option(help="Report the 8-gram overlap of these eval files with the corpus (paper section 4)."),
     ] = None,
+    drop_overlap: Annotated[
+        Optional[float],
+        typer.Option(help="Drop documents sharing more than this share of their 8-grams with the --overlap files."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes for the per-document steps \\[default: all cores].")] = 0,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
@@ -237,10 +242,12 @@ def dedupe_command(
         language=None if language == "any" else language,
         quality=replace(QualityConfig(), min_words=min_words),
         bloom=bool(overlap),
+        drop_overlap=drop_overlap,
+        workers=workers,
     )
     store = Store(opts.home)
     result = dedupe(store, raw_refs=raw_docs or [], inputs=inputs or [], config=config, incremental=incremental,
-                    force=force, wait=wait)  # fmt: skip
+                    eval_files=overlap or [], force=force, wait=wait)  # fmt: skip
     report(result, opts)
     if overlap:
         rows = overlap_table(result.artifact, overlap)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from gpt2cli.artifacts import Artifact, Draft, Published, Store, artifact_input, file_input
 from gpt2cli.console import progress
-from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, overlap_report
+from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
 from gpt2cli.dedupe.filters import QualityConfig, language_reason, length_reason, quality_reason, wikipedia_reason
 from gpt2cli.dedupe.minhash import LSHIndex, MinHasher, UnionFind, jaccard, lsh_params, shingles
 from gpt2cli.dedupe.normalize import normalize_text, text_key
@@ -53,6 +54,9 @@ class DedupeConfig:
     language: str | None = "en"
     quality: QualityConfig = field(default_factory=QualityConfig)
     bloom: bool = False  # store an 8-gram Bloom filter of the corpus (paper section 4: overlap with eval sets)
+    drop_overlap: float | None = None  # drop documents sharing more than this share of 8-grams with eval_bloom
+    eval_bloom: str | None = None  # path of an 8-gram Bloom filter of evaluation sets (made by the stage)
+    workers: int = 0  # processes for the per-document steps; 0 = all cores
 
 
 @dataclass
@@ -160,6 +164,7 @@ def dedupe(
     inputs: Sequence[Path],
     config: DedupeConfig,
     incremental: bool,
+    eval_files: Sequence[Path] = (),
     force: bool = False,
     wait: bool = False,
 ) -> Published:
@@ -170,10 +175,20 @@ def dedupe(
     base = store.latest("corpus") if incremental else None
     if incremental and base is None:
         log.info("no previous corpus: --incremental starts a new one")
-    params = {"config": _jsonable(asdict(config)), "incremental": base.ref if base else None}
+    if config.drop_overlap is not None and not eval_files:
+        raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
+    identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
+    params = {"config": _jsonable(identity), "incremental": base.ref if base else None}
+    if config.drop_overlap is not None:
+        manifest_inputs = manifest_inputs + [file_input(p) for p in eval_files]
 
     def build(draft: Draft) -> dict[str, Any]:
-        return _build(draft.dir, rows, config, base, stats)
+        run_config = config
+        if config.drop_overlap is not None:
+            path = draft.work / "eval-8gram.npz"
+            build_ngram_bloom(_eval_texts(eval_files), n=8, p=1e-8).save(path)
+            run_config = replace(config, eval_bloom=str(path))
+        return _build(draft.dir, rows, run_config, base, stats)
 
     return store.produce(
         "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base
@@ -190,45 +205,88 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _filter(
-    rows: list[dict[str, Any]], config: DedupeConfig, report: Report, stats: Counter[str], first_order: int
-) -> list[Doc]:
-    """Normalization and the per-document filters; returns the documents that go on to deduplication."""
-    report.step("normalize", len(rows))
-    docs: list[Doc] = []
-    survivors: list[dict[str, Any]] = []
+STEPS = ("normalize", "wikipedia", "length", "language", "contamination", "quality")
+
+
+def _screen(rows: list[dict[str, Any]], config: DedupeConfig) -> list[tuple[str | None, str, str, np.ndarray | None]]:
+    """Normalize and filter a batch of rows: per row, (step that removed it or None, reason, text, shingles).
+
+    A pure function of the rows and the config, so batches can run in worker processes."""
+    contamination = BloomFilter.load(Path(config.eval_bloom)) if config.eval_bloom else None
+    out: list[tuple[str | None, str, str, np.ndarray | None]] = []
     for row in rows:
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            report.remove("normalize", "no_text", row)
+        raw = row.get("text")
+        if not isinstance(raw, str) or not raw.strip():
+            out.append(("normalize", "no_text", "", None))
             continue
-        row["text"] = normalize_text(text)
-        survivors.append(row)
-    for name, check in (
-        ("wikipedia", lambda r: wikipedia_reason(r.get("url"), r.get("domain")) if config.remove_wikipedia else None),
-        ("length", lambda r: length_reason(r["text"], config.quality)),
-        (
-            "language",
-            lambda r: language_reason(r["text"], config.language, config.quality) if config.language else None,
-        ),
-        ("quality", lambda r: quality_reason(r["text"], config.quality)),
-    ):
-        report.step(name, len(survivors))
-        kept = []
-        for row in survivors:
-            reason = check(row)
-            if reason:
-                report.remove(name, reason, row)
-            else:
-                kept.append(row)
-        survivors = kept
-    with progress("shingling", total=len(survivors), unit="docs") as bar:
-        for k, row in enumerate(survivors):
-            score = row.get("score")
-            docs.append(Doc(row, first_order + k, score if isinstance(score, int) else None, text_key(row["text"]),
-                            shingles(row["text"], config.shingle_size)))  # fmt: skip
-            bar.advance()
-    stats["filtered_in"] = len(rows)
+        text = normalize_text(raw)
+        removed = _first_reason(row, text, config, contamination)
+        out.append((*removed, text, None) if removed else (None, "", text, shingles(text, config.shingle_size)))
+    return out
+
+
+def _first_reason(
+    row: dict[str, Any], text: str, config: DedupeConfig, contamination: BloomFilter | None
+) -> tuple[str, str] | None:
+    """The first filter that rejects a document, in the order of STEPS, and its reason."""
+    if config.remove_wikipedia and (reason := wikipedia_reason(row.get("url"), row.get("domain"))):
+        return "wikipedia", reason
+    if reason := length_reason(text, config.quality):
+        return "length", reason
+    if config.language and (reason := language_reason(text, config.language, config.quality)):
+        return "language", reason
+    if reason := _contamination_reason(text, contamination, config.drop_overlap):
+        return "contamination", reason
+    if reason := quality_reason(text, config.quality):
+        return "quality", reason
+    return None
+
+
+def _contamination_reason(text: str, bloom: BloomFilter | None, threshold: float | None) -> str | None:
+    """Drop a document when more than ``threshold`` of its 8-grams occur in an evaluation set (section 4)."""
+    if bloom is None or threshold is None:
+        return None
+    items = ngram_items(text, 8)
+    if not items:
+        return None
+    share = float(bloom.contains_many(items).mean())
+    return f"contamination:{share:.2f}" if share > threshold else None
+
+
+def _filter(
+    rows: list[dict[str, Any]], config: DedupeConfig, report: Report, stats: Counter[str], first_order: int,
+    workers: int = 1,
+) -> list[Doc]:  # fmt: skip
+    """Normalization and the per-document filters, on all cores; returns the documents for deduplication."""
+    batches = [rows[i : i + 256] for i in range(0, len(rows), 256)]
+    results: list[tuple[str | None, str, str, np.ndarray | None]] = []
+    with progress("filtering", total=len(rows), unit="docs") as bar:
+        if workers > 1 and len(batches) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                for batch, out in zip(batches, pool.map(_screen, batches, [config] * len(batches)), strict=True):
+                    results += out
+                    bar.advance(len(batch))
+        else:
+            for batch in batches:
+                results += _screen(batch, config)
+                bar.advance(len(batch))
+    remaining = len(rows)
+    removed_at = Counter(step for step, *_ in results if step)
+    for name in STEPS:
+        report.step(name, remaining)
+        remaining -= removed_at[name]
+    docs: list[Doc] = []
+    for row, (step, reason, text, shingle_hashes) in zip(rows, results, strict=True):
+        if text:
+            row["text"] = text
+        if step is not None:
+            report.remove(step, reason, row)
+            continue
+        score = row.get("score")
+        docs.append(Doc(row, first_order + len(docs), score if isinstance(score, int) else None, text_key(text),
+                        shingle_hashes))  # type: ignore[arg-type]  # fmt: skip
     return docs
 
 
@@ -237,7 +295,8 @@ def _build(
 ) -> dict[str, Any]:
     report = Report()
     old_docs, old_sigs, old_edges = _load_state(base) if base is not None else ([], None, [])
-    new_docs = _filter(rows, config, report, stats, first_order=len(old_docs))
+    workers = config.workers or os.cpu_count() or 1
+    new_docs = _filter(rows, config, report, stats, first_order=len(old_docs), workers=workers)
     if base is not None:
         known = {d.row.get("url") for d in old_docs if d.row.get("url")}
         fresh = [d for d in new_docs if not d.row.get("url") or d.row["url"] not in known]
@@ -367,21 +426,26 @@ def _load_state(base: Artifact) -> tuple[list[Doc], np.ndarray, list[tuple[int, 
     return docs, state["signatures"], [tuple(e) for e in state["edges"].tolist()]
 
 
-def overlap_table(corpus: Artifact, files: Sequence[Path]) -> list[dict[str, Any]]:
-    """Table 6 of the paper: the share of each eval file's 8-grams found in the corpus's Bloom filter."""
-    if not (corpus.path / BLOOM).is_file():
-        raise Gpt2Error(f"{corpus.ref} has no 8-gram Bloom filter; rebuild it with --overlap")
-    bloom = BloomFilter.load(corpus.path / BLOOM)
-    rows = []
+def _eval_texts(files: Sequence[Path]) -> list[str]:
+    texts = []
     for path in files:
         try:
             raw = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read eval file {path}: {e}") from None
-        texts = [json.loads(line).get("text", "") for line in raw.splitlines() if line.strip()] if str(path).endswith(
-            ".jsonl") else [raw]  # fmt: skip
-        rows.append({"file": str(path), **overlap_report(bloom, texts)})
-    return rows
+        if str(path).endswith(".jsonl"):
+            texts += [json.loads(line).get("text", "") for line in raw.splitlines() if line.strip()]
+        else:
+            texts.append(raw)
+    return texts
+
+
+def overlap_table(corpus: Artifact, files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Table 6 of the paper: the share of each eval file's 8-grams found in the corpus's Bloom filter."""
+    if not (corpus.path / BLOOM).is_file():
+        raise Gpt2Error(f"{corpus.ref} has no 8-gram Bloom filter; rebuild it with --overlap")
+    bloom = BloomFilter.load(corpus.path / BLOOM)
+    return [{"file": str(path), **overlap_report(bloom, _eval_texts([path]))} for path in files]
 
 
 def iter_corpus_texts(artifact: Artifact) -> Iterator[str]:
