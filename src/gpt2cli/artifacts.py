@@ -65,8 +65,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _json_default(obj: Any) -> Any:
+    """Parameters may hold sets (block lists), dates and paths: give them a stable JSON form."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, (dt.date, Path)):
+        return str(obj)
+    raise TypeError(f"parameter of type {type(obj).__name__} cannot go into a manifest")
+
+
 def _canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
 
 
 def _utc_now() -> str:

@@ -178,7 +178,7 @@ def dedupe(
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
     identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
-    params = {"config": _jsonable(identity), "incremental": base.ref if base else None}
+    params = {"config": identity, "incremental": base.ref if base else None}
     if config.drop_overlap is not None:
         manifest_inputs = manifest_inputs + [file_input(p) for p in eval_files]
 
@@ -193,16 +193,6 @@ def dedupe(
     return store.produce(
         "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 STEPS = ("normalize", "wikipedia", "length", "language", "contamination", "quality")

@@ -87,9 +87,9 @@ def scrape_reddit(
     parent = store.latest("raw-docs")
     inputs = [file_input(p) for p in _input_files(sources)]
     params: dict[str, Any] = {
-        "sources": {k: [str(x) for x in v] if isinstance(v, tuple) else v for k, v in asdict(sources).items()},
-        "filters": _jsonable(asdict(filters)),
-        "fetch": _jsonable(asdict(fetch)),
+        "sources": asdict(sources),
+        "filters": asdict(filters),
+        "fetch": asdict(fetch),
         "extractor_version": EXTRACTOR_VERSION,
     }
     if sources.subreddits:
@@ -99,20 +99,6 @@ def scrape_reddit(
         return _build(store, draft.dir, sources, filters, fetch)
 
     return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return (
-            sorted(_jsonable(v) for v in value)
-            if isinstance(value, (set, frozenset))
-            else [_jsonable(v) for v in value]
-        )
-    if isinstance(value, (dt.date, dt.datetime, Path)):
-        return str(value)
-    return value
 
 
 def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
