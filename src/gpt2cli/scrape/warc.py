@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
@@ -283,10 +284,35 @@ def iter_responses(paths: Iterable[Path], stats: Counter[str] | None = None) -> 
     for path in paths:
         path = Path(path)
         try:
+            # warcio reads a gzip member cut short without complaint: stop at the last complete one instead
+            end = complete_length(path) if path.name.endswith(".gz") else path.stat().st_size
+            if end < path.stat().st_size:
+                stats["errors"] += 1
             with open(path, "rb") as f:
-                yield from _responses(f, path.name, stats)
+                yield from _responses(_Bounded(f, end), path.name, stats)
         except OSError:
             stats["errors"] += 1
+
+
+class _Bounded(io.RawIOBase):
+    """The first ``limit`` bytes of a file."""
+
+    def __init__(self, f: io.BufferedIOBase, limit: int):
+        self.f, self.left = f, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.f.read(size)
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _responses(f: io.BufferedIOBase, name: str, stats: Counter[str], base: int = 0) -> Iterator[ArchivedResponse]:
