@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ import numpy as np
 from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS, Document, open_documents
+from gpt2cli.documents import SPLITS, open_documents
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.iterutil import batched
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,6 @@ class _ShardWriter:
         self.file.close()
 
 
-def _doc_batches(docs: Iterator[Document], size: int) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def tokenize_corpus(
     store: Store,
     *,
@@ -135,7 +124,7 @@ def tokenize_corpus(
         writers = {s: _ShardWriter(draft.dir / f"{s}.bin", tokenizer.vocab_size, counts[s]) for s in SPLITS}
         eot = np.array([tokenizer.eot_id])
         with progress("tokenizing", unit="docs") as bar:
-            for k, batch in enumerate(_doc_batches(iter(source), batch_docs)):
+            for k, batch in enumerate(batched(source, batch_docs)):
                 if k < done_batches:
                     continue
                 for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch]), strict=True):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2cli.iterutil import batched
+
 __all__ = ["BloomFilter", "build_ngram_bloom", "ngram_items", "optimal_size", "overlap_report"]
 
 _CHUNK = 1 << 16  # items hashed per batch: bounds the (items x k) position array to a few MB
@@ -95,7 +97,7 @@ class BloomFilter:
 
     def add_many(self, items: Iterable[str | bytes]) -> None:
         """Add every item (any iterable: consumed in batches)."""
-        for batch in _batches(items):
+        for batch in batched(items, _CHUNK):
             pos = self._positions(batch).ravel()
             np.bitwise_or.at(self.bits, pos >> np.uint64(3), np.left_shift(1, pos & np.uint64(7)).astype(np.uint8))
 
@@ -107,7 +109,7 @@ class BloomFilter:
         """A bool per item: True when it may be in the set (false positives at the filter's rate), False when it
         surely is not."""
         out = []
-        for batch in _batches(items):
+        for batch in batched(items, _CHUNK):
             pos = self._positions(batch)
             bit = (self.bits[pos >> np.uint64(3)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1
             out.append(bit.all(axis=1))
@@ -153,17 +155,6 @@ class BloomFilter:
 
     def __repr__(self) -> str:
         return f"BloomFilter(m={self.m}, k={self.k}, capacity={self.capacity}, target_rate={self.target_rate:g})"
-
-
-def _batches(items: Iterable[str | bytes]) -> Iterable[list[str | bytes]]:
-    batch: list[str | bytes] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == _CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def ngram_items(text: str, n: int = 8) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 from gpt2cli.artifacts import Draft, Published, Store, file_input
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.iterutil import batched
 from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract
 from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
@@ -278,15 +279,8 @@ def _write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> int:
         ]
     )
     count = 0
-    with pq.ParquetWriter(path, schema) as writer:
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == 256:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                count += len(batch)
-                batch = []
-        if batch or not count:
+    with pq.ParquetWriter(path, schema) as writer:  # an empty file still has the schema
+        for batch in batched(rows, 256):
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
     return count
