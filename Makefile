@@ -15,7 +15,7 @@ REPLAY ?= data/sample/reddit/pages.warc.gz
 VOCAB_SIZE ?= 4096
 PRETRAIN_CONFIG ?= data/sample/pretrain.toml
 
-.PHONY: install test lint format demo scrape-reddit dedupe train-bpe tokenize pretrain sample sample-data clean
+.PHONY: install test lint format demo scrape-reddit dedupe train-bpe tokenize pretrain eval sample sample-data clean
 
 install: $(VENV)/.installed
 
@@ -54,10 +54,14 @@ tokenize: train-bpe
 pretrain: tokenize
 	$(GPT2) pretrain --config $(PRETRAIN_CONFIG)
 
+# the held-out split of our corpus, plus every paper task whose data is found ($$GPT2_EVAL_DATA or ../shared/data)
+eval: pretrain
+	$(GPT2) eval zero-shot --limit 300
+
 sample: pretrain
 	$(GPT2) sample --prompt "The city council" --max-new-tokens 60 --num-samples 2 --seed 1
 
-demo: sample
+demo: eval sample
 	$(GPT2) artifacts ls
 	$(GPT2) artifacts lineage model
 

@@ -26,6 +26,10 @@ artifacts_app = typer.Typer(
     help="List, inspect, verify and clean up artifacts.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(artifacts_app, name="artifacts")
+eval_app = typer.Typer(
+    help="Evaluate models the way the paper did.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(eval_app, name="eval")
 
 HomeOption = Annotated[
     Optional[Path],
@@ -468,6 +472,53 @@ def sample_command(
             run(text)
         return
     run(read_prompt(prompt, prompt_file))
+
+
+@eval_app.command("zero-shot")
+def eval_zero_shot_command(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Argument(help="Model artifact reference, or a Hugging Face GPT-2 directory.")
+    ] = "model",
+    tasks: Annotated[
+        Optional[list[str]], typer.Option("--task", help="Task to run (repeatable) \\[default: all with data].")
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Folder of the datasets \\[default: $GPT2_EVAL_DATA, else ../shared/data].")
+    ] = None,
+    corpus: Annotated[
+        Optional[str], typer.Option(help="Corpus whose held-out split is the webtext task \\[default: latest].")
+    ] = None,
+    stride: Annotated[
+        Optional[int], typer.Option(help="Sliding-window stride in tokens \\[default: half the context].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows or examples per forward pass.")] = 8,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Only the first N lines/examples of each task (quick runs).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: ForceOption = False,
+    wait: WaitOption = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Zero-shot language modelling (per canonical unit, de-tokenized) and LAMBADA; writes an `eval` artifact."""
+    from gpt2cli.eval.stage import EvalOptions, comparison_rows, zero_shot
+
+    opts = settings(ctx, home, as_json)
+    options = EvalOptions(tasks=tuple(tasks or ()), data_dir=data_dir, corpus=corpus, stride=stride,
+                          batch_size=batch_size, limit=limit, device=device, dtype=dtype)  # fmt: skip
+    result = zero_shot(Store(opts.home), model_ref=model, options=options, force=force, wait=wait)
+    if opts.json:
+        report(result, opts)
+        return
+    from rich.table import Table
+
+    table = Table("metric", "ours", "paper (same size)", title=f"{result.artifact.ref}", title_justify="left")
+    for row in comparison_rows(result.artifact):
+        table.add_row(*row)
+    stdout_console().print(table)
 
 
 @app.command("export")

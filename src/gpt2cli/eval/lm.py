@@ -1,0 +1,180 @@
+"""Language-modelling perplexity the way the paper reports it: per canonical unit of the dataset (section 3).
+
+Window rule (``sliding_windows``): the stream's n - 1 predictions (token t from the tokens before it) are
+cut into windows of at most ``context`` predictions: window k feeds the model ``ids[k*stride : k*stride +
+context]`` (the last token not needed as input is dropped) and scores only the predictions that no earlier
+window made, which makes every token but the first predicted exactly once, from the start of the first
+window that reaches it. ``stride == context`` gives disjoint windows, the consecutive x/y chunks of training
+(the first prediction of a chunk sees 1 token, the last ``context``); ``stride < context`` gives every
+prediction after the first window at least ``context - stride + 1`` tokens of left context, at
+``context / stride`` times the compute. ``evaluate_text`` puts ``<|endoftext|>`` in front of the text's
+tokens, as GPT-2 saw document starts in training, so the first real token is predicted too (from the
+``<|endoftext|>`` alone) and ``tokens`` is exactly ``len(tokenizer.encode(text))``.
+
+Unit rule (``count_units``): "word" counts the words of the ORIGINAL tokenized dataset file, whitespace
+tokens plus one ``<eos>`` per line (``str.splitlines``, so a missing final newline changes nothing), the
+standard word-level count (WikiText-2 test 245,569, PTB test 82,430); "byte" counts UTF-8 bytes (enwik8),
+"char" code points (text8), "token" the BPE tokens scored (WebText).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from gpt2cli.errors import UsageError
+
+UNITS = ("word", "byte", "char", "token")
+
+
+@dataclass(frozen=True)
+class LMResult:
+    """Total negative log-likelihood of a text and the counts to normalise it by."""
+
+    nll_sum: float  # nats, over all scored tokens
+    tokens: int  # BPE tokens scored
+    units: int  # canonical units of the dataset
+    unit: str  # "word" | "byte" | "char" | "token"
+
+    @property
+    def token_ppl(self) -> float:
+        return math.exp(self.nll_sum / self.tokens) if self.tokens else math.nan
+
+    @property
+    def unit_ppl(self) -> float:
+        """The paper's perplexity: exp(total NLL / number of original units)."""
+        return math.exp(self.nll_sum / self.units) if self.units else math.nan
+
+    @property
+    def bits_per_unit(self) -> float:
+        """bits per byte (enwik8) or per character (text8)."""
+        return self.nll_sum / self.units / math.log(2) if self.units else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "token_ppl": self.token_ppl, "unit_ppl": self.unit_ppl,
+                "bits_per_unit": self.bits_per_unit}  # fmt: skip
+
+
+def count_units(original: str, unit: str) -> int:
+    """Canonical units of a dataset's ORIGINAL text (before de-tokenizing); see the module docstring."""
+    if unit == "word":
+        return sum(len(line.split()) + 1 for line in original.splitlines())
+    if unit == "byte":
+        return len(original.encode("utf-8"))
+    if unit == "char":
+        return len(original)
+    raise UsageError(f"unknown unit {unit!r}; choose from word, byte, char (token units are the tokens scored)")
+
+
+def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(begin, end, first)`` per window over a stream of ``n`` tokens: the model reads ``ids[begin:end]``
+    and the predictions made at positions ``[first, end)``, of targets ``ids[first + 1 : end + 1]``, are
+    scored. See the window rule in the module docstring."""
+    if context < 1:
+        raise UsageError(f"context must be at least 1 token, got {context}")
+    if not 1 <= stride <= context:
+        raise UsageError(f"stride must be between 1 and the context ({context}), got {stride}")
+    predictions = n - 1
+    windows: list[tuple[int, int, int]] = []
+    begin = first = 0
+    while predictions >= 1:
+        end = min(begin + context, predictions)
+        windows.append((begin, end, first))
+        if end == predictions:
+            break
+        begin, first = begin + stride, end
+    return windows
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def score_tokens(
+    model: torch.nn.Module,
+    ids: Sequence[int],
+    *,
+    context: int,
+    stride: int,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Total NLL in nats of predicting ``ids[1:]`` under the window rule, and the number of tokens scored.
+
+    Windows are batched; a short last window is right-padded, which cannot change any scored logit under
+    causal attention (the padded positions are never scored). ``dtype`` bfloat16/float16 runs the model
+    under autocast; the log-softmax is always taken in float32 and the sum kept in float64.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    n_ctx = getattr(getattr(model, "config", None), "n_ctx", None)
+    if n_ctx is not None and context > n_ctx:
+        raise UsageError(f"context {context} is longer than the model's ({n_ctx})")
+    windows = sliding_windows(len(ids), context, stride)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    stream = torch.tensor(list(ids), dtype=torch.long)
+    total, scored = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(windows), batch_size):
+                batch = windows[i : i + batch_size]
+                width = max(end - begin for begin, end, _ in batch)
+                x = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, (begin, end, _) in enumerate(batch):
+                    x[row, : end - begin] = stream[begin:end]
+                with _autocast(dev, dtype):
+                    logits = model(x.to(dev))
+                for row, (begin, end, first) in enumerate(batch):
+                    pred = logits[row, first - begin : end - begin].float()
+                    target = stream[first + 1 : end + 1].to(dev)
+                    total += F.cross_entropy(pred, target, reduction="sum").item()
+                    scored += end - first
+    finally:
+        model.train(was_training)
+    return total, scored
+
+
+def evaluate_text(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text: str,
+    *,
+    unit: str,
+    units: int | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LMResult:
+    """Score ``text`` as one document (``<|endoftext|>`` + its tokens) and normalise per canonical unit.
+
+    ``units`` is the count of the ORIGINAL dataset (``count_units(original, unit)``) when ``text`` was
+    de-tokenized; it is required for words, whose count the de-tokenized text no longer shows. Without it,
+    bytes and characters are counted in ``text`` and tokens are the tokens scored. ``context`` defaults to
+    the model's, ``stride`` to ``context`` (disjoint windows).
+    """
+    if unit not in UNITS:
+        raise UsageError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
+    if context is None:
+        context = model.config.n_ctx
+    ids = [tokenizer.eot_id, *tokenizer.encode(text)]
+    nll, tokens = score_tokens(
+        model, ids, context=context, stride=stride or context, batch_size=batch_size, device=device, dtype=dtype
+    )
+    if units is None:
+        if unit == "word":
+            raise UsageError("word units must be counted on the original tokenized text: pass units=")
+        units = tokens if unit == "token" else count_units(text, unit)
+    return LMResult(nll_sum=nll, tokens=tokens, units=units, unit=unit)

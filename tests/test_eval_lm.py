@@ -1,0 +1,186 @@
+"""Language-modelling evaluation: de-tokenizers, the sliding-window rule, canonical unit counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gpt2cli.bpe.tokenizer import Tokenizer
+from gpt2cli.errors import UsageError
+from gpt2cli.eval.detokenize import ptb_detokenize, split_wikitext_articles, wikitext_detokenize
+from gpt2cli.eval.lm import LMResult, count_units, evaluate_text, score_tokens, sliding_windows
+from gpt2cli.model import GPT, GPTConfig
+from tests.conftest import shared_data
+
+# -- de-tokenizers -----------------------------------------------------------------------------------
+
+
+def test_wikitext_detokenize_examples() -> None:
+    text = (
+        " \n = Robert <unk> = \n \n"
+        ' He had a guest @-@ starring role , as " Craig " in " Teddy \'s Story " ( 2004 ) . \n'
+        " It cost $ 1 @,@ 000 or 3 @.@ 5 % ; we don 't know ! The ships ' crews ... \n"
+        " = = Career = = \n"
+    )
+    assert wikitext_detokenize(text) == (
+        "\n= Robert <unk> =\n\n"
+        'He had a guest-starring role, as "Craig" in "Teddy\'s Story" (2004).\n'
+        "It cost $1,000 or 3.5%; we don't know! The ships' crews...\n"
+        "== Career ==\n"
+    )
+    assert wikitext_detokenize(' He said " Stop . " Then left . ') == 'He said "Stop." Then left.'
+
+
+def test_ptb_detokenize_examples() -> None:
+    text = " no it was n't black monday \n the dow fell $ N or N % they 're <unk> \n"
+    assert ptb_detokenize(text) == "no it wasn't black monday\nthe dow fell $N or N% they're <unk>\n"
+
+
+def test_split_wikitext_articles() -> None:
+    text = " \n = A = \n \n a . \n = = Sub = = \n b . \n \n = B = \n c . \n"
+    articles = split_wikitext_articles(text)
+    assert "".join(articles) == text
+    assert [a.strip().splitlines()[0].strip() for a in articles] == ["= A =", "= B ="]
+
+
+def test_detokenizers_on_real_files() -> None:
+    wiki = shared_data("wikitext-2", "wiki.test.tokens").read_text(encoding="utf-8")
+    head = wiki[:200_000]
+    out = wikitext_detokenize(head)
+    for artifact in (" @-@ ", " @,@ ", " @.@ ", " , ", " . ", " 's ", "( "):
+        assert artifact not in out, artifact
+    assert out.count("\n") == head.count("\n")  # line structure kept: one <eos> per line still applies
+    articles = split_wikitext_articles(wiki)
+    assert "".join(articles) == wiki and all(a.lstrip(" \n").startswith("= ") for a in articles)
+    assert len(articles) == 62  # the test split's " = Title = " lines
+    ptb = shared_data("ptb", "ptb.test.txt").read_text(encoding="utf-8")
+    out = ptb_detokenize(ptb)
+    assert " n't" not in out and " 's " not in out and out.count("\n") == ptb.count("\n")
+
+
+# -- the window rule -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=50, pad_vocab_multiple=1)).eval()
+
+
+@pytest.fixture(scope="module")
+def ids() -> list[int]:
+    return torch.randint(0, 50, (45,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def plain_nll(model: GPT, ids: list[int], context: int, stride: int) -> float:
+    """Each token j >= 1 scored once, from the start of the first window that reaches it: window k reads
+    ids[k * stride : k * stride + context] and predicts up to ids[k * stride + context], so
+    k = max(0, ceil((j - context) / stride))."""
+    total = 0.0
+    with torch.no_grad():
+        for j in range(1, len(ids)):
+            begin = max(0, -(-(j - context) // stride)) * stride
+            assert 1 <= j - begin <= context
+            logits = model(torch.tensor([ids[begin:j]]))[0, -1]
+            total -= F.log_softmax(logits.double(), -1)[ids[j]].item()
+    return total
+
+
+@pytest.mark.parametrize("context,stride", [(16, 16), (16, 8), (16, 5), (16, 1), (8, 3), (2, 1), (7, 7), (1, 1)])
+def test_window_rule_matches_plain_loop(tiny: GPT, ids: list[int], context: int, stride: int) -> None:
+    nll, scored = score_tokens(tiny, ids, context=context, stride=stride, batch_size=3)
+    assert scored == len(ids) - 1
+    assert nll == pytest.approx(plain_nll(tiny, ids, context, stride), abs=1e-4)
+
+
+def test_windows_cover_each_token_once() -> None:
+    for n in range(0, 40):
+        for context, stride in [(16, 16), (16, 8), (16, 3), (5, 1)]:
+            windows = sliding_windows(n, context, stride)
+            targets = [j for _, end, first in windows for j in range(first + 1, end + 1)]
+            assert targets == list(range(1, n)), (n, context, stride)
+            assert all(end - begin <= context for begin, end, _ in windows)
+            # every prediction after the first window sees at least context - stride + 1 tokens
+            assert all(first + 1 - begin >= context - stride + 1 for begin, _, first in windows[1:])
+
+
+def test_batching_and_padding_do_not_change_the_sum(tiny: GPT, ids: list[int]) -> None:
+    ref, _ = score_tokens(tiny, ids, context=16, stride=6, batch_size=1)
+    for batch_size in (2, 3, 4, 64):  # the last batch holds a shorter, right-padded window
+        nll, _ = score_tokens(tiny, ids, context=16, stride=6, batch_size=batch_size)
+        assert nll == pytest.approx(ref, abs=1e-4)
+
+
+def test_more_context_changes_the_nll(tiny: GPT, ids: list[int]) -> None:
+    disjoint, n1 = score_tokens(tiny, ids, context=16, stride=16)
+    sliding, n2 = score_tokens(tiny, ids, context=16, stride=4)
+    assert n1 == n2 == len(ids) - 1
+    assert abs(disjoint - sliding) > 1e-3
+    short, _ = score_tokens(tiny, ids[:10], context=16, stride=16)  # one window: stride is irrelevant
+    assert short == pytest.approx(score_tokens(tiny, ids[:10], context=16, stride=2)[0], abs=1e-5)
+
+
+def test_bf16_autocast_is_close(tiny: GPT, ids: list[int]) -> None:
+    ref, _ = score_tokens(tiny, ids, context=16, stride=8)
+    bf16, _ = score_tokens(tiny, ids, context=16, stride=8, dtype=torch.bfloat16)
+    assert bf16 == pytest.approx(ref, rel=2e-2)
+
+
+def test_bad_arguments(tiny: GPT, ids: list[int]) -> None:
+    with pytest.raises(UsageError):
+        score_tokens(tiny, ids, context=32, stride=8)  # longer than the model's context
+    with pytest.raises(UsageError):
+        score_tokens(tiny, ids, context=8, stride=9)
+    with pytest.raises(UsageError):
+        score_tokens(tiny, ids, context=8, stride=0)
+    assert score_tokens(tiny, ids[:1], context=8, stride=8) == (0.0, 0)
+
+
+# -- evaluate_text and units -----------------------------------------------------------------------
+
+
+def test_evaluate_text_scores_every_token_after_eot() -> None:
+    tok = Tokenizer.from_merges([])  # bytes + <|endoftext|>
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, n_ctx=16, vocab_size=tok.vocab_size)).eval()
+    text = "héllo wörld, a small test\nline two\n"
+    ids = tok.encode(text)
+    result = evaluate_text(model, tok, text, unit="byte", context=16, stride=8)
+    nll, _ = score_tokens(model, [tok.eot_id, *ids], context=16, stride=8)
+    assert result.tokens == len(ids) and result.nll_sum == pytest.approx(nll)
+    assert result.units == len(text.encode()) and result.unit == "byte"
+    assert result.bits_per_unit == pytest.approx(nll / len(text.encode()) / math.log(2))
+    assert evaluate_text(model, tok, text, unit="char", context=16).units == len(text)
+    as_tokens = evaluate_text(model, tok, text, unit="token", context=16)
+    assert as_tokens.unit_ppl == pytest.approx(as_tokens.token_ppl)
+    with pytest.raises(UsageError):
+        evaluate_text(model, tok, text, unit="word", context=16)  # words of the original must be given
+    with pytest.raises(UsageError):
+        evaluate_text(model, tok, text, unit="sentence", units=3, context=16)
+
+
+def test_lm_result_properties() -> None:
+    r = LMResult(nll_sum=100.0, tokens=50, units=40, unit="word")
+    assert r.token_ppl == pytest.approx(math.exp(2.0))
+    assert r.unit_ppl == pytest.approx(math.exp(2.5))
+    assert r.bits_per_unit == pytest.approx(2.5 / math.log(2))
+    assert r.as_dict()["unit_ppl"] == pytest.approx(r.unit_ppl)
+
+
+def test_word_units_small() -> None:
+    assert count_units(" a b \n \n c ", "word") == 2 + 1 + 0 + 1 + 1 + 1  # a missing final newline: same count
+    assert count_units(" a b \n \n c \n", "word") == 6
+
+
+def test_word_units_of_real_files() -> None:
+    wiki = shared_data("wikitext-2", "wiki.test.tokens").read_text(encoding="utf-8")
+    assert count_units(wiki, "word") == 245_569
+    ptb = shared_data("ptb", "ptb.test.txt").read_text(encoding="utf-8")
+    assert count_units(ptb, "word") == 82_430
+    wiki_valid = shared_data("wikitext-2", "wiki.valid.tokens").read_text(encoding="utf-8")
+    assert count_units(wiki_valid, "word") == 217_646
+    ptb_valid = shared_data("ptb", "ptb.valid.txt").read_text(encoding="utf-8")
+    assert count_units(ptb_valid, "word") == 73_760
