@@ -38,10 +38,19 @@ def test_greedy_equals_hugging_face_generate(random_model: GPT, tmp_path: Path):
     transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the reference")
     random_model.save(tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    prompt = torch.randint(0, 60, (2, 4))
+    prompt = torch.randint(0, 60, (8, 4), generator=torch.Generator().manual_seed(1))
     ours = random_model.generate(prompt, 16, temperature=0)
-    theirs = hf.generate(prompt, max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None)
-    assert torch.equal(ours, theirs)
+    mask = torch.ones_like(prompt)  # without it, transformers takes prompt tokens equal to pad_token_id for padding
+    theirs = hf.generate(prompt, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0,
+                         eos_token_id=None)  # fmt: skip
+    for row in range(len(prompt)):
+        differ = (ours[row] != theirs[row]).nonzero()
+        if len(differ):  # allowed only where the two best logits tie within float error
+            at = int(differ[0])
+            with torch.no_grad():
+                best = torch.topk(random_model(ours[row : row + 1, :at])[0, -1], 2).values
+            assert float(best[0] - best[1]) < 1e-4, f"row {row} differs from HF at {at} without a tie"
+    assert sum(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)) >= 6
 
 
 def test_top_k_and_top_p_never_leave_the_allowed_set():
