@@ -16,7 +16,9 @@ The ids of the two sides must be identical wherever both finish; the script exit
 MB means 10^6 bytes of UTF-8.
 
 Note: ours hands the actual BPE work to tiktoken's Rust core (with ranks taken from our files) whenever the
-vocabulary allows it, so on ordinary text this measures the overhead of our wrapper, not an independent engine.
+vocabulary allows it, so per byte both sides run the same engine. What differs is the scheduling: ours cuts a long
+text at places where the pre-tokenizer always cuts and encodes the pieces on all cores (tiktoken's `encode_ordinary`
+uses one thread), and in batch mode hands each thread a run of documents instead of one document at a time.
 
 Run from the repository root (needs ../shared/data, and the `bench` extra for nothing beyond tiktoken):
 

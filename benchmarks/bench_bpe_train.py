@@ -3,12 +3,10 @@
 Both sides learn a byte-level BPE vocabulary of ``--vocab-size`` tokens (default 50257: 256 bytes, the merges and
 <|endoftext|>) with ``min_frequency=2`` from the same corpus file:
 
-* ours: `gpt2cli.bpe.train.count_corpus(texts, workers=os.cpu_count(), on_batch=<no-op>)`, then
+* ours: `gpt2cli.bpe.train.count_corpus(texts, workers=os.cpu_count())`, then
   `learn_merges(counts, vocab_size - 257, min_frequency=2)`, then `Tokenizer.from_merges(merges)`.
-  Counting runs in worker processes; learning the merges is pure Python. The no-op progress callback is what
-  `gpt2 train-bpe` passes too; without one, count_corpus's multi-worker path currently counts finished batches
-  again and again (``--plain-count`` reproduces that). The child checks that the counted pre-tokens cover exactly
-  the corpus's bytes, and the script exits 1 if they do not.
+  Counting runs in worker processes (forked); learning the merges is pure Python. The child checks that the
+  counted pre-tokens cover exactly the corpus's bytes, and the script exits 1 if they do not.
 * hf: `tokenizers.Tokenizer(models.BPE())` with the `ByteLevel(add_prefix_space=False)` pre-tokenizer and
   `BpeTrainer(vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"], initial_alphabet=ByteLevel.alphabet())`,
   trained with `train_from_iterator` (Rust, multi-threaded).
@@ -20,10 +18,18 @@ hold about 7 MB of distinct text, so a larger corpus repeats it: counting grows 
 distinct pre-tokens (what learning the merges works on) does not.
 
 The corpus is written once per size to a temporary JSONL file ({"text": ...} per line); each side then runs in its
-own child process (this script with ``--side``), which streams the file, so the peak RSS
-(`getrusage(RUSAGE_SELF).ru_maxrss`) of one side is not mixed with the other's or with the parent's. For ours the
-largest peak RSS of a counting worker process is reported too. Wall time covers reading the file and training,
-not interpreter start-up or imports. A side that runs longer than ``--timeout-min`` minutes is killed and reported.
+own child process (this script with ``--side``), which streams the file, so the memory of one side is not
+mixed with the other's or with the parent's. Memory is measured three ways, the same for both sides:
+
+* main RSS: peak RSS of the side's main process (`getrusage(RUSAGE_SELF).ru_maxrss`);
+* tree RSS: peak over time of the summed RSS of the main process and all its descendants (ours' counting workers),
+  sampled every 10 ms from /proc; pages shared between forked processes count once per process, so this
+  over-states a process tree;
+* tree PSS: the same sum of PSS (proportional set size, /proc/PID/smaps_rollup), where a shared page is split
+  between the processes that share it: the tree's actual footprint.
+
+Wall time covers reading the file and training, not interpreter start-up or imports.
+A side that runs longer than ``--timeout-min`` minutes is killed and reported.
 
 Run from the repository root (needs ../shared/data and the `bench` extra):
 
@@ -45,6 +51,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,18 +113,31 @@ def base_documents(data: Path) -> list[str]:
     return docs
 
 
-def write_corpus(docs: list[str], size_mb: float, path: Path) -> tuple[int, int]:
-    """Cycle ``docs`` into a JSONL file until it holds ``size_mb`` MB of text; returns (documents, text bytes)."""
+def _shifted(text: str, k: int) -> str:
+    """``text`` with ASCII letters rotated by ``k`` places: the k-th repeat of the sources gets new words."""
+    lower, upper = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    k %= 26
+    return text.translate(str.maketrans(lower + upper, lower[k:] + lower[:k] + upper[k:] + upper[:k]))
+
+
+def write_corpus(docs: list[str], size_mb: float, path: Path, distinct: bool = False) -> tuple[int, int]:
+    """Cycle ``docs`` into a JSONL file until it holds ``size_mb`` MB of text; returns (documents, text bytes).
+
+    With ``distinct``, the k-th pass over the sources has its letters rotated by k, so that the number of
+    distinct pre-tokens grows with the size (up to 26 passes) as it does in a real corpus.
+    """
     target = int(size_mb * MB)
     n_docs = n_bytes = 0
     with path.open("w", encoding="utf-8") as f:
-        for doc in itertools.cycle(docs):
-            if n_bytes >= target:
-                break
-            f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-            n_docs += 1
-            n_bytes += len(doc.encode("utf-8"))
-    return n_docs, n_bytes
+        for k in itertools.count():
+            for doc in docs:
+                if n_bytes >= target:
+                    return n_docs, n_bytes
+                text = _shifted(doc, k) if distinct else doc
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                n_docs += 1
+                n_bytes += len(text.encode("utf-8"))
+    raise AssertionError("unreachable")
 
 
 def read_corpus(path: Path) -> Iterator[str]:
@@ -133,20 +153,65 @@ def peak_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
-def train_ours(corpus: Path, vocab_size: int, merges_out: Path, plain_count: bool = False) -> dict[str, Any]:
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; (0, 0) once it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    except (OSError, ValueError):
+        return 0, 0
+    return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+
+
+class TreeMemory:
+    """Peak summed RSS and PSS of this process and its descendants, sampled by a thread."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s, self.rss_kib, self.pss_kib = interval_s, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        pids = [os.getpid(), *_descendants(os.getpid())]
+        rss, pss = map(sum, zip(*map(_memory_kib, pids), strict=True))
+        self.rss_kib, self.pss_kib = max(self.rss_kib, rss), max(self.pss_kib, pss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> TreeMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def train_ours(corpus: Path, vocab_size: int, merges_out: Path) -> dict[str, Any]:
     from gpt2cli.bpe import Tokenizer
     from gpt2cli.bpe.tokenizer import token_to_str
     from gpt2cli.bpe.train import count_corpus, learn_merges
 
     workers = os.cpu_count() or 1
     start = time.perf_counter()
-    if plain_count:
-        counts = count_corpus(read_corpus(corpus), workers=workers)
-    else:
-        # The same call as `gpt2 train-bpe` makes (it passes a progress callback). Without a callback, the
-        # multi-worker path of count_corpus (as of this writing) never drops finished batches from its
-        # in-flight set and counts them again on every later wait: inflated, timing-dependent counts.
-        counts = count_corpus(read_corpus(corpus), workers=workers, on_batch=lambda _chars: None)
+    counts = count_corpus(read_corpus(corpus), workers=workers)
     counted = time.perf_counter()
     merges = learn_merges(counts, vocab_size - 257, min_frequency=2)
     learned = time.perf_counter()
@@ -162,7 +227,6 @@ def train_ours(corpus: Path, vocab_size: int, merges_out: Path, plain_count: boo
         "distinct_pretokens": len(counts),
         "counted_bytes": sum(len(piece) * n for piece, n in counts.items()),
         "workers": workers,
-        "workers_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
     }
 
 
@@ -187,12 +251,11 @@ def train_hf(corpus: Path, vocab_size: int, merges_out: Path) -> dict[str, Any]:
     return {"wall_s": end - start, "merges": len(pairs), "vocab_size": tokenizer.get_vocab_size()}
 
 
-def child(side: str, corpus: Path, vocab_size: int, merges_out: Path, plain_count: bool) -> int:
-    if side == "ours":
-        result = train_ours(corpus, vocab_size, merges_out, plain_count)
-    else:
-        result = train_hf(corpus, vocab_size, merges_out)
+def child(side: str, corpus: Path, vocab_size: int, merges_out: Path) -> int:
+    with TreeMemory() as tree:
+        result = (train_ours if side == "ours" else train_hf)(corpus, vocab_size, merges_out)
     result["peak_rss_mib"] = peak_rss_mib(resource.RUSAGE_SELF)
+    result["tree_rss_mib"], result["tree_pss_mib"] = tree.rss_kib / 1024, tree.pss_kib / 1024
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
@@ -200,11 +263,9 @@ def child(side: str, corpus: Path, vocab_size: int, merges_out: Path, plain_coun
 # -- the parent -------------------------------------------------------------------------------------
 
 
-def run_side(
-    side: str, corpus: Path, vocab_size: int, merges_out: Path, timeout_s: float, plain_count: bool
-) -> dict[str, Any]:
+def run_side(side: str, corpus: Path, vocab_size: int, merges_out: Path, timeout_s: float) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--side", side, "--corpus", str(corpus), "--vocab-size", str(vocab_size)]
-    cmd += ["--merges-out", str(merges_out), *(["--plain-count"] if plain_count else [])]
+    cmd += ["--merges-out", str(merges_out)]
     start = time.perf_counter()
     # Own session, so that on timeout the whole group (the child and its worker processes) can be killed.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -241,9 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-min", type=float, default=20, help="kill a side that runs longer than this")
     parser.add_argument("--sides", nargs="+", choices=["ours", "hf"], default=["ours", "hf"], help="what to run")
     parser.add_argument(
-        "--plain-count",
-        action="store_true",
-        help="call count_corpus without a progress callback (reproduces its over-counting bug, see train_ours)",
+        "--distinct", action="store_true", help="rotate the letters of each repeat of the sources (more pre-tokens)"
     )
     parser.add_argument("--side", choices=["ours", "hf"], help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -251,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.side:
-        return child(args.side, args.corpus, args.vocab_size, args.merges_out, args.plain_count)
+        return child(args.side, args.corpus, args.vocab_size, args.merges_out)
     if args.vocab_size < 257:
         fail("--vocab-size must be at least 257")
 
@@ -276,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-bpe-train-") as tmp:
         for size in args.sizes_mb:
             corpus = Path(tmp) / f"corpus-{size:g}mb.jsonl"
-            n_docs, n_bytes = write_corpus(docs, size, corpus)
+            n_docs, n_bytes = write_corpus(docs, size, corpus, args.distinct)
             print(f"{size:g} MB corpus: {n_docs:,} documents, {n_bytes:,} bytes")
             results = {}
             for side in args.sides:
                 merges_out = Path(tmp) / f"merges-{size:g}-{side}.txt"
-                r = run_side(side, corpus, args.vocab_size, merges_out, args.timeout_min * 60, args.plain_count)
+                r = run_side(side, corpus, args.vocab_size, merges_out, args.timeout_min * 60)
                 if "counted_bytes" in r and r["counted_bytes"] != n_bytes:
                     # Pre-tokens partition the text, so their bytes times their counts must add up to the corpus.
                     r["wrong"] = f"WRONG COUNTS: pre-tokens cover {r['counted_bytes']:,} bytes, corpus has {n_bytes:,}"
@@ -294,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                     if side == "ours":
                         extra = (
                             f" (count {r['count_s']:.2f} s, merges {r['merge_s']:.2f} s, "
-                            f"{r['distinct_pretokens']:,} distinct pre-tokens, "
-                            f"worker peak RSS {r['workers_peak_rss_mib']:.1f} MiB)"
+                            f"{r['distinct_pretokens']:,} distinct pre-tokens, {r['workers']} counting workers)"
                         )
-                    print(f"  {side}: {r['wall_s']:.2f} s, {r['peak_rss_mib']:.1f} MiB, {r['merges']:,} merges{extra}")
+                    memory = f"main RSS {r['peak_rss_mib']:.1f}, tree RSS {r['tree_rss_mib']:.1f}, "
+                    memory += f"tree PSS {r['tree_pss_mib']:.1f} MiB"
+                    print(f"  {side}: {r['wall_s']:.2f} s, {memory}, {r['merges']:,} merges{extra}")
                     if "wrong" in r:
                         print(f"  {side}: {r['wrong']}")
             if all(side in results and "error" not in results[side] for side in ("ours", "hf")):
@@ -306,23 +366,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
             corpus.unlink()
 
-    print(f"\n{'size MB':>8} {'side':<5} {'wall s':>9} {'peak RSS MiB':>13} {'merges':>8}  counts")
+    print(
+        f"\n{'size MB':>8} {'side':<5} {'wall s':>8} {'main RSS':>9} {'tree RSS':>9} {'tree PSS':>9} "
+        f"{'merges':>8}  counts"
+    )
     for size, side, r in rows:
         if "error" in r:
             print(f"{size:>8} {side:<5} {r['error']}")
         else:
             check = "WRONG" if "wrong" in r else "ok" if "counted_bytes" in r else "-"
-            print(f"{size:>8} {side:<5} {r['wall_s']:>9.2f} {r['peak_rss_mib']:>13.1f} {r['merges']:>8,}  {check}")
-    print(f"\n{'size MB':>8} {'wall ours/hf':>13} {'RSS ours/hf':>12}")
+            print(
+                f"{size:>8} {side:<5} {r['wall_s']:>8.2f} {r['peak_rss_mib']:>9.1f} {r['tree_rss_mib']:>9.1f} "
+                f"{r['tree_pss_mib']:>9.1f} {r['merges']:>8,}  {check}"
+            )
+    print("(memory in MiB)")
+    print(f"\n{'size MB':>8} {'ours/hf: wall':>14} {'main RSS':>9} {'tree RSS':>9} {'tree PSS':>9}")
     for size in dict.fromkeys(size for size, _, _ in rows):
         ours = next((r for s, side, r in rows if s == size and side == "ours"), {})
         hf = next((r for s, side, r in rows if s == size and side == "hf"), {})
         if "wall_s" in ours and "wall_s" in hf:
-            print(
-                f"{size:>8} {ours['wall_s'] / hf['wall_s']:>13.2f} {ours['peak_rss_mib'] / hf['peak_rss_mib']:>12.2f}"
-            )
+            ratios = [ours[k] / hf[k] for k in ("wall_s", "peak_rss_mib", "tree_rss_mib", "tree_pss_mib")]
+            print(f"{size:>8} {ratios[0]:>14.2f} {ratios[1]:>9.2f} {ratios[2]:>9.2f} {ratios[3]:>9.2f}")
         else:
-            print(f"{size:>8} {'-':>13} {'-':>12}")
+            print(f"{size:>8} {'-':>14} {'-':>9} {'-':>9} {'-':>9}")
     for note in notes:
         print(note)
     if any("wrong" in r for _, _, r in rows):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -11,7 +12,13 @@ from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gpt2cli.bpe import EOT, GPT2_PATTERN, Tokenizer
-from gpt2cli.bpe.tokenizer import bpe_merge, bytes_to_unicode
+from gpt2cli.bpe.tokenizer import (
+    _PARALLEL_CHARS,
+    _contiguous_groups,
+    bpe_merge,
+    bytes_to_unicode,
+    split_at_piece_boundaries,
+)
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from tests.conftest import shared_data
@@ -94,6 +101,34 @@ def test_random_unicode_matches_tiktoken_and_round_trips(text, gpt2: Tokenizer, 
     assert ids == tiktoken_gpt2.encode_ordinary(text)
     assert ids == gpt2.encode_reference(text)
     assert gpt2.decode(ids) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(unicode_text, max_size=8).map("".join), parts=st.integers(2, 9))
+def test_cutting_at_piece_boundaries_keeps_the_ids(text, parts, gpt2: Tokenizer):
+    pieces = split_at_piece_boundaries(text, parts)
+    assert "".join(pieces) == text and len(pieces) <= parts and all(pieces)
+    assert [i for piece in pieces for i in gpt2.encode_reference(piece)] == gpt2.encode_reference(text)
+
+
+@given(sizes=st.lists(st.integers(0, 50), max_size=40), groups=st.integers(1, 9))
+def test_contiguous_groups_cover_every_document_once_in_order(sizes, groups):
+    runs = _contiguous_groups(sizes, groups)
+    assert [i for run in runs for i in run] == list(range(len(sizes)))
+    assert len(runs) <= groups
+
+
+def test_long_text_on_threads_equals_tiktoken(gpt2: Tokenizer, tiktoken_gpt2):
+    # Long enough to be cut and encoded on several threads, with every kind of piece at the cuts.
+    rng = random.Random(0)
+    text = "".join(rng.choice(PIECES) for _ in range(250_000))
+    assert len(text) > 4 * _PARALLEL_CHARS
+    expected = tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode(text) == expected
+    assert gpt2._encode_ordinary(text, num_threads=3) == expected
+    docs = [text[i : i + 5000] for i in range(0, len(text), 5000)]
+    assert gpt2.encode_batch(docs, num_threads=3) == tiktoken_gpt2.encode_ordinary_batch(docs)
+    assert gpt2.encode_batch(docs, num_threads=1) == tiktoken_gpt2.encode_ordinary_batch(docs)
 
 
 def test_special_token_is_ordinary_text_unless_allowed(gpt2: Tokenizer, tiktoken_gpt2):

@@ -31,6 +31,19 @@ def test_incremental_merges_equal_brute_force(word_counts, num_merges, min_frequ
     )
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    word_counts=st.dictionaries(
+        st.binary(min_size=2, max_size=24).map(lambda b: bytes(x % 2 + 97 for x in b)),  # runs: aaaa, abab, aabaab
+        st.integers(min_value=1, max_value=5),
+        max_size=12,
+    )
+)
+def test_merges_of_overlapping_runs_equal_brute_force(word_counts):
+    # A merge updates only the neighbours of each occurrence; runs of one pair are where that can go wrong.
+    assert learn_merges(word_counts, 30, min_frequency=1) == brute_force_merges(word_counts, 30, 1)
+
+
 def test_merges_on_real_text_equal_brute_force():
     text = shared_data("wikitext-2", "wiki.valid.tokens").read_text(encoding="utf-8")[:150_000]
     counts = count_corpus([text], workers=1)

@@ -283,7 +283,7 @@ def train_bpe_command(
     as_json: JsonOption = False,
 ) -> None:
     """Learn GPT-2 byte-level BPE merges from a corpus; writes a `tokenizer` artifact."""
-    from gpt2cli.bpe.train import train_bpe
+    from gpt2cli.bpe.stage import train_bpe
 
     opts = settings(ctx, home, as_json)
     result = train_bpe(

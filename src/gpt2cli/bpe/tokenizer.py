@@ -11,9 +11,12 @@ random text. Otherwise encoding falls back to the reference.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +57,37 @@ def _has_long_whitespace(text: str) -> bool:
 
 
 _PRETOKEN = regex.compile(GPT2_PATTERN)
+
+# Work for the engine's threads (it releases the GIL): texts at least this long are cut in pieces.
+_PARALLEL_CHARS = 1 << 17
+# No pre-token reaches from a non-space character into the whitespace after it, and the pattern looks
+# only ahead, so the text can be cut there and its pieces encoded apart with the same ids.
+_PIECE_BOUNDARY = regex.compile(r"(?<=\S)\s")
+
+
+def split_at_piece_boundaries(text: str, parts: int) -> list[str]:
+    """``text`` cut into at most ``parts`` nearly equal pieces, only where the pre-tokenizer always cuts."""
+    cuts = [0]
+    for k in range(1, parts):
+        m = _PIECE_BOUNDARY.search(text, max(cuts[-1] + 1, len(text) * k // parts))
+        if m is None:
+            break
+        cuts.append(m.start())
+    cuts.append(len(text))
+    return [text[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _contiguous_groups(sizes: Sequence[int], groups: int) -> list[range]:
+    """Index ranges of ``sizes`` in order, cut into at most ``groups`` runs of nearly equal total size."""
+    total, runs, start, acc = sum(sizes), [], 0, 0
+    for i, size in enumerate(sizes):
+        acc += size
+        if acc * groups >= total * (len(runs) + 1) and i + 1 < len(sizes):
+            runs.append(range(start, i + 1))
+            start = i + 1
+    runs.append(range(start, len(sizes)))
+    return runs
+
 
 Merge = tuple[bytes, bytes]
 
@@ -282,7 +316,16 @@ class Tokenizer:
             ids.extend(cached)
         return ids
 
-    def _encode_ordinary(self, text: str) -> list[int]:
+    def _encode_ordinary(self, text: str, num_threads: int = 0) -> list[int]:
+        """Ids of a long text are encoded by pieces on all cores (``num_threads``, 0: one per core)."""
+        threads = num_threads or os.cpu_count() or 1
+        if self._engine is None or threads == 1 or len(text) < _PARALLEL_CHARS:
+            return self._encode_piece(text)
+        pieces = split_at_piece_boundaries(text, 4 * threads)
+        with ThreadPoolExecutor(threads) as pool:
+            return list(itertools.chain.from_iterable(pool.map(self._encode_piece, pieces)))
+
+    def _encode_piece(self, text: str) -> list[int]:
         engine = self._engine
         if engine is None:
             return self.encode_reference(text)
@@ -320,13 +363,21 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 0) -> list[list[int]]:
-        """Many documents at once; the engine releases the GIL, so threads use every core."""
-        engine = self._engine
-        if engine is None or any(map(_has_long_whitespace, texts)):
-            return [self._encode_ordinary(t) for t in texts]
-        import os
+        """Ids of many documents (special-token strings as ordinary text) on ``num_threads`` (0: one per core).
 
-        return engine.encode_ordinary_batch(list(texts), num_threads=num_threads or os.cpu_count() or 1)
+        The engine releases the GIL, so threads use every core; each thread gets a run of documents
+        rather than one at a time, which keeps the hand-off cost off short documents.
+        """
+        threads = num_threads or os.cpu_count() or 1
+        sizes = [len(t) for t in texts]
+        if self._engine is None or threads == 1 or sum(sizes) < _PARALLEL_CHARS:
+            return [self._encode_ordinary(t, 1) for t in texts]
+
+        def encode_run(run: range) -> list[list[int]]:
+            return [self._encode_piece(texts[i]) for i in run]
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(itertools.chain.from_iterable(pool.map(encode_run, _contiguous_groups(sizes, 4 * threads))))
 
     # -- decoding ----------------------------------------------------------------------------------
 

@@ -13,25 +13,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
-import os
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Published, Store
 from gpt2cli.bpe.tokenizer import Merge, Tokenizer, pretokenize
-from gpt2cli.console import progress
-from gpt2cli.documents import DocumentSource, open_documents
-from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.textutil import valid_unicode
 
-log = logging.getLogger(__name__)
-
-BATCH_CHARS = 1 << 20
+BATCH_CHARS = 1 << 18  # small batches keep the pickled texts in flight to a few MiB
+_SHIFT = 32  # a pair of token ids (a, b) is the int a << _SHIFT | b
+_LOW = (1 << _SHIFT) - 1
 
 
 def count_pretokens(texts: Iterable[str]) -> Counter[str]:
@@ -80,20 +72,53 @@ def count_corpus(
             for future in list(pending):
                 total.update(future.result())
                 report(pending.pop(future))
-    return Counter({piece.encode("utf-8"): n for piece, n in total.items()})
+    counts: Counter[bytes] = Counter()
+    while total:  # popping frees each str as its bytes are made: the table is not held twice
+        piece, n = total.popitem()
+        counts[piece.encode("utf-8")] = n
+    return counts
 
 
-def _merge_word(word: list[int], a: int, b: int, new: int) -> list[int]:
-    out: list[int] = []
-    i, n = 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == a and word[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
+def _merge_word(
+    word: list[int], a: int, b: int, new: int, n: int, delta: dict[int, int], where: dict[int, list[int]], w: int
+) -> None:
+    """Merge every (a, b) of word ``w`` into ``new`` in place, left to right.
+
+    Adds to ``delta`` the change of every pair count other than (a, b) itself, weighted by the word's count
+    ``n``, looking only at the neighbours of each merge, and indexes the word under the pairs it gains.
+    """
+    i = 0
+    while True:
+        try:
+            i = word.index(a, i, len(word) - 1)  # an (a, b) starts before the last token
+        except ValueError:
+            return
+        if word[i + 1] != b:
             i += 1
-    return out
+            continue
+        if i:
+            prev = word[i - 1]
+            if prev != new:  # else (b, a) already went as the right neighbour of the previous merge
+                delta[prev << _SHIFT | a] -= n
+            key = prev << _SHIFT | new
+            delta[key] += n
+            _index(where, key, w)
+        if i + 2 < len(word):
+            after = word[i + 2]
+            delta[b << _SHIFT | after] -= n
+            if not (after == a and i + 3 < len(word) and word[i + 3] == b):  # else the next merge pairs with us
+                key = new << _SHIFT | after
+                delta[key] += n
+                _index(where, key, w)
+        word[i : i + 2] = (new,)
+        i += 1
+
+
+def _index(where: dict[int, list[int]], key: int, w: int) -> None:
+    """Word ``w`` holds pair ``key``; words are indexed one at a time, so a repeat is the last entry."""
+    seen = where[key]
+    if not seen or seen[-1] != w:
+        seen.append(w)
 
 
 def learn_merges(
@@ -108,6 +133,9 @@ def learn_merges(
 
     Pair counts are kept up to date incrementally: a merge touches only the words that contain its pair
     (found through an index), and a heap with lazy invalidation yields the next most frequent pair.
+    Memory is kept small because it bounds the trainer's: a pair is one int key, the index holds a list
+    of word numbers per pair (new entries only for pairs a merge creates), pairs whose count falls to
+    zero are dropped, and the heap is rebuilt when stale entries outnumber live ones.
     """
     token_bytes = [bytes([i]) for i in range(256)]
     words: list[list[int]] = []
@@ -116,46 +144,52 @@ def learn_merges(
         if len(word) > 1:
             words.append(list(word))
             counts.append(n)
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for i, (word, n) in enumerate(zip(words, counts, strict=True)):
-        for pair in itertools.pairwise(word):
-            pair_counts[pair] += n
-            where[pair].add(i)
-    heap = [(-n, token_bytes[a], token_bytes[b], a, b) for (a, b), n in pair_counts.items()]
-    heapq.heapify(heap)
+    pair_counts: dict[int, int] = defaultdict(int)
+    where: dict[int, list[int]] = defaultdict(list)
+    for w, (word, n) in enumerate(zip(words, counts, strict=True)):
+        for a, b in itertools.pairwise(word):
+            key = a << _SHIFT | b
+            pair_counts[key] += n
+            seen = where[key]
+            if not seen or seen[-1] != w:
+                seen.append(w)
+    pair_counts = dict(pair_counts)
+
+    def queue() -> list[tuple[int, bytes, bytes, int]]:
+        heap = [(-n, token_bytes[k >> _SHIFT], token_bytes[k & _LOW], k) for k, n in pair_counts.items()]
+        heapq.heapify(heap)
+        return heap
+
+    heap = queue()
     merges: list[Merge] = []
     while len(merges) < num_merges and heap:
-        neg, left, right, a, b = heapq.heappop(heap)
-        current = pair_counts.get((a, b), 0)
+        neg, left, right, key = heapq.heappop(heap)
+        current = pair_counts.get(key, 0)
         if current != -neg:
             if 0 < current < -neg:  # the count fell since this entry was pushed: re-queue at its value
-                heapq.heappush(heap, (-current, left, right, a, b))
+                heapq.heappush(heap, (-current, left, right, key))
             continue  # (a higher count was pushed when it rose)
         if current < min_frequency:
             break
-        new = len(token_bytes)
+        a, b, new = key >> _SHIFT, key & _LOW, len(token_bytes)
         token_bytes.append(left + right)
         merges.append((left, right))
-        delta: dict[tuple[int, int], int] = defaultdict(int)
-        for i in where.pop((a, b)):
-            word = words[i]
-            merged = _merge_word(word, a, b, new)
-            if len(merged) == len(word):
-                continue  # index entry left from an earlier merge of this word
-            n = counts[i]
-            for pair in itertools.pairwise(word):
-                delta[pair] -= n
-            for pair in itertools.pairwise(merged):
-                delta[pair] += n
-                where[pair].add(i)
-            words[i] = merged
-        for pair, d in delta.items():
-            if d:
-                pair_counts[pair] += d
-                if d > 0:
-                    heapq.heappush(heap, (-pair_counts[pair], token_bytes[pair[0]], token_bytes[pair[1]], *pair))
-        pair_counts.pop((a, b), None)
+        delta: dict[int, int] = defaultdict(int)
+        for w in where.pop(key):  # (some entries are left from earlier merges of the word: nothing to do)
+            _merge_word(words[w], a, b, new, counts[w], delta, where, w)
+        del pair_counts[key]
+        for k, d in delta.items():
+            if d and k != key:
+                count = pair_counts.get(k, 0) + d
+                if count > 0:
+                    pair_counts[k] = count
+                    if d > 0:
+                        heapq.heappush(heap, (-count, token_bytes[k >> _SHIFT], token_bytes[k & _LOW], k))
+                else:  # no word holds the pair any more
+                    del pair_counts[k]
+                    where.pop(k, None)
+        if len(heap) > 2 * len(pair_counts) + 4096:
+            heap = queue()
         if on_merge:
             on_merge(len(merges))
     return merges
@@ -167,71 +201,3 @@ def bytes_per_token(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[float, 
         n_bytes += sum(len(t.encode("utf-8")) for t in batch)
         n_tokens += sum(map(len, tokenizer.encode_batch(batch)))
     return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
-
-
-def train_bpe(
-    store: Store,
-    *,
-    corpus: str | None,
-    inputs: list[Path],
-    vocab_size: int,
-    min_frequency: int,
-    val_fraction: float,
-    workers: int,
-    force: bool,
-    wait: bool,
-) -> Published:
-    """The `gpt2 train-bpe` stage: corpus in, `tokenizer` artifact out."""
-    if vocab_size < 257:
-        raise UsageError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
-    source = open_documents(store, corpus, inputs, val_fraction)
-    params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": val_fraction}
-
-    def build(draft: Any) -> dict[str, Any]:
-        return _train(draft.dir, source, vocab_size, min_frequency, workers or os.cpu_count() or 1)
-
-    return store.produce("tokenizer", params=params, inputs=source.inputs, build=build, force=force, wait=wait)
-
-
-def _train(out: Path, source: DocumentSource, vocab_size: int, min_frequency: int, workers: int) -> dict[str, Any]:
-    started = time.time()
-    with progress("counting pre-tokens", unit="chars") as bar:
-        counts = count_corpus((d.text for d in source if d.split == "train"), workers, bar.advance)
-    stats = dict(source.stats)
-    if not counts:
-        skipped = f"{stats.get('malformed', 0)} malformed, {stats.get('empty', 0)} empty records"
-        raise Gpt2Error(f"the corpus has no training text ({skipped})")
-    counted = time.time()
-    num_merges = vocab_size - 257
-    with progress("learning merges", total=num_merges, unit="merges") as bar:
-        merges = learn_merges(counts, num_merges, min_frequency=min_frequency, on_merge=lambda _: bar.advance())
-    if len(merges) < num_merges:
-        log.warning(
-            "stopped at %d merges: no pair occurs %d times any more (vocabulary %d, asked %d)",
-            len(merges),
-            min_frequency,
-            len(merges) + 257,
-            vocab_size,
-        )
-    trained = time.time()
-    tokenizer = Tokenizer.from_merges(merges)
-    tokenizer.save(out)
-    held_out = [d.text for d in source if d.split == "val"]
-    bpt, val_bytes, val_tokens = bytes_per_token(tokenizer, held_out)
-    engine_agrees = all(tokenizer.encode(t) == tokenizer.encode_reference(t) for t in held_out[:200])
-    return {
-        "vocab_size": tokenizer.vocab_size,
-        "merges": len(merges),
-        "distinct_pretokens": len(counts),
-        "train_documents": stats.get("train", 0),
-        "val_documents": stats.get("val", 0),
-        "malformed_records": stats.get("malformed", 0),
-        "empty_records": stats.get("empty", 0),
-        "val_bytes": val_bytes,
-        "val_tokens": val_tokens,
-        "val_bytes_per_token": round(bpt, 4),
-        "engine_matches_reference_on_val": engine_agrees,
-        "count_seconds": round(counted - started, 3),
-        "merge_seconds": round(trained - counted, 3),
-        "train_seconds": round(trained - started, 3),
-    }
