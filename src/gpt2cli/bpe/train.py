@@ -11,11 +11,12 @@ so the same corpus gives the same merges on any machine and worker count.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from gpt2cli.bpe.tokenizer import Merge, Tokenizer, pretokenize
@@ -52,26 +53,26 @@ def count_corpus(
     on_batch: Callable[[int], None] | None = None,
     batch_chars: int = BATCH_CHARS,
 ) -> Counter[bytes]:
-    """Pre-token counts of a stream of texts, with at most ``2 * workers`` batches in flight."""
+    """Pre-token counts of a stream of texts on ``workers`` cores: ``workers - 1`` forked processes
+    count batches, two each in flight, and this process counts a batch itself whenever they are all
+    busy (one process fewer than cores keeps the memory of the tree down; none idles)."""
     total: Counter[str] = Counter()
     report = on_batch or (lambda _chars: None)
-    if workers <= 1:
+    helpers = max(workers - 1, 0)
+    with ProcessPoolExecutor(helpers) if helpers else contextlib.nullcontext() as pool:
+        pending: dict[Any, int] = {}
         for batch in _batches(texts, batch_chars):
-            total.update(count_pretokens(batch))
-            report(sum(map(len, batch)))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            pending: dict[Any, int] = {}
-            for batch in _batches(texts, batch_chars):
-                if len(pending) >= 2 * workers:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        total.update(future.result())
-                        report(pending.pop(future))
-                pending[pool.submit(count_pretokens, batch)] = sum(map(len, batch))
-            for future in list(pending):
+            for future in [f for f in pending if f.done()]:
                 total.update(future.result())
                 report(pending.pop(future))
+            if pool is None or len(pending) >= 2 * helpers:
+                total.update(count_pretokens(batch))
+                report(sum(map(len, batch)))
+            else:
+                pending[pool.submit(count_pretokens, batch)] = sum(map(len, batch))
+        for future in list(pending):
+            total.update(future.result())
+            report(pending.pop(future))
     counts: Counter[bytes] = Counter()
     while total:  # popping frees each str as its bytes are made: the table is not held twice
         piece, n = total.popitem()
