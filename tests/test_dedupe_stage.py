@@ -139,3 +139,47 @@ def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):
     assert json.loads(result.stdout.split("\n}\n", 1)[0] + "\n}")["summary"]["removed_contamination"] == 1
     assert victim["url"] not in {r["url"] for r in corpus_rows(home)}
     assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--drop-overlap", "0.5").returncode == 2
+
+
+def test_sharded_screening_and_merge_equal_one_run(home: Path, tmp_path: Path):
+    one = tmp_path / "one"
+    shutil.copytree(home, one)
+    refs = ("--raw-docs", "raw-docs@v1", "--raw-docs", "raw-docs@v2")
+    whole = run_cli(one, "dedupe", *refs, "--json")
+    assert whole.returncode == 0, whole.stderr
+    shard_refs = []
+    for i in range(3):
+        result = run_cli(home, "dedupe", *refs, "--shards", "3", "--shard-index", str(i), "--workers", "1", "--json")
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert out["ref"].startswith("dedupe-shard@")
+        shard_refs.append(out["ref"])
+    # a shard copied from another machine is given by its directory
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(Store(home).resolve(shard_refs[2]).path, moved)
+    bad = run_cli(home, "dedupe", "--merge", shard_refs[0], "--merge", shard_refs[1])
+    assert bad.returncode == 2 and "shards 0..2 of 3" in bad.stderr
+    other = run_cli(home, "dedupe", "--threshold", "0.7", *(a for r in shard_refs for a in ("--merge", r)))
+    assert other.returncode == 2 and "other dedupe settings" in other.stderr
+    merged = run_cli(
+        home, "dedupe", "--merge", shard_refs[0], "--merge", shard_refs[1], "--merge", str(moved), "--json"
+    )
+    assert merged.returncode == 0, merged.stderr
+    summary, expected = json.loads(merged.stdout)["summary"], json.loads(whole.stdout)["summary"]
+    assert summary == expected
+    assert corpus_rows(home) == corpus_rows(one)  # same documents, same order, same splits
+    report = json.loads(Store(home).resolve("corpus").file("report.json").read_text())
+    expected_report = json.loads(Store(one).resolve("corpus").file("report.json").read_text())
+    assert {k: (v["in"], v["removed"]) for k, v in report.items()} == {
+        k: (v["in"], v["removed"]) for k, v in expected_report.items()
+    }
+    lineage = run_cli(home, "artifacts", "lineage", "corpus")
+    assert "dedupe-shard" in lineage.stdout and "raw-docs@v2" in lineage.stdout
+
+
+def test_shard_options_are_checked(home: Path):
+    assert run_cli(home, "dedupe", "--shards", "3").returncode == 2
+    bad = run_cli(home, "dedupe", "--shards", "3", "--shard-index", "3")
+    assert bad.returncode == 2 and "--shard-index must be in [0, --shards)" in bad.stderr
+    both = run_cli(home, "dedupe", "--merge", "dedupe-shard", "--raw-docs", "raw-docs@v1")
+    assert both.returncode == 2

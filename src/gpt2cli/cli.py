@@ -13,7 +13,7 @@ import typer
 from gpt2cli import __version__
 from gpt2cli.artifacts import Artifact, Published, Store
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
-from gpt2cli.errors import EXIT_FAILURE, Gpt2Error
+from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, UsageError
 
 app = typer.Typer(
     name="gpt2",
@@ -226,16 +226,29 @@ def dedupe_command(
         typer.Option(help="Drop documents sharing more than this share of their 8-grams with the --overlap files."),
     ] = None,
     workers: Annotated[int, typer.Option(help="Processes for the per-document steps \\[default: all cores].")] = 0,
+    shards: Annotated[
+        int, typer.Option(help="Split the per-document work into this many shards (run each with --shard-index).")
+    ] = 1,
+    shard_index: Annotated[
+        Optional[int], typer.Option(help="Screen only this shard into a dedupe-shard artifact (0-based).")
+    ] = None,
+    merge: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Join dedupe-shard artifacts (refs or copied directories) into the corpus; repeatable."),
+    ] = None,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Clean and deduplicate raw documents into a `corpus` (Parquet with a train/val split) and a report."""
+    """Clean and deduplicate raw documents into a `corpus` (Parquet with a train/val split) and a report.
+
+    At scale, run `--shards N --shard-index i` for each i (any processes or machines), then `--merge` the N
+    dedupe-shard artifacts with the same options: the corpus equals a single run's."""
     from dataclasses import replace
 
     from gpt2cli.dedupe.filters import QualityConfig
-    from gpt2cli.dedupe.stage import DedupeConfig, dedupe, overlap_table
+    from gpt2cli.dedupe.stage import DedupeConfig, Shard, dedupe, overlap_table
 
     opts = settings(ctx, home, as_json)
     config = DedupeConfig(
@@ -250,10 +263,13 @@ def dedupe_command(
         workers=workers,
     )
     store = Store(opts.home)
+    if shard_index is None and shards != 1:
+        raise UsageError("--shards needs --shard-index (then --merge the shards)")
+    shard = Shard(shard_index, shards) if shard_index is not None else None
     result = dedupe(store, raw_refs=raw_docs or [], inputs=inputs or [], config=config, incremental=incremental,
-                    eval_files=overlap or [], force=force, wait=wait)  # fmt: skip
+                    eval_files=overlap or [], shard=shard, merge=merge or [], force=force, wait=wait)  # fmt: skip
     report(result, opts)
-    if overlap:
+    if overlap and shard is None:
         rows = overlap_table(result.artifact, overlap)
         if opts.json:
             print_json({"overlap": rows})

@@ -165,8 +165,9 @@ def ngram_items(text: str, n: int = 8) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
-def build_ngram_bloom(texts: Sequence[str], n: int = 8, p: float = 1e-8) -> BloomFilter:
-    """A filter holding every n-gram of ``texts``, sized for their number at rate ``p`` (two passes)."""
+def build_ngram_bloom(texts: Iterable[str], n: int = 8, p: float = 1e-8) -> BloomFilter:
+    """A filter holding every n-gram of ``texts``, sized for their number at rate ``p``: ``texts`` is iterated
+    twice (count, then add), so pass a list or a re-iterable stream."""
     count = sum(max(0, len(_ALNUM.findall(text.lower())) - n + 1) for text in texts)
     bloom = BloomFilter(max(1, count), p)
     for text in texts:

@@ -14,6 +14,7 @@ a full recompute on the union, without re-hashing the old documents.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -59,22 +60,38 @@ class DedupeConfig:
     workers: int = 0  # processes for the per-document steps; 0 = all cores
 
 
-@dataclass
-class Doc:
-    """One document that reached the duplicate steps, with what the output needs of it."""
-
-    row: dict[str, Any]
-    order: int
-    score: int | None
-    key: bytes
-    shingles: np.ndarray
-
-
 def split_of(url_or_text: str, val_fraction: float) -> str:
     """`val` for a stable share of documents, decided by the hash of the normalized URL: a refresh never
     moves a document between splits."""
     h = int.from_bytes(hashlib.blake2b(url_or_text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
     return "val" if h < val_fraction * 2**64 else "train"
+
+
+@dataclass
+class Doc:
+    """A document that passed the filters, as the duplicate steps need it; its text stays on disk."""
+
+    order: int  # position in the input stream: "earliest" for the keeper rule, and the output order
+    score: int | None
+    key: bytes  # exact-duplicate key of the normalized text
+    url: str | None
+    snippet: str  # the start of the text, for the report's examples
+    shingles: np.ndarray  # a view of the memory-mapped shingle file
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of the input a run screens: records ``i`` with ``i % count == index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(f"--shard-index must be in [0, --shards), got {self.index} of {self.count}")
+
+    def owns(self, record: int) -> bool:
+        return record % self.count == self.index
 
 
 class Report:
@@ -83,78 +100,98 @@ class Report:
     def __init__(self) -> None:
         self.steps: dict[str, dict[str, Any]] = {}
 
-    def step(self, name: str, n_in: int) -> None:
-        self.steps[name] = {"in": n_in, "removed": 0, "reasons": Counter(), "examples": []}
+    def _entry(self, name: str) -> dict[str, Any]:
+        return self.steps.setdefault(name, {"in": 0, "removed": 0, "reasons": Counter(), "examples": []})
 
-    def remove(self, name: str, reason: str, row: dict[str, Any], detail: str = "") -> None:
-        entry = self.steps[name]
+    def step(self, name: str, n_in: int) -> None:
+        self._entry(name)["in"] = n_in
+
+    def remove(self, name: str, reason: str, url: str | None, text: str, detail: str = "") -> None:
+        entry = self._entry(name)
         entry["removed"] += 1
         entry["reasons"][reason] += 1
         if len(entry["examples"]) < EXAMPLES:
-            snippet = " ".join(str(row.get("text", "")).split())[:160]
-            entry["examples"].append({"url": row.get("url"), "reason": reason, "detail": detail, "text": snippet})
+            entry["examples"].append({"url": url, "reason": reason, "detail": detail, "text": _snippet(text)})
+
+    def absorb(self, steps: dict[str, dict[str, Any]]) -> None:
+        """Add another run's counts (a shard's), keeping the first examples."""
+        for name, other in steps.items():
+            entry = self._entry(name)
+            entry["removed"] += other["removed"]
+            entry["reasons"].update(other["reasons"])
+            entry["examples"] = (entry["examples"] + other["examples"])[:EXAMPLES]
 
     def as_dict(self) -> dict[str, Any]:
         return {name: {**e, "reasons": dict(e["reasons"])} for name, e in self.steps.items()}
 
 
-def _read_rows(
-    store: Store, raw_refs: Sequence[str], inputs: Sequence[Path], stats: Counter[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows from raw-docs artifacts (their Parquet) or from --input JSONL/Parquet files with a text column."""
+def _snippet(text: str) -> str:
+    return " ".join(text[:400].split())[:160]
+
+
+# -- reading the input, one record at a time ----------------------------------------------------------
+
+
+def _input_sources(
+    store: Store, raw_refs: Sequence[str], inputs: Sequence[Path]
+) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
+    """(file, provenance) pairs to read, and their manifest inputs: raw-docs artifacts or --input files."""
     import pyarrow.parquet as pq
 
-    rows: list[dict[str, Any]] = []
-    manifest_inputs: list[dict[str, Any]] = []
     if inputs:
-        for path in expand_inputs([Path(p) for p in inputs]):
-            manifest_inputs.append(file_input(path))
-            rows += _file_rows(path, stats)
-        return rows, manifest_inputs
-    refs = list(raw_refs) or ["raw-docs"]
-    for ref in refs:
+        paths = expand_inputs([Path(p) for p in inputs])
+        return [(path, str(path)) for path in paths], [file_input(path) for path in paths]
+    sources, manifest_inputs = [], []
+    for ref in list(raw_refs) or ["raw-docs"]:
         artifact = store.resolve(ref)
         if artifact.kind != "raw-docs":
             raise UsageError(f"{artifact.ref} is a {artifact.kind} artifact; dedupe reads raw-docs (or --input files)")
         path = artifact.file("documents.parquet")
-        table = pq.read_table(path)
-        missing = RAW_DOCS_COLUMNS - set(table.column_names)
+        missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
         if missing:
             raise Gpt2Error(f"{artifact.ref}: unknown raw-docs schema (no {', '.join(sorted(missing))} column)")
+        sources.append((path, artifact.ref))
         manifest_inputs.append(artifact_input(artifact))
-        for row in table.to_pylist():
-            row["raw_docs"] = artifact.ref
-            rows.append(row)
-    return rows, manifest_inputs
+    return sources, manifest_inputs
 
 
-def _file_rows(path: Path, stats: Counter[str]) -> list[dict[str, Any]]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+def _records(sources: Sequence[tuple[Path, str]], shard: Shard, stats: Counter[str]) -> Iterator[tuple[int, dict]]:
+    """(record number, row) of the records this shard owns, streamed; malformed records it owns are counted
+    in ``stats`` and skipped (every record is numbered, so the shards' counts add up to the whole)."""
+    import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        if "text" not in table.column_names:
-            raise Gpt2Error(f"{path}: no 'text' column (columns: {table.column_names})")
-        return [{**r, "raw_docs": str(path)} for r in table.to_pylist()]
-    rows = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats["invalid_utf8"] += 1
-                log.warning("%s:%d: not UTF-8; skipped", path, lineno)
-                continue
-            except json.JSONDecodeError:
-                stats["malformed"] += 1
-                continue
-            if not isinstance(obj, dict):
-                stats["malformed"] += 1
-                continue
-            rows.append({**obj, "raw_docs": str(path)})
-    return rows
+    record = -1
+    for path, provenance in sources:
+        if path.suffix.lower() == ".parquet":
+            parquet = pq.ParquetFile(path)
+            if "text" not in parquet.schema_arrow.names:
+                raise Gpt2Error(f"{path}: no 'text' column (columns: {parquet.schema_arrow.names})")
+            for batch in parquet.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    record += 1
+                    if shard.owns(record):
+                        yield record, {**row, "raw_docs": provenance}
+            continue
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                record += 1
+                if not shard.owns(record):
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    stats["invalid_utf8"] += 1
+                    log.warning("%s:%d: not UTF-8; skipped", path, lineno)
+                    continue
+                except json.JSONDecodeError:
+                    stats["malformed"] += 1
+                    continue
+                if not isinstance(obj, dict):
+                    stats["malformed"] += 1
+                    continue
+                yield record, {**obj, "raw_docs": provenance}
 
 
 def dedupe(
@@ -165,53 +202,108 @@ def dedupe(
     config: DedupeConfig,
     incremental: bool,
     eval_files: Sequence[Path] = (),
+    shard: Shard | None = None,
+    merge: Sequence[str] = (),
     force: bool = False,
     wait: bool = False,
 ) -> Published:
-    stats: Counter[str] = Counter()
-    rows, manifest_inputs = _read_rows(store, raw_refs, inputs, stats)
-    if not rows:
-        raise Gpt2Error("the input holds no documents")
-    base = store.latest("corpus") if incremental else None
-    if incremental and base is None:
-        log.info("no previous corpus: --incremental starts a new one")
+    """The `gpt2 dedupe` stage. With ``shard``, screen one shard of the input into a `dedupe-shard` artifact
+    (normalization, filters, shingles, signatures: the per-document work); with ``merge``, join such shards
+    into the corpus (duplicate detection and output). Without either, both in one run."""
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
     identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
+    if merge:
+        if raw_refs or inputs or shard:
+            raise UsageError("--merge takes dedupe-shard artifacts only: no --raw-docs, --input or --shards with it")
+        shards = _check_shards([store.resolve(ref) for ref in merge], identity)
+        manifest_inputs = [artifact_input(a) for a in shards]
+    else:
+        sources, manifest_inputs = _input_sources(store, raw_refs, inputs)
+        if config.drop_overlap is not None:
+            manifest_inputs = manifest_inputs + [file_input(p) for p in eval_files]
+    if shard is not None:
+        params = {"config": identity, "shards": shard.count, "shard_index": shard.index}
+
+        def build_shard(draft: Draft) -> dict[str, Any]:
+            screened = _screen_all(draft.dir / STATE, sources, _run_config(config, eval_files, draft), shard)
+            return {k: v for k, v in screened.items() if k != "report"}
+
+        return store.produce(SHARD_KIND, params=params, inputs=manifest_inputs, build=build_shard, force=force,
+                             wait=wait)  # fmt: skip
+    base = store.latest("corpus") if incremental else None
+    if incremental and base is None:
+        log.info("no previous corpus: --incremental starts a new one")
     params = {"config": identity, "incremental": base.ref if base else None}
-    if config.drop_overlap is not None:
-        manifest_inputs = manifest_inputs + [file_input(p) for p in eval_files]
+    if merge:
+        params["shards"] = len(merge)
 
     def build(draft: Draft) -> dict[str, Any]:
-        run_config = config
-        if config.drop_overlap is not None:
-            path = draft.work / "eval-8gram.npz"
-            build_ngram_bloom(_eval_texts(eval_files), n=8, p=1e-8).save(path)
-            run_config = replace(config, eval_bloom=str(path))
-        return _build(draft.dir, rows, run_config, base, stats)
+        if merge:
+            parts = [a.path / STATE for a in shards]
+        else:
+            _screen_all(draft.work / STATE, sources, _run_config(config, eval_files, draft), Shard())
+            parts = [draft.work / STATE]
+        return _deduplicate(draft.dir, parts, config, base)
 
     return store.produce(
         "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base
     )
 
 
+SHARD_KIND = "dedupe-shard"
+
+
+def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:
+    if config.drop_overlap is None:
+        return config
+    path = draft.work / "eval-8gram.npz"
+    build_ngram_bloom(_eval_texts(eval_files), n=8, p=1e-8).save(path)
+    return replace(config, eval_bloom=str(path))
+
+
+def _check_shards(artifacts: list[Artifact], identity: dict[str, Any]) -> list[Artifact]:
+    """The shards of one input, each once, all made with this configuration."""
+    for a in artifacts:
+        if a.kind != SHARD_KIND:
+            raise UsageError(f"{a.ref} is a {a.kind} artifact; --merge takes {SHARD_KIND} artifacts")
+    params = [a.manifest["params"] for a in artifacts]
+    count = params[0]["shards"]
+    if sorted(p["shard_index"] for p in params) != list(range(count)) or any(p["shards"] != count for p in params):
+        found = ", ".join(f"{p['shard_index']}/{p['shards']}" for p in params)
+        raise UsageError(f"--merge needs shards 0..{count - 1} of {count}, each once; got {found}")
+    if any(json.dumps(p["config"], sort_keys=True) != json.dumps(identity, sort_keys=True) for p in params):
+        raise UsageError("the shards were screened with other dedupe settings than this merge's; use the same options")
+    if len({json.dumps(a.manifest["inputs"], sort_keys=True) for a in artifacts}) > 1:
+        raise UsageError("the shards were screened from different inputs")
+    return sorted(artifacts, key=lambda a: a.manifest["params"]["shard_index"])
+
+
 STEPS = ("normalize", "wikipedia", "length", "language", "contamination", "quality")
+BATCH_DOCS = 256
 
 
-def _screen(rows: list[dict[str, Any]], config: DedupeConfig) -> list[tuple[str | None, str, str, np.ndarray | None]]:
-    """Normalize and filter a batch of rows: per row, (step that removed it or None, reason, text, shingles).
-
-    A pure function of the rows and the config, so batches can run in worker processes."""
+def _screen(
+    rows: list[dict[str, Any]], config: DedupeConfig
+) -> list[tuple[str | None, str, str, np.ndarray | None, np.ndarray | None]]:
+    """Normalize, filter, shingle and sign a batch of rows: per row, (step that removed it or None, reason,
+    text, shingles, signature). A pure function of the rows and the config, so batches run in workers."""
     contamination = BloomFilter.load(Path(config.eval_bloom)) if config.eval_bloom else None
-    out: list[tuple[str | None, str, str, np.ndarray | None]] = []
+    out: list[tuple[str | None, str, str, np.ndarray | None, np.ndarray | None]] = []
     for row in rows:
         raw = row.get("text")
         if not isinstance(raw, str) or not raw.strip():
-            out.append(("normalize", "no_text", "", None))
+            out.append(("normalize", "no_text", "", None, None))
             continue
         text = normalize_text(raw)
         removed = _first_reason(row, text, config, contamination)
-        out.append((*removed, text, None) if removed else (None, "", text, shingles(text, config.shingle_size)))
+        out.append((*removed, text, None, None) if removed else (None, "", text, shingles(text, config.shingle_size),
+                                                                  None))  # fmt: skip
+    kept = [i for i, r in enumerate(out) if r[0] is None]
+    if kept:
+        signatures = MinHasher(config.num_perm).signatures([out[i][3] for i in kept])  # type: ignore[misc]
+        for i, signature in zip(kept, signatures, strict=True):
+            out[i] = (*out[i][:4], signature)
     return out
 
 
@@ -243,108 +335,277 @@ def _contamination_reason(text: str, bloom: BloomFilter | None, threshold: float
     return f"contamination:{share:.2f}" if share > threshold else None
 
 
-def _filter(
-    rows: list[dict[str, Any]], config: DedupeConfig, report: Report, stats: Counter[str], first_order: int,
-    workers: int = 1,
-) -> list[Doc]:  # fmt: skip
-    """Normalization and the per-document filters, on all cores; returns the documents for deduplication."""
-    batches = [rows[i : i + 256] for i in range(0, len(rows), 256)]
-    results: list[tuple[str | None, str, str, np.ndarray | None]] = []
-    with progress("filtering", total=len(rows), unit="docs") as bar:
-        if workers > 1 and len(batches) > 1:
-            from concurrent.futures import ProcessPoolExecutor
+# -- the state on disk: what duplicate detection needs, for a run, a shard, or a corpus (incremental) ------
+#
+# A state directory holds the documents that passed the filters, sorted by `order`: docs.parquet (the row as
+# JSON with the normalized text, order, score, key, url, snippet), signatures.npy (uint32, one row per doc),
+# shingles.npy + shingle_offsets.npy (CSR: doc i's sorted shingle hashes), edges.npy (verified duplicate pairs,
+# as indices into the docs) and screen.json (the filter steps' report and the input counts).
 
+STATE_FILES = ("docs.parquet", "signatures.npy", "shingles.npy", "shingle_offsets.npy", "edges.npy", "screen.json")
+_DOC_SCHEMA_FIELDS = (("row", "string"), ("order", "int64"), ("score", "int64"), ("key", "binary"),
+                      ("url", "string"), ("snippet", "string"))  # fmt: skip
+
+
+class _StateWriter:
+    """Writes a state directory document by document; only the offsets and signatures stay in memory."""
+
+    def __init__(self, directory: Path, num_perm: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        directory.mkdir(parents=True)
+        self.directory, self.num_perm = directory, num_perm
+        self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _DOC_SCHEMA_FIELDS])
+        self.docs = pq.ParquetWriter(directory / "docs.parquet", self.schema)
+        self.shingles = open(directory / "shingles.bin", "wb")  # noqa: SIM115 (closed in close())
+        self.offsets, self.signatures, self.pending = [0], [], []
+
+    def add(self, row_json: str, doc: Doc, signature: np.ndarray) -> None:
+        self.pending.append({"row": row_json, "order": doc.order, "score": doc.score, "key": doc.key, "url": doc.url,
+                             "snippet": doc.snippet})  # fmt: skip
+        self.shingles.write(np.ascontiguousarray(doc.shingles, np.uint64).tobytes())
+        self.offsets.append(self.offsets[-1] + len(doc.shingles))
+        self.signatures.append(np.asarray(signature, np.uint32))
+        if len(self.pending) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            self.docs.write_table(pa.Table.from_pylist(self.pending, schema=self.schema))
+            self.pending = []
+
+    def close(self, edges: Sequence[tuple[int, int]], screen: dict[str, Any]) -> None:
+        self._flush()
+        self.docs.close()
+        self.shingles.close()
+        n = len(self.offsets) - 1
+        values = np.fromfile(self.directory / "shingles.bin", np.uint64)
+        np.save(self.directory / "shingles.npy", values)
+        (self.directory / "shingles.bin").unlink()
+        np.save(self.directory / "shingle_offsets.npy", np.asarray(self.offsets, np.int64))
+        sigs = np.stack(self.signatures) if n else np.zeros((0, self.num_perm), np.uint32)
+        np.save(self.directory / "signatures.npy", sigs)
+        np.save(self.directory / "edges.npy", np.asarray(edges, np.int64).reshape(-1, 2))
+        (self.directory / "screen.json").write_text(json.dumps(screen, ensure_ascii=False, default=str))
+
+
+@dataclass
+class _State:
+    directory: Path
+    docs: list[Doc]
+    signatures: np.ndarray
+    edges: list[tuple[int, int]]
+    screen: dict[str, Any]
+
+    def rows(self) -> Iterator[tuple[int, str]]:
+        """(order, row JSON) of every document, in order, streamed from disk."""
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(self.directory / "docs.parquet").iter_batches(columns=["order", "row"]):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+
+
+def _open_state(directory: Path, what: str) -> _State:
+    import pyarrow.parquet as pq
+
+    if not all((directory / name).is_file() for name in STATE_FILES):
+        raise Gpt2Error(f"{what} has no deduplication state of this version; rebuild it without --incremental")
+    values = np.load(directory / "shingles.npy", mmap_mode="r")
+    offsets = np.load(directory / "shingle_offsets.npy")
+    meta = pq.read_table(directory / "docs.parquet", columns=["order", "score", "key", "url", "snippet"]).to_pydict()
+    docs = [
+        Doc(order, score, key, url, snippet, values[offsets[i] : offsets[i + 1]])
+        for i, (order, score, key, url, snippet) in enumerate(
+            zip(meta["order"], meta["score"], meta["key"], meta["url"], meta["snippet"], strict=True)
+        )
+    ]
+    edges = [tuple(e) for e in np.load(directory / "edges.npy").tolist()]
+    screen = json.loads((directory / "screen.json").read_text())
+    return _State(directory, docs, np.load(directory / "signatures.npy"), edges, screen)  # type: ignore[arg-type]
+
+
+# -- screening: the per-document steps, streamed ------------------------------------------------------------
+
+
+def _screen_all(
+    state_dir: Path, sources: Sequence[tuple[Path, str]], config: DedupeConfig, shard: Shard
+) -> dict[str, Any]:
+    """Normalize, filter, shingle and sign this shard's records on all cores into ``state_dir``. Memory holds
+    a few batches of records in flight plus one signature (4 bytes per permutation) and one offset per
+    document kept; texts and shingles go to disk as they come."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    stats: Counter[str] = Counter()
+    report = Report()
+    writer = _StateWriter(state_dir, config.num_perm)
+    workers = config.workers or os.cpu_count() or 1
+    removed_at: Counter[str] = Counter()
+    n_in = 0
+
+    def batches() -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        batch: list[tuple[int, dict[str, Any]]] = []
+        for item in _records(sources, shard, stats):
+            batch.append(item)
+            if len(batch) == BATCH_DOCS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def consume(batch: list[tuple[int, dict[str, Any]]], results: list[Any]) -> None:
+        nonlocal n_in
+        n_in += len(batch)
+        for (record, row), (step, reason, text, shingle_hashes, signature) in zip(batch, results, strict=True):
+            url = row.get("url")
+            if step is not None:
+                removed_at[step] += 1
+                report.remove(step, reason, url, text or str(row.get("text") or ""))
+                continue
+            row["text"] = text
+            score = row.get("score")
+            doc = Doc(record, score if isinstance(score, int) else None, text_key(text), url, _snippet(text),
+                      shingle_hashes)  # fmt: skip
+            writer.add(json.dumps(row, ensure_ascii=False, default=str), doc, signature)
+
+    with progress("screening", unit="docs") as bar:
+        if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
-                for batch, out in zip(batches, pool.map(_screen, batches, [config] * len(batches)), strict=True):
-                    results += out
-                    bar.advance(len(batch))
+                pending: list[tuple[list[Any], Any]] = []
+                for batch in batches():
+                    pending.append((batch, pool.submit(_screen, [row for _, row in batch], config)))
+                    if len(pending) > 2 * workers:  # keep the workers fed, and the batches in flight few
+                        done, future = pending.pop(0)
+                        consume(done, future.result())
+                        bar.advance(len(done))
+                for done, future in pending:
+                    consume(done, future.result())
+                    bar.advance(len(done))
         else:
-            for batch in batches:
-                results += _screen(batch, config)
+            for batch in batches():
+                consume(batch, _screen([row for _, row in batch], config))
                 bar.advance(len(batch))
-    remaining = len(rows)
-    removed_at = Counter(step for step, *_ in results if step)
+    remaining = n_in
     for name in STEPS:
         report.step(name, remaining)
         remaining -= removed_at[name]
-    docs: list[Doc] = []
-    for row, (step, reason, text, shingle_hashes) in zip(rows, results, strict=True):
-        if text:
-            row["text"] = text
-        if step is not None:
-            report.remove(step, reason, row)
-            continue
-        score = row.get("score")
-        docs.append(Doc(row, first_order + len(docs), score if isinstance(score, int) else None, text_key(text),
-                        shingle_hashes))  # type: ignore[arg-type]  # fmt: skip
-    return docs
+    screen = {"documents_in": n_in, "stats": dict(stats), "report": report.as_dict(), "shard": asdict(shard)}
+    writer.close([], screen)
+    return {"documents_in": n_in, "documents_screened_in": remaining, **dict(stats), "report": report.as_dict()}
 
 
-def _build(
-    out: Path, rows: list[dict[str, Any]], config: DedupeConfig, base: Artifact | None, stats: Counter[str]
-) -> dict[str, Any]:
-    report = Report()
-    old_docs, old_sigs, old_edges = _load_state(base) if base is not None else ([], None, [])
-    workers = config.workers or os.cpu_count() or 1
-    new_docs = _filter(rows, config, report, stats, first_order=len(old_docs), workers=workers)
-    if base is not None:
-        known = {d.row.get("url") for d in old_docs if d.row.get("url")}
-        fresh = [d for d in new_docs if not d.row.get("url") or d.row["url"] not in known]
-        stats["already_in_corpus"] = len(new_docs) - len(fresh)
-        new_docs = fresh
+# -- duplicates: exact and near, over the screened documents of every part ---------------------------------
+
+
+def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: Artifact | None) -> dict[str, Any]:
+    """Join the screened parts (and the previous corpus's state, incrementally), find duplicates, keep one
+    document per group, and write the corpus and its new state. Memory: per document, its signature, its
+    metadata and its shingles' offset; shingles are memory-mapped, texts streamed."""
+    old = _open_state(base.path / STATE, base.ref) if base is not None else None
+    screened = [_open_state(p, str(p)) for p in parts]
+    report, stats, n_rows = Report(), Counter[str](), 0
+    for part in screened:
+        report.absorb(part.screen["report"])
+        stats.update(part.screen["stats"])
+        n_rows += part.screen["documents_in"]
+    for name in STEPS:  # the parts' "in" counts add up; recompute them from the totals
+        report.step(name, n_rows - sum(report.steps[s]["removed"] for s in STEPS[: STEPS.index(name)]))
+    offset = (old.docs[-1].order + 1) if old is not None and old.docs else 0
+    # new documents of all parts in input order; (part, index in part) for each
+    fresh = sorted(((d.order, p, i) for p, part in enumerate(screened) for i, d in enumerate(part.docs)))
+    old_docs = old.docs if old is not None else []
+    if old is not None:
+        known = {d.url for d in old_docs if d.url}
+        kept_fresh = [(o, p, i) for o, p, i in fresh if screened[p].docs[i].url not in known]
+        stats["already_in_corpus"] = len(fresh) - len(kept_fresh)
+        fresh = kept_fresh
+    new_docs = [replace(screened[p].docs[i], order=offset + o) for o, p, i in fresh]
     docs = old_docs + new_docs
-    hasher = MinHasher(config.num_perm)
-    new_sigs = (
-        hasher.signatures([d.shingles for d in new_docs]) if new_docs else np.zeros((0, config.num_perm), np.uint64)
-    )
-    signatures = new_sigs if old_sigs is None else np.concatenate([old_sigs, new_sigs.astype(old_sigs.dtype)])
-    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
-    index = LSHIndex(bands, rows_per_band)
-    index.add(list(range(len(docs))), signatures)
-    edges = set(map(tuple, old_edges))
-    first_new = len(old_docs)
-    # exact duplicates: same normalized text; near duplicates: verified LSH candidates
-    by_key: dict[bytes, list[int]] = defaultdict(list)
-    for i, d in enumerate(docs):
-        by_key[d.key].append(i)
-    exact = {(ids[0], j) for ids in by_key.values() for j in ids[1:] if j >= first_new}
-    for i, j in index.candidate_pairs():
-        a, b = min(i, j), max(i, j)
-        if b < first_new or (a, b) in edges:
-            continue  # both old: verified in an earlier run
-        if jaccard(docs[a].shingles, docs[b].shingles) >= config.near_threshold:
-            edges.add((a, b))
+    new_sigs = np.zeros((len(fresh), config.num_perm), np.uint32)
+    for k, (_, p, i) in enumerate(fresh):
+        new_sigs[k] = screened[p].signatures[i]
+    signatures = new_sigs if old is None else np.concatenate([old.signatures.astype(np.uint32), new_sigs])
+    edges = _duplicate_edges(docs, signatures, set(old.edges) if old else set(), len(old_docs), config)
     groups = UnionFind(len(docs))
-    for a, b in edges | exact:
+    for a, b in edges:
         groups.union(a, b)
     keepers, removed_by = _keepers(groups, docs)
+    n_exact = sum(1 for _, kind in removed_by.values() if kind == "exact")
     report.step("exact_duplicates", len(docs))
-    report.step(
-        "near_duplicates", len(docs) - sum(1 for i in range(len(docs)) if removed_by.get(i, (None, ""))[1] == "exact")
-    )
+    report.step("near_duplicates", len(docs) - n_exact)
     for i, (keeper, kind) in sorted(removed_by.items()):
-        report.remove(f"{kind}_duplicates", f"{kind} duplicate of {docs[keeper].row.get('url') or keeper}", docs[i].row)
-    kept = [docs[i] for i in range(len(docs)) if i in keepers]
-    n_written = _write_corpus(out / CORPUS, kept, config.val_fraction)
-    _save_state(out / STATE, docs, signatures, sorted(edges))
+        d = docs[i]
+        report.remove(f"{kind}_duplicates", f"{kind} duplicate of {docs[keeper].url or keeper}", d.url, d.snippet)
+    # the rows, streamed in order: the old corpus's documents, then the new ones of every part
+    wanted = {(p, i): k for k, (_, p, i) in enumerate(fresh, start=len(old_docs))}
+
+    def numbered(state: _State, part: int, shift: int) -> Iterator[tuple[int, int, int, str]]:
+        for i, (order, row) in enumerate(state.rows()):
+            yield order + shift, part, i, row
+
+    streams = [numbered(part, p, offset) for p, part in enumerate(screened)]
+    if old is not None:
+        streams.insert(0, numbered(old, -1, 0))
+
+    def ordered_rows() -> Iterator[tuple[int, str]]:
+        for _, p, i, row in heapq.merge(*streams):
+            k = i if p < 0 else wanted.get((p, i))
+            if k is not None:
+                yield k, row
+
+    writer = _StateWriter(out / STATE, config.num_perm)
+    n_written = 0
+    splits: Counter[str] = Counter()
+    with _CorpusWriter(out / CORPUS) as corpus:
+        for k, row_json in ordered_rows():
+            writer.add(row_json, docs[k], signatures[k])
+            if k in keepers:
+                row = json.loads(row_json)
+                split = split_of(row.get("url") or row["text"], config.val_fraction)
+                corpus.add(row, docs[k].score, split)
+                splits[split] += 1
+                n_written += 1
+    writer.close(sorted(edges), {"documents_in": n_rows, "stats": {}, "report": {}})
+    if n_written == 0:
+        raise Gpt2Error("every document was removed; see the report (is the input English text?)")
     if config.bloom:
-        bloom = build_ngram_bloom([d.row["text"] for d in kept], n=8, p=1e-8)
-        bloom.save(out / BLOOM)
+        build_ngram_bloom(_CorpusTexts(out / CORPUS), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-    splits = Counter(split_of(d.row.get("url") or d.row["text"], config.val_fraction) for d in kept)
-    summary: dict[str, Any] = {
-        "documents_in": len(rows),
+    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    return {
+        "documents_in": n_rows,
         "documents": n_written,
         "train_documents": splits["train"],
         "val_documents": splits["val"],
         **{f"removed_{name}": e["removed"] for name, e in report.steps.items()},
-        **{k: v for k, v in stats.items() if k != "filtered_in"},
+        **dict(stats),
         "lsh_bands": bands,
         "lsh_rows": rows_per_band,
     }
-    if n_written == 0:
-        raise Gpt2Error("every document was removed; see the report (is the input English text?)")
-    return summary
+
+
+def _duplicate_edges(
+    docs: list[Doc], signatures: np.ndarray, old_edges: set[tuple[int, int]], first_new: int, config: DedupeConfig
+) -> set[tuple[int, int]]:
+    """Pairs of duplicates: the old verified pairs, new exact pairs (same key) and new LSH candidates whose
+    true Jaccard reaches the threshold (a pair of two old documents was verified in an earlier run)."""
+    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    index = LSHIndex(bands, rows_per_band)
+    index.add(list(range(len(docs))), signatures)
+    edges = set(old_edges)
+    by_key: dict[bytes, list[int]] = defaultdict(list)
+    for i, d in enumerate(docs):
+        by_key[d.key].append(i)
+    edges |= {(ids[0], j) for ids in by_key.values() for j in ids[1:] if j >= first_new}
+    for i, j in index.candidate_pairs():
+        a, b = min(i, j), max(i, j)
+        if b < first_new or (a, b) in edges:
+            continue
+        if jaccard(docs[a].shingles, docs[b].shingles) >= config.near_threshold:
+            edges.add((a, b))
+    return edges
 
 
 def _keepers(groups: UnionFind, docs: list[Doc]) -> tuple[set[int], dict[int, tuple[int, str]]]:
@@ -363,57 +624,54 @@ def _keepers(groups: UnionFind, docs: list[Doc]) -> tuple[set[int], dict[int, tu
     return keepers, removed
 
 
-def _write_corpus(path: Path, kept: list[Doc], val_fraction: float) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _CorpusWriter:
+    """The corpus Parquet, written in batches as the documents stream by."""
 
-    rows = [
-        {
-            "text": d.row["text"],
-            "url": d.row.get("url"),
-            "domain": d.row.get("domain"),
-            "title": d.row.get("title"),
-            "score": d.score,
-            "raw_docs": d.row.get("raw_docs"),
-            "split": split_of(d.row.get("url") or d.row["text"], val_fraction),
-        }
-        for d in sorted(kept, key=lambda d: d.order)
-    ]
-    schema = pa.schema([("text", pa.string()), ("url", pa.string()), ("domain", pa.string()), ("title", pa.string()),
-                        ("score", pa.int64()), ("raw_docs", pa.string()), ("split", pa.string())])  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return len(rows)
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+
+        self.path, self.rows, self.writer = path, [], None
+        self.schema = pa.schema([("text", pa.string()), ("url", pa.string()), ("domain", pa.string()),
+                                 ("title", pa.string()), ("score", pa.int64()), ("raw_docs", pa.string()),
+                                 ("split", pa.string())])  # fmt: skip
+
+    def __enter__(self) -> _CorpusWriter:
+        import pyarrow.parquet as pq
+
+        self.writer = pq.ParquetWriter(self.path, self.schema)
+        return self
+
+    def add(self, row: dict[str, Any], score: int | None, split: str) -> None:
+        self.rows.append({"text": row["text"], "url": row.get("url"), "domain": row.get("domain"),
+                          "title": row.get("title"), "score": score, "raw_docs": row.get("raw_docs"),
+                          "split": split})  # fmt: skip
+        if len(self.rows) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows and self.writer is not None:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def __exit__(self, *exc: object) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
 
 
-def _save_state(directory: Path, docs: list[Doc], signatures: np.ndarray, edges: list[tuple[int, int]]) -> None:
-    """Everything an incremental run needs: the documents that passed the filters, their signatures,
-    shingles (to verify new candidate pairs) and the duplicate pairs already verified."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _CorpusTexts:
+    """The texts of a corpus file, re-iterable (the Bloom filter reads them twice: to size, then to fill)."""
 
-    directory.mkdir()
-    offsets = np.cumsum([0] + [len(d.shingles) for d in docs])
-    values = np.concatenate([d.shingles for d in docs]) if docs else np.zeros(0, np.uint64)
-    np.savez(directory / "state.npz", signatures=signatures, shingle_values=values, shingle_offsets=offsets,
-             edges=np.asarray(edges, dtype=np.int64).reshape(-1, 2))  # fmt: skip
-    table = pa.Table.from_pylist([{"row": json.dumps(d.row, ensure_ascii=False, default=str), "order": d.order,
-                                   "score": d.score, "key": d.key} for d in docs])  # fmt: skip
-    pq.write_table(table, directory / "docs.parquet")
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
+    def __iter__(self) -> Iterator[str]:
+        import pyarrow.parquet as pq
 
-def _load_state(base: Artifact) -> tuple[list[Doc], np.ndarray, list[tuple[int, int]]]:
-    import pyarrow.parquet as pq
-
-    directory = base.path / STATE
-    if not (directory / "state.npz").is_file():
-        raise Gpt2Error(f"{base.ref} has no deduplication state; rebuild it without --incremental")
-    state = np.load(directory / "state.npz", allow_pickle=False)
-    offsets, values = state["shingle_offsets"], state["shingle_values"]
-    docs = [
-        Doc(json.loads(r["row"]), r["order"], r["score"], r["key"], values[offsets[i] : offsets[i + 1]])
-        for i, r in enumerate(pq.read_table(directory / "docs.parquet").to_pylist())
-    ]
-    return docs, state["signatures"], [tuple(e) for e in state["edges"].tolist()]
+        for batch in pq.ParquetFile(self.path).iter_batches(columns=["text"]):
+            yield from batch.column(0).to_pylist()
 
 
 def _eval_texts(files: Sequence[Path]) -> list[str]:
