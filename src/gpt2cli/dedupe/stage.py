@@ -339,10 +339,11 @@ def _contamination_reason(text: str, bloom: BloomFilter | None, threshold: float
 #
 # A state directory holds the documents that passed the filters, sorted by `order`: docs.parquet (the row as
 # JSON with the normalized text, order, score, key, url, snippet), signatures.npy (uint32, one row per doc),
-# shingles.npy + shingle_offsets.npy (CSR: doc i's sorted shingle hashes), edges.npy (verified duplicate pairs,
+# shingles.u64 (raw little-endian uint64, written as it comes) + shingle_offsets.npy (CSR: doc i's sorted
+# shingle hashes), edges.npy (verified duplicate pairs,
 # as indices into the docs) and screen.json (the filter steps' report and the input counts).
 
-STATE_FILES = ("docs.parquet", "signatures.npy", "shingles.npy", "shingle_offsets.npy", "edges.npy", "screen.json")
+STATE_FILES = ("docs.parquet", "signatures.npy", "shingles.u64", "shingle_offsets.npy", "edges.npy", "screen.json")
 _DOC_SCHEMA_FIELDS = (("row", "string"), ("order", "int64"), ("score", "int64"), ("key", "binary"),
                       ("url", "string"), ("snippet", "string"))  # fmt: skip
 
@@ -358,13 +359,13 @@ class _StateWriter:
         self.directory, self.num_perm = directory, num_perm
         self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _DOC_SCHEMA_FIELDS])
         self.docs = pq.ParquetWriter(directory / "docs.parquet", self.schema)
-        self.shingles = open(directory / "shingles.bin", "wb")  # noqa: SIM115 (closed in close())
+        self.shingles = open(directory / "shingles.u64", "wb")  # noqa: SIM115 (closed in close())
         self.offsets, self.signatures, self.pending = [0], [], []
 
     def add(self, row_json: str, doc: Doc, signature: np.ndarray) -> None:
         self.pending.append({"row": row_json, "order": doc.order, "score": doc.score, "key": doc.key, "url": doc.url,
                              "snippet": doc.snippet})  # fmt: skip
-        self.shingles.write(np.ascontiguousarray(doc.shingles, np.uint64).tobytes())
+        self.shingles.write(np.ascontiguousarray(doc.shingles, "<u8").tobytes())
         self.offsets.append(self.offsets[-1] + len(doc.shingles))
         self.signatures.append(np.asarray(signature, np.uint32))
         if len(self.pending) >= 1024:
@@ -382,9 +383,6 @@ class _StateWriter:
         self.docs.close()
         self.shingles.close()
         n = len(self.offsets) - 1
-        values = np.fromfile(self.directory / "shingles.bin", np.uint64)
-        np.save(self.directory / "shingles.npy", values)
-        (self.directory / "shingles.bin").unlink()
         np.save(self.directory / "shingle_offsets.npy", np.asarray(self.offsets, np.int64))
         sigs = np.stack(self.signatures) if n else np.zeros((0, self.num_perm), np.uint32)
         np.save(self.directory / "signatures.npy", sigs)
@@ -404,7 +402,9 @@ class _State:
         """(order, row JSON) of every document, in order, streamed from disk."""
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(self.directory / "docs.parquet").iter_batches(columns=["order", "row"]):
+        for batch in pq.ParquetFile(self.directory / "docs.parquet").iter_batches(
+            batch_size=1024, columns=["order", "row"]
+        ):
             yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
@@ -413,7 +413,8 @@ def _open_state(directory: Path, what: str) -> _State:
 
     if not all((directory / name).is_file() for name in STATE_FILES):
         raise Gpt2Error(f"{what} has no deduplication state of this version; rebuild it without --incremental")
-    values = np.load(directory / "shingles.npy", mmap_mode="r")
+    path = directory / "shingles.u64"
+    values = np.memmap(path, "<u8", mode="r") if path.stat().st_size else np.zeros(0, "<u8")
     offsets = np.load(directory / "shingle_offsets.npy")
     meta = pq.read_table(directory / "docs.parquet", columns=["order", "score", "key", "url", "snippet"]).to_pydict()
     docs = [
