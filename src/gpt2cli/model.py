@@ -89,14 +89,15 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        causal = True
+        causal, mask = True, None
         if cache is not None:
+            past = cache.size
             k, v = cache.append(k, v)
-            causal = T > 1  # one new query may look at every cached position
-            if causal and k.size(2) > T:
-                raise Gpt2Error("several new tokens after a non-empty cache are not supported")
+            causal = T > 1 and past == 0  # one new query may look at every cached position
+            if T > 1 and past:  # several new queries: each sees the cache and the new positions up to its own
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # flash attention kernels on GPU
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
@@ -147,16 +148,42 @@ class LayerCache:
         self.size = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def expand(self, batch: int, length: int | None = None) -> LayerCache:
+        """A copy with this one-row cache's positions repeated ``batch`` times, for continuations of one prefix,
+        with room for ``length`` positions in all (default: as many as this one)."""
+        out = LayerCache(self.length if length is None else length)
+        if out.length < self.size:
+            raise Gpt2Error(f"a cache of {self.size} positions does not fit in {out.length}")
+        if self.k is not None and self.v is not None:
+            rows, H, _, D = self.k.shape
+            if rows != 1:
+                raise Gpt2Error(f"only a cache of one row can be expanded, this one has {rows}")
+            out.k = self.k.new_empty(batch, H, out.length, D)
+            out.v = self.v.new_empty(batch, H, out.length, D)
+            out.k[:, :, : self.size] = self.k[:, :, : self.size]
+            out.v[:, :, : self.size] = self.v[:, :, : self.size]
+            out.size = self.size
+        return out
+
 
 class KVCache:
     """One LayerCache per block; ``size`` is the number of positions already processed."""
 
     def __init__(self, config: GPTConfig):
+        self.config = config
         self.layers = [LayerCache(config.n_ctx) for _ in range(config.n_layer)]
 
     @property
     def size(self) -> int:
         return self.layers[0].size
+
+    def expand(self, batch: int, length: int | None = None) -> KVCache:
+        """A copy of a one-row cache with ``batch`` identical rows: a shared context computed once, then
+        several continuations of it scored as one batch. The original is left unchanged. ``length`` (positions
+        in all, default ``n_ctx``) keeps the copy small when the continuations are short."""
+        out = KVCache(self.config)
+        out.layers = [layer.expand(batch, length) for layer in self.layers]
+        return out
 
 
 class GPT(nn.Module):

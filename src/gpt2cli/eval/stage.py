@@ -29,11 +29,15 @@ DEFAULT_DATA_DIR = Path("../shared/data")
 
 # Table 3 of the paper, by model size (perplexities; LAMBADA accuracy in %).
 PAPER_TABLE3: dict[str, dict[str, float]] = {
-    "124M": {"lambada_ppl": 35.13, "lambada_acc": 45.99, "wikitext2": 29.41, "ptb": 65.85, "wikitext103": 37.50},
-    "355M": {"lambada_ppl": 15.60, "lambada_acc": 55.48, "wikitext2": 22.76, "ptb": 47.33, "wikitext103": 26.37},
-    "774M": {"lambada_ppl": 10.87, "lambada_acc": 60.12, "wikitext2": 19.93, "ptb": 40.31, "wikitext103": 22.05},
-    "1558M": {"lambada_ppl": 8.63, "lambada_acc": 63.24, "wikitext2": 18.34, "ptb": 35.76, "wikitext103": 17.48},
-}
+    "124M": {"lambada_ppl": 35.13, "lambada_acc": 45.99, "cbt_cn": 87.65, "cbt_ne": 83.4, "wikitext2": 29.41,
+             "ptb": 65.85, "enwik8": 1.16, "text8": 1.17, "wikitext103": 37.50, "1bw": 75.20},
+    "355M": {"lambada_ppl": 15.60, "lambada_acc": 55.48, "cbt_cn": 92.35, "cbt_ne": 87.1, "wikitext2": 22.76,
+             "ptb": 47.33, "enwik8": 1.01, "text8": 1.06, "wikitext103": 26.37, "1bw": 55.72},
+    "774M": {"lambada_ppl": 10.87, "lambada_acc": 60.12, "cbt_cn": 93.45, "cbt_ne": 88.0, "wikitext2": 19.93,
+             "ptb": 40.31, "enwik8": 0.97, "text8": 1.02, "wikitext103": 22.05, "1bw": 44.575},
+    "1558M": {"lambada_ppl": 8.63, "lambada_acc": 63.24, "cbt_cn": 93.30, "cbt_ne": 89.05, "wikitext2": 18.34,
+              "ptb": 35.76, "enwik8": 0.93, "text8": 0.98, "wikitext103": 17.48, "1bw": 42.16},
+}  # fmt: skip
 PAPER_SIZES = {124_439_808: "124M", 354_823_168: "355M", 774_030_080: "774M", 1_557_611_200: "1558M"}
 
 
@@ -44,6 +48,11 @@ class Task:
     source: str  # where to get the file, for the error message
 
 
+# newstest2014 as the English file of a line-aligned pair; the French one is found beside it (_french_of).
+_WMT14 = ("wmt14/newstest2014.en", "wmt14/newstest2014-fren-src.en.sgm")
+# enwik8 and text8 are scored on their last 5M units, the usual test split (90M/5M/5M).
+_LAST_5M = 5_000_000
+
 TASKS: dict[str, Task] = {
     "wikitext2": Task("wikitext2", ("wikitext-2/wiki.test.tokens",), "wikitext-2-v1 (Salesforce), wiki.test.tokens"),
     "wikitext103": Task(
@@ -53,6 +62,37 @@ TASKS: dict[str, Task] = {
     ),
     "ptb": Task("ptb", ("ptb/ptb.test.txt",), "Mikolov's simple-examples PTB, ptb.test.txt"),
     "lambada": Task("lambada", ("lambada/lambada_test.jsonl",), "OpenAI's lambada_test.jsonl (gpt-2 repository)"),
+    "enwik8": Task(
+        "enwik8", ("enwik8/enwik8",), "Hutter Prize enwik8 (mattmahoney.net/dc/enwik8.zip); test = last 5M bytes"
+    ),
+    "text8": Task("text8", ("text8/text8",), "text8 (mattmahoney.net/dc/text8.zip); test = last 5M characters"),
+    "1bw": Task(
+        "1bw",
+        ("1bw/news.en.heldout-00000-of-00050",),
+        "One Billion Word benchmark, heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050",
+    ),
+    "cbt-cn": Task(
+        "cbt-cn",
+        ("cbt/cbtest_CN_valid_2000ex.txt", "CBTest/data/cbtest_CN_valid_2000ex.txt"),
+        "CBTest (fb.ai/babi), data/cbtest_CN_valid_2000ex.txt",
+    ),
+    "cbt-ne": Task(
+        "cbt-ne",
+        ("cbt/cbtest_NE_valid_2000ex.txt", "CBTest/data/cbtest_NE_valid_2000ex.txt"),
+        "CBTest (fb.ai/babi), data/cbtest_NE_valid_2000ex.txt",
+    ),
+    "wsc273": Task("wsc273", ("winograd/WSCollection.xml",), "the Winograd Schema Collection, WSCollection.xml"),
+    "coqa": Task("coqa", ("coqa/coqa-dev-v1.0.json",), "CoQA dev (stanfordnlp.github.io/coqa), coqa-dev-v1.0.json"),
+    "cnn-dm": Task(
+        "cnn-dm",
+        ("cnn-dm/test.jsonl", "cnn-dm/test.parquet"),
+        "Hugging Face cnn_dailymail 3.0.0 test split saved as JSONL or Parquet (article, highlights, id)",
+    ),
+    "wmt14-en-fr": Task("wmt14-en-fr", _WMT14, "WMT-14 newstest2014 fr-en (statmt.org/wmt14 or sacrebleu --echo)"),
+    "wmt14-fr-en": Task("wmt14-fr-en", _WMT14, "WMT-14 newstest2014 fr-en (statmt.org/wmt14 or sacrebleu --echo)"),
+    "nq-open": Task(
+        "nq-open", ("nq-open/NQ-open.dev.jsonl",), "NQ-open dev (google-research-datasets), NQ-open.dev.jsonl"
+    ),
     "webtext": Task("webtext", (), "the held-out split of a corpus artifact (--corpus)"),
 }
 
@@ -133,6 +173,79 @@ def _lambada_task(path: Path) -> Callable[..., dict[str, Any]]:
     return run
 
 
+def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
+    """enwik8 (bits per byte) and text8 (bits per character): the raw last 5M units, no de-tokenizer."""
+    from gpt2cli.eval.lm import evaluate_text
+
+    def run(
+        model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, Any]:
+        data = path.read_bytes()[-_LAST_5M:] if unit == "byte" else path.read_text(encoding="utf-8")[-_LAST_5M:]
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+        if options.limit:
+            text = text[: options.limit * 1000]  # --limit N: the first N thousand units
+        units = len(text.encode("utf-8")) if unit == "byte" else len(text)
+        context = model.config.n_ctx
+        r = evaluate_text(model, tokenizer, text, unit=unit, units=units, context=context,
+                          stride=options.stride or context // 2, batch_size=options.batch_size, device=device,
+                          dtype=dtype)  # fmt: skip
+        key = "bits_per_byte" if unit == "byte" else "bits_per_char"
+        return {key: r.bits_per_unit, "token_ppl": r.token_ppl, "nll_sum": r.nll_sum, "tokens": r.tokens,
+                f"{unit}s": r.units, "file": str(path)}  # fmt: skip
+
+    return run
+
+
+def _french_of(english: Path) -> Path:
+    name = english.name.replace("-src.en.sgm", "-ref.fr.sgm") if english.name.endswith(".sgm") else english.stem + ".fr"
+    return english.with_name(name)
+
+
+def _scored_task(name: str, path: Path) -> Callable[..., dict[str, Any]]:
+    """The tasks that score or generate answers: each module's reader and evaluate function."""
+
+    def run(
+        model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, Any]:
+        common = {"batch_size": options.batch_size, "device": device, "dtype": dtype}
+        limit = options.limit or None
+        if name.startswith("cbt-"):
+            from gpt2cli.eval.cbt import evaluate_cbt, read_cbt
+
+            result: Any = evaluate_cbt(model, tokenizer, read_cbt(path)[:limit], **common)
+        elif name == "wsc273":
+            from gpt2cli.eval.winograd import evaluate_wsc, read_wsc
+
+            result = evaluate_wsc(model, tokenizer, read_wsc(path)[:limit], **common)
+        elif name == "nq-open":
+            from gpt2cli.eval.qa import evaluate_nq_open, read_nq_open
+
+            items = read_nq_open(path)
+            result = evaluate_nq_open(model, tokenizer, items[:limit], pool=items, **common)
+        elif name == "coqa":
+            from gpt2cli.eval.qa import evaluate_coqa, read_coqa
+
+            result = evaluate_coqa(model, tokenizer, read_coqa(path)[:limit], **common)
+        elif name == "cnn-dm":
+            from gpt2cli.eval.summarize import evaluate_cnn_dm, read_cnn_dm
+
+            new_tokens = min(100, model.config.n_ctx // 2)  # the paper's 100, unless the context is small
+            result = evaluate_cnn_dm(model, tokenizer, read_cnn_dm(path)[:limit], max_new_tokens=new_tokens, **common)
+        else:
+            from gpt2cli.eval.translate import evaluate_wmt14, read_wmt14
+
+            french = _french_of(path)
+            if not french.is_file():
+                raise Gpt2Error(f"{name}: {french} not found (the French side of {path})")
+            pairs = read_wmt14(path, french)
+            direction = name.removeprefix("wmt14-")
+            result = evaluate_wmt14(model, tokenizer, pairs[:limit], direction=direction, pool=pairs,
+                                    max_new_tokens=min(128, model.config.n_ctx // 2), **common)  # fmt: skip
+        return {**result.as_dict(), "file": str(path)}
+
+    return run
+
+
 def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any]]:
     from gpt2cli.documents import open_documents
     from gpt2cli.eval.lm import evaluate_text
@@ -199,8 +312,13 @@ def zero_shot(
         inputs.append(file_input(path))
         if name == "lambada":
             runners[name] = _lambada_task(path)
+        elif name in ("enwik8", "text8"):
+            runners[name] = _char_lm_task(path, "byte" if name == "enwik8" else "char")
+        elif name in ("wikitext2", "wikitext103", "ptb", "1bw"):
+            # 1BW is tokenized like PTB (spaces before punctuation and clitics): the same de-tokenizer
+            runners[name] = _lm_task(name, path, wikitext_detokenize if name.startswith("wikitext") else ptb_detokenize)
         else:
-            runners[name] = _lm_task(name, path, ptb_detokenize if name == "ptb" else wikitext_detokenize)
+            runners[name] = _scored_task(name, path)
     if not source.is_dir():
         inputs.insert(0, artifact_input(store.resolve(model_ref)))
     else:
@@ -242,11 +360,14 @@ def _dir_digest(directory: Path) -> str:
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, metrics in results.items():
-        for key in ("ppl", "acc", "acc_stopword_filter", "token_ppl", "bits_per_byte"):
+        for key in METRIC_KEYS:
             if key in metrics:
                 flat[f"{name}_{key}"] = round(metrics[key], 4)
     return flat
 
+
+METRIC_KEYS = ("ppl", "acc", "acc_stopword_filter", "acc_full", "acc_partial", "f1", "exact_match", "rouge1",
+               "rouge2", "rougeL", "bleu", "token_ppl", "bits_per_byte", "bits_per_char")  # fmt: skip
 
 PAPER_KEYS = {
     ("wikitext2", "ppl"): "wikitext2",
@@ -254,6 +375,11 @@ PAPER_KEYS = {
     ("ptb", "ppl"): "ptb",
     ("lambada", "ppl"): "lambada_ppl",
     ("lambada", "acc_stopword_filter"): "lambada_acc",  # Table 3's LAMBADA accuracy is with the filter
+    ("cbt-cn", "acc"): "cbt_cn",
+    ("cbt-ne", "acc"): "cbt_ne",
+    ("enwik8", "bits_per_byte"): "enwik8",
+    ("text8", "bits_per_char"): "text8",
+    ("1bw", "ppl"): "1bw",
 }
 
 
@@ -264,7 +390,7 @@ def comparison_rows(artifact: Artifact) -> list[tuple[str, str, str]]:
     data = json.loads(artifact.file("metrics.json").read_text())
     rows = []
     for name, metrics in data["results"].items():
-        for key in ("ppl", "acc", "acc_stopword_filter", "token_ppl", "bits_per_byte"):
+        for key in METRIC_KEYS:
             if key in metrics:
                 theirs = data["paper"].get(PAPER_KEYS.get((name, key), ""))
                 rows.append((f"{name} {key}", f"{metrics[key]:.2f}", "" if theirs is None else f"{theirs:.2f}"))
