@@ -6,16 +6,12 @@ BIN := $(VENV)/bin
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 GPT2_HOME ?= data/runs
 export GPT2_HOME
-GPT2 := $(BIN)/gpt2
+# Every stage's settings for a run, in one TOML file (a table per command); the sample's is committed.
+RUN_CONFIG ?= data/sample/run.toml
+GPT2 := $(BIN)/gpt2 --run-config $(RUN_CONFIG)
 PYTEST_WORKERS ?= 2
 
-# The embedded sample and the demo's settings (small enough for 2 CPU cores).
-DUMPS ?= data/sample/reddit/RS_2017-11.zst
-REPLAY ?= data/sample/reddit/pages.warc.gz
-VOCAB_SIZE ?= 4096
-PRETRAIN_CONFIG ?= data/sample/pretrain.toml
-
-.PHONY: install test lint format demo scrape-reddit dedupe train-bpe tokenize pretrain eval sample sample-data clean
+.PHONY: install test lint format demo refresh scrape-reddit dedupe train-bpe tokenize pretrain eval sample sample-data clean
 
 install: $(VENV)/.installed
 
@@ -38,32 +34,39 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-# One target per stage; each reuses its artifact when inputs and parameters are unchanged.
+# The pipeline: one target per stage, prerequisites upstream. Each stage reuses its artifact when its inputs
+# and settings are unchanged, so a second `make demo` recomputes nothing and a changed table in the run config
+# recomputes that stage and what depends on it.
 scrape-reddit: install
-	$(GPT2) scrape-reddit $(addprefix --dump ,$(DUMPS)) $(addprefix --replay ,$(REPLAY))
+	$(GPT2) scrape-reddit
 
 dedupe: scrape-reddit
-	$(GPT2) dedupe --raw-docs raw-docs
+	$(GPT2) dedupe
 
 train-bpe: dedupe
-	$(GPT2) train-bpe --corpus corpus --vocab-size $(VOCAB_SIZE)
+	$(GPT2) train-bpe
 
 tokenize: train-bpe
-	$(GPT2) tokenize --corpus corpus
+	$(GPT2) tokenize
 
 pretrain: tokenize
-	$(GPT2) pretrain --config $(PRETRAIN_CONFIG)
+	$(GPT2) pretrain
 
 # the held-out split of our corpus, plus every paper task whose data is found ($$GPT2_EVAL_DATA or ../shared/data)
 eval: pretrain
-	$(GPT2) eval zero-shot --limit 300
+	$(GPT2) eval zero-shot
 
 sample: pretrain
-	$(GPT2) sample --prompt "The city council" --max-new-tokens 60 --num-samples 2 --seed 1
+	$(GPT2) sample
 
-demo: eval sample
-	$(GPT2) artifacts ls
-	$(GPT2) artifacts lineage model
+# One summary: artifact versions and lineage, the validation-loss curve, loss vs unigram entropy, the eval
+# table beside the paper's, three samples.
+demo: eval
+	$(GPT2) report
+
+# The hourly cron job: new links scraped, deduplicated incrementally, re-tokenized; exit 75 if one is running.
+refresh: install
+	$(GPT2) refresh
 
 # Rebuild the embedded Reddit sample (dumps + WARC) from data/sample/articles and Python's docstrings.
 sample-data: install

@@ -3,8 +3,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from gpt2cli.artifacts import Store
-from tests.conftest import SHARED_DATA, run_cli, shared_data
+from gpt2cli.dedupe.bloom import ngram_items
+from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, shared_data
 
 
 def test_zero_shot_on_real_data(model_home: Path):
@@ -28,9 +31,12 @@ def test_zero_shot_on_real_data(model_home: Path):
 def test_bad_tasks_and_missing_data(model_home: Path, tmp_path: Path):
     unknown = run_cli(model_home, "eval", "zero-shot", "--task", "squad")
     assert unknown.returncode == 2 and "unknown task 'squad'; tasks: wikitext2" in unknown.stderr
-    missing = run_cli(model_home, "eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path))
+    missing = run_cli(
+        model_home, "eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path), "--source", "local"
+    )
     assert missing.returncode == 1
     assert f"{tmp_path}/ptb/ptb.test.txt not found; get it from" in missing.stderr
+    assert "(or use --source hub: ptb_text_only)" in missing.stderr
     nothing = run_cli(model_home, "eval", "zero-shot", "--data-dir", str(tmp_path))
     assert nothing.returncode == 2 and "no task has its data" in nothing.stderr
 
@@ -98,3 +104,214 @@ def test_winograd_from_the_real_collection(model_home: Path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)["summary"]
     assert 0 <= summary["wsc273_acc_full"] <= 100 and 0 <= summary["wsc273_acc_partial"] <= 100
+
+
+# -- --source hub: the hub's rows, written back as files, score exactly as the same data in local files ----------
+
+CANDIDATES = ["cat", "dog", "mat", "park", "bird", "tree", "toy", "hat", "sun", "cup"]
+SENTENCES = [f"The {CANDIDATES[i % 10]} sat on the {CANDIDATES[(i + 3) % 10]} ." for i in range(1, 21)]
+STORY = "The cat sat on the mat. The dog ran to the park."
+QUESTIONS, ANSWERS = ["Where did the cat sit?", "Who ran?"], ["on the mat", "the dog"]
+PASSAGES = ["The cat sat on the mat and looked at the dog", "A bird sang in the tree near the park"]
+PAIRS = [("The cat sat.", "Le chat."), ("The dog ran.", "Le chien."), ("A bird sang.", "Un oiseau.")]
+
+# Each task's rows as its pinned hub split holds them (the layouts of the `datasets` versions of these sets).
+HUB_ROWS: dict[tuple[str, str | None, str], list[dict]] = {
+    ("ptb_text_only", "penn_treebank", "test"): [{"sentence": "the cat sat on the mat"},
+                                                 {"sentence": "a dog ran to the park"}],
+    ("Salesforce/wikitext", "wikitext-2-v1", "test"): [{"text": ""}, {"text": " = Cats = \n"}, {"text": ""},
+                                                       {"text": " The cat sat on the mat . It was n't a dog . \n"}],
+    ("EleutherAI/lambada_openai", "default", "test"): [{"text": p} for p in PASSAGES],
+    ("cam-cs/cbt", "CN", "validation"): [{"sentences": SENTENCES, "question": "The XXXXX ran to the park .",
+                                          "answer": "dog", "options": CANDIDATES}],
+    ("stanfordnlp/coqa", None, "validation"): [{"source": "mctest", "story": STORY, "questions": QUESTIONS,
+                                                "answers": {"input_text": ANSWERS, "answer_start": [0, 24],
+                                                            "answer_end": [10, 31]}}],
+    ("abisee/cnn_dailymail", "3.0.0", "test"): [{"article": "The cat sat on the mat. " * 8,
+                                                 "highlights": "A cat sat.", "id": str(i)} for i in range(2)],
+    ("wmt/wmt14", "fr-en", "test"): [{"translation": {"en": en, "fr": fr}} for en, fr in PAIRS],
+    ("google-research-datasets/nq_open", "nq_open", "validation"): [{"question": f"who sat on mat {i}",
+                                                                     "answer": ["the cat"]} for i in range(4)],
+}  # fmt: skip
+
+
+def write_local_files(root: Path) -> None:
+    """HUB_ROWS's data in each dataset's original file layout, written by hand (not by the hub module)."""
+    files = {
+        "ptb/ptb.test.txt": " the cat sat on the mat \n a dog ran to the park \n",
+        "wikitext-2/wiki.test.tokens": " \n = Cats = \n \n The cat sat on the mat . It was n't a dog . \n",
+        "lambada/lambada_test.jsonl": "".join(json.dumps({"text": p}) + "\n" for p in PASSAGES),
+        "cbt/cbtest_CN_valid_2000ex.txt": "".join(f"{i} {t}\n" for i, t in enumerate(SENTENCES, 1))
+        + "21 The XXXXX ran to the park .\tdog\t\t" + "|".join(CANDIDATES) + "\n\n",
+        "coqa/coqa-dev-v1.0.json": json.dumps({"version": "1.0", "data": [{
+            "id": "s1", "story": STORY,
+            "questions": [{"input_text": q, "turn_id": t} for t, q in enumerate(QUESTIONS, 1)],
+            "answers": [{"input_text": a, "turn_id": t} for t, a in enumerate(ANSWERS, 1)]}]}),
+        "cnn-dm/test.jsonl": "".join(json.dumps({"article": "The cat sat on the mat. " * 8, "highlights": "A cat sat.",
+                                                 "id": str(i)}) + "\n" for i in range(2)),
+        "wmt14/newstest2014.en": "".join(en + "\n" for en, _ in PAIRS),
+        "wmt14/newstest2014.fr": "".join(fr + "\n" for _, fr in PAIRS),
+        "nq-open/NQ-open.dev.jsonl": "".join(json.dumps({"question": f"who sat on mat {i}", "answer": ["the cat"]})
+                                             + "\n" for i in range(4)),
+    }  # fmt: skip
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+HUB_TASKS = ["ptb", "wikitext2", "lambada", "cbt-cn", "coqa", "cnn-dm", "wmt14-en-fr", "nq-open"]
+
+
+class FakeHub:
+    """Stands in for `datasets.load_dataset`: ``rows`` as in-memory datasets, anything else unreachable."""
+
+    def __init__(self) -> None:
+        self.rows = dict(HUB_ROWS)
+        self.calls: list[tuple] = []
+
+    def load_dataset(self, path: str, name: str | None = None, *, split: str, revision: str | None = None, **kw):
+        import datasets
+
+        self.calls.append((path, name, split, revision))
+        if (path, name, split) not in self.rows:
+            raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)\nmore detail")
+        return datasets.Dataset.from_list(self.rows[(path, name, split)])
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    import datasets
+
+    fake = FakeHub()
+    monkeypatch.setattr(datasets, "load_dataset", fake.load_dataset)
+    return fake
+
+
+def model_dir(model_home: Path) -> str:
+    return str(Store(model_home).resolve("model").path)
+
+
+def scores(metrics: dict) -> dict:
+    """A task's results without the keys that say where the data was and how long it took."""
+    return {k: v for k, v in metrics.items() if k not in ("file", "data", "seconds")}
+
+
+def test_hub_source_scores_like_the_same_local_files(gpt2, home: Path, model_home: Path, tmp_path: Path, hub: FakeHub):
+    write_local_files(tmp_path / "local")
+    (tmp_path / "empty").mkdir()
+    common = [model_dir(model_home), *(a for t in HUB_TASKS for a in ("--task", t)), "--limit", "3",
+              "--dtype", "float32", "--device", "cpu", "--json"]  # fmt: skip
+    local = gpt2("eval", "zero-shot", *common, "--data-dir", str(tmp_path / "local"), "--source", "local")
+    assert local.code == 0, local.err
+    assert hub.calls == []  # local files only
+    loaded = gpt2("eval", "zero-shot", *common, "--data-dir", str(tmp_path / "empty"), "--source", "hub")
+    assert loaded.code == 0, loaded.err
+    assert json.loads(loaded.out)["ref"] == "eval@v2"  # a new eval, not the local one reused
+    assert {c[:3] for c in hub.calls} == set(HUB_ROWS) and all(c[3] is None for c in hub.calls)
+    store = Store(home)
+    by_local = json.loads(store.resolve("eval@v1").file("metrics.json").read_text())["results"]
+    by_hub = json.loads(store.resolve("eval@v2").file("metrics.json").read_text())["results"]
+    assert set(by_hub) == set(HUB_TASKS)
+    for task in HUB_TASKS:
+        assert scores(by_hub[task]) == scores(by_local[task]), task
+    assert by_local["ptb"]["data"]["source"] == "local"
+    assert by_local["ptb"]["data"]["files"][0]["path"] == str((tmp_path / "local/ptb/ptb.test.txt").resolve())
+    ptb = by_hub["ptb"]["data"]
+    assert (ptb["source"], ptb["dataset"], ptb["config"], ptb["split"], ptb["revision"]) == (
+        "hub", "ptb_text_only", "penn_treebank", "test", None)  # fmt: skip
+    assert ptb["files"][0]["path"].startswith(str(home / ".cache" / "eval-data"))
+    for task in set(HUB_TASKS) - {"coqa"}:  # written back byte for byte (CoQA's JSON is laid out differently)
+        shas = [[f["sha256"] for f in by[task]["data"]["files"]] for by in (by_hub, by_local)]
+        assert shas[0] == shas[1], task
+    assert len(by_hub["wmt14-en-fr"]["data"]["files"]) == 2  # the French side is an input too
+    manifest_inputs = store.resolve("eval@v2").inputs
+    assert {i["hub"]["dataset"] for i in manifest_inputs if "hub" in i} == {k[0] for k in HUB_ROWS}
+    assert store.resolve("eval@v2").params["hub"]["ptb"] == "ptb_text_only/penn_treebank/test@main"
+
+
+def test_local_source_never_calls_the_hub_and_auto_prefers_local(
+    gpt2, home: Path, model_home: Path, tmp_path: Path, hub: FakeHub
+):
+    write_local_files(tmp_path)
+    base = ["eval", "zero-shot", model_dir(model_home), "--limit", "2", "--dtype", "float32", "--device", "cpu"]
+    missing = gpt2(*base, "--task", "text8", "--task", "ptb", "--data-dir", str(tmp_path), "--source", "local")
+    assert missing.code == 1 and f"{tmp_path}/text8/text8 not found; get it from" in missing.err
+    auto = gpt2(*base, "--task", "ptb", "--data-dir", str(tmp_path), "--json")
+    assert auto.code == 0, auto.err
+    assert hub.calls == []  # neither the missing file under --source local nor a present one under auto
+    metrics = json.loads(Store(home).resolve(json.loads(auto.out)["ref"]).file("metrics.json").read_text())
+    assert metrics["results"]["ptb"]["data"]["source"] == "local"
+    (tmp_path / "ptb" / "ptb.test.txt").unlink()
+    hub.rows.clear()  # offline
+    offline = gpt2(*base, "--task", "ptb", "--data-dir", str(tmp_path))  # auto, no file: the hub, unreachable
+    assert offline.code == 1 and hub.calls == [("ptb_text_only", "penn_treebank", "test", None)]
+    error = [line for line in offline.err.splitlines() if "error" in line]  # the rest is the INFO log
+    assert len(error) == 1 and error[0].startswith("gpt2: error: ptb: ")
+    assert "ptb: cannot load ptb_text_only (penn_treebank, test) from the Hugging Face hub" in offline.err
+    assert f"put {tmp_path}/ptb/ptb.test.txt there instead" in offline.err
+    only_local = gpt2(*base, "--task", "enwik8", "--source", "hub")
+    assert only_local.code == 2 and "enwik8 has no pinned Hugging Face dataset" in only_local.err
+    assert gpt2(*base, "--task", "ptb", "--source", "web").code == 2
+
+
+def test_wsc_rows_become_a_collection_the_reader_takes(tmp_path: Path):
+    from gpt2cli.eval.hub import write_wsc
+    from gpt2cli.eval.winograd import read_wsc
+
+    text = "The city councilmen refused the demonstrators a permit because they feared violence."
+    other = "Tom & Ann said he was late."
+    rows = [{"text": text, "pronoun": "they", "pronoun_loc": text.index("they"), "quote": "they feared violence",
+             "quote_loc": 0, "options": ["The city councilmen", "The demonstrators"], "label": 0,
+             "source": "(Winograd 1972)"},
+            {"text": other, "pronoun": "he", "pronoun_loc": other.index("he "), "quote": "", "quote_loc": 0,
+             "options": ["Tom", "Ann"], "label": 1, "source": ""}]  # fmt: skip
+    write_wsc(rows, tmp_path / "WSCollection.xml")
+    schemas = read_wsc(tmp_path / "WSCollection.xml", limit=None)
+    assert [(s.text1, s.pronoun, s.text2, s.answers, s.correct) for s in schemas] == [
+        ("The city councilmen refused the demonstrators a permit because", "they", "feared violence.",
+         ("The city councilmen", "The demonstrators"), 0),
+        ("Tom & Ann said", "he", "was late.", ("Tom", "Ann"), 1),
+    ]  # fmt: skip
+
+
+# -- --overlap-with: the share of each task's 8-grams in a corpus's Bloom filter -------------------------------------
+
+
+def test_overlap_with_a_corpus(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))][:12]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t, "url": f"https://site{i}.example/a"}) + "\n"
+                            for i, t in enumerate(texts)))  # fmt: skip
+    data = tmp_path / "data"
+    write_local_files(data)
+    built = run_cli(home, "dedupe", "--input", str(docs), "--overlap", str(data / "lambada/lambada_test.jsonl"),
+                    "--workers", "1")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    import pyarrow.parquet as pq
+
+    corpus = Store(home).resolve("corpus")
+    kept = pq.read_table(corpus.file("documents-00000.parquet")).column("text").to_pylist()
+    words = kept[0].split()
+    passages = [" ".join(words[i : i + 40]) for i in (0, 40)]  # two test passages taken from the corpus
+    (data / "lambada" / "lambada_test.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in passages))
+    (data / "ptb" / "ptb.test.txt").write_text(" ".join(f"zebra{i} quokka{i * 7} marmot{i * 13}" for i in range(40)))
+    result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", "lambada", "--task", "ptb", "--data-dir",
+                  str(data), "--source", "local", "--overlap-with", corpus.ref, "--dtype", "float32", "--device",
+                  "cpu", "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["lambada_overlap_8gram_percent"] == 100.0 and summary["ptb_overlap_8gram_percent"] == 0.0
+    evaluated = Store(home).resolve("eval")
+    metrics = json.loads(evaluated.file("metrics.json").read_text())["results"]
+    ngrams = sum(len(ngram_items(p)) for p in passages)
+    assert ngrams >= 2 * (40 - 7) and metrics["lambada"]["overlap_8gram_ngrams"] == ngrams
+    assert metrics["lambada"]["overlap_8gram_found"] == ngrams
+    assert metrics["ptb"]["overlap_8gram_ngrams"] == 120 - 7 and metrics["ptb"]["overlap_8gram_found"] == 0
+    assert metrics["ptb"]["overlap_corpus"] == corpus.ref and evaluated.params["overlap_with"] == corpus.ref
+    assert {"ref": corpus.ref, "manifest_sha256": corpus.manifest_sha256} in evaluated.inputs
+    bare = Store(home).produce("corpus", params={"bare": 1}, inputs=[],
+                               build=lambda d: (d.dir / "report.json").write_text("{}")).artifact  # fmt: skip
+    no_bloom: CliResult = gpt2("eval", "zero-shot", model_dir(model_home), "--task", "ptb", "--data-dir", str(data),
+                               "--overlap-with", bare.ref)  # fmt: skip
+    assert no_bloom.code == 2 and len(no_bloom.err.strip().splitlines()) == 1
+    assert f"{bare.ref} has no 8-gram Bloom filter" in no_bloom.err and "gpt2 dedupe --overlap" in no_bloom.err

@@ -15,6 +15,7 @@ from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.lambada import (
     STOP_WORDS,
     evaluate_lambada,
+    evaluate_lambada_both,
     is_stop_word,
     read_lambada,
     split_last_word,
@@ -197,3 +198,29 @@ def test_stop_word_filter_matches_reference(
                 assert int(net(torch.tensor([ctx]))[0, -1].argmax()) in stop_ids
     if which == "biased":  # the biased model's argmax is a stop word: the filter must change results both ways
         assert gained > 0 and lost > 0
+
+
+class Counting(torch.nn.Module):
+    """Counts forward calls: the one-pass evaluation must run the model once per batch, not once per variant."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, 0
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(idx)
+
+
+@pytest.mark.parametrize("which", ["model", "biased"])
+def test_both_variants_from_one_pass_equal_two_calls(
+    which: str, request: pytest.FixtureRequest, tokenizer: Tokenizer, passages: list[str]
+):
+    net = Counting(request.getfixturevalue(which)).eval()
+    plain, filtered = evaluate_lambada_both(net, tokenizer, passages, batch_size=4)
+    assert net.calls == math.ceil(len(passages) / 4)
+    assert plain == evaluate_lambada(net, tokenizer, passages, batch_size=4)
+    assert filtered == evaluate_lambada(net, tokenizer, passages, stop_word_filter=True, batch_size=4)
+    assert plain.per_example == [reference(net.inner, tokenizer, p)[0] for p in passages]
+    if which == "biased":  # the two variants really differ, so the test would see them swapped or merged
+        assert plain.per_example != filtered.per_example

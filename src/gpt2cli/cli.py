@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,15 @@ def main_options(
     home: HomeOption = None,
     as_json: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    run_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--run-config",
+            envvar="GPT2_RUN_CONFIG",
+            help="TOML file of a run's settings: one table per command ([dedupe], [train-bpe], [eval.zero-shot], "
+            "...) whose keys are option names; options given on the command line win.",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -92,6 +102,10 @@ def main_options(
     """
     ctx.obj = Settings(home=home, json=as_json, verbose=verbose)
     setup_logging(verbose)
+    if run_config is not None:
+        from gpt2cli.runconfig import default_map
+
+        ctx.default_map = default_map(run_config, ctx.command)  # read by each command as its defaults
 
 
 def report(result: Published, opts: Settings) -> None:
@@ -416,6 +430,79 @@ _PRETRAIN_FLAGS = [
 ]  # fmt: skip
 
 
+@app.command("refresh")
+def refresh_command(
+    ctx: typer.Context,
+    log_file: Annotated[
+        Optional[Path], typer.Option(help="Log file, rotated by size \\[default: HOME/logs/refresh.log].")
+    ] = None,
+    log_max_mb: Annotated[int, typer.Option(help="Rotate the log file at this size.")] = 10,
+    log_backups: Annotated[int, typer.Option(help="Rotated log files to keep.")] = 5,
+    home: HomeOption = None,
+) -> None:
+    """The cron job: scrape new links (only URLs not fetched before), dedupe them into a new corpus version
+    incrementally, and re-tokenize, with the run config's settings. Exit 75 when another refresh (or a stage
+    it needs) is running; a killed refresh leaves the last good versions and the next one completes the work."""
+    from gpt2cli.errors import LockHeld
+    from gpt2cli.refresh import log_to_file, refresh
+
+    store = Store(settings(ctx, home).home)
+    log_to_file(log_file or store.home / "logs" / "refresh.log", log_max_mb << 20, log_backups)
+    try:
+        status = refresh(store, ctx.find_root().params.get("run_config"))
+    except LockHeld as e:
+        logging.getLogger("gpt2cli.refresh").warning("%s", e)
+        raise typer.Exit(e.exit_code) from None
+    raise typer.Exit(status)
+
+
+@app.command("report")
+def report_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model artifact \\[default: the latest].")] = "model",
+    prompt: Annotated[str, typer.Option(help="Prompt of the samples.")] = "The city council",
+    num_samples: Annotated[int, typer.Option(help="Samples to show.")] = 3,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the samples.")] = 1,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One summary of a run: artifact versions and lineage, the validation-loss curve, whether the model
+    learned (loss vs the unigram entropy of its tokens), the evaluation beside the paper, and samples."""
+    from gpt2cli.sample import SampleOptions, Sampler
+    from gpt2cli.summary import ascii_plot, list_versions, run_summary
+
+    opts = settings(ctx, home, as_json)
+    store = Store(opts.home)
+    summary = run_summary(store, model)
+    sampler = Sampler(summary["model"], store, SampleOptions(max_new_tokens=max_new_tokens, top_k=40,
+                                                              num_samples=num_samples, seed=seed))  # fmt: skip
+    summary["samples"] = [s.as_dict() for s in sampler.generate(prompt)]
+    summary["versions"] = list_versions(store)
+    if opts.json:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    versions = Table("kind", "latest", "created", title="artifacts", title_justify="left")
+    for row in summary["versions"]:
+        versions.add_row(row["kind"], row["ref"], row["created_at"] or "")
+    console.print(versions)
+    console.print(_lineage_tree(summary["lineage"]))
+    console.print(f"\n[bold]validation loss[/bold] (nats/token) by step; plot: {summary['loss_png']}")
+    console.print("\n".join(ascii_plot(summary["val_loss_curve"])), markup=False, highlight=False)
+    console.print(f"\n[bold]learning:[/bold] {summary['learning'].get('statement', 'no validation loss recorded')}")
+    if "eval_rows" in summary:
+        table = Table("metric", "ours", "paper (same size)", title=summary["eval"], title_justify="left")
+        for row in summary["eval_rows"]:
+            table.add_row(*row)
+        console.print(table)
+    for k, sample in enumerate(summary["samples"], 1):
+        console.print(f"\n[bold]sample {k}[/bold] (top-k 40, seed {seed}): {sample['prompt']}", highlight=False)
+        console.print(sample["text"], markup=False, highlight=False)
+
+
 @app.command("sample")
 def sample_command(
     ctx: typer.Context,
@@ -497,7 +584,11 @@ def eval_zero_shot_command(
         str, typer.Argument(help="Model artifact reference, or a Hugging Face GPT-2 directory.")
     ] = "model",
     tasks: Annotated[
-        Optional[list[str]], typer.Option("--task", help="Task to run (repeatable) \\[default: all with data].")
+        Optional[list[str]],
+        typer.Option(
+            "--task",
+            help="Task to run (repeatable) \\[default: all with local data; with --source hub, all with a hub split].",
+        ),
     ] = None,
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Folder of the datasets \\[default: $GPT2_EVAL_DATA, else ../shared/data].")
@@ -514,17 +605,38 @@ def eval_zero_shot_command(
     ] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Where task data comes from: auto (the file under --data-dir when found, else the Hugging Face "
+            "hub), local (never the hub) or hub (always; the pinned split, written as the same file)."
+        ),
+    ] = "auto",
+    overlap_with: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Corpus (corpus@vN) whose 8-gram Bloom filter gives each task's overlap_8gram_percent; "
+            "it must have been built with `gpt2 dedupe --overlap FILE`."
+        ),
+    ] = None,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Zero-shot language modelling (per canonical unit, de-tokenized) and LAMBADA; writes an `eval` artifact."""
+    """Zero-shot language modelling (per canonical unit, de-tokenized) and LAMBADA; writes an `eval` artifact.
+
+    Each task reads its original file under --data-dir; --source hub (or auto, when the file is missing) loads
+    the task's pinned Hugging Face split through `datasets` instead and writes it as that file under
+    $GPT2_HOME/.cache/eval-data, so the scores are the same either way. metrics.json records each task's data:
+    local path and sha256, or hub dataset, config, split and revision. --overlap-with corpus@vN adds, per
+    task, the share of its 8-grams found in the corpus (the paper's Table 6)."""
     from gpt2cli.eval.stage import EvalOptions, comparison_rows, zero_shot
 
     opts = settings(ctx, home, as_json)
     options = EvalOptions(tasks=tuple(tasks or ()), data_dir=data_dir, corpus=corpus, stride=stride,
-                          batch_size=batch_size, limit=limit, device=device, dtype=dtype)  # fmt: skip
+                          batch_size=batch_size, limit=limit, device=device, dtype=dtype, source=source,
+                          overlap_with=overlap_with)  # fmt: skip
     result = zero_shot(Store(opts.home), model_ref=model, options=options, force=force, wait=wait)
     if opts.json:
         report(result, opts)
@@ -656,6 +768,11 @@ def artifacts_lineage(
     if opts.json:
         print_json(tree)
         return
+    stdout_console().print(_lineage_tree(tree))
+
+
+def _lineage_tree(tree: dict[str, Any]) -> Any:
+    """A rich Tree of an artifact's inputs, back to the raw files (a few files shown per node)."""
     from rich.tree import Tree
 
     def label(node: dict[str, Any]) -> str:
@@ -678,7 +795,7 @@ def artifacts_lineage(
 
     root = Tree(label(tree))
     grow(root, tree)
-    stdout_console().print(root)
+    return root
 
 
 @artifacts_app.command("verify")

@@ -33,7 +33,7 @@ def interactive() -> bool:
     return stderr_console().is_terminal and os.environ.get("RANK", "0") == "0"
 
 
-class _UTCFormatter(logging.Formatter):
+class UTCFormatter(logging.Formatter):
     converter = time.gmtime
 
     def __init__(self) -> None:
@@ -61,7 +61,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler = RichHandler(console=stderr_console(), show_path=False, log_time_format="%H:%M:%S")
     else:
         handler = _StderrHandler()
-        handler.setFormatter(_UTCFormatter())
+        handler.setFormatter(UTCFormatter())
     root = logging.getLogger("gpt2cli")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -234,6 +234,9 @@ def dedupe(
     base = store.latest("corpus") if incremental else None
     if incremental and base is None:
         log.info("no previous corpus: --incremental starts a new one")
+    if base is not None and all(_input_key(i) in _consumed(store, base) for i in manifest_inputs):
+        log.info("nothing new: %s already holds every input; reusing it", base.ref)
+        return Published(base, reused=True)
     params = {"config": identity, "incremental": base.ref if base else None}
     if merge:
         params["shards"] = len(merge)
@@ -252,6 +255,21 @@ def dedupe(
 
 
 SHARD_KIND = "dedupe-shard"
+
+
+def _input_key(entry: dict[str, Any]) -> str:
+    return str(entry.get("manifest_sha256") or entry.get("sha256") or entry.get("ref"))
+
+
+def _consumed(store: Store, corpus: Artifact) -> set[str]:
+    """Every input a corpus and the versions it continues (incremental refreshes) were built from."""
+    seen: set[str] = set()
+    current: Artifact | None = corpus
+    while current is not None:
+        seen |= {_input_key(i) for i in current.manifest.get("inputs", [])}
+        parent = current.parent
+        current = store.resolve(parent["ref"]) if parent else None
+    return seen
 
 
 def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:

@@ -136,7 +136,6 @@ def _encode(tokenizer: Tokenizer, passage: str, n_ctx: int) -> tuple[list[int], 
     return ctx[-(n_ctx - len(tgt) + 1) :], tgt  # the input is ctx + tgt[:-1], at most n_ctx tokens
 
 
-@torch.no_grad()
 def evaluate_lambada(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -153,14 +152,46 @@ def evaluate_lambada(
     logits at its target positions, so results do not depend on batching. Passages are batched by
     length to keep padding small. ``dtype`` other than float32 runs the model under autocast.
     """
+    return _evaluate(model, tokenizer, passages, (stop_word_filter,), batch_size=batch_size, device=device,
+                     dtype=dtype)[0]  # fmt: skip
+
+
+def evaluate_lambada_both(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    passages: Sequence[str],
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LambadaResult, LambadaResult]:
+    """(plain, stop-word filtered): what two ``evaluate_lambada`` calls give, from one model pass, since both
+    read the same logits and the stage reports both (half the compute)."""
+    plain, filtered = _evaluate(model, tokenizer, passages, (False, True), batch_size=batch_size, device=device,
+                                dtype=dtype)  # fmt: skip
+    return plain, filtered
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    passages: Sequence[str],
+    filters: Sequence[bool],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> list[LambadaResult]:
+    """One result per entry of ``filters`` (True: with the stop-word filter), all from one pass of the model."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     n_ctx = model.config.n_ctx
     encoded = [_encode(tokenizer, p, n_ctx) for p in passages]
-    stop_ids = torch.tensor(stop_word_token_ids(tokenizer) if stop_word_filter else [], dtype=torch.long)
+    stop_ids = torch.tensor(stop_word_token_ids(tokenizer) if any(filters) else [], dtype=torch.long)
     stop_ids = stop_ids.to(device)
-    per_example = [False] * len(encoded)
+    per_example = [[False] * len(encoded) for _ in filters]
     nll_sum, target_tokens = 0.0, 0
     order = sorted(range(len(encoded)), key=lambda i: -sum(map(len, encoded[i])))
     try:
@@ -182,13 +213,20 @@ def evaluate_lambada(
                 logp = F.log_softmax(row, dim=-1)
                 nll_sum += -logp.gather(1, target[:, None]).sum().item()
                 target_tokens += len(tgt)
-                if stop_word_filter:
-                    if is_stop_word(tokenizer.decode(tgt)):
-                        continue  # the filter forbids predicting a stop word
-                    first = row[0].clone()
-                    first[stop_ids[stop_ids != tgt[0]]] = -math.inf
-                    row = torch.cat([first[None], row[1:]])
-                per_example[i] = bool((row.argmax(dim=-1) == target).all())
+                stop_target = any(filters) and is_stop_word(tokenizer.decode(tgt))
+                for f, filtered in enumerate(filters):
+                    per_example[f][i] = _reproduced(row, target, stop_ids if filtered else None, stop_target)
     finally:
         model.train(was_training)
-    return LambadaResult(len(encoded), sum(per_example), nll_sum, target_tokens, per_example)
+    return [LambadaResult(len(encoded), sum(hits), nll_sum, target_tokens, hits) for hits in per_example]
+
+
+def _reproduced(row: torch.Tensor, target: torch.Tensor, stop_ids: torch.Tensor | None, stop_target: bool) -> bool:
+    """Whether greedy decoding gives the target; with ``stop_ids``, under the stop-word filter."""
+    if stop_ids is not None:
+        if stop_target:
+            return False  # the filter forbids predicting a stop word
+        first = row[0].clone()
+        first[stop_ids[stop_ids != target[0]]] = -math.inf
+        row = torch.cat([first[None], row[1:]])
+    return bool((row.argmax(dim=-1) == target).all())

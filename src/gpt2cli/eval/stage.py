@@ -3,7 +3,10 @@
 Language modelling is scored per canonical unit of each dataset (words for WikiText and PTB, tokens and
 bytes for our own held-out WebText split) after the dataset's invertible de-tokenizer, as the paper did.
 Data files are read from `--data-dir` (default: `$GPT2_EVAL_DATA`, else `../shared/data`) under the names
-listed in TASKS; a missing file is a one-line error that names it.
+listed in TASKS; a missing file is a one-line error that names it. With `--source hub` (or `auto` when the file is
+missing) a task's pinned Hugging Face split is written in that same layout under `$GPT2_HOME/.cache/eval-data`
+(`gpt2cli.eval.hub`), so the same readers score it. `--overlap-with corpus@vN` adds each task's 8-gram overlap
+with the corpus's Bloom filter (paper section 4, Table 6).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +111,14 @@ class EvalOptions:
     limit: int | None = None  # first N documents/examples, for quick runs
     device: str = "auto"
     dtype: str = "auto"
+    source: str = "auto"  # auto: the local file when found, else the hub; local: never the hub; hub: always
+    overlap_with: str | None = None  # a corpus with an 8-gram Bloom filter: each task's overlap with it
+
+
+SOURCES = ("auto", "local", "hub")
+# Tasks that read a file (not the corpus's held-out split), by family: how their text is shown to the model.
+_WORD_LM = ("wikitext2", "wikitext103", "ptb", "1bw")
+_CHAR_LM = ("enwik8", "text8")
 
 
 def resolve_data_dir(options: EvalOptions) -> Path:
@@ -118,11 +130,31 @@ def task_file(task: Task, data_dir: Path) -> Path | None:
 
 
 def available_tasks(options: EvalOptions, store: Store) -> list[str]:
+    """The default task list: every task with its local file; with `--source hub`, every task with a hub split
+    (`auto` does not download every dataset unasked)."""
+    from gpt2cli.eval.hub import HUB_SPECS
+
     data_dir = resolve_data_dir(options)
-    names = [n for n, t in TASKS.items() if t.files and task_file(t, data_dir) is not None]
+    if options.source == "hub":
+        names = [n for n in TASKS if n in HUB_SPECS]
+    else:
+        names = [n for n, t in TASKS.items() if t.files and task_file(t, data_dir) is not None]
     if options.corpus or store.latest("corpus") is not None:
         names.append("webtext")
     return names
+
+
+def _lm_raw(path: Path, limit: int | None) -> str:
+    """The tokenized file, or its first ``limit`` lines (shared by the run and the overlap, which must agree)."""
+    raw = path.read_text(encoding="utf-8")
+    return "\n".join(raw.split("\n")[:limit]) if limit else raw
+
+
+def _detokenizer(name: str) -> Callable[[str], str]:
+    from gpt2cli.eval.detokenize import ptb_detokenize, wikitext_detokenize
+
+    # 1BW is tokenized like PTB (spaces before punctuation and clitics): the same de-tokenizer
+    return wikitext_detokenize if name.startswith("wikitext") else ptb_detokenize
 
 
 def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callable[..., dict[str, Any]]:
@@ -131,9 +163,7 @@ def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callabl
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        raw = path.read_text(encoding="utf-8")
-        if options.limit:
-            raw = "\n".join(raw.split("\n")[: options.limit])
+        raw = _lm_raw(path, options.limit)
         units = count_units(raw, "word")  # the dataset's own words, one <eos> per line
         context = model.config.n_ctx
         result = evaluate_text(model, tokenizer, detokenize(raw), unit="word", units=units, context=context,
@@ -152,15 +182,14 @@ def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callabl
 
 
 def _lambada_task(path: Path) -> Callable[..., dict[str, Any]]:
-    from gpt2cli.eval.lambada import evaluate_lambada, read_lambada
+    from gpt2cli.eval.lambada import evaluate_lambada_both, read_lambada
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
         passages = read_lambada(path)[: options.limit or None]
-        plain = evaluate_lambada(model, tokenizer, passages, batch_size=options.batch_size, device=device, dtype=dtype)
-        filtered = evaluate_lambada(model, tokenizer, passages, stop_word_filter=True, batch_size=options.batch_size,
-                                    device=device, dtype=dtype)  # fmt: skip
+        plain, filtered = evaluate_lambada_both(model, tokenizer, passages, batch_size=options.batch_size,
+                                                device=device, dtype=dtype)  # fmt: skip
         return {
             "ppl": plain.ppl,
             "acc": 100.0 * plain.accuracy,
@@ -180,10 +209,7 @@ def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        data = path.read_bytes()[-_LAST_5M:] if unit == "byte" else path.read_text(encoding="utf-8")[-_LAST_5M:]
-        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-        if options.limit:
-            text = text[: options.limit * 1000]  # --limit N: the first N thousand units
+        text = _char_text(path, unit, options.limit)
         units = len(text.encode("utf-8")) if unit == "byte" else len(text)
         context = model.config.n_ctx
         r = evaluate_text(model, tokenizer, text, unit=unit, units=units, context=context,
@@ -194,6 +220,13 @@ def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
                 f"{unit}s": r.units, "file": str(path)}  # fmt: skip
 
     return run
+
+
+def _char_text(path: Path, unit: str, limit: int | None) -> str:
+    """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand of those."""
+    data = path.read_bytes()[-_LAST_5M:] if unit == "byte" else path.read_text(encoding="utf-8")[-_LAST_5M:]
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    return text[: limit * 1000] if limit else text
 
 
 def _french_of(english: Path) -> Path:
@@ -246,15 +279,19 @@ def _scored_task(name: str, path: Path) -> Callable[..., dict[str, Any]]:
     return run
 
 
-def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any]]:
+def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[str]:
     from gpt2cli.documents import open_documents
+
+    return [d.text for d in open_documents(store, str(corpus.path), [], 0.0) if d.split == "val"][: limit or None]
+
+
+def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any]]:
     from gpt2cli.eval.lm import evaluate_text
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        texts = [d.text for d in open_documents(store, str(corpus.path), [], 0.0) if d.split == "val"]
-        texts = texts[: options.limit or None]
+        texts = _webtext_texts(store, corpus, options.limit)
         if not texts:
             raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
         nll = tokens = n_bytes = 0.0
@@ -279,11 +316,98 @@ def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any
     return run
 
 
+def _task_texts(name: str, path: Path, limit: int | None) -> list[str]:
+    """What the model is scored on, as text, for the overlap check (the same ``--limit`` as the scores)."""
+    limit = limit or None
+    if name in _WORD_LM:
+        return [_detokenizer(name)(_lm_raw(path, limit))]
+    if name in _CHAR_LM:
+        return [_char_text(path, "byte" if name == "enwik8" else "char", limit)]
+    if name == "lambada":
+        from gpt2cli.eval.lambada import read_lambada
+
+        return read_lambada(path)[:limit]
+    if name.startswith("cbt-"):
+        from gpt2cli.eval.cbt import BLANK, cbt_detokenize, read_cbt
+
+        # the book's text: the 20 sentences and the question with its blank filled by the answer
+        return [" ".join(cbt_detokenize(s) for s in (*e.sentences, e.question.replace(BLANK, e.answer)))
+                for e in read_cbt(path)[:limit]]  # fmt: skip
+    if name == "wsc273":
+        from gpt2cli.eval.winograd import read_wsc
+
+        return [f"{s.text1} {s.pronoun} {s.text2}" for s in read_wsc(path)[:limit]]
+    if name == "coqa":
+        from gpt2cli.eval.qa import read_coqa
+
+        turns = read_coqa(path)[:limit]
+        stories = list(dict.fromkeys(t.story for t in turns))  # each story once, not once per turn
+        return stories + [text for t in turns for text in (t.question, *t.answers)]
+    if name == "cnn-dm":
+        from gpt2cli.eval.summarize import read_cnn_dm
+
+        return [text for a in read_cnn_dm(path)[:limit] for text in (a.article, a.highlights)]
+    if name == "nq-open":
+        from gpt2cli.eval.qa import read_nq_open
+
+        return [text for q in read_nq_open(path)[:limit] for text in (q.question, *q.answers)]
+    from gpt2cli.eval.translate import read_wmt14
+
+    return [text for pair in read_wmt14(path, _french_of(path))[:limit] for text in (pair.en, pair.fr)]
+
+
+def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
+    """The corpus of ``--overlap-with`` and its Bloom filter file; a corpus built without one is an error."""
+    from gpt2cli.dedupe.stage import BLOOM
+
+    corpus = store.resolve(ref)
+    path = corpus.path / BLOOM
+    if not path.is_file():
+        raise UsageError(f"{corpus.ref} has no 8-gram Bloom filter ({BLOOM}); rebuild it with "
+                         "`gpt2 dedupe --overlap FILE ...` to use --overlap-with")  # fmt: skip
+    return corpus, path
+
+
+def _overlap(bloom: Any, texts: Sequence[str], corpus: Artifact) -> dict[str, Any]:
+    from gpt2cli.dedupe.bloom import overlap_report
+
+    report = overlap_report(bloom, texts)
+    return {"overlap_8gram_percent": report["percent"], "overlap_8gram_ngrams": report["ngrams"],
+            "overlap_8gram_found": report["found"], "overlap_corpus": corpus.ref}  # fmt: skip
+
+
+def _hub_cache(store: Store) -> Path:
+    """Where hub splits are written as local files: beside the artifacts, outside any one artifact, because the
+    files' sha256 is part of the eval's identity and must be known before the build starts."""
+    return store.home / ".cache" / "eval-data"
+
+
+def _locate(name: str, task: Task, data_dir: Path, source: str, store: Store) -> tuple[Path, dict[str, Any] | None]:
+    """The task's file, local or written from its hub split, and the hub split's record (None when local)."""
+    from gpt2cli.eval.hub import HUB_SPECS, fetch
+
+    local = task_file(task, data_dir) if source != "hub" else None
+    if local is not None:
+        return local, None
+    spec = HUB_SPECS.get(name)
+    if spec is None:
+        if source == "hub":
+            raise UsageError(f"{name} has no pinned Hugging Face dataset; use --source local with "
+                             f"{data_dir / task.files[0]} (from {task.source})")  # fmt: skip
+        raise Gpt2Error(f"{name}: {data_dir / task.files[0]} not found; get it from {task.source}")
+    if source == "local":
+        raise Gpt2Error(f"{name}: {data_dir / task.files[0]} not found; get it from {task.source} "
+                        f"(or use --source hub: {spec.dataset})")  # fmt: skip
+    root = fetch(name, spec, _hub_cache(store), task.files[0], local=data_dir / task.files[0])
+    return root / task.files[0], spec.record()
+
+
 def zero_shot(
     store: Store, *, model_ref: str, options: EvalOptions, force: bool = False, wait: bool = False
 ) -> Published:
-    from gpt2cli.eval.detokenize import ptb_detokenize, wikitext_detokenize
-
+    if options.source not in SOURCES:
+        raise UsageError(f"unknown --source {options.source!r}; choose from {', '.join(SOURCES)}")
+    overlap = _overlap_bloom(store, options.overlap_with) if options.overlap_with else None
     source = Path(model_ref).expanduser()
     model_dir = source if source.is_dir() else store.resolve(model_ref).path
     device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
@@ -294,8 +418,12 @@ def zero_shot(
     data_dir = resolve_data_dir(options)
     names = list(options.tasks) or available_tasks(options, store)
     if not names:
-        raise UsageError(f"no task has its data in {data_dir} and there is no corpus; pass --data-dir or --tasks")
+        raise UsageError(f"no task has its data in {data_dir} and there is no corpus; pass --data-dir, --task "
+                         "or --source hub")  # fmt: skip
     runners: dict[str, Callable[..., dict[str, Any]]] = {}
+    texts: dict[str, Callable[[int | None], list[str]]] = {}  # each task's scored text, for --overlap-with
+    origins: dict[str, dict[str, Any]] = {}  # where each task's data came from, for metrics.json
+    hub_splits: dict[str, str] = {}
     inputs: list[dict[str, Any]] = []
     for name in names:
         if name not in TASKS:
@@ -304,21 +432,30 @@ def zero_shot(
         if name == "webtext":
             corpus = store.resolve(options.corpus or "corpus")
             runners[name] = _webtext_task(store, corpus)
+            texts[name] = partial(_webtext_texts, store, corpus)
+            origins[name] = {"source": "corpus", "corpus": corpus.ref}
             inputs.append(artifact_input(corpus))
             continue
-        path = task_file(task, data_dir)
-        if path is None:
-            raise Gpt2Error(f"{name}: {data_dir / task.files[0]} not found; get it from {task.source}")
-        inputs.append(file_input(path))
+        path, hub = _locate(name, task, data_dir, options.source, store)
+        # the French side of newstest is read beside the English file: an input too, when it is there
+        files = [path, _french_of(path)] if name.startswith("wmt14-") and _french_of(path).is_file() else [path]
+        records = [{**file_input(f), **({"hub": hub} if hub else {})} for f in files]
+        inputs += records
+        origins[name] = {"source": "hub" if hub else "local", **(hub or {}),
+                         "files": [{"path": r["path"], "sha256": r["sha256"]} for r in records]}  # fmt: skip
+        if hub:
+            hub_splits[name] = f"{hub['dataset']}/{hub['config']}/{hub['split']}@{hub['revision'] or 'main'}"
+        texts[name] = partial(_task_texts, name, path)
         if name == "lambada":
             runners[name] = _lambada_task(path)
-        elif name in ("enwik8", "text8"):
+        elif name in _CHAR_LM:
             runners[name] = _char_lm_task(path, "byte" if name == "enwik8" else "char")
-        elif name in ("wikitext2", "wikitext103", "ptb", "1bw"):
-            # 1BW is tokenized like PTB (spaces before punctuation and clitics): the same de-tokenizer
-            runners[name] = _lm_task(name, path, wikitext_detokenize if name.startswith("wikitext") else ptb_detokenize)
+        elif name in _WORD_LM:
+            runners[name] = _lm_task(name, path, _detokenizer(name))
         else:
             runners[name] = _scored_task(name, path)
+    if overlap and artifact_input(overlap[0]) not in inputs:
+        inputs.append(artifact_input(overlap[0]))
     if not source.is_dir():
         inputs.insert(0, artifact_input(store.resolve(model_ref)))
     else:
@@ -326,10 +463,18 @@ def zero_shot(
     size = PAPER_SIZES.get(model.num_params())
     params = {"tasks": names, "stride": options.stride, "limit": options.limit, "dtype": str(dtype),
               "model_size": size, "n_ctx": model.config.n_ctx}  # fmt: skip
+    # only when used, so that the identity of earlier local-data evals does not change
+    if hub_splits:  # a hub split is another source than a local file, even with the same bytes
+        params["hub"] = hub_splits
+    if overlap:
+        params["overlap_with"] = overlap[0].ref
 
     def build(draft: Any) -> dict[str, Any]:
         import json
 
+        from gpt2cli.dedupe.bloom import BloomFilter
+
+        bloom = BloomFilter.load(overlap[1]) if overlap else None
         results: dict[str, Any] = {}
         for name, run in runners.items():
             started = time.time()
@@ -337,7 +482,10 @@ def zero_shot(
             results[name] = {
                 **run(model, tokenizer, options, device, dtype),
                 "seconds": round(time.time() - started, 2),
+                "data": origins[name],
             }
+            if overlap:
+                results[name].update(_overlap(bloom, texts[name](options.limit), overlap[0]))
         paper = PAPER_TABLE3.get(size or "", {})
         (draft.dir / "metrics.json").write_text(json.dumps({"results": results, "paper": paper}, indent=2))
         return _summary(results)
@@ -367,7 +515,8 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 METRIC_KEYS = ("ppl", "acc", "acc_stopword_filter", "acc_full", "acc_partial", "f1", "exact_match", "rouge1",
-               "rouge2", "rougeL", "bleu", "token_ppl", "bits_per_byte", "bits_per_char")  # fmt: skip
+               "rouge2", "rougeL", "bleu", "token_ppl", "bits_per_byte", "bits_per_char",
+               "overlap_8gram_percent")  # fmt: skip
 
 PAPER_KEYS = {
     ("wikitext2", "ppl"): "wikitext2",

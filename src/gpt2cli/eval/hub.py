@@ -1,0 +1,196 @@
+"""The zero-shot tasks' data from the Hugging Face hub (`datasets`), written back as the files the readers take.
+
+Why files: every reader in ``gpt2cli.eval`` parses its dataset's original layout, with its own checks. Writing a
+hub split in that layout, under the names ``stage.TASKS`` expects, lets the same readers and runners score it, so
+a task's numbers do not depend on how its data arrived; the file's sha256 is the eval's input either way.
+
+Each task has one pinned split: dataset id, config, split and revision. The revisions are the hubs' commit
+shas; none could be looked up where this was written (no hub access), so every spec uses ``REVISION`` (None:
+the repository's main branch when loaded). Put a sha there to pin a snapshot. The loaded revision is recorded
+with the eval either way.
+
+What a hub split cannot give back, and so differs from the original files:
+
+* ``coqa``: ``stanfordnlp/coqa`` has one answer per turn, not the dev set's 3 additional answers, so F1 is
+  against the one answer (the official script averages over 4).
+* ``ptb``: ``ptb_text_only`` strips each line; the file is rebuilt in Mikolov's layout (a space at both ends of
+  each line, final newline), which the word count and the de-tokenizer do not see anyway.
+* ``wsc273``: the schema is rebuilt from the sentence and the pronoun's offset; the collection's ``<quote>`` is
+  not there (the reader does not use it).
+
+enwik8, text8 and 1BW have no pinned split: enwik8 and text8 are scored on exact bytes/characters (the last 5M)
+that a text column cannot be trusted to keep, and 1BW's heldout shard is not on the hub as such. They, and the
+webtext task (a corpus artifact), are local only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from gpt2cli.errors import Gpt2Error
+
+log = logging.getLogger(__name__)
+
+Rows = Iterable[Mapping[str, Any]]
+
+# The hub commit of every split below. None: the main branch at load time, because the shas could not be looked
+# up offline; set it to a commit sha to pin the data exactly.
+REVISION: str | None = None
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """One pinned hub split and how to write its rows as the task's local file."""
+
+    dataset: str
+    config: str | None
+    split: str
+    write: Callable[[Rows, Path], None]  # rows -> the file at the given path (and, for WMT, its French side)
+    revision: str | None = REVISION
+
+    def __str__(self) -> str:
+        return f"{self.dataset} ({self.config or 'default'}, {self.split})"
+
+    def record(self) -> dict[str, Any]:
+        """What the eval records as the task's source."""
+        return {"dataset": self.dataset, "config": self.config, "split": self.split, "revision": self.revision}
+
+    def slug(self) -> str:
+        """The cache folder of this split: one per dataset, config, split and revision."""
+        return "--".join((self.dataset.replace("/", "__"), self.config or "default", self.split,
+                          self.revision or "main"))  # fmt: skip
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` whole (a temporary file, then a rename), so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def write_wikitext(rows: Rows, target: Path) -> None:
+    """Rows are the file's lines (blank ones empty): the Salesforce layout again, blank lines as " "."""
+    lines = (row["text"].rstrip("\n") for row in rows)
+    _write(target, "".join((line if line.strip() else " ") + "\n" for line in lines))
+
+
+def write_ptb(rows: Rows, target: Path) -> None:
+    """Rows are stripped sentences: Mikolov's layout again, a space at both ends of each line."""
+    _write(target, "".join(f" {' '.join(row['sentence'].split())} \n" for row in rows))
+
+
+def write_lambada(rows: Rows, target: Path) -> None:
+    _write(target, _jsonl({"text": row["text"]} for row in rows))
+
+
+def write_cbt(rows: Rows, target: Path) -> None:
+    """Rows hold 20 sentences, the question, the answer and 10 options: the CBTest numbered-line layout."""
+    out = []
+    for row in rows:
+        sentences = [_one_line(s) for s in row["sentences"]]
+        out += [f"{i} {s}\n" for i, s in enumerate(sentences, 1)]
+        options = "|".join(o.strip() for o in row["options"])
+        out.append(f"{len(sentences) + 1} {_one_line(row['question'])}\t{row['answer'].strip()}\t\t{options}\n\n")
+    _write(target, "".join(out))
+
+
+def write_wsc(rows: Rows, target: Path) -> None:
+    """Rows hold the sentence, the pronoun and its character offset, the options and the label: the XML again."""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<collection>\n']
+    for row in rows:
+        text, pron, at = row["text"], row["pronoun"], int(row["pronoun_loc"])
+        if text[at : at + len(pron)] != pron:
+            raise ValueError(f"the pronoun {pron!r} is not at offset {at} of {text!r}")
+        answers = "".join(f"<answer>{escape(o)}</answer>" for o in row["options"])
+        out.append(f"<schema>\n<text><txt1>{escape(text[:at])}</txt1><pron>{escape(pron)}</pron>"
+                   f"<txt2>{escape(text[at + len(pron) :])}</txt2></text>\n<answers>{answers}</answers>\n"
+                   f"<correctAnswer>{chr(ord('A') + int(row['label']))}</correctAnswer>\n"
+                   f"<source>{escape(row.get('source') or '')}</source>\n</schema>\n")  # fmt: skip
+    _write(target, "".join(out) + "</collection>\n")
+
+
+def write_coqa(rows: Rows, target: Path) -> None:
+    """Rows hold the story, its questions and one answer per turn: the CoQA dev JSON again."""
+    data = []
+    for i, row in enumerate(rows):
+        answers = row["answers"]
+        answers = answers["input_text"] if isinstance(answers, Mapping) else [a["input_text"] for a in answers]
+        questions = [q if isinstance(q, str) else q["input_text"] for q in row["questions"]]
+        data.append({"id": row.get("id") or str(i), "source": row.get("source") or "", "story": row["story"],
+                     "questions": [{"input_text": q, "turn_id": t} for t, q in enumerate(questions, 1)],
+                     "answers": [{"input_text": a, "turn_id": t} for t, a in enumerate(answers, 1)]})  # fmt: skip
+    _write(target, json.dumps({"version": "1.0", "data": data}, ensure_ascii=False))
+
+
+def write_cnn_dm(rows: Rows, target: Path) -> None:
+    _write(target, _jsonl({"article": r["article"], "highlights": r["highlights"], "id": r.get("id") or ""}
+                          for r in rows))  # fmt: skip
+
+
+def write_wmt14(rows: Rows, target: Path) -> None:
+    """Rows hold {"translation": {"en", "fr"}}: two line-aligned files, ``X.en`` (target) and ``X.fr`` beside it."""
+    pairs = [row["translation"] for row in rows]
+    for language, path in (("en", target), ("fr", target.with_name(target.stem + ".fr"))):
+        _write(path, "".join(" ".join(p[language].splitlines()).strip() + "\n" for p in pairs))
+
+
+def write_nq_open(rows: Rows, target: Path) -> None:
+    _write(target, _jsonl({"question": r["question"], "answer": list(r["answer"])} for r in rows))
+
+
+_WMT14 = HubSpec("wmt/wmt14", "fr-en", "test", write_wmt14)
+
+HUB_SPECS: dict[str, HubSpec] = {
+    "wikitext2": HubSpec("Salesforce/wikitext", "wikitext-2-v1", "test", write_wikitext),
+    "wikitext103": HubSpec("Salesforce/wikitext", "wikitext-103-v1", "test", write_wikitext),
+    "ptb": HubSpec("ptb_text_only", "penn_treebank", "test", write_ptb),
+    "lambada": HubSpec("EleutherAI/lambada_openai", "default", "test", write_lambada),
+    "cbt-cn": HubSpec("cam-cs/cbt", "CN", "validation", write_cbt),
+    "cbt-ne": HubSpec("cam-cs/cbt", "NE", "validation", write_cbt),
+    "wsc273": HubSpec("winograd_wsc", "wsc273", "test", write_wsc),
+    "coqa": HubSpec("stanfordnlp/coqa", None, "validation", write_coqa),
+    "cnn-dm": HubSpec("abisee/cnn_dailymail", "3.0.0", "test", write_cnn_dm),
+    "wmt14-en-fr": _WMT14,
+    "wmt14-fr-en": _WMT14,
+    "nq-open": HubSpec("google-research-datasets/nq_open", "nq_open", "validation", write_nq_open),
+}
+
+
+def fetch(name: str, spec: HubSpec, cache: Path, relpath: str, *, local: Path) -> Path:
+    """Load ``spec`` through ``datasets`` and write it as ``cache/<split>/relpath``; returns ``cache/<split>``.
+
+    Any failure to load (offline, unknown id or config) is one line naming the task, the dataset and ``local``,
+    the file that would do instead.
+    """
+    root = cache / spec.slug()
+    log.info("%s: loading %s from the Hugging Face hub", name, spec)
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
+    except Exception as e:  # `datasets` raises many types (connection, not found, bad config): all end here
+        why = f"{type(e).__name__}: {_one_line(str(e))[:200]}"
+        raise Gpt2Error(f"{name}: cannot load {spec} from the Hugging Face hub ({why}); put {local} there "
+                        "instead and use --source local") from None  # fmt: skip
+    try:
+        spec.write(rows, root / relpath)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Gpt2Error(f"{name}: the rows of {spec} are not in the layout expected ({type(e).__name__}: "
+                        f"{_one_line(str(e))[:200]})") from None  # fmt: skip
+    return root

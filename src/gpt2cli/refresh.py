@@ -1,0 +1,83 @@
+"""`gpt2 refresh`: the cron job. New links are scraped (only URLs not fetched before), deduplicated
+incrementally into a new corpus version, and tokenized, each stage as its own `gpt2` process.
+
+Safe to run every hour: a second refresh while one runs exits 75 before touching anything (a lock the
+kernel releases even on kill -9); every artifact is published atomically, so a killed refresh leaves the
+last good versions, and the next one reuses what was finished and completes the rest. The log goes to a
+file that rotates by size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+from gpt2cli.artifacts import Store, hold_lock
+from gpt2cli.console import UTCFormatter
+from gpt2cli.errors import EXIT_LOCKED
+
+log = logging.getLogger(__name__)
+
+# (stage, arguments): what an hourly refresh runs, in order; the run config supplies the rest.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("scrape-reddit", ()),
+    ("dedupe", ("--incremental",)),
+    ("tokenize", ()),
+)
+
+
+def log_to_file(path: Path, max_bytes: int, backups: int) -> None:
+    """Also log to ``path``, rotated when it reaches ``max_bytes`` (``backups`` old files kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(UTCFormatter())
+    logging.getLogger("gpt2cli").addHandler(handler)
+
+
+def refresh(store: Store, run_config: Path | None) -> int:
+    """Run the stages; the exit status: 0 done, 75 another run holds a lock (try at the next hour), else the
+    failing stage's status."""
+    started = time.monotonic()
+    with hold_lock(store.home / ".refresh.lock", "the refresh"):
+        log.info("refresh of %s started", store.home)
+        for stage, args in STAGES:
+            if stage == "tokenize" and store.latest("tokenizer") is None:
+                log.warning("tokenize: skipped, no tokenizer yet (run `gpt2 train-bpe` once)")
+                continue
+            command = [sys.executable, "-m", "gpt2cli", "--home", str(store.home), "--json"]
+            command += ["--run-config", str(run_config)] if run_config else []
+            status = _run(stage, [*command, stage, *args])
+            if status == EXIT_LOCKED:
+                log.warning("%s: another run holds its lock; the next refresh finishes the work", stage)
+                return EXIT_LOCKED
+            if status != 0:
+                log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
+                return status
+        log.info("refresh done in %.1f s", time.monotonic() - started)
+    return 0
+
+
+def _run(stage: str, command: list[str]) -> int:
+    """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line."""
+    log.info("%s: started", stage)
+    with tempfile.TemporaryFile("w+") as out:
+        with subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True) as child:
+            assert child.stderr is not None
+            for line in child.stderr:
+                if line.strip():
+                    log.info("%s | %s", stage, line.rstrip())
+            status = child.wait()
+        out.seek(0)
+        try:
+            result = json.loads(out.read())
+        except ValueError:
+            return status
+    verb = "reused" if result.get("reused") else "published"
+    log.info("%s: %s %s %s", stage, verb, result.get("ref"), json.dumps(result.get("summary", {}), default=str))
+    return status
