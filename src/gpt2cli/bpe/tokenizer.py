@@ -80,6 +80,8 @@ def split_at_piece_boundaries(text: str, parts: int) -> list[str]:
 def _contiguous_groups(sizes: Sequence[int], groups: int) -> list[range]:
     """Index ranges of ``sizes`` in order, cut into at most ``groups`` runs of nearly equal total size."""
     total, runs, start, acc = sum(sizes), [], 0, 0
+    if total == 0:
+        return [range(len(sizes))]
     for i, size in enumerate(sizes):
         acc += size
         if acc * groups >= total * (len(runs) + 1) and i + 1 < len(sizes):
