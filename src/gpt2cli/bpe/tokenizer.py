@@ -84,7 +84,7 @@ def _contiguous_groups(sizes: Sequence[int], groups: int) -> list[range]:
         return [range(len(sizes))]
     for i, size in enumerate(sizes):
         acc += size
-        if acc * groups >= total * (len(runs) + 1) and i + 1 < len(sizes):
+        if acc * groups >= total * (len(runs) + 1) and i + 1 < len(sizes) and len(runs) + 1 < groups:
             runs.append(range(start, i + 1))
             start = i + 1
     runs.append(range(start, len(sizes)))
