@@ -21,9 +21,7 @@ from gpt2cli.dedupe.minhash import (
     estimated_jaccard,
     jaccard,
     lsh_params,
-    merge_shards,
     near_duplicate_clusters,
-    shard_signatures,
     shingle_batch,
     shingles,
 )
@@ -282,16 +280,3 @@ def test_choose_keepers_prefers_score_then_earliest() -> None:
     assert choose_keepers(clusters, scores, order) == {2, 4, 6, 7}
     assert choose_keepers(clusters, scores) == {1, 4, 5, 7}
     assert choose_keepers([[10, 11]], {10: 0.0, 11: None}, {10: 5, 11: 1}) == {10}
-
-
-def test_sharded_signatures_merge_to_the_same_index(planted) -> None:
-    paras = real_paragraphs()[:40]
-    texts = [*paras, paras[3], paras[7] + " one more sentence at the end"]
-    direct = MinHasher(128).signatures([shingles(t) for t in texts])
-    shards = [shard_signatures(texts, k, 3) for k in range(3)]
-    assert sorted(np.concatenate([s.ids for s in shards]).tolist()) == list(range(len(texts)))
-    merged, index = merge_shards(reversed(shards), 25, 5)
-    assert merged.ids.tolist() == list(range(len(texts)))
-    assert np.array_equal(merged.signatures, direct)
-    pairs = list(index.candidate_pairs())
-    assert (3, 40) in pairs and (7, 41) in pairs

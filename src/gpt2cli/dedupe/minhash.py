@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -484,42 +483,3 @@ def choose_keepers(
         return (0 if known else 1, -float(score) if known else 0.0, i if order is None else order[i], i)
 
     return {min(cluster, key=rank) for cluster in clusters if len(cluster)}
-
-
-@dataclass
-class ShardSignatures:
-    """Signatures of one shard: ``ids`` are document indices into the full list, in increasing order."""
-
-    ids: np.ndarray
-    signatures: np.ndarray
-
-
-def shard_signatures(
-    texts: Sequence[str],
-    shard_index: int,
-    num_shards: int,
-    num_perm: int = DEFAULT_NUM_PERM,
-    seed: int = 1,
-    n: int = DEFAULT_NGRAM,
-) -> ShardSignatures:
-    """Shingles and signatures of the documents ``i % num_shards == shard_index``: the expensive, per-document
-    step, so processes can each take a shard and `merge_shards` builds the one index."""
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    ids = np.arange(shard_index, len(texts), num_shards, dtype=np.int64)
-    values, offsets = shingle_batch((texts[i] for i in ids), n)
-    return ShardSignatures(ids, MinHasher(num_perm, seed).signatures_csr(values, offsets))
-
-
-def merge_shards(shards: Iterable[ShardSignatures], bands: int, rows: int) -> tuple[ShardSignatures, LSHIndex]:
-    """Concatenate shard outputs in document order and index them."""
-    parts = list(shards)
-    if not parts:
-        raise ValueError("no shards to merge")
-    ids = np.concatenate([p.ids for p in parts])
-    sigs = np.concatenate([p.signatures for p in parts])
-    order = np.argsort(ids, kind="stable")
-    merged = ShardSignatures(ids[order], sigs[order])
-    index = LSHIndex(bands, rows)
-    index.add(merged.ids, merged.signatures)
-    return merged, index

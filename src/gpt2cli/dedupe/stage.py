@@ -30,7 +30,15 @@ from gpt2cli.artifacts import Artifact, Draft, Published, Store, artifact_input,
 from gpt2cli.console import progress
 from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
 from gpt2cli.dedupe.filters import QualityConfig, language_reason, length_reason, quality_reason, wikipedia_reason
-from gpt2cli.dedupe.minhash import LSHIndex, MinHasher, UnionFind, jaccard, lsh_params, shingles
+from gpt2cli.dedupe.minhash import (
+    LSHIndex,
+    MinHasher,
+    UnionFind,
+    choose_keepers,
+    jaccard,
+    lsh_params,
+    shingles,
+)
 from gpt2cli.dedupe.normalize import normalize_text, text_key
 from gpt2cli.documents import expand_inputs
 from gpt2cli.errors import Gpt2Error, UsageError
@@ -628,19 +636,17 @@ def _duplicate_edges(
 
 
 def _keepers(groups: UnionFind, docs: list[Doc]) -> tuple[set[int], dict[int, tuple[int, str]]]:
-    """One keeper per group: the highest score (unknown counts lowest), then the earliest document."""
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(docs)):
-        members[groups.find(i)].append(i)
-    keepers: set[int] = set()
+    """One keeper per group (`choose_keepers`: the highest score, unknown lowest, then the earliest), and for
+    every other member the keeper it duplicates and whether exactly."""
+    clusters = groups.groups(min_size=2)
+    chosen = choose_keepers(clusters, [d.score for d in docs], [d.order for d in docs])
     removed: dict[int, tuple[int, str]] = {}
-    for ids in members.values():
-        best = min(ids, key=lambda i: (-(docs[i].score if docs[i].score is not None else -(2**62)), docs[i].order))
-        keepers.add(best)
-        for i in ids:
+    for cluster in clusters:
+        best = next(i for i in cluster if i in chosen)
+        for i in cluster:
             if i != best:
                 removed[i] = (best, "exact" if docs[i].key == docs[best].key else "near")
-    return keepers, removed
+    return set(range(len(docs))) - removed.keys(), removed
 
 
 class _CorpusWriter:
