@@ -3,12 +3,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
+from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.cli import main
 
 TESTS = Path(__file__).parent
@@ -108,3 +112,27 @@ def model_home(tokens_home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     result = run_cli(home, "pretrain", *FAST, "--max-steps", "30")
     assert result.returncode == 0, result.stderr
     return home
+
+
+# -- a small tokenizer and threads for the tests of tiny models ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    """The embedded sample's articles."""
+    return [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(texts: list[str]) -> Tokenizer:
+    """A 200-merge BPE of the sample: real merges, small enough for tiny models."""
+    return Tokenizer.from_merges(learn_merges(count_corpus(texts, workers=1), 200))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy machine threads that wait on each other cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

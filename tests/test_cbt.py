@@ -10,21 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from gpt2cli.bpe.tokenizer import Tokenizer
-from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.cbt import CBT_TASKS, CBTExample, cbt_detokenize, cbt_texts, evaluate_cbt, read_cbt
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE
-
-
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(texts: list[str]) -> Tokenizer:
-    return Tokenizer.from_merges(learn_merges(count_corpus(texts, workers=1), 200))
 
 
 def ptb_tokens(text: str) -> list[str]:

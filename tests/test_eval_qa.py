@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
-from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.generation import exact_match, f1
 from gpt2cli.eval.qa import (
@@ -25,29 +23,13 @@ from gpt2cli.eval.qa import (
     read_nq_open,
 )
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE, shared_data
+from tests.conftest import shared_data
 
 N_CTX = 128
 MAX_NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy machine threads that wait on each other cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(texts: list[str]) -> Tokenizer:
-    return Tokenizer.from_merges(learn_merges(count_corpus(texts, workers=1), 200))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,41 +2,22 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
-from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.generation import first_sentences, generate_continuations
 from gpt2cli.eval.summarize import Article, evaluate_cnn_dm, read_cnn_dm, rouge_scores, summary_prompt
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE
 
 N_CTX = 96
 NEW = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy machine threads that wait on each other cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(texts: list[str]) -> Tokenizer:
-    return Tokenizer.from_merges(learn_merges(count_corpus(texts, workers=1), 200))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import torch
 from torch.nn import functional as F
 
 from gpt2cli.bpe.tokenizer import Tokenizer
-from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.lambada import (
     STOP_WORDS,
@@ -21,19 +20,9 @@ from gpt2cli.eval.lambada import (
     split_last_word,
 )
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE, shared_data
+from tests.conftest import shared_data
 
 N_CTX = 64
-
-
-@pytest.fixture(scope="module")
-def texts() -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(texts: list[str]) -> Tokenizer:
-    return Tokenizer.from_merges(learn_merges(count_corpus(texts, workers=1), 200))
 
 
 class StopBiased(torch.nn.Module):
