@@ -41,6 +41,7 @@ from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.choice import best_choice, score_choices
 from gpt2cli.eval.detokenize import ptb_detokenize
+from gpt2cli.eval.files import read_lines
 from gpt2cli.model import GPT
 
 BLANK = "XXXXX"
@@ -91,10 +92,7 @@ def read_cbt(path: Path | str) -> list[CBTExample]:
     """All examples of a CBT file; anything malformed is an error naming file:line rather than a skipped
     example, because a silently smaller test set would change the reported accuracy."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
+    lines = read_lines(path)
     examples: list[CBTExample] = []
     sentences: list[str] = []
     for lineno, raw in enumerate(lines, 1):

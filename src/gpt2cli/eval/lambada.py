@@ -30,7 +30,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import math
 import string
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from torch.nn import functional as F
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.eval.files import jsonl_rows
 
 # Common English function words (pronouns, determiners, auxiliaries, prepositions, conjunctions).
 _STOP_WORDS_TEXT = """
@@ -62,21 +62,11 @@ _PUNCT = string.punctuation + "\u201c\u201d\u2018\u2019\u2026\u2014\u2013"  # cu
 def read_lambada(path: Path | str) -> list[str]:
     """Passages of OpenAI's ``lambada_test.jsonl``; a bad line is an error naming file:line, not a skip,
     because a silently shorter test set would change the reported accuracy."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
     passages = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)["text"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise Gpt2Error(f"{path}:{lineno}: not a JSON object with a 'text' string ({e})") from None
+    for where, row in jsonl_rows(path):
+        text = row.get("text") if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.split():
-            raise Gpt2Error(f"{path}:{lineno}: 'text' is not a non-empty string")
+            raise Gpt2Error(f"{where}: not a JSON object with a non-empty 'text' string")
         passages.append(text)
     return passages
 

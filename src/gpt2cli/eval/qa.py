@@ -41,6 +41,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.eval.files import jsonl_rows
 from gpt2cli.eval.generation import exact_match, f1, generate_continuations
 from gpt2cli.model import GPT
 
@@ -95,24 +96,14 @@ class QAResult:
 def read_nq_open(path: Path | str) -> list[NQItem]:
     """Questions of an NQ-open JSON Lines file; a bad line is an error naming file:line (a silently shorter
     test set would change the score)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
     items = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            question, answers = row["question"], row["answer"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise Gpt2Error(f"{path}:{lineno}: not a JSON object with 'question' and 'answer' ({e})") from None
+    for where, row in jsonl_rows(path):
+        question = row.get("question") if isinstance(row, dict) else None
+        answers = row.get("answer") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
-            raise Gpt2Error(f"{path}:{lineno}: 'question' is not a non-empty string")
+            raise Gpt2Error(f"{where}: not a JSON object with a non-empty 'question' string")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-            raise Gpt2Error(f"{path}:{lineno}: 'answer' is not a non-empty list of strings")
+            raise Gpt2Error(f"{where}: 'answer' is not a non-empty list of strings")
         items.append(NQItem(question.strip(), tuple(answers)))
     return items
 

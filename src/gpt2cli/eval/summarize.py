@@ -25,7 +25,6 @@ Decisions the paper leaves open:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.files import jsonl_rows
 from gpt2cli.eval.generation import first_sentences, generate_continuations
 from gpt2cli.model import GPT
 
@@ -95,20 +95,7 @@ def read_cnn_dm(path: Path | str) -> list[Article]:
         return _read_parquet(path)
     if path.suffix not in (".jsonl", ".json"):
         raise Gpt2Error(f"{path}: expected a .jsonl, .json or .parquet export of cnn_dailymail 3.0.0")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
-    articles = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise Gpt2Error(f"{path}:{lineno}: not JSON ({e})") from None
-        articles.append(_article(row, f"{path}:{lineno}"))
-    return articles
+    return [_article(row, where) for where, row in jsonl_rows(path)]
 
 
 def _read_parquet(path: Path) -> list[Article]:

@@ -37,6 +37,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.files import read_lines
 from gpt2cli.eval.generation import generate_continuations
 from gpt2cli.model import GPT
 
@@ -89,10 +90,7 @@ def read_segments(path: Path | str) -> list[str]:
     """Segments of one side of newstest: ``<seg>`` lines of an .sgm file, else every line of a plain file.
     An empty segment is an error naming file:line (it would misalign or silently score nothing)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
+    lines = read_lines(path)
     segments = []
     sgm = path.suffix == ".sgm"
     for lineno, line in enumerate(lines, 1):
