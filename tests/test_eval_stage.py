@@ -86,6 +86,8 @@ def test_every_task_of_table3_and_section3_runs_from_local_files(model_home: Pat
     assert set(metrics) == set(tasks)
     assert metrics["enwik8"]["bytes"] == 3000 and 0 < metrics["enwik8"]["bits_per_byte"] < 20
     assert metrics["text8"]["chars"] == 3000 and 0 < metrics["text8"]["bits_per_char"] < 20
+    window = metrics["enwik8"]["window"]  # how a text longer than the context was scored, recorded
+    assert window["stride"] == window["context"] // 2 and "predicted once" in window["rule"]
     assert metrics["1bw"]["words"] == 9 + 10 + 9 and metrics["1bw"]["ppl"] > 1
     assert all(0 <= metrics[t]["acc"] <= 100 and metrics[t]["examples"] == 1 for t in ("cbt-cn", "cbt-ne"))
     assert metrics["coqa"]["examples"] == 2 and 0 <= metrics["coqa"]["f1"] <= 100
