@@ -175,3 +175,24 @@ def test_killed_refresh_leaves_good_versions_and_the_next_one_finishes(pipeline,
     assert finish.returncode == 0, finish.stderr
     assert corpus_texts(killed) == corpus_texts(whole)
     assert Store(killed).latest("tokens").summary == Store(whole).latest("tokens").summary
+
+
+def test_refresh_log_rotates_by_size(tmp_path: Path):
+    import logging
+
+    from gpt2cli.refresh import log_to_file
+
+    logger = logging.getLogger("gpt2cli")
+    before = list(logger.handlers)
+    log_to_file(tmp_path / "logs" / "refresh.log", max_bytes=300, backups=2)
+    try:
+        for i in range(60):
+            logging.getLogger("gpt2cli.refresh").warning("stage line %d of a long refresh", i)
+    finally:
+        for handler in logger.handlers[len(before) :]:
+            handler.close()
+        logger.handlers[:] = before
+    names = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert names == ["refresh.log", "refresh.log.1", "refresh.log.2"]
+    assert all(p.stat().st_size <= 300 for p in (tmp_path / "logs").iterdir())
+    assert "stage line 59" in (tmp_path / "logs" / "refresh.log").read_text()
