@@ -107,6 +107,27 @@ def test_windows_cover_each_token_once() -> None:
             assert all(first + 1 - begin >= context - stride + 1 for begin, _, first in windows[1:])
 
 
+def test_last_window_aligned_to_a_full_context(tiny: GPT, ids: list[int]) -> None:
+    for n in range(0, 40):
+        for context, stride in [(16, 16), (16, 8), (16, 3), (5, 1)]:
+            windows = sliding_windows(n, context, stride, align_last=True)
+            targets = [j for _, end, first in windows for j in range(first + 1, end + 1)]
+            assert targets == list(range(1, n)), (n, context, stride)
+            assert all(end - begin <= context and begin <= first for begin, end, first in windows)
+            if windows and n - 1 >= context:
+                begin, end, _ = windows[-1]
+                assert end - begin == context  # the last window reads a full context
+    # each prediction is scored from the window that scores it, as a plain per-window loop computes it
+    nll, scored = score_tokens(tiny, ids, context=16, stride=16, align_last=True, batch_size=2)
+    plain = 0.0
+    with torch.no_grad():
+        for begin, end, first in sliding_windows(len(ids), 16, 16, align_last=True):
+            logp = F.log_softmax(tiny(torch.tensor([ids[begin:end]]))[0].double(), -1)
+            plain -= sum(logp[j - begin, ids[j + 1]].item() for j in range(first, end))
+    assert scored == len(ids) - 1 and nll == pytest.approx(plain, abs=1e-4)
+    assert nll != pytest.approx(score_tokens(tiny, ids, context=16, stride=16)[0], abs=1e-4)
+
+
 def test_batching_and_padding_do_not_change_the_sum(tiny: GPT, ids: list[int]) -> None:
     ref, _ = score_tokens(tiny, ids, context=16, stride=6, batch_size=1)
     for batch_size in (2, 3, 4, 64):  # the last batch holds a shorter, right-padded window

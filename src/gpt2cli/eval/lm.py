@@ -7,7 +7,11 @@ window made, which makes every token but the first predicted exactly once, from 
 window that reaches it. ``stride == context`` gives disjoint windows, the consecutive x/y chunks of training
 (the first prediction of a chunk sees 1 token, the last ``context``); ``stride < context`` gives every
 prediction after the first window at least ``context - stride + 1`` tokens of left context, at
-``context / stride`` times the compute. ``evaluate_text`` puts ``<|endoftext|>`` in front of the text's
+``context / stride`` times the compute. With ``align_last`` (what `gpt2 eval zero-shot` uses) the last window
+is moved back to read a full ``context`` tokens, still scoring only the predictions no earlier window made:
+its predictions get more left context at no extra cost, and with ``stride == context`` the windows are those of
+lm-evaluation-harness's rolling log-likelihood (its numbers are reproduced to ~1e-7, see BENCHMARKS.md).
+``evaluate_text`` puts ``<|endoftext|>`` in front of the text's
 tokens, as GPT-2 saw document starts in training, so the first real token is predicted too (from the
 ``<|endoftext|>`` alone) and ``tokens`` is exactly ``len(tokenizer.encode(text))``.
 
@@ -72,7 +76,7 @@ def count_units(original: str, unit: str) -> int:
     raise UsageError(f"unknown unit {unit!r}; choose from word, byte, char (token units are the tokens scored)")
 
 
-def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+def sliding_windows(n: int, context: int, stride: int, align_last: bool = False) -> list[tuple[int, int, int]]:
     """``(begin, end, first)`` per window over a stream of ``n`` tokens: the model reads ``ids[begin:end]``
     and the predictions made at positions ``[first, end)``, of targets ``ids[first + 1 : end + 1]``, are
     scored. See the window rule in the module docstring."""
@@ -85,6 +89,8 @@ def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, i
     begin = first = 0
     while predictions >= 1:
         end = min(begin + context, predictions)
+        if align_last and end == predictions:
+            begin = max(0, end - context)  # a full context for the last window; `first` still avoids re-scoring
         windows.append((begin, end, first))
         if end == predictions:
             break
@@ -107,6 +113,7 @@ def score_tokens(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    align_last: bool = False,
 ) -> tuple[float, int]:
     """Total NLL in nats of predicting ``ids[1:]`` under the window rule, and the number of tokens scored.
 
@@ -119,7 +126,7 @@ def score_tokens(
     n_ctx = getattr(getattr(model, "config", None), "n_ctx", None)
     if n_ctx is not None and context > n_ctx:
         raise UsageError(f"context {context} is longer than the model's ({n_ctx})")
-    windows = sliding_windows(len(ids), context, stride)
+    windows = sliding_windows(len(ids), context, stride, align_last)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     stream = torch.tensor(list(ids), dtype=torch.long)
     total, scored = 0.0, 0
@@ -157,6 +164,7 @@ def evaluate_text(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    align_last: bool = False,
 ) -> LMResult:
     """Score ``text`` as one document (``<|endoftext|>`` + its tokens) and normalise per canonical unit.
 
@@ -170,9 +178,8 @@ def evaluate_text(
     if context is None:
         context = model.config.n_ctx
     ids = [tokenizer.eot_id, *tokenizer.encode(text)]
-    nll, tokens = score_tokens(
-        model, ids, context=context, stride=stride or context, batch_size=batch_size, device=device, dtype=dtype
-    )
+    nll, tokens = score_tokens(model, ids, context=context, stride=stride or context, batch_size=batch_size,
+                               device=device, dtype=dtype, align_last=align_last)  # fmt: skip
     if units is None:
         if unit == "word":
             raise UsageError("word units must be counted on the original tokenized text: pass units=")

@@ -165,8 +165,9 @@ def _window(options: EvalOptions, context: int) -> dict[str, Any]:
     """How a text longer than the model's context was scored, for the record."""
     stride = _stride(options, context)
     return {"context": context, "stride": stride,
-            "rule": f"windows of {context} tokens start {stride} apart; each token is predicted once, after the first "
-                    f"window with at least {context - stride} tokens of left context"}  # fmt: skip
+            "rule": f"windows of {context} tokens start {stride} apart, the last one moved back to read a full "
+                    f"context; each token is predicted once, after the first window with at least {context - stride} "
+                    "tokens of left context"}  # fmt: skip
 
 
 def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callable[..., dict[str, Any]]:
@@ -179,8 +180,8 @@ def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callabl
         units = count_units(raw, "word")  # the dataset's own words, one <eos> per line
         context = model.config.n_ctx
         result = evaluate_text(model, tokenizer, detokenize(raw), unit="word", units=units, context=context,
-                               stride=_stride(options, context), batch_size=options.batch_size, device=device,
-                               dtype=dtype)  # fmt: skip
+                               stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
+                               device=device, dtype=dtype)  # fmt: skip
         return {
             "ppl": result.unit_ppl,
             "token_ppl": result.token_ppl,
@@ -226,8 +227,8 @@ def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
         units = len(text.encode("utf-8")) if unit == "byte" else len(text)
         context = model.config.n_ctx
         r = evaluate_text(model, tokenizer, text, unit=unit, units=units, context=context,
-                          stride=_stride(options, context), batch_size=options.batch_size, device=device,
-                          dtype=dtype)  # fmt: skip
+                          stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
+                          device=device, dtype=dtype)  # fmt: skip
         key = "bits_per_byte" if unit == "byte" else "bits_per_char"
         return {key: r.bits_per_unit, "token_ppl": r.token_ppl, "nll_sum": r.nll_sum, "tokens": r.tokens,
                 f"{unit}s": r.units, "file": str(path), "window": _window(options, context)}  # fmt: skip
@@ -311,8 +312,8 @@ def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any
         context = model.config.n_ctx
         for text in texts:
             r = evaluate_text(model, tokenizer, text, unit="byte", units=len(text.encode()), context=context,
-                              stride=_stride(options, context), batch_size=options.batch_size, device=device,
-                              dtype=dtype)  # fmt: skip
+                              stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
+                              device=device, dtype=dtype)  # fmt: skip
             nll, tokens, n_bytes = nll + r.nll_sum, tokens + r.tokens, n_bytes + r.units
         import math
 
