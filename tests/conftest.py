@@ -14,6 +14,7 @@ from gpt2cli.artifacts import Store
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.cli import main
+from gpt2cli.model import GPT, GPTConfig
 
 TESTS = Path(__file__).parent
 # Real public data (GPT-2's tokenizer files, WikiText, PTB, LAMBADA, Reddit dumps): ../shared/data from the
@@ -136,3 +137,25 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_gpt(vocab_size: int, n_ctx: int, seed: int = 0) -> GPT:
+    """A seeded 2-layer random model: enough to compare a scorer or decoder with a plain computation."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=n_ctx, vocab_size=vocab_size)).eval()
+
+
+def greedy_first_line(model: GPT, tokenizer: Tokenizer, prompt: str, n_ctx: int, max_new: int) -> tuple[str, bool]:
+    """Greedy argmax over full forward passes (no cache), until a newline or <|endoftext|>: the first line of
+    the continuation, stripped, and whether a newline ended it. The plain reference for generation tasks."""
+    ids = tokenizer.encode(prompt)[-(n_ctx - max_new) :]
+    new: list[int] = []
+    for _ in range(max_new):
+        with torch.no_grad():
+            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
+        if token == tokenizer.eot_id:
+            break
+        new.append(token)
+        if "\n" in tokenizer.decode(new):
+            return tokenizer.decode(new).split("\n")[0].strip(), True
+    return tokenizer.decode(new).split("\n")[0].strip(), False

@@ -15,7 +15,8 @@ from gpt2cli.eval.generation import (
     generate_continuations,
     normalize_answer,
 )
-from gpt2cli.model import GPT, GPTConfig
+from gpt2cli.model import GPT
+from tests.conftest import tiny_gpt
 
 N_CTX = 48
 
@@ -25,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Tokenizer) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=N_CTX, vocab_size=tokenizer.vocab_size)).eval()
+    return tiny_gpt(tokenizer.vocab_size, N_CTX)
 
 
 @pytest.fixture(scope="module")

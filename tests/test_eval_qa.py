@@ -23,7 +23,7 @@ from gpt2cli.eval.qa import (
     read_nq_open,
 )
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import shared_data
+from tests.conftest import greedy_first_line, shared_data
 
 N_CTX = 128
 MAX_NEW = 6
@@ -51,18 +51,10 @@ NEWLINE_STOPS: list[str] = []  # prompts whose plain answer ended at a newline
 
 def plain_answer(model: GPT, tokenizer: Tokenizer, prompt: str) -> str:
     """Greedy argmax over full forward passes until a newline or <|endoftext|>; the first line, stripped."""
-    ids = tokenizer.encode(prompt)[-(N_CTX - MAX_NEW) :]
-    new: list[int] = []
-    for _ in range(MAX_NEW):
-        with torch.no_grad():
-            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
-        if token == tokenizer.eot_id:
-            break
-        new.append(token)
-        if "\n" in tokenizer.decode(new):
-            NEWLINE_STOPS.append(prompt)
-            break
-    return tokenizer.decode(new).split("\n")[0].strip()
+    answer, newline = greedy_first_line(model, tokenizer, prompt, N_CTX, MAX_NEW)
+    if newline:
+        NEWLINE_STOPS.append(prompt)
+    return answer
 
 
 # -- NQ-open -----------------------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.generation import first_sentences, generate_continuations
 from gpt2cli.eval.summarize import Article, evaluate_cnn_dm, read_cnn_dm, rouge_scores, summary_prompt
-from gpt2cli.model import GPT, GPTConfig
+from gpt2cli.model import GPT
+from tests.conftest import tiny_gpt
 
 N_CTX = 96
 NEW = 20
@@ -22,8 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Tokenizer) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=N_CTX, vocab_size=tokenizer.vocab_size)).eval()
+    return tiny_gpt(tokenizer.vocab_size, N_CTX)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from gpt2cli.eval.translate import (
     translation_shots,
 )
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, greedy_first_line
 
 N_CTX = 128
 MAX_NEW = 8
@@ -122,17 +122,7 @@ def test_corpus_bleu():
 
 
 def plain_translation(model: GPT, tokenizer: Tokenizer, prompt: str) -> str:
-    ids = tokenizer.encode(prompt)[-(N_CTX - MAX_NEW) :]
-    new: list[int] = []
-    for _ in range(MAX_NEW):
-        with torch.no_grad():
-            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
-        if token == tokenizer.eot_id:
-            break
-        new.append(token)
-        if "\n" in tokenizer.decode(new):
-            break
-    return tokenizer.decode(new).split("\n")[0].strip()
+    return greedy_first_line(model, tokenizer, prompt, N_CTX, MAX_NEW)[0]
 
 
 @pytest.mark.parametrize("direction", ["en-fr", "fr-en"])

@@ -19,8 +19,8 @@ from gpt2cli.eval.lambada import (
     read_lambada,
     split_last_word,
 )
-from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import shared_data
+from gpt2cli.model import GPT
+from tests.conftest import shared_data, tiny_gpt
 
 N_CTX = 64
 
@@ -40,8 +40,7 @@ class StopBiased(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Tokenizer) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=N_CTX, vocab_size=tokenizer.vocab_size)).eval()
+    return tiny_gpt(tokenizer.vocab_size, N_CTX)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.winograd import WSC273, WSCSchema, adapt_answer, evaluate_wsc, read_wsc, wsc_texts
 from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import SAMPLE, shared_data
+from tests.conftest import SAMPLE, shared_data, tiny_gpt
 
 N_CTX = 64
 
@@ -68,8 +68,7 @@ def tokenizer() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Tokenizer) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=N_CTX, vocab_size=tokenizer.vocab_size)).eval()
+    return tiny_gpt(tokenizer.vocab_size, N_CTX)
 
 
 @pytest.fixture
