@@ -9,7 +9,7 @@ Tasks, both sides on the same documents (the first ``--limit`` of each; lm-eval'
   ``ppl`` and ``accuracy``, which are the same quantities.
 * wikitext: the WikiText-2 raw test file cut into 62 articles the way EleutherAI/wikitext_document_level does,
   each de-tokenized by lm-eval's ``wikitext_detokenizer``. lm-eval runs ``wikitext_local`` (its ``wikitext`` task
-  reading the local file): `loglikelihood_rolling` per article. Ours: `evaluate_text` per article (the same text,
+  reading the local file): `loglikelihood_rolling` per article. Ours: `evaluate_texts` over the articles (the same text,
   ``<|endoftext|>`` in front, ``stride == context`` with ``align_last``: lm-eval's windows, see below).
   Both sides' per-article NLL are turned
   into lm-eval's metrics with lm-eval's own counts (``process_results``: words = ``len(re.split(r"\\s+", page))``,
@@ -127,18 +127,17 @@ def ours_wikitext(model_dir: Path, path: Path, limit: int | None, batch_size: in
     from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
     from gpt2cli.bpe.tokenizer import Tokenizer
-    from gpt2cli.eval.lm import evaluate_text
+    from gpt2cli.eval.lm import evaluate_texts
     from gpt2cli.model import GPT
 
     model, tokenizer = GPT.load(model_dir).eval(), Tokenizer.load(model_dir)
     pages = wikitext_pages(path.read_text(encoding="utf-8"))[:limit]
     context = model.config.n_ctx
-    per_doc = []
-    for page in pages:
-        text = wikitext_detokenizer({"page": page})
-        r = evaluate_text(model, tokenizer, text, unit="byte", units=len(page.encode()), context=context,
-                          stride=context, align_last=True, batch_size=batch_size, dtype=torch.float32)  # fmt: skip
-        per_doc.append((r.nll_sum, r.tokens))
+    texts = [wikitext_detokenizer({"page": page}) for page in pages]
+    results = evaluate_texts(model, tokenizer, texts, unit="byte", units=[len(p.encode()) for p in pages],
+                             context=context, stride=context, align_last=True, batch_size=batch_size,
+                             dtype=torch.float32)  # fmt: skip
+    per_doc = [(r.nll_sum, r.tokens) for r in results]
     return {"pages": pages, "per_doc": per_doc, **wikitext_metrics(pages, [nll for nll, _ in per_doc])}
 
 

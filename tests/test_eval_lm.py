@@ -11,7 +11,15 @@ from torch.nn import functional as F
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import UsageError
 from gpt2cli.eval.detokenize import ptb_detokenize, split_wikitext_articles, wikitext_detokenize
-from gpt2cli.eval.lm import LMResult, count_units, evaluate_text, score_tokens, sliding_windows
+from gpt2cli.eval.lm import (
+    LMResult,
+    count_units,
+    evaluate_text,
+    evaluate_texts,
+    score_documents,
+    score_tokens,
+    sliding_windows,
+)
 from gpt2cli.model import GPT, GPTConfig
 from tests.conftest import shared_data
 
@@ -181,6 +189,35 @@ def test_evaluate_text_scores_every_token_after_eot() -> None:
         evaluate_text(model, tok, text, unit="word", context=16)  # words of the original must be given
     with pytest.raises(UsageError):
         evaluate_text(model, tok, text, unit="sentence", units=3, context=16)
+
+
+@pytest.mark.parametrize("align_last", [False, True])
+def test_documents_share_batches_without_changing_their_scores(tiny: GPT, ids: list[int], align_last: bool) -> None:
+    documents = [ids, ids[:7], ids[3:40], ids[:1], ids[5:22]]
+    for context, stride in [(16, 16), (16, 5)]:
+        alone = [score_tokens(tiny, d, context=context, stride=stride, batch_size=1, align_last=align_last)
+                 for d in documents]  # fmt: skip
+        together = score_documents(tiny, documents, context=context, stride=stride, batch_size=4,
+                                   align_last=align_last)  # fmt: skip
+        assert [n for _, n in together] == [n for _, n in alone] == [max(len(d) - 1, 0) for d in documents]
+        for (nll, _), (ref, _) in zip(together, alone, strict=True):
+            assert nll == pytest.approx(ref, abs=1e-4)
+
+
+def test_evaluate_texts_equals_one_text_at_a_time() -> None:
+    tok = Tokenizer.from_merges([])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, n_ctx=16, vocab_size=tok.vocab_size)).eval()
+    texts = ["first text, a little longer than one window of sixteen bytes", "x", "third\nand last"]
+    results = evaluate_texts(model, tok, texts, unit="byte", context=16, stride=8, batch_size=3)
+    for text, result in zip(texts, results, strict=True):
+        alone = evaluate_text(model, tok, text, unit="byte", context=16, stride=8)
+        assert (result.tokens, result.units) == (alone.tokens, alone.units) == (len(text.encode()), len(text.encode()))
+        assert result.nll_sum == pytest.approx(alone.nll_sum, abs=1e-4)
+    with_units = evaluate_texts(model, tok, texts, unit="word", units=[11, 1, 3], context=16)
+    assert [r.units for r in with_units] == [11, 1, 3]
+    with pytest.raises(UsageError, match="2 unit counts for 3 texts"):
+        evaluate_texts(model, tok, texts, unit="word", units=[1, 2], context=16)
 
 
 def test_lm_result_properties() -> None:

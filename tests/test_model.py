@@ -170,3 +170,46 @@ def test_linear_cross_entropy_under_bf16_autocast():
     fused.backward()
     assert fused.dtype == torch.float32 and h.grad.dtype == h.dtype and weight.grad.dtype == weight.dtype
     torch.testing.assert_close(fused, reference, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 300, 1000])
+def test_token_nll_equals_per_token_cross_entropy(rows: int):
+    from gpt2cli.model import token_nll
+
+    torch.manual_seed(rows)
+    h, weight = torch.randn(rows, 16), torch.randn(70_000, 16) * 0.5  # several chunks of rows at this vocabulary
+    targets = torch.randint(0, 70_000, (rows,))
+    targets[::3] = -1  # not scored
+    with torch.no_grad():
+        nll = token_nll(h, weight, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll_bf16 = token_nll(h, weight, targets)
+    reference = F.cross_entropy(h @ weight.t(), targets, reduction="none", ignore_index=-1)
+    torch.testing.assert_close(nll, reference)
+    assert nll.dtype == nll_bf16.dtype == torch.float32 and (nll[::3] == 0).all() and (nll_bf16[::3] == 0).all()
+    torch.testing.assert_close(nll_bf16, reference, rtol=2e-2, atol=5e-2)
+    with pytest.raises(UsageError, match="no_grad"):
+        token_nll(h.requires_grad_(), weight, targets)
+
+
+def test_model_per_token_nll_matches_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100, pad_vocab_multiple=64))
+    idx, targets = torch.randint(0, 100, (3, 16)), torch.randint(-1, 100, (3, 16))
+    with torch.no_grad():
+        nll = model(idx, targets=targets, reduction="none")
+        reference = F.cross_entropy(model(idx).transpose(1, 2), targets, reduction="none", ignore_index=-1)
+    assert nll.shape == (3, 16)
+    torch.testing.assert_close(nll, reference)
+    with pytest.raises(UsageError, match="reduction"):
+        model(idx, targets=targets, reduction="sum")
+
+
+def test_inference_gelu_equals_the_fused_op():
+    from gpt2cli.model import gelu
+
+    x = torch.linspace(-12, 12, 100_001)
+    with torch.no_grad():
+        fast = gelu(x)
+    torch.testing.assert_close(fast, F.gelu(x, approximate="tanh"), rtol=1e-6, atol=1e-6)
+    assert gelu(x.requires_grad_()).requires_grad  # with autograd: the fused op, which has a gradient

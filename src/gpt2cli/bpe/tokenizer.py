@@ -371,6 +371,8 @@ class Tokenizer:
         rather than one at a time, which keeps the hand-off cost off short documents.
         """
         threads = num_threads or os.cpu_count() or 1
+        if len(texts) == 1:  # one long text is cut into pieces, as encode() does
+            return [self._encode_ordinary(texts[0], threads)]
         sizes = [len(t) for t in texts]
         if self._engine is None or threads == 1 or sum(sizes) < _PARALLEL_CHARS:
             return [self._encode_ordinary(t, 1) for t in texts]

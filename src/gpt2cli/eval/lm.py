@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from gpt2cli.errors import UsageError
 
@@ -104,6 +103,60 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def score_documents(
+    model: torch.nn.Module,
+    documents: Sequence[Sequence[int]],
+    *,
+    context: int,
+    stride: int,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    align_last: bool = False,
+) -> list[tuple[float, int]]:
+    """Per document: total NLL in nats of predicting ``ids[1:]`` under the window rule, and the number of
+    tokens scored.
+
+    The windows of all documents are batched together, longest first, so a document's last, short window
+    shares a forward pass with other documents' windows instead of running in a half-empty batch. A short
+    window is right-padded, which cannot change any scored logit under causal attention (padded positions
+    are never scored). ``dtype`` bfloat16/float16 runs the model under autocast; the log-softmax is always
+    taken in float32 and the sums kept in float64.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    n_ctx = getattr(getattr(model, "config", None), "n_ctx", None)
+    if n_ctx is not None and context > n_ctx:
+        raise UsageError(f"context {context} is longer than the model's ({n_ctx})")
+    windows = [
+        (doc, *w) for doc, ids in enumerate(documents) for w in sliding_windows(len(ids), context, stride, align_last)
+    ]
+    windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # stable: equal widths keep the documents' order
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    streams = [torch.tensor(list(ids), dtype=torch.long) for ids in documents]
+    totals = [0.0] * len(documents)
+    scored = [len(ids) - 1 if len(ids) > 1 else 0 for ids in documents]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(windows), batch_size):
+                batch = windows[i : i + batch_size]
+                width = batch[0][2] - batch[0][1]
+                x = torch.zeros(len(batch), width, dtype=torch.long)
+                y = torch.full((len(batch), width), -1, dtype=torch.long)  # -1: not scored by this window
+                for row, (doc, begin, end, first) in enumerate(batch):
+                    x[row, : end - begin] = streams[doc][begin:end]
+                    y[row, first - begin : end - begin] = streams[doc][first + 1 : end + 1]
+                with _autocast(dev, dtype):
+                    nll = model(x.to(dev), targets=y.to(dev), reduction="none")
+                for (doc, *_), row_nll in zip(batch, nll.double().sum(dim=1).tolist(), strict=True):
+                    totals[doc] += row_nll
+    finally:
+        model.train(was_training)
+    return list(zip(totals, scored, strict=True))
+
+
 def score_tokens(
     model: torch.nn.Module,
     ids: Sequence[int],
@@ -115,41 +168,48 @@ def score_tokens(
     dtype: torch.dtype | None = None,
     align_last: bool = False,
 ) -> tuple[float, int]:
-    """Total NLL in nats of predicting ``ids[1:]`` under the window rule, and the number of tokens scored.
+    """``score_documents`` for one token stream."""
+    return score_documents(model, [ids], context=context, stride=stride, batch_size=batch_size, device=device,
+                           dtype=dtype, align_last=align_last)[0]  # fmt: skip
 
-    Windows are batched; a short last window is right-padded, which cannot change any scored logit under
-    causal attention (the padded positions are never scored). ``dtype`` bfloat16/float16 runs the model
-    under autocast; the log-softmax is always taken in float32 and the sum kept in float64.
+
+def evaluate_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    unit: str,
+    units: Sequence[int] | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    align_last: bool = False,
+) -> list[LMResult]:
+    """Score each text as one document (``<|endoftext|>`` + its tokens) and normalise per canonical unit.
+
+    ``units[i]`` is the count of text i's ORIGINAL dataset (``count_units(original, unit)``) when the text
+    was de-tokenized; it is required for words, whose count the de-tokenized text no longer shows. Without
+    it, bytes and characters are counted in the text and tokens are the tokens scored. ``context`` defaults
+    to the model's, ``stride`` to ``context`` (disjoint windows). The windows of all texts share batches.
     """
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    n_ctx = getattr(getattr(model, "config", None), "n_ctx", None)
-    if n_ctx is not None and context > n_ctx:
-        raise UsageError(f"context {context} is longer than the model's ({n_ctx})")
-    windows = sliding_windows(len(ids), context, stride, align_last)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    stream = torch.tensor(list(ids), dtype=torch.long)
-    total, scored = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(windows), batch_size):
-                batch = windows[i : i + batch_size]
-                width = max(end - begin for begin, end, _ in batch)
-                x = torch.zeros(len(batch), width, dtype=torch.long)
-                for row, (begin, end, _) in enumerate(batch):
-                    x[row, : end - begin] = stream[begin:end]
-                with _autocast(dev, dtype):
-                    logits = model(x.to(dev))
-                for row, (begin, end, first) in enumerate(batch):
-                    pred = logits[row, first - begin : end - begin].float()
-                    target = stream[first + 1 : end + 1].to(dev)
-                    total += F.cross_entropy(pred, target, reduction="sum").item()
-                    scored += end - first
-    finally:
-        model.train(was_training)
-    return total, scored
+    if unit not in UNITS:
+        raise UsageError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
+    if units is None and unit == "word":
+        raise UsageError("word units must be counted on the original tokenized text: pass units=")
+    if units is not None and len(units) != len(texts):
+        raise UsageError(f"{len(units)} unit counts for {len(texts)} texts")
+    if context is None:
+        context = model.config.n_ctx
+    documents = [[tokenizer.eot_id, *ids] for ids in tokenizer.encode_batch(texts)]
+    scores = score_documents(model, documents, context=context, stride=stride or context, batch_size=batch_size,
+                             device=device, dtype=dtype, align_last=align_last)  # fmt: skip
+    results = []
+    for i, (nll, tokens) in enumerate(scores):
+        n = units[i] if units is not None else tokens if unit == "token" else count_units(texts[i], unit)
+        results.append(LMResult(nll_sum=nll, tokens=tokens, units=n, unit=unit))
+    return results
 
 
 def evaluate_text(
@@ -166,22 +226,7 @@ def evaluate_text(
     dtype: torch.dtype | None = None,
     align_last: bool = False,
 ) -> LMResult:
-    """Score ``text`` as one document (``<|endoftext|>`` + its tokens) and normalise per canonical unit.
-
-    ``units`` is the count of the ORIGINAL dataset (``count_units(original, unit)``) when ``text`` was
-    de-tokenized; it is required for words, whose count the de-tokenized text no longer shows. Without it,
-    bytes and characters are counted in ``text`` and tokens are the tokens scored. ``context`` defaults to
-    the model's, ``stride`` to ``context`` (disjoint windows).
-    """
-    if unit not in UNITS:
-        raise UsageError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
-    if context is None:
-        context = model.config.n_ctx
-    ids = [tokenizer.eot_id, *tokenizer.encode(text)]
-    nll, tokens = score_tokens(model, ids, context=context, stride=stride or context, batch_size=batch_size,
-                               device=device, dtype=dtype, align_last=align_last)  # fmt: skip
-    if units is None:
-        if unit == "word":
-            raise UsageError("word units must be counted on the original tokenized text: pass units=")
-        units = tokens if unit == "token" else count_units(text, unit)
-    return LMResult(nll_sum=nll, tokens=tokens, units=units, unit=unit)
+    """``evaluate_texts`` for one text (``units``: its count, as there)."""
+    return evaluate_texts(model, tokenizer, [text], unit=unit, units=None if units is None else [units],
+                          context=context, stride=stride, batch_size=batch_size, device=device, dtype=dtype,
+                          align_last=align_last)[0]  # fmt: skip

@@ -300,7 +300,7 @@ def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[st
 
 
 def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any]]:
-    from gpt2cli.eval.lm import evaluate_text
+    from gpt2cli.eval.lm import evaluate_texts
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
@@ -308,13 +308,11 @@ def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any
         texts = _webtext_texts(store, corpus, options.limit)
         if not texts:
             raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
-        nll = tokens = n_bytes = 0.0
         context = model.config.n_ctx
-        for text in texts:
-            r = evaluate_text(model, tokenizer, text, unit="byte", units=len(text.encode()), context=context,
-                              stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
-                              device=device, dtype=dtype)  # fmt: skip
-            nll, tokens, n_bytes = nll + r.nll_sum, tokens + r.tokens, n_bytes + r.units
+        results = evaluate_texts(model, tokenizer, texts, unit="byte", context=context,
+                                 stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
+                                 device=device, dtype=dtype)  # fmt: skip
+        nll, tokens, n_bytes = (sum(getattr(r, key) for r in results) for key in ("nll_sum", "tokens", "units"))
         import math
 
         return {
