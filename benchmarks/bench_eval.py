@@ -252,7 +252,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", choices=list(LM_EVAL_TASK), default=list(LM_EVAL_TASK))
     parser.add_argument("--limit", type=int, default=1000, help="first N passages/articles per task; 0 = all")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass, both sides")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per task and side; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per task and side; the best counts")
     parser.add_argument("--no-details", action="store_true", help="skip the untimed per-document comparison")
     args = parser.parse_args()
     limit = args.limit or None
@@ -283,22 +283,27 @@ def main() -> None:
 
         runners = {"lambada": ours_lambada, "wikitext": ours_wikitext}
         results: dict[str, tuple[dict[str, Any], float, dict[str, Any], float]] = {}
+        runs: dict[str, list[tuple[float, float]]] = {}
         for task in args.tasks:
-            ours_s = theirs_s = math.inf
+            runs[task] = []
             for _ in range(args.repeats):  # the sides alternate, so a burst of other work hits both alike
-                ours, seconds = timed(lambda task=task: runners[task](model_dir, files[task], limit, args.batch_size))
-                ours_s = min(ours_s, seconds)
-                theirs, seconds = timed(
+                ours, ours_s = timed(lambda task=task: runners[task](model_dir, files[task], limit, args.batch_size))
+                theirs, theirs_s = timed(
                     lambda task=task: run_lm_eval(task_manager, model_dir, LM_EVAL_TASK[task], limit, args.batch_size)
                 )
-                theirs_s = min(theirs_s, seconds)
-            results[task] = (ours, ours_s, theirs, theirs_s)
+                runs[task].append((ours_s, theirs_s))
+            results[task] = (ours, min(o for o, _ in runs[task]), theirs, min(t for _, t in runs[task]))
 
         print(f"\nwall time, seconds, best of {args.repeats} (lm-eval's task index, built once: {index_s:.2f} s, "
               "not included)")  # fmt: skip
         print(f"{'task':<10}{'docs':>6}{'ours':>10}{'lm-eval':>10}{'lm-eval/ours':>14}")
         for task, (_, ours_s, theirs, theirs_s) in results.items():
             print(f"{task:<10}{len(theirs['samples']):>6}{ours_s:>10.2f}{theirs_s:>10.2f}{theirs_s / ours_s:>14.2f}")
+        for task, pairs in runs.items():  # the machine's speed drifts: each repeat's pair, run back to back
+            ratios = sorted(t / o for o, t in pairs)
+            each = ", ".join(f"({o:.2f}, {t:.2f})" for o, t in pairs)
+            print(f"  {task} repeats (ours s, lm-eval s): {each}; lm-eval/ours per repeat: median "
+                  f"{ratios[len(ratios) // 2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}")  # fmt: skip
         print()
         rows = []
         for task, (ours, _, theirs, _) in results.items():

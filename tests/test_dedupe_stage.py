@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -78,6 +79,29 @@ def test_incremental_equals_full_recompute(home: Path, tmp_path: Path):
 
     assert key(corpus_rows(home)) == key(corpus_rows(full_home))
     assert len(corpus_rows(home)) > len(corpus_rows(home, "corpus@v1"))  # January's documents were added
+
+
+def test_incremental_re_signs_a_corpus_made_with_other_permutations(tmp_path: Path):
+    """A corpus from a release with another HASH_VERSION: its saved signatures are re-made from its saved
+    shingles, so a near duplicate arriving later is still found (its Jaccard to the old document is ~0.8)."""
+    texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))][:6]
+    first, later = tmp_path / "first.jsonl", tmp_path / "later.jsonl"
+    first.write_text("".join(json.dumps({"text": t, "url": f"https://a{i}.example/x"}) + "\n"
+                             for i, t in enumerate(texts)))  # fmt: skip
+    words = texts[2].split()
+    words[len(words) // 2] = "zebra"  # one word changed: the 5-grams around it differ
+    later.write_text(json.dumps({"text": " ".join(words), "url": "https://b.example/copy"}) + "\n")
+    home = tmp_path / "home"
+    assert run_cli(home, "dedupe", "--input", str(first), "--language", "any").returncode == 0
+    state = Store(home).resolve("corpus@v1").path / "dedupe-state"
+    screen = json.loads((state / "screen.json").read_text())
+    (state / "screen.json").write_text(json.dumps({**screen, "hash_version": 1}))
+    old = np.load(state / "signatures.npy")
+    np.save(state / "signatures.npy", np.random.default_rng(0).integers(0, 2**32, old.shape, dtype=np.uint32))
+    result = run_cli(home, "dedupe", "--input", str(later), "--incremental", "--language", "any", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"]["removed_near_duplicates"] == 1
+    assert "https://b.example/copy" not in {r["url"] for r in corpus_rows(home)}
 
 
 def test_input_files_planted_duplicates_and_bad_records(gpt2, tmp_path: Path, home: Path):

@@ -31,6 +31,7 @@ from gpt2cli.console import progress
 from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
 from gpt2cli.dedupe.filters import QualityConfig, language_reason, length_reason, quality_reason, wikipedia_reason
 from gpt2cli.dedupe.minhash import (
+    HASH_VERSION,
     LSHIndex,
     MinHasher,
     UnionFind,
@@ -413,6 +414,7 @@ class _StateWriter:
         sigs = np.stack(self.signatures) if n else np.zeros((0, self.num_perm), np.uint32)
         np.save(self.directory / "signatures.npy", sigs)
         np.save(self.directory / "edges.npy", np.asarray(edges, np.int64).reshape(-1, 2))
+        screen = {**screen, "hash_version": HASH_VERSION}  # which permutations made signatures.npy
         (self.directory / "screen.json").write_text(json.dumps(screen, ensure_ascii=False, default=str))
 
 
@@ -451,7 +453,10 @@ def _open_state(directory: Path, what: str) -> _State:
     ]
     edges = [tuple(e) for e in np.load(directory / "edges.npy").tolist()]
     screen = json.loads((directory / "screen.json").read_text())
-    return _State(directory, docs, np.load(directory / "signatures.npy"), edges, screen)  # type: ignore[arg-type]
+    signatures = np.load(directory / "signatures.npy")
+    if screen.get("hash_version", 1) != HASH_VERSION:  # made by an older release: re-sign the saved shingles
+        signatures = MinHasher(signatures.shape[1]).signatures_csr(values, offsets)
+    return _State(directory, docs, signatures, edges, screen)  # type: ignore[arg-type]
 
 
 # -- screening: the per-document steps, streamed ------------------------------------------------------------
