@@ -213,3 +213,22 @@ def test_inference_gelu_equals_the_fused_op():
         fast = gelu(x)
     torch.testing.assert_close(fast, F.gelu(x, approximate="tanh"), rtol=1e-6, atol=1e-6)
     assert gelu(x.requires_grad_()).requires_grad  # with autograd: the fused op, which has a gradient
+
+
+def test_linear_cross_entropy_when_the_target_probability_underflows():
+    from gpt2cli.model import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = (torch.randn(50, 16) * 100).requires_grad_()  # logits hundreds apart: p(target) < 1e-38 for most rows
+    weight = torch.randn(300, 16).requires_grad_()
+    targets = torch.randint(0, 300, (50,))
+    fused = linear_cross_entropy(h, weight, targets)
+    reference = F.cross_entropy(h @ weight.t(), targets)
+    assert reference.item() > 200 and torch.isfinite(fused)
+    torch.testing.assert_close(fused, reference)
+    fused.backward()
+    grads = h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    reference.backward()
+    torch.testing.assert_close(grads[0], h.grad)
+    torch.testing.assert_close(grads[1], weight.grad)

@@ -408,38 +408,58 @@ class GPT(nn.Module):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ weight.T`` against ``targets``, chunk by chunk of rows.
+    """Mean cross-entropy of ``h @ weight.T`` against ``targets``, a chunk of rows at a time.
 
-    The logits of a GPT-2 batch are the largest tensor of a training step (batch x time x 50,257);
-    computing them a few rows at a time, with their gradient right away, keeps them in cache instead
-    of writing and re-reading them from memory several times. Same result as F.cross_entropy.
+    The logits of a GPT-2 batch are the largest tensor of a training step (batch x time x 50,257). Each
+    chunk's logits (~64 MB) go into one buffer reused by every chunk, become the softmax in place, and
+    their gradient is taken right away: nothing vocabulary-wide is ever allocated per chunk (on the CPU a
+    fresh 100 MB tensor costs more in page faults than the softmax itself) or held whole. The weight
+    gradient is accumulated inside the GEMM (float32) or through one reused low-precision buffer.
+    Same result as F.cross_entropy.
     """
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         n, vocab = h.size(0), weight.size(0)
-        chunk = max(16, (16 << 20) // (4 * vocab))  # about 16 MB of float32 logits at a time
+        rows = max(16, min(n, (64 << 20) // (4 * vocab)))  # about 64 MB of float32 logits at a time
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         device = h.device.type
         # under autocast, cast the operands once here rather than once per chunk inside each matmul
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        low = dtype != torch.float32
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         with torch.autocast(device, enabled=False):
             w, hc = weight.to(dtype), h.to(dtype)
-            for start in range(0, n, chunk):
-                hs, ts = hc[start : start + chunk], targets[start : start + chunk]
-                log_probs = torch.log_softmax((hs @ w.t()).float(), dim=-1)
-                total -= log_probs.gather(1, ts[:, None]).sum().double()
-                if need_grad:
-                    g = log_probs.exp_()  # softmax
-                    g[torch.arange(len(ts), device=g.device), ts] -= 1.0
-                    g = g.div_(n).to(dtype)
-                    grad_h[start : start + chunk] = g @ w  # type: ignore[index]
-                    grad_w += (g.t() @ hs).float()  # type: ignore[operator]
+            logits_buffer = torch.empty(rows, vocab, dtype=torch.float32, device=h.device)
+            low_buffer = torch.empty(rows, vocab, dtype=dtype, device=h.device) if low else None
+            grad_w_low = torch.empty(weight.shape, dtype=dtype, device=h.device) if low and need_grad else None
+            grad_w_part = torch.empty_like(grad_w) if low and need_grad else None  # type: ignore[arg-type]
+            for start in range(0, n, rows):
+                hs, ts = hc[start : start + rows], targets[start : start + rows]
+                r = len(hs)
+                if low_buffer is not None:  # the GEMM in low precision, the softmax in float32
+                    x = logits_buffer[:r].copy_(torch.mm(hs, w.t(), out=low_buffer[:r]))
+                else:
+                    x = torch.mm(hs, w.t(), out=logits_buffer[:r])
+                picked = x.gather(1, ts[:, None])
+                peak = x.amax(dim=-1, keepdim=True)
+                sums = x.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # x is now exp(logits - peak)
+                total += (peak + sums.log() - picked).sum(dtype=torch.float64)  # log-sum-exp - target logit
+                if not need_grad:
+                    continue
+                x.div_(sums)[torch.arange(r, device=x.device), ts] -= 1.0  # softmax - one-hot: d loss / d logits * n
+                if low_buffer is not None:
+                    g = low_buffer[:r].copy_(x)
+                    grad_h[start : start + r] = g @ w  # type: ignore[index]
+                    # cast, then add: a mixed-precision add_ is several times slower on the CPU
+                    grad_w.add_(grad_w_part.copy_(torch.mm(g.t(), hs, out=grad_w_low)))  # type: ignore[union-attr]
+                else:
+                    torch.mm(x, w, out=grad_h[start : start + r])  # type: ignore[index]
+                    grad_w.addmm_(x.t(), hs)  # type: ignore[union-attr]  # accumulated inside the GEMM
         if need_grad:
-            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))  # type: ignore[union-attr]
+            ctx.save_for_backward(grad_h.div_(n), grad_w.div_(n).to(weight.dtype))  # type: ignore[union-attr]
         return (total / n).float()
 
     @staticmethod
