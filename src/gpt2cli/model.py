@@ -122,9 +122,8 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     """
     if torch.is_grad_enabled() or x.device.type != "cpu":
         return F.gelu(x, approximate="tanh")
-    u = x * x
-    u.mul_(2 * _GELU_K * 0.044715).add_(2 * _GELU_K).mul_(x).sigmoid_()
-    return u.mul_(x)
+    u = torch.addcmul(x.new_tensor(2 * _GELU_K), x, x, value=2 * _GELU_K * 0.044715)  # 2u / x, in one pass
+    return u.mul_(x).sigmoid_().mul_(x)
 
 
 _GELU_K = math.sqrt(2 / math.pi)
