@@ -96,12 +96,16 @@ def main() -> None:
                     torch.cuda.synchronize()
                 if i >= args.warmup:
                     timings[key].append(time.perf_counter() - started)
-        rates = {k: tokens / (sum(v) / len(v)) for k, v in timings.items()}
+        # the median step: this machine's speed drifts in bursts of a few seconds, which a mean over a few
+        # multi-second steps absorbs unevenly between the two sides
+        rates = {k: tokens / sorted(v)[len(v) // 2] for k, v in timings.items()}
         print(f"\n{name}: matmul peak measured {peak / 1e12:.2f} TFLOP/s")
         print(f"{'model':<14}{'tokens/s':>12}{'s/step':>10}{'MFU':>8}")
         for key, rate in rates.items():
             print(f"{key:<14}{rate:>12,.0f}{tokens / rate:>10.3f}{flops * rate / peak:>8.1%}")
-        print(f"ratio gpt2cli / transformers: {rates['gpt2cli'] / rates['transformers']:.2f}x")
+        each = " ".join(f"{t / o:.2f}" for o, t in zip(timings["gpt2cli"], timings["transformers"], strict=True))
+        print(f"ratio gpt2cli / transformers: {rates['gpt2cli'] / rates['transformers']:.2f}x (median step); "
+              f"per-step ratios {each}")  # fmt: skip
 
 
 if __name__ == "__main__":
