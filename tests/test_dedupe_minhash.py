@@ -105,16 +105,21 @@ def test_shingles_normalize_words_and_handle_short_and_empty_texts() -> None:
     assert np.array_equal(values[12:], s)
 
 
+MASK64 = (1 << 64) - 1
+
+
+def fmix(h: int) -> int:
+    """MurmurHash3's fmix64 in plain Python integers."""
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & MASK64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & MASK64
+    return h ^ (h >> 33)
+
+
 def _reference_shingle(words: list[str]) -> int:
     """The documented definition in plain Python integers."""
-    mask = (1 << 64) - 1
-
-    def fmix(h: int) -> int:
-        h ^= h >> 33
-        h = (h * 0xFF51AFD7ED558CCD) & mask
-        h ^= h >> 33
-        h = (h * 0xC4CEB9FE1A85EC53) & mask
-        return h ^ (h >> 33)
+    mask = MASK64
 
     acc = 0
     for i, w in enumerate(words):
@@ -157,14 +162,7 @@ def test_signatures_are_the_minima_of_the_documented_permutations(num_perm: int)
 
 def test_permutation_values_follow_the_documented_formula() -> None:
     """h_k(x) = (u + k v) mod 2**32 with u, v the low and high halves of fmix64(x ^ key), v odd: plain ints."""
-    mask = (1 << 64) - 1
-
-    def fmix(h: int) -> int:
-        h ^= h >> 33
-        h = (h * 0xFF51AFD7ED558CCD) & mask
-        h ^= h >> 33
-        h = (h * 0xC4CEB9FE1A85EC53) & mask
-        return h ^ (h >> 33)
+    mask = MASK64
 
     hasher = MinHasher(5, seed=9)
     xs = [0, 1, 2**63 + 12345, mask]
