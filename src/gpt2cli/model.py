@@ -443,9 +443,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     x = torch.mm(hs, w.t(), out=logits_buffer[:r])
                 picked = x.gather(1, ts[:, None])
-                peak = x.amax(dim=-1, keepdim=True)
-                sums = x.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # x is now exp(logits - peak)
-                total += (peak + sums.log() - picked).sum(dtype=torch.float64)  # log-sum-exp - target logit
+                lse, sums = _log_sum_exp_(x)  # x is now exp(logits - max)
+                total += (lse - picked).sum(dtype=torch.float64)
                 if not need_grad:
                     continue
                 x.div_(sums)[torch.arange(r, device=x.device), ts] -= 1.0  # softmax - one-hot: d loss / d logits * n
@@ -499,13 +498,18 @@ def token_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> t
             hs, ts = hc[start : start + chunk], targets[start : start + chunk]
             logits = torch.mm(hs, w.t(), out=buffer[: len(hs)])
             logits = logits if logits.dtype == torch.float32 else logits.float()
-            picked = logits.gather(1, ts[:, None])[:, 0]
-            # log-sum-exp in place in the buffer: ~20% faster on the CPU than log_softmax or logsumexp,
-            # which write a second vocabulary-wide tensor
-            peak = logits.amax(dim=-1, keepdim=True)
-            lse = logits.sub_(peak).exp_().sum(dim=-1).log_().add_(peak[:, 0])
-            nll[start : start + len(hs)] = lse - picked
+            picked = logits.gather(1, ts[:, None])
+            nll[start : start + len(hs)] = (_log_sum_exp_(logits)[0] - picked)[:, 0]
     return nll
+
+
+def _log_sum_exp_(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of float32 logits: (log-sum-exp, sum of exp(x - row max)), both (rows, 1); ``x`` becomes
+    exp(x - row max) in place. ~20% faster on the CPU than log_softmax or logsumexp, which write or
+    allocate another vocabulary-wide tensor."""
+    peak = x.amax(dim=-1, keepdim=True)
+    sums = x.sub_(peak).exp_().sum(dim=-1, keepdim=True)
+    return peak + sums.log(), sums
 
 
 def sample_next(
