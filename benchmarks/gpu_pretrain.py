@@ -2,7 +2,9 @@
 
 Runs the project's model, optimizer and step (`gpt2cli.train.loop`: AdamW on matrices, clipping) on random
 token batches for a few hundred optimizer steps and prints tokens/s and MFU against the GPU's dense bf16
-peak. Goal on an H200: at least 50% MFU.
+peak. Goal on an H200: at least 50% MFU. ``--loss fused`` (default) is what `gpt2 pretrain` runs,
+``model(x, targets=y)`` (the chunked `linear_cross_entropy`); ``--loss plain`` takes the logits and
+``F.cross_entropy``, which inductor fuses on its own: run both to see which one the GPU path should use.
 
     python benchmarks/gpu_pretrain.py                         # 124M, 16 x 1024 per micro-batch, 300 steps
     python benchmarks/gpu_pretrain.py --micro-batch 32 --steps 200 --no-compile
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing (compilation)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--loss", choices=["fused", "plain"], default="fused")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -50,7 +53,7 @@ def main() -> None:
     peak = peak_flops(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.size} ({model.num_params():,} parameters) on {name}, {dtype}, compile {not args.no_compile}, "
-          f"{tokens_per_step:,} tokens/step, peak {peak / 1e12:.0f} TFLOP/s")  # fmt: skip
+          f"loss {args.loss}, {tokens_per_step:,} tokens/step, peak {peak / 1e12:.0f} TFLOP/s")  # fmt: skip
     data = torch.randint(0, 50257, (args.accum, args.micro_batch, args.seq_len + 1), device=device)
     timings = []
     for step in range(args.steps):
@@ -60,8 +63,12 @@ def main() -> None:
         for m in range(args.accum):
             x, y = data[m, :, :-1], data[m, :, 1:]
             with autocast if dtype != torch.float32 else contextlib.nullcontext():
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)) / args.accum
+                if args.loss == "fused":
+                    loss = forward(x, targets=y) / args.accum
+                else:
+                    logits = forward(x)
+            if args.loss == "plain":
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)) / args.accum
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
