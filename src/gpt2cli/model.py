@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from gpt2cli import native
 from gpt2cli.errors import Gpt2Error, UsageError
 
 CONFIG_JSON, WEIGHTS = "config.json", "model.safetensors"
@@ -74,14 +75,21 @@ def config_for(size: str, **overrides: Any) -> GPTConfig:
     return GPTConfig(**{**SIZES[name], **{k: v for k, v in overrides.items() if v is not None}})
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose bfloat16 products of a few rows on a CPU (decoding) run on ``gpt2cli.native``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return native.linear(x, self.weight, self.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         if config.n_embd % config.n_head:
             raise UsageError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -105,8 +113,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,7 +277,7 @@ class GPT(nn.Module):
             if reduction != "mean":
                 raise UsageError(f"reduction must be 'mean' or 'none', got {reduction!r}")
             return linear_cross_entropy(x.reshape(-1, x.size(-1)), head, targets.reshape(-1))
-        return F.linear(x, head)
+        return native.linear(x, head)
 
     @torch.no_grad()
     def generate(

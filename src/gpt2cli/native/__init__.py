@@ -1,0 +1,141 @@
+"""Native CPU kernels, compiled on first use with the system's C compiler.
+
+Decoding a token reads every weight once, so sampling on a CPU runs at the speed weights stream from memory.
+PyTorch's bfloat16 matrix-vector product streams them at about half that speed (slower than its float32
+one, for half the bytes), so ``gemv_bf16.c`` does that product. It is built once per source, compiler and
+CPU with ``-march=native`` into ``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with
+ctypes; without a compiler, or with ``GPT2_NATIVE=0``, everything runs on PyTorch's kernels as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("gemv_bf16.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+# Up to this many rows (batch x new positions) the kernel beats PyTorch's bf16 linear; beyond it oneDNN's
+# matrix-matrix product (AMX where the CPU has it) wins. Measured in BENCHMARKS.md ("Generation").
+MAX_ROWS = 4
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernel could not be built or loaded; callers fall back to PyTorch."""
+
+
+def cache_root() -> Path:
+    root = os.environ.get("GPT2_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2cli"
+    return Path(root) / "native"
+
+
+def _cpu_identity() -> str:
+    """Model name and feature flags: a -march=native build must not be reused on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read(1 << 16).splitlines()
+        return "\n".join(next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags"))
+    except OSError:
+        return platform.processor()
+
+
+def build(compiler: str | None = None, cache: Path | None = None) -> Path:
+    """The compiled library's path, compiling it first when this source, compiler and CPU have none yet."""
+    cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise NativeUnavailable("no C compiler found (set CC)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NativeUnavailable(f"C compiler {cc!r} does not run: {exc}") from None
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), platform.machine(), _cpu_identity()]).encode()
+    ).hexdigest()[:16]
+    target = (cache or cache_root()) / key / "libgpt2_native.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            reason = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
+            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {reason[:300]}")
+        os.replace(partial, target)  # atomic: a concurrent or interrupted build never leaves a partial library
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot load {path}: {exc}") from None
+    fn = lib.gpt2_linear_bf16
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The kernel library for this process, or None (PyTorch's kernels are used) when it cannot be had."""
+    if os.environ.get("GPT2_NATIVE", "1") == "0":
+        return None
+    try:
+        return load(build())
+    except (NativeUnavailable, OSError) as exc:
+        log.debug("native bf16 kernel unavailable, PyTorch's is used: %s", exc)
+        return None
+
+
+def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on contiguous bfloat16 CPU tensors, by the native kernel (any number of rows)."""
+    K, N = x.size(-1), weight.size(0)
+    rows = x.reshape(-1, K).contiguous()
+    y = torch.empty(*x.shape[:-1], N, dtype=torch.bfloat16)
+    status = lib.gpt2_linear_bf16(
+        rows.data_ptr(),
+        weight.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        rows.size(0),
+        N,
+        K,
+        torch.get_num_threads(),
+    )
+    if status:
+        raise MemoryError("native bf16 linear: out of memory")
+    return y
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through the native kernel when decoding a few rows in bfloat16 on a CPU without autograd."""
+    if (
+        x.dtype is torch.bfloat16
+        and weight.dtype is torch.bfloat16
+        and x.device.type == "cpu"
+        and x.numel() <= MAX_ROWS * x.size(-1)
+        and not torch.is_grad_enabled()
+        and weight.is_contiguous()
+        and (bias is None or (bias.dtype is torch.bfloat16 and bias.is_contiguous()))
+        and not torch.compiler.is_compiling()
+        and (lib := library()) is not None
+    ):
+        return linear_bf16(lib, x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -1,0 +1,149 @@
+"""The native bfloat16 decoding kernel: PyTorch's results, built once per CPU, and never required."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gpt2cli import native
+from gpt2cli.model import GPT, GPTConfig, KVCache
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    try:
+        return native.load(native.build(cache=tmp_path_factory.mktemp("native")))
+    except native.NativeUnavailable as exc:
+        pytest.skip(f"the native kernel cannot be built on this machine: {exc}")
+
+
+def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in bfloat16 units in the last place (same-sign finite values)."""
+    return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (256, 768)])
+def test_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
+    g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
+    x = torch.randn(rows, n_in, generator=g).bfloat16()
+    w = torch.randn(n_out, n_in, generator=g).bfloat16()
+    b = torch.randn(n_out, generator=g).bfloat16()
+    for bias in (None, b):
+        got = native.linear_bf16(lib, x, w, bias)
+        exact = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+        rounded = exact.bfloat16()
+        assert got.shape == (rows, n_out) and got.dtype is torch.bfloat16
+        # float32 sums in another order may land on the other side of a rounding boundary, never further
+        same_sign = torch.sign(got.float()) == torch.sign(rounded.float())
+        assert bool((ulps_apart(got, rounded)[same_sign] <= 1).all())
+        assert bool(((got.float() - rounded.float()).abs()[~same_sign] <= 1e-3).all())
+        assert (got == rounded).float().mean() > 0.9
+
+
+def test_kernel_keeps_leading_dimensions_and_ignores_threads(lib: ctypes.CDLL) -> None:
+    x = torch.randn(2, 1, 96).bfloat16()
+    w = torch.randn(130, 96).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.linear_bf16(lib, x, w, None)
+        torch.set_num_threads(2)
+        two = native.linear_bf16(lib, x, w, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (2, 1, 130)
+    assert torch.equal(one, two)  # each output is summed by one thread, in one order
+
+
+def test_kernel_rounds_to_nearest_even_and_keeps_nan_and_inf(lib: ctypes.CDLL) -> None:
+    x = torch.tensor([[1.0, 1.0]]).bfloat16()
+    w = torch.tensor([[1.0, 2**-8], [1.0, 3 * 2**-8], [float("nan"), 0.0], [float("inf"), 0.0], [-1.0, -(2**-8)]])
+    got = native.linear_bf16(lib, x, w.bfloat16(), None)
+    # 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa, as in torch's conversion
+    expected = torch.tensor([[1.0, 1 + 2**-6, float("nan"), float("inf"), -1.0]])
+    exact = torch.tensor([[1 + 2**-8, 1 + 3 * 2**-8, -1 - 2**-8]])
+    assert torch.equal(exact.bfloat16().float(), expected[:, [0, 1, 4]])  # torch rounds these ties the same way
+    torch.testing.assert_close(got.float(), expected, equal_nan=True, rtol=0, atol=0)
+
+
+class CountingLibrary:
+    """The real library, counting the calls that reach it."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib, self.calls = lib, 0
+
+    def gpt2_linear_bf16(self, *args: object) -> int:
+        self.calls += 1
+        return self.lib.gpt2_linear_bf16(*args)
+
+
+def test_linear_uses_the_kernel_only_for_few_bf16_rows_without_autograd(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = CountingLibrary(lib)
+    monkeypatch.setattr(native, "library", lambda: counting)
+    w = torch.randn(48, 32).bfloat16()
+    few, many = torch.randn(1, native.MAX_ROWS, 32).bfloat16(), torch.randn(1, native.MAX_ROWS + 1, 32).bfloat16()
+    with torch.no_grad():
+        native.linear(few, w)
+        assert counting.calls == 1
+        native.linear(many, w)
+        native.linear(few.float(), w.float())
+        native.linear(few, w.t().contiguous().t())  # a transposed (non-contiguous) weight
+        assert counting.calls == 1
+    trained = w.clone().requires_grad_()
+    out = native.linear(few, trained)
+    assert counting.calls == 1 and out.grad_fn is not None
+
+
+def test_decoding_logits_match_pytorch(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=32, vocab_size=300, pad_vocab_multiple=1))
+    model = model.eval().bfloat16()
+    ids = torch.randint(0, 300, (2, 12))
+
+    def decode_logits() -> torch.Tensor:
+        cache = KVCache(model.config)
+        with torch.inference_mode():
+            model(ids[:, :8], cache, last_only=True)
+            return torch.cat([model(ids[:, t : t + 1], cache) for t in range(8, 12)], dim=1).float()
+
+    counting = CountingLibrary(lib)
+    monkeypatch.setattr(native, "library", lambda: counting)
+    ours = decode_logits()
+    assert counting.calls == 1 + 4 * (2 * 4 + 1)  # the prompt's last-position head, then every decoding linear
+    monkeypatch.setattr(native, "library", lambda: None)
+    theirs = decode_logits()
+    torch.testing.assert_close(ours, theirs, rtol=0.05, atol=0.05 * theirs.abs().max().item())
+
+
+def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
+    try:
+        first = native.build(cache=tmp_path)
+    except native.NativeUnavailable as exc:
+        pytest.skip(f"the native kernel cannot be built on this machine: {exc}")
+    stamp = first.stat().st_mtime_ns
+    assert native.build(cache=tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial file left behind
+
+
+def test_build_failures_are_one_line_reasons_and_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\necho 'cc version 0'\necho 'gemv_bf16.c:1: error: no such luck' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv_bf16.c failed: .*error: no such luck$"):
+        native.build(compiler=str(broken), cache=tmp_path / "cache")
+    assert not any((tmp_path / "cache").rglob("*.so*"))
+    with pytest.raises(native.NativeUnavailable, match="does not run"):
+        native.build(compiler=str(tmp_path / "no-such-cc"), cache=tmp_path / "cache")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("GPT2_CACHE", str(tmp_path / "cache"))
+    assert native.library.__wrapped__() is None  # PyTorch's kernels then do the work
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("GPT2_NATIVE", "0")
+    assert native.library.__wrapped__() is None
