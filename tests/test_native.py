@@ -13,10 +13,17 @@ from gpt2cli import native
 from gpt2cli.model import GPT, GPTConfig, KVCache
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+@pytest.fixture(scope="module", params=["native", "portable"])
+def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The build for this CPU, and the portable vector-extension code that CPUs without AVX512-BF16 run."""
+    flags = native.FLAGS
+    if request.param == "portable":
+        cpuinfo = Path("/proc/cpuinfo")
+        if not cpuinfo.exists() or "avx512_bf16" not in cpuinfo.read_text():
+            pytest.skip("this CPU has no AVX512-BF16: its native build already is the portable code")
+        flags = (*native.FLAGS, "-mno-avx512bf16")
     try:
-        return native.load(native.build(cache=tmp_path_factory.mktemp("native")))
+        return native.load(native.build(cache=tmp_path_factory.mktemp("native"), flags=flags))
     except native.NativeUnavailable as exc:
         pytest.skip(f"the native kernel cannot be built on this machine: {exc}")
 

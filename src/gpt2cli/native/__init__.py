@@ -51,7 +51,7 @@ def _cpu_identity() -> str:
         return platform.processor()
 
 
-def build(compiler: str | None = None, cache: Path | None = None) -> Path:
+def build(compiler: str | None = None, cache: Path | None = None, flags: tuple[str, ...] = FLAGS) -> Path:
     """The compiled library's path, compiling it first when this source, compiler and CPU have none yet."""
     cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
@@ -61,7 +61,7 @@ def build(compiler: str | None = None, cache: Path | None = None) -> Path:
     except (OSError, subprocess.SubprocessError) as exc:
         raise NativeUnavailable(f"C compiler {cc!r} does not run: {exc}") from None
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), platform.machine(), _cpu_identity()]).encode()
+        "\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(), _cpu_identity()]).encode()
     ).hexdigest()[:16]
     target = (cache or cache_root()) / key / "libgpt2_native.so"
     if target.exists():
@@ -70,7 +70,7 @@ def build(compiler: str | None = None, cache: Path | None = None) -> Path:
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             reason = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
             raise NativeUnavailable(f"compiling {SOURCE.name} failed: {reason[:300]}")
