@@ -1,4 +1,4 @@
-"""The native bfloat16 decoding kernel: PyTorch's results, built once per CPU, and never required."""
+"""The native decoding kernels: PyTorch's results, built once per CPU, and never required."""
 
 from __future__ import annotations
 
@@ -33,15 +33,15 @@ def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.view(torch.int16).int() - b.view(torch.int16).int()).abs()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 17])
 @pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (256, 768)])
-def test_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
+def test_bf16_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
     g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
     x = torch.randn(rows, n_in, generator=g).bfloat16()
     w = torch.randn(n_out, n_in, generator=g).bfloat16()
     b = torch.randn(n_out, generator=g).bfloat16()
     for bias in (None, b):
-        got = native.linear_bf16(lib, x, w, bias)
+        got = native.linear_rows(lib, x, w, bias)
         exact = F.linear(x.double(), w.double(), None if bias is None else bias.double())
         rounded = exact.bfloat16()
         assert got.shape == (rows, n_out) and got.dtype is torch.bfloat16
@@ -52,15 +52,32 @@ def test_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: in
         assert (got == rounded).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (33, 50), (256, 768)])
+def test_float32_kernel_is_exact_to_float32_rounding(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
+    g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
+    x, w, b = (
+        torch.randn(rows, n_in, generator=g),
+        torch.randn(n_out, n_in, generator=g),
+        torch.randn(n_out, generator=g),
+    )
+    for bias in (None, b):
+        got = native.linear_rows(lib, x, w, bias).double()
+        exact = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+        # a float32 sum of n_in + 1 terms in any order is within (n_in + 1) eps of the sum of their magnitudes
+        magnitude = x.double().abs() @ w.double().abs().T + (0 if bias is None else bias.double().abs())
+        assert bool(((got - exact).abs() <= (n_in + 1) * 2**-23 * magnitude).all())
+
+
 def test_kernel_keeps_leading_dimensions_and_ignores_threads(lib: ctypes.CDLL) -> None:
     x = torch.randn(2, 1, 96).bfloat16()
     w = torch.randn(130, 96).bfloat16()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.linear_bf16(lib, x, w, None)
+        one = native.linear_rows(lib, x, w, None)
         torch.set_num_threads(2)
-        two = native.linear_bf16(lib, x, w, None)
+        two = native.linear_rows(lib, x, w, None)
     finally:
         torch.set_num_threads(threads)
     assert one.shape == (2, 1, 130)
@@ -70,7 +87,7 @@ def test_kernel_keeps_leading_dimensions_and_ignores_threads(lib: ctypes.CDLL) -
 def test_kernel_rounds_to_nearest_even_and_keeps_nan_and_inf(lib: ctypes.CDLL) -> None:
     x = torch.tensor([[1.0, 1.0]]).bfloat16()
     w = torch.tensor([[1.0, 2**-8], [1.0, 3 * 2**-8], [float("nan"), 0.0], [float("inf"), 0.0], [-1.0, -(2**-8)]])
-    got = native.linear_bf16(lib, x, w.bfloat16(), None)
+    got = native.linear_rows(lib, x, w.bfloat16(), None)
     # 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa, as in torch's conversion
     expected = torch.tensor([[1.0, 1 + 2**-6, float("nan"), float("inf"), -1.0]])
     exact = torch.tensor([[1 + 2**-8, 1 + 3 * 2**-8, -1 - 2**-8]])
@@ -88,8 +105,12 @@ class CountingLibrary:
         self.calls += 1
         return self.lib.gpt2_linear_bf16(*args)
 
+    def gpt2_linear_f32(self, *args: object) -> int:
+        self.calls += 1
+        return self.lib.gpt2_linear_f32(*args)
 
-def test_linear_uses_the_kernel_only_for_few_bf16_rows_without_autograd(
+
+def test_linear_uses_the_kernel_only_for_few_rows_without_autograd(
     lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counting = CountingLibrary(lib)
@@ -99,19 +120,22 @@ def test_linear_uses_the_kernel_only_for_few_bf16_rows_without_autograd(
     with torch.no_grad():
         native.linear(few, w)
         assert counting.calls == 1
-        native.linear(many, w)
         native.linear(few.float(), w.float())
+        assert counting.calls == 2
+        native.linear(many, w)
+        native.linear(few.double(), w.double())
         native.linear(few, w.t().contiguous().t())  # a transposed (non-contiguous) weight
-        assert counting.calls == 1
+        assert counting.calls == 2
     trained = w.clone().requires_grad_()
     out = native.linear(few, trained)
-    assert counting.calls == 1 and out.grad_fn is not None
+    assert counting.calls == 2 and out.grad_fn is not None
 
 
-def test_decoding_logits_match_pytorch(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_logits_match_pytorch(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=32, vocab_size=300, pad_vocab_multiple=1))
-    model = model.eval().bfloat16()
+    model = model.eval().to(dtype)
     ids = torch.randint(0, 300, (2, 12))
 
     def decode_logits() -> torch.Tensor:
@@ -126,7 +150,8 @@ def test_decoding_logits_match_pytorch(lib: ctypes.CDLL, monkeypatch: pytest.Mon
     assert counting.calls == 1 + 4 * (2 * 4 + 1)  # the prompt's last-position head, then every decoding linear
     monkeypatch.setattr(native, "library", lambda: None)
     theirs = decode_logits()
-    torch.testing.assert_close(ours, theirs, rtol=0.05, atol=0.05 * theirs.abs().max().item())
+    tolerance = 0.05 if dtype is torch.bfloat16 else 1e-5
+    torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance * theirs.abs().max().item())
 
 
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
@@ -141,9 +166,9 @@ def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
 
 def test_build_failures_are_one_line_reasons_and_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "broken-cc"
-    broken.write_text("#!/bin/sh\necho 'cc version 0'\necho 'gemv_bf16.c:1: error: no such luck' >&2\nexit 1\n")
+    broken.write_text("#!/bin/sh\necho 'cc version 0'\necho 'gemv.c:1: error: no such luck' >&2\nexit 1\n")
     broken.chmod(0o755)
-    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv_bf16.c failed: .*error: no such luck$"):
+    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv.c failed: .*error: no such luck$"):
         native.build(compiler=str(broken), cache=tmp_path / "cache")
     assert not any((tmp_path / "cache").rglob("*.so*"))
     with pytest.raises(native.NativeUnavailable, match="does not run"):

@@ -76,7 +76,7 @@ def config_for(size: str, **overrides: Any) -> GPTConfig:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose bfloat16 products of a few rows on a CPU (decoding) run on ``gpt2cli.native``."""
+    """``nn.Linear`` whose products of a few rows on a CPU (decoding) run on ``gpt2cli.native``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return native.linear(x, self.weight, self.bias)

@@ -1,10 +1,10 @@
 """Native CPU kernels, compiled on first use with the system's C compiler.
 
 Decoding a token reads every weight once, so sampling on a CPU runs at the speed weights stream from memory.
-PyTorch's bfloat16 matrix-vector product streams them at about half that speed (slower than its float32
-one, for half the bytes), so ``gemv_bf16.c`` does that product. It is built once per source, compiler and
-CPU with ``-march=native`` into ``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with
-ctypes; without a compiler, or with ``GPT2_NATIVE=0``, everything runs on PyTorch's kernels as before.
+PyTorch's CPU kernels fall short of that for decoding's shapes (see ``gemv.c``), so the model's linears of up
+to ``MAX_ROWS`` rows run there instead. It is built once per source, compiler and CPU with ``-march=native``
+into ``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with ctypes; without a compiler,
+or with ``GPT2_NATIVE=0``, everything runs on PyTorch's kernels.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("gemv_bf16.c")
+SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
-# Up to this many rows (batch x new positions) the kernel beats PyTorch's bf16 linear; beyond it oneDNN's
-# matrix-matrix product (AMX where the CPU has it) wins. Measured in BENCHMARKS.md ("Generation").
-MAX_ROWS = 4
+# Rows (batch x new positions) computed in one pass over the weights; beyond them PyTorch's matrix-matrix
+# products win. Measured in BENCHMARKS.md ("Generation").
+MAX_ROWS = 8
+KERNELS = {torch.float32: "gpt2_linear_f32", torch.bfloat16: "gpt2_linear_bf16"}
 
 
 class NativeUnavailable(RuntimeError):
@@ -86,9 +87,10 @@ def load(path: Path) -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         raise NativeUnavailable(f"cannot load {path}: {exc}") from None
-    fn = lib.gpt2_linear_bf16
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    fn.restype = ctypes.c_int
+    for name in KERNELS.values():
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -100,16 +102,16 @@ def library() -> ctypes.CDLL | None:
     try:
         return load(build())
     except (NativeUnavailable, OSError) as exc:
-        log.debug("native bf16 kernel unavailable, PyTorch's is used: %s", exc)
+        log.debug("native kernels unavailable, PyTorch's are used: %s", exc)
         return None
 
 
-def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` on contiguous bfloat16 CPU tensors, by the native kernel (any number of rows)."""
+def linear_rows(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` by the native kernel (any number of rows): contiguous CPU tensors of one dtype of KERNELS."""
     K, N = x.size(-1), weight.size(0)
     rows = x.reshape(-1, K).contiguous()
-    y = torch.empty(*x.shape[:-1], N, dtype=torch.bfloat16)
-    status = lib.gpt2_linear_bf16(
+    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    status = getattr(lib, KERNELS[x.dtype])(
         rows.data_ptr(),
         weight.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -120,22 +122,22 @@ def linear_bf16(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
         torch.get_num_threads(),
     )
     if status:
-        raise MemoryError("native bf16 linear: out of memory")
+        raise MemoryError("native linear: out of memory")
     return y
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through the native kernel when decoding a few rows in bfloat16 on a CPU without autograd."""
+    """``F.linear``, through the native kernel for a few rows (decoding) on a CPU without autograd."""
     if (
-        x.dtype is torch.bfloat16
-        and weight.dtype is torch.bfloat16
+        x.dtype in KERNELS
+        and weight.dtype is x.dtype
         and x.device.type == "cpu"
         and x.numel() <= MAX_ROWS * x.size(-1)
         and not torch.is_grad_enabled()
         and weight.is_contiguous()
-        and (bias is None or (bias.dtype is torch.bfloat16 and bias.is_contiguous()))
+        and (bias is None or (bias.dtype is x.dtype and bias.is_contiguous()))
         and not torch.compiler.is_compiling()
         and (lib := library()) is not None
     ):
-        return linear_bf16(lib, x, weight, bias)
+        return linear_rows(lib, x, weight, bias)
     return F.linear(x, weight, bias)
