@@ -34,6 +34,15 @@ def test_sampling_with_cache_equals_without(random_model: GPT):
     assert torch.equal(a, b)
 
 
+def test_generate_through_a_compiled_module(random_model: GPT):
+    """`gpt2 sample --compile` passes torch.compile's module as ``forward`` (dynamo only here: fast)."""
+    prompt = torch.randint(0, 60, (2, 4))
+    compiled = torch.compile(random_model, backend="eager", dynamic=True)
+    with torch.inference_mode():
+        assert torch.equal(random_model.generate(prompt, 6, temperature=0, forward=compiled),
+                           random_model.generate(prompt, 6, temperature=0))  # fmt: skip
+
+
 def test_greedy_equals_hugging_face_generate(random_model: GPT, tmp_path: Path):
     transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the reference")
     random_model.save(tmp_path)

@@ -315,7 +315,7 @@ class GPT(nn.Module):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         pad = torch.full_like(finished, stops[0].item() if len(stops) else 0, dtype=idx.dtype)
         cache: KVCache | None = None
-        model = forward or self
+        model = self if forward is None else forward  # a compiled module has no truth value
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= n_ctx:
                 if cache is None:

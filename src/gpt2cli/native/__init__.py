@@ -129,14 +129,14 @@ def linear_rows(lib: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: t
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, through the native kernel for a few rows (decoding) on a CPU without autograd."""
     if (
-        x.dtype in KERNELS
+        not torch.compiler.is_compiling()  # compiled graphs keep PyTorch's op
+        and x.dtype in KERNELS
         and weight.dtype is x.dtype
         and x.device.type == "cpu"
         and x.numel() <= MAX_ROWS * x.size(-1)
         and not torch.is_grad_enabled()
         and weight.is_contiguous()
         and (bias is None or (bias.dtype is x.dtype and bias.is_contiguous()))
-        and not torch.compiler.is_compiling()
         and (lib := library()) is not None
     ):
         return linear_rows(lib, x, weight, bias)
