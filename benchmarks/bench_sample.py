@@ -16,15 +16,18 @@ import time
 
 import torch
 
+from gpt2cli import native
 from gpt2cli.model import GPT, config_for
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
+def best_times(sides: list, repeats: int) -> list[float]:
+    """Each side's best time, the sides interleaved per repeat so that a drift of the machine hits both."""
+    best = [float("inf")] * len(sides)
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
+        for i, fn in enumerate(sides):
+            started = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - started)
     return best
 
 
@@ -41,7 +44,8 @@ def main() -> None:
     import transformers
 
     print(f"threads {torch.get_num_threads()}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
-          "top-k 40, temperature 1, best of", args.repeats)  # fmt: skip
+          f"top-k 40, temperature 1, best of {args.repeats} interleaved repeats, "
+          f"native decoding kernel {'on' if native.library() else 'off'}")  # fmt: skip
     print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
     for size in args.sizes:
         config = config_for(size, vocab_size=50257, pad_vocab_multiple=1)
@@ -77,8 +81,8 @@ def main() -> None:
 
                 run_ours(), run_hf()  # warm up
                 new = batch * args.new_tokens
-                ours_rate = new / timed(run_ours, args.repeats)
-                hf_rate = new / timed(run_hf, args.repeats)
+                ours_time, hf_time = best_times([run_ours, run_hf], args.repeats)
+                ours_rate, hf_rate = new / ours_time, new / hf_time
                 print(f"{size:<6}{dtype_name:<10}{batch:>6}{ours_rate:>15,.0f}{hf_rate:>11,.0f}"
                       f"{ours_rate / hf_rate:>7.2f}x")  # fmt: skip
 
