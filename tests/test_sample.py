@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt2cli import model as model_module
 from gpt2cli.artifacts import Store
 from gpt2cli.errors import UsageError
 from gpt2cli.model import GPT, GPTConfig, sample_next
@@ -32,6 +33,22 @@ def test_sampling_with_cache_equals_without(random_model: GPT):
     a = random_model.generate(prompt, 15, top_k=10, generator=torch.Generator().manual_seed(3))
     b = random_model.generate(prompt, 15, top_k=10, generator=torch.Generator().manual_seed(3), use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_generate_allocates_the_cache_it_needs(random_model: GPT, monkeypatch: pytest.MonkeyPatch):
+    lengths = []
+
+    class RecordingCache(model_module.KVCache):
+        def __init__(self, config: GPTConfig, length: int | None = None):
+            super().__init__(config, length)
+            lengths.append(self.layers[0].length)
+
+    monkeypatch.setattr(model_module, "KVCache", RecordingCache)
+    prompt = torch.randint(0, 60, (2, 5))
+    short = random_model.generate(prompt, 3, temperature=0)
+    long = random_model.generate(prompt, 40, temperature=0)  # past the 24-token context: a sliding window
+    assert lengths == [8, 24] and short.shape == (2, 8) and long.shape == (2, 45)
+    assert torch.equal(long[:, :8], short)
 
 
 def test_generate_through_a_compiled_module(random_model: GPT):

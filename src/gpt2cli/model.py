@@ -191,11 +191,12 @@ class LayerCache:
 
 
 class KVCache:
-    """One LayerCache per block; ``size`` is the number of positions already processed."""
+    """One LayerCache per block, with room for ``length`` positions (default: the context);
+    ``size`` is the number of positions already processed."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, length: int | None = None):
         self.config = config
-        self.layers = [LayerCache(config.n_ctx) for _ in range(config.n_layer)]
+        self.layers = [LayerCache(length or config.n_ctx) for _ in range(config.n_layer)]
 
     @property
     def size(self) -> int:
@@ -319,7 +320,8 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= n_ctx:
                 if cache is None:
-                    cache = KVCache(self.config)
+                    # room for this call's positions only: 124M at batch 8 would hold 600 MB for the full context
+                    cache = KVCache(self.config, min(n_ctx, idx.size(1) + max_new_tokens))
                     logits = model(idx, cache, last_only=True)
                 else:
                     logits = model(idx[:, -1:], cache, last_only=True)
