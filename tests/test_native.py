@@ -179,3 +179,13 @@ def test_build_failures_are_one_line_reasons_and_fall_back(tmp_path: Path, monke
     monkeypatch.delenv("CC")
     monkeypatch.setenv("GPT2_NATIVE", "0")
     assert native.library.__wrapped__() is None
+
+
+def test_a_compiler_that_hangs_is_given_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = tmp_path / "slow-cc"
+    slow.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\nexec sleep 30\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 0.5)
+    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv.c failed: .*timed out"):
+        native.build(compiler=str(slow), cache=tmp_path / "cache")
+    assert not any((tmp_path / "cache").rglob("*.so*"))

@@ -31,6 +31,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 # products win. Measured in BENCHMARKS.md ("Generation").
 MAX_ROWS = 8
 KERNELS = {torch.float32: "gpt2_linear_f32", torch.bfloat16: "gpt2_linear_bf16"}
+BUILD_TIMEOUT_S = 300.0
 
 
 class NativeUnavailable(RuntimeError):
@@ -71,7 +72,11 @@ def build(compiler: str | None = None, cache: Path | None = None, flags: tuple[s
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300)
+        try:
+            command = [cc, *flags, str(SOURCE), "-o", partial]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {exc}") from None
         if done.returncode != 0:
             reason = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
             raise NativeUnavailable(f"compiling {SOURCE.name} failed: {reason[:300]}")
