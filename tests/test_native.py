@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,18 +98,23 @@ def test_kernel_rounds_to_nearest_even_and_keeps_nan_and_inf(lib: ctypes.CDLL) -
 
 
 class CountingLibrary:
-    """The real library, counting the calls that reach it."""
+    """The real library, counting the calls that reach each of its functions."""
 
     def __init__(self, lib: ctypes.CDLL):
-        self.lib, self.calls = lib, 0
+        self.lib, self.calls = lib, collections.Counter[str]()
 
-    def gpt2_linear_bf16(self, *args: object) -> int:
-        self.calls += 1
-        return self.lib.gpt2_linear_bf16(*args)
+    def __getattr__(self, name: str) -> Callable[..., int]:
+        function = getattr(self.lib, name)
 
-    def gpt2_linear_f32(self, *args: object) -> int:
-        self.calls += 1
-        return self.lib.gpt2_linear_f32(*args)
+        def counted(*args: object) -> int:
+            self.calls[name] += 1
+            return function(*args)
+
+        return counted
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
 
 
 def test_linear_uses_the_kernel_only_for_few_rows_without_autograd(
@@ -119,39 +126,107 @@ def test_linear_uses_the_kernel_only_for_few_rows_without_autograd(
     few, many = torch.randn(1, native.MAX_ROWS, 32).bfloat16(), torch.randn(1, native.MAX_ROWS + 1, 32).bfloat16()
     with torch.no_grad():
         native.linear(few, w)
-        assert counting.calls == 1
+        assert counting.total == 1
         native.linear(few.float(), w.float())
-        assert counting.calls == 2
+        assert counting.total == 2
         native.linear(many, w)
         native.linear(few.double(), w.double())
         native.linear(few, w.t().contiguous().t())  # a transposed (non-contiguous) weight
-        assert counting.calls == 2
+        assert counting.total == 2
     trained = w.clone().requires_grad_()
     out = native.linear(few, trained)
-    assert counting.calls == 2 and out.grad_fn is not None
+    assert counting.total == 2 and out.grad_fn is not None
+
+
+def small_model(dtype: torch.dtype, n_embd: int = 64, n_head: int = 2, vocab_size: int = 300, pad: int = 1) -> GPT:
+    """A model whose LayerNorm gains and biases are not the initial ones, as in a trained model."""
+    config = GPTConfig(n_layer=2, n_head=n_head, n_embd=n_embd, n_ctx=32, vocab_size=vocab_size, pad_vocab_multiple=pad)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.to(dtype)
+
+
+def decode(model: GPT, ids: torch.Tensor, prompt: int, length: int = 16) -> tuple[torch.Tensor, KVCache]:
+    """The logits of positions ``prompt`` on, one token per call after a prompt of ``prompt`` tokens."""
+    cache = KVCache(model.config, length)
+    with torch.inference_mode():
+        model(ids[:, :prompt], cache, last_only=True)
+        steps = [model(ids[:, t : t + 1], cache) for t in range(prompt, ids.size(1))]
+    return torch.cat(steps, dim=1).float(), cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decoding_logits_match_pytorch(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, n_ctx=32, vocab_size=300, pad_vocab_multiple=1))
-    model = model.eval().to(dtype)
-    ids = torch.randint(0, 300, (2, 12))
-
-    def decode_logits() -> torch.Tensor:
-        cache = KVCache(model.config)
-        with torch.inference_mode():
-            model(ids[:, :8], cache, last_only=True)
-            return torch.cat([model(ids[:, t : t + 1], cache) for t in range(8, 12)], dim=1).float()
-
+@pytest.mark.parametrize("batch", [1, 3, native.MAX_ROWS])
+@pytest.mark.parametrize(
+    ("n_embd", "n_head", "vocab_size", "pad", "sharp"),
+    [(64, 2, 300, 1, False), (48, 4, 301, 64, False), (64, 4, 300, 1, True)],  # head size 12: vector tails
+)
+def test_decoding_step_gives_pytorchs_logits_and_cache(
+    lib: ctypes.CDLL,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+    batch: int,
+    n_embd: int,
+    n_head: int,
+    vocab_size: int,
+    pad: int,
+    sharp: bool,
+) -> None:
+    torch.manual_seed(batch + n_embd)
+    model = small_model(dtype, n_embd, n_head, vocab_size, pad)
+    if sharp:  # GELU inputs far into both tails, attention close to one-hot
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.mlp.c_fc.weight.mul_(40)
+                block.attn.c_attn.weight[:n_embd].mul_(30)
+    ids = torch.randint(0, vocab_size, (batch, 12))
     counting = CountingLibrary(lib)
     monkeypatch.setattr(native, "library", lambda: counting)
-    ours = decode_logits()
-    assert counting.calls == 1 + 4 * (2 * 4 + 1)  # the prompt's last-position head, then every decoding linear
+    ours, our_cache = decode(model, ids, prompt=8)
+    assert counting.calls[native.DECODERS[dtype]] == 4  # each new position in one call
     monkeypatch.setattr(native, "library", lambda: None)
-    theirs = decode_logits()
-    tolerance = 0.05 if dtype is torch.bfloat16 else 1e-5
+    theirs, their_cache = decode(model, ids, prompt=8)
+    assert ours.shape == theirs.shape == (batch, 4, vocab_size)
+    assert our_cache.size == their_cache.size == 12
+    tolerance = 0.02 if dtype is torch.bfloat16 else 1e-5  # bfloat16: a rounding boundary crossed here and there
     torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance * theirs.abs().max().item())
+    for mine, reference in zip(our_cache.layers, their_cache.layers, strict=True):
+        for a, b in ((mine.k, reference.k), (mine.v, reference.v)):
+            assert a is not None and b is not None
+            expected = b[:, :, :12].float()
+            torch.testing.assert_close(a[:, :, :12].float(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_decoding_step_leaves_what_it_does_not_cover_to_pytorch(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = CountingLibrary(lib)
+    monkeypatch.setattr(native, "library", lambda: counting)
+    model = small_model(torch.float32)
+    steps = lambda: counting.calls[native.DECODERS[torch.float32]]  # noqa: E731
+    decode(model, torch.randint(0, 300, (native.MAX_ROWS + 1, 10)), prompt=8)
+    assert steps() == 0  # more rows than the kernels take
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decode(model, torch.randint(0, 300, (2, 10)), prompt=8)
+    assert steps() == 0  # autocast computes in bfloat16: PyTorch keeps it
+    decode(model.double(), torch.randint(0, 300, (2, 10)), prompt=8)
+    assert steps() == 0
+    model.float()
+    cache = KVCache(model.config, 4)
+    with torch.no_grad():
+        model(torch.tensor([[7], [8]]), cache)  # the first position of an empty cache: PyTorch allocates it
+        assert steps() == 0 and cache.size == 1
+        model(torch.tensor([[9], [10]]), cache)
+        assert steps() == 1 and cache.size == 2
+        with pytest.raises(IndexError):  # PyTorch's embedding names the bad id
+            model(torch.tensor([[model.config.padded_vocab_size], [1]]), cache)
+        assert steps() == 1 and cache.size == 2
+    with torch.enable_grad():
+        logits = model(torch.tensor([[1], [2]]), cache)
+    assert steps() == 1 and logits.grad_fn is not None
 
 
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
@@ -168,7 +243,7 @@ def test_build_failures_are_one_line_reasons_and_fall_back(tmp_path: Path, monke
     broken = tmp_path / "broken-cc"
     broken.write_text("#!/bin/sh\necho 'cc version 0'\necho 'gemv.c:1: error: no such luck' >&2\nexit 1\n")
     broken.chmod(0o755)
-    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv.c failed: .*error: no such luck$"):
+    with pytest.raises(native.NativeUnavailable, match=r"^compiling the native kernels failed: .*error: no such luck$"):
         native.build(compiler=str(broken), cache=tmp_path / "cache")
     assert not any((tmp_path / "cache").rglob("*.so*"))
     with pytest.raises(native.NativeUnavailable, match="does not run"):
@@ -186,6 +261,6 @@ def test_a_compiler_that_hangs_is_given_up(tmp_path: Path, monkeypatch: pytest.M
     slow.write_text('#!/bin/sh\n[ "$1" = --version ] && exit 0\nexec sleep 30\n')
     slow.chmod(0o755)
     monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 0.5)
-    with pytest.raises(native.NativeUnavailable, match=r"^compiling gemv.c failed: .*timed out"):
+    with pytest.raises(native.NativeUnavailable, match=r"^compiling the native kernels failed: .*timed out"):
         native.build(compiler=str(slow), cache=tmp_path / "cache")
     assert not any((tmp_path / "cache").rglob("*.so*"))

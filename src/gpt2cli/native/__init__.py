@@ -1,10 +1,12 @@
 """Native CPU kernels, compiled on first use with the system's C compiler.
 
 Decoding a token reads every weight once, so sampling on a CPU runs at the speed weights stream from memory.
-PyTorch's CPU kernels fall short of that for decoding's shapes (see ``gemv.c``), so the model's linears of up
-to ``MAX_ROWS`` rows run there instead. It is built once per source, compiler and CPU with ``-march=native``
-into ``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with ctypes; without a compiler,
-or with ``GPT2_NATIVE=0``, everything runs on PyTorch's kernels.
+PyTorch falls short of that for decoding's shapes: its kernels for products of a few rows (see ``gemv.c``),
+and the overhead of its some 400 operator calls per step of 124M (see ``decode.c``). So the model's linears of
+up to ``MAX_ROWS`` rows run on ``gemv.c``, and a whole decoding step of up to ``MAX_ROWS`` rows on
+``decode.c``. They are built once per source, compiler and CPU with ``-march=native`` into
+``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with ctypes; without a compiler, or
+with ``GPT2_NATIVE=0``, everything runs on PyTorch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,12 +28,15 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("gemv.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "gemv.c", HERE / "decode.c")
+HEADERS = (HERE / "native.h",)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 # Rows (batch x new positions) computed in one pass over the weights; beyond them PyTorch's matrix-matrix
 # products win. Measured in BENCHMARKS.md ("Generation").
 MAX_ROWS = 8
 KERNELS = {torch.float32: "gpt2_linear_f32", torch.bfloat16: "gpt2_linear_bf16"}
+DECODERS = {torch.float32: "gpt2_decode_f32", torch.bfloat16: "gpt2_decode_bf16"}
 BUILD_TIMEOUT_S = 300.0
 
 
@@ -62,9 +68,9 @@ def build(compiler: str | None = None, cache: Path | None = None, flags: tuple[s
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise NativeUnavailable(f"C compiler {cc!r} does not run: {exc}") from None
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(), _cpu_identity()]).encode()
-    ).hexdigest()[:16]
+    texts = [f.read_text() for f in (*SOURCES, *HEADERS)]
+    identity = [*texts, cc, version, " ".join(flags), platform.machine(), _cpu_identity()]
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     target = (cache or cache_root()) / key / "libgpt2_native.so"
     if target.exists():
         return target
@@ -73,13 +79,13 @@ def build(compiler: str | None = None, cache: Path | None = None, flags: tuple[s
     os.close(fd)
     try:
         try:
-            command = [cc, *flags, str(SOURCE), "-o", partial]
+            command = [cc, *flags, *map(str, SOURCES), "-o", partial]
             done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {exc}") from None
+            raise NativeUnavailable(f"compiling the native kernels failed: {exc}") from None
         if done.returncode != 0:
             reason = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
-            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {reason[:300]}")
+            raise NativeUnavailable(f"compiling the native kernels failed: {reason[:300]}")
         os.replace(partial, target)  # atomic: a concurrent or interrupted build never leaves a partial library
     finally:
         if os.path.exists(partial):
@@ -95,6 +101,10 @@ def load(path: Path) -> ctypes.CDLL:
     for name in KERNELS.values():
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn.restype = ctypes.c_int
+    for name in DECODERS.values():
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 7 + [ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
 
@@ -146,3 +156,61 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ):
         return linear_rows(lib, x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def decode(
+    params: Sequence[torch.Tensor],
+    caches: Sequence[torch.Tensor],
+    ids: torch.Tensor,
+    position: int,
+    n_head: int,
+    vocab_size: int,
+) -> torch.Tensor | None:
+    """Logits (batch, 1, vocab_size) of one new token per row at ``position``, the whole forward pass in one
+    ``decode.c`` call, which also writes that position's keys and values into ``caches``; None, with nothing
+    written, where it does not apply (autograd, autocast, another device or dtype, more than ``MAX_ROWS`` rows,
+    no room left in the cache).
+
+    ``params``: wte, wpe, then each block's ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (weight,
+    then bias), then ln_f's weight and bias; ``caches``: each block's keys and values, (batch, n_head, length,
+    head size), holding the positions before ``position``; ``ids``: (batch, 1).
+    """
+    wte, dtype = params[0], params[0].dtype
+    batch, n_embd = ids.size(0), wte.size(1)
+    shape = (batch, n_head, caches[0].size(2), n_embd // n_head)
+    if (
+        torch.compiler.is_compiling()
+        or torch.is_grad_enabled()
+        or torch.is_autocast_enabled("cpu")
+        or dtype not in DECODERS
+        or batch > MAX_ROWS
+        or ids.shape != (batch, 1)
+        or ids.dtype is not torch.int64
+        or ids.device.type != "cpu"
+        or not position < shape[2]
+        or any(t.dtype is not dtype or t.device.type != "cpu" or not t.is_contiguous() for t in params)
+        or any(t.shape != shape or t.dtype is not dtype or not t.is_contiguous() for t in caches)
+        or (lib := library()) is None
+    ):
+        return None
+    if int(ids.min()) < 0 or int(ids.max()) >= wte.size(0):
+        return None  # PyTorch's embedding says which id is out of range
+    ids = ids.contiguous()  # a column of the prompt is not
+    logits = torch.empty(batch, 1, vocab_size, dtype=dtype)
+    status = getattr(lib, DECODERS[dtype])(
+        (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in params]),
+        (ctypes.c_void_p * len(caches))(*[t.data_ptr() for t in caches]),
+        ids.data_ptr(),
+        logits.data_ptr(),
+        batch,
+        position,
+        len(caches) // 2,
+        n_head,
+        n_embd,
+        vocab_size,
+        shape[2],
+        torch.get_num_threads(),
+    )
+    if status:
+        raise MemoryError("native decoding step: out of memory")
+    return logits

@@ -8,63 +8,10 @@
  * extensions, so -march=native picks AVX-512, AVX2 or NEON; CPUs with AVX512-BF16 multiply bfloat16 pairs
  * directly (exact products; subnormal inputs count as zero).
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX512BF16__)
-#include <immintrin.h>
-#endif
+#include "native.h"
 
-#if defined(__AVX512F__)
-#define LANES 16
-#else
-#define LANES 8
-#endif
 #define ROW_BLOCK 8          /* rows of x computed together: each weight is loaded once for all of them */
 #define PREFETCH_BYTES 8192  /* how far ahead of the loads the weights are requested from memory */
-
-/* Unaligned, aliasing vector types: dereferencing one is an unaligned vector load. */
-typedef float vf __attribute__((vector_size(LANES * 4), aligned(4), may_alias));
-typedef uint32_t vu __attribute__((vector_size(LANES * 4), aligned(4), may_alias));
-typedef uint16_t vh __attribute__((vector_size(LANES * 2), aligned(2), may_alias));
-typedef float vf_half __attribute__((vector_size(LANES * 2), aligned(4)));
-typedef float vf_quarter __attribute__((vector_size(LANES), aligned(4)));
-
-static inline float widen(uint16_t h) { /* a bfloat16 is the top half of a float32 */
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static inline uint16_t round_to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays a quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-static inline float weight(const void* w, int64_t i, const int bf16) {
-  return bf16 ? widen(((const uint16_t*)w)[i]) : ((const float*)w)[i];
-}
-
-static inline vf weight_lanes(const void* w, int64_t i, const int bf16) {
-  if (bf16) return (vf)(__builtin_convertvector(*(const vh*)((const uint16_t*)w + i), vu) << 16);
-  return *(const vf*)((const float*)w + i);
-}
-
-static inline float lane_sum(vf v) { /* halving, so the adds stay in vector registers */
-  vf_half h[2];
-  memcpy(h, &v, sizeof v);
-  const vf_half s2 = h[0] + h[1];
-  vf_quarter q[2];
-  memcpy(q, &s2, sizeof s2);
-  const vf_quarter s4 = q[0] + q[1];
-  float s = 0.0f;
-  for (int i = 0; i < LANES / 4; i++) s += s4[i];
-  return s;
-}
 
 /* Dot products of weight rows n0 and n1 with `rows` rows of xf (float32; x: the same rows as stored), into
  * out[0][...] and out[1][...]. `rows` and `bf16` are constants wherever this is inlined, so the accumulators
@@ -116,8 +63,8 @@ static inline __attribute__((always_inline)) void two_rows(const void* x, const 
   }
   for (; k < K; k++)
     _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
-      out[0][m] += weight(w, n0 * K + k, bf16) * xf[m * K + k];
-      out[1][m] += weight(w, n1 * K + k, bf16) * xf[m * K + k];
+      out[0][m] += element(w, n0 * K + k, bf16) * xf[m * K + k];
+      out[1][m] += element(w, n1 * K + k, bf16) * xf[m * K + k];
     }
 }
 
@@ -144,7 +91,7 @@ static inline __attribute__((always_inline)) void linear(const void* x, const fl
       }
       for (int r = 0; r <= pair; r++)
         _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
-          const float v = out[r][m] + (b ? weight(b, n + r, bf16) : 0.0f);
+          const float v = out[r][m] + (b ? element(b, n + r, bf16) : 0.0f);
           if (bf16)
             ((uint16_t*)y)[(m0 + m) * N + n + r] = round_to_bf16(v);
           else
@@ -154,7 +101,6 @@ static inline __attribute__((always_inline)) void linear(const void* x, const fl
   }
 }
 
-/* x: (M, K), w: (N, K), b: (N) or NULL, y: (M, N); contiguous. Return 0, or 1 when out of memory. */
 int gpt2_linear_f32(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t N, int64_t K,
                     int threads) {
   linear(x, x, w, b, y, M, N, K, threads, 0);
