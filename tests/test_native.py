@@ -14,16 +14,20 @@ from torch.nn import functional as F
 from gpt2cli import native
 from gpt2cli.model import GPT, GPTConfig, KVCache
 
+NO_AMX = ("-mno-amx-tile", "-mno-amx-bf16")
 
-@pytest.fixture(scope="module", params=["native", "portable"])
+
+@pytest.fixture(scope="module", params=["native", "no-amx", "portable"])
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    """The build for this CPU, and the portable vector-extension code that CPUs without AVX512-BF16 run."""
-    flags = native.FLAGS
-    if request.param == "portable":
-        cpuinfo = Path("/proc/cpuinfo")
-        if not cpuinfo.exists() or "avx512_bf16" not in cpuinfo.read_text():
-            pytest.skip("this CPU has no AVX512-BF16: its native build already is the portable code")
-        flags = (*native.FLAGS, "-mno-avx512bf16")
+    """The build for this CPU, and the code that CPUs without AMX (AVX512-BF16's vdpbf16ps for every row count)
+    and without AVX512-BF16 (the portable vector-extension code) run."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = {"native": native.FLAGS, "no-amx": (*native.FLAGS, *NO_AMX)}.get(
+        request.param, (*native.FLAGS, *NO_AMX, "-mno-avx512bf16")
+    )
+    feature = {"no-amx": "amx_bf16", "portable": "avx512_bf16"}.get(request.param)
+    if feature and (not cpuinfo.exists() or feature not in cpuinfo.read_text()):
+        pytest.skip(f"this CPU has no {feature}: its native build already is the {request.param} code")
     try:
         return native.load(native.build(cache=tmp_path_factory.mktemp("native"), flags=flags))
     except native.NativeUnavailable as exc:
@@ -36,7 +40,7 @@ def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 17])
-@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (256, 768)])
+@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (37, 64), (256, 768)])
 def test_bf16_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
     g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
     x = torch.randn(rows, n_in, generator=g).bfloat16()

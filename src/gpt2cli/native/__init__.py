@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SOURCES = (HERE / "gemv.c", HERE / "decode.c")
 HEADERS = (HERE / "native.h",)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+# an intrinsic the compiler lacks must fail the build, not leave an undefined symbol in the library
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-Werror=implicit-function-declaration")
 # Rows (batch x new positions) computed in one pass over the weights; beyond them PyTorch's matrix-matrix
 # products win. Measured in BENCHMARKS.md ("Generation").
 MAX_ROWS = 8

@@ -68,15 +68,16 @@ static inline __attribute__((always_inline)) void two_rows(const void* x, const 
     }
 }
 
+/* Output columns n_begin..N-1 of y. */
 static inline __attribute__((always_inline)) void linear(const void* x, const float* xf, const void* w, const void* b,
-                                                         void* y, int64_t M, int64_t N, int64_t K, int threads,
-                                                         const int bf16) {
+                                                         void* y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
+                                                         int threads, const int bf16) {
   for (int64_t m0 = 0; m0 < M; m0 += ROW_BLOCK) {
     const int rows = M - m0 < ROW_BLOCK ? (int)(M - m0) : ROW_BLOCK;
     const void* xb = (const char*)x + m0 * K * (bf16 ? 2 : 4);
     const float* xfb = xf + m0 * K;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n += 2) {
+    for (int64_t n = n_begin; n < N; n += 2) {
       const int pair = n + 1 < N; /* an odd last row is computed twice and written once */
       float out[2][ROW_BLOCK];
       switch (rows) { /* a constant row count per call of two_rows */
@@ -101,9 +102,66 @@ static inline __attribute__((always_inline)) void linear(const void* x, const fl
   }
 }
 
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_MIN_ROWS 2 /* from here on AMX's tiles beat vdpbf16ps (BENCHMARKS.md, "Generation") */
+
+/* Linux hands out AMX's tile registers to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA). */
+static int amx_permitted(void) {
+  static int permitted = -1;
+  if (permitted < 0) permitted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return permitted;
+}
+
+struct tile_config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+/* Columns 0..16*(N/16)-1 of y = x W^T + b on AMX, 16 weight rows at a time: tile 1 holds 16 rows of W by 32
+ * of K as stored, tile 2 the same 32 of K for the M rows of x, paired as the instruction reads them, and
+ * tile 0 sums their products in float32. Returns the columns done, or -1 when out of memory. */
+static int64_t linear_amx(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint16_t* y, int64_t M, int64_t N,
+                          int64_t K, int threads) {
+  uint32_t* pairs = malloc(sizeof(uint32_t) * (size_t)(K / 2 * M)); /* pairs[k / 2][m] = x[m][k], x[m][k + 1] */
+  if (!pairs) return -1;
+  for (int64_t k = 0; k < K; k += 2)
+    for (int64_t m = 0; m < M; m++) pairs[k / 2 * M + m] = x[m * K + k] | (uint32_t)x[m * K + k + 1] << 16;
+  const int64_t blocks = N / 16;
+#pragma omp parallel num_threads(threads)
+  {
+    struct tile_config config = {.palette = 1};
+    config.rows[0] = config.rows[1] = config.rows[2] = 16;
+    config.bytes_per_row[0] = config.bytes_per_row[2] = (uint16_t)(M * 4);
+    config.bytes_per_row[1] = 64;
+    _tile_loadconfig(&config);
+    float out[16][16];
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {
+      const int64_t n0 = block * 16;
+      _tile_zero(0);
+      for (int64_t k = 0; k < K; k += 32) {
+        _tile_loadd(1, w + n0 * K + k, K * 2);
+        _tile_loadd(2, pairs + k / 2 * M, M * 4);
+        _tile_dpbf16ps(0, 1, 2);
+      }
+      _tile_stored(0, out, 64);
+      for (int64_t n = 0; n < 16; n++)
+        for (int64_t m = 0; m < M; m++) y[m * N + n0 + n] = round_to_bf16(out[n][m] + (b ? widen(b[n0 + n]) : 0.0f));
+    }
+    _tile_release();
+  }
+  free(pairs);
+  return blocks * 16;
+}
+#endif
+
 int gpt2_linear_f32(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t N, int64_t K,
                     int threads) {
-  linear(x, x, w, b, y, M, N, K, threads, 0);
+  linear(x, x, w, b, y, M, N, K, 0, threads, 0);
   return 0;
 }
 
@@ -112,7 +170,15 @@ int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, ui
   float* xf = malloc(sizeof(float) * (size_t)(M * K));
   if (!xf) return 1;
   for (int64_t i = 0; i < M * K; i++) xf[i] = widen(x[i]);
-  linear(x, xf, w, b, y, M, N, K, threads, 1);
+  int64_t done = 0;
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+  if (M >= AMX_MIN_ROWS && M <= 16 && K % 32 == 0 && amx_permitted()) done = linear_amx(x, w, b, y, M, N, K, threads);
+  if (done < 0) {
+    free(xf);
+    return 1;
+  }
+#endif
+  linear(x, xf, w, b, y, M, N, K, done, threads, 1);
   free(xf);
   return 0;
 }
