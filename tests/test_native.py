@@ -40,7 +40,9 @@ def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 17])
-@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (37, 64), (256, 768)])
+@pytest.mark.parametrize(
+    ("n_out", "n_in"), [(1, 1), (37, 15), (64, 16), (33, 50), (37, 64), (256, 768), (33, 3000)]
+)  # 3000: x taken in slices of K
 def test_bf16_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
     g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
     x = torch.randn(rows, n_in, generator=g).bfloat16()
@@ -59,7 +61,7 @@ def test_bf16_kernel_gives_pytorch_bf16_linear(lib: ctypes.CDLL, rows: int, n_ou
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
-@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (33, 50), (256, 768)])
+@pytest.mark.parametrize(("n_out", "n_in"), [(1, 1), (37, 15), (33, 50), (256, 768), (33, 3000)])
 def test_float32_kernel_is_exact_to_float32_rounding(lib: ctypes.CDLL, rows: int, n_out: int, n_in: int) -> None:
     g = torch.Generator().manual_seed(rows * 1000 + n_out + n_in)
     x, w, b = (

@@ -12,23 +12,25 @@
 
 #define ROW_BLOCK 8          /* rows of x computed together: each weight is loaded once for all of them */
 #define PREFETCH_BYTES 8192  /* how far ahead of the loads the weights are requested from memory */
+#define X_BLOCK_BYTES 32768  /* x is read in slices of K that stay in the L1 cache while the weights stream by */
 
-/* Dot products of weight rows n0 and n1 with `rows` rows of xf (float32; x: the same rows as stored), into
- * out[0][...] and out[1][...]. `rows` and `bf16` are constants wherever this is inlined, so the accumulators
- * live in registers. */
+/* Dot products of weight rows n0 and n1 with `rows` rows of xf (float32; x: the same rows as stored) over
+ * k0..k1-1, into out[0][...] and out[1][...], requesting the weights `ahead` bytes further on. `rows` and
+ * `bf16` are constants wherever this is inlined, so the accumulators live in registers. */
 static inline __attribute__((always_inline)) void two_rows(const void* x, const float* xf, const void* w, int64_t n0,
-                                                           int64_t n1, int64_t K, const int rows, const int bf16,
+                                                           int64_t n1, int64_t K, int64_t k0, int64_t k1,
+                                                           int64_t ahead, const int rows, const int bf16,
                                                            float out[2][ROW_BLOCK]) {
   const size_t size = bf16 ? 2 : 4;
   const char *p0 = (const char*)w + n0 * K * size, *p1 = (const char*)w + n1 * K * size;
-  int64_t k = 0;
+  int64_t k = k0;
 #if defined(__AVX512BF16__)
   if (bf16) { /* one instruction multiplies 32 bfloat16 pairs and adds them, two by two, to 16 float32 sums */
     __m512 acc0[ROW_BLOCK], acc1[ROW_BLOCK];
     _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) acc0[m] = acc1[m] = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-      __builtin_prefetch(p0 + k * 2 + PREFETCH_BYTES);
-      __builtin_prefetch(p1 + k * 2 + PREFETCH_BYTES);
+    for (; k + 32 <= k1; k += 32) {
+      __builtin_prefetch(p0 + k * 2 + ahead);
+      __builtin_prefetch(p1 + k * 2 + ahead);
       const __m512bh a = (__m512bh)_mm512_loadu_si512(p0 + k * 2), b = (__m512bh)_mm512_loadu_si512(p1 + k * 2);
       _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
         const __m512bh xv = (__m512bh)_mm512_loadu_si512((const uint16_t*)x + m * K + k);
@@ -46,9 +48,9 @@ static inline __attribute__((always_inline)) void two_rows(const void* x, const 
     (void)x;
     vf acc0[ROW_BLOCK], acc1[ROW_BLOCK];
     _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) acc0[m] = acc1[m] = (vf){0};
-    for (; k + LANES <= K; k += LANES) {
-      __builtin_prefetch(p0 + k * size + PREFETCH_BYTES);
-      __builtin_prefetch(p1 + k * size + PREFETCH_BYTES);
+    for (; k + LANES <= k1; k += LANES) {
+      __builtin_prefetch(p0 + k * size + ahead);
+      __builtin_prefetch(p1 + k * size + ahead);
       const vf a = weight_lanes(w, n0 * K + k, bf16), b = weight_lanes(w, n1 * K + k, bf16);
       _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
         const vf xv = *(const vf*)(xf + m * K + k);
@@ -61,45 +63,68 @@ static inline __attribute__((always_inline)) void two_rows(const void* x, const 
       out[1][m] = lane_sum(acc1[m]);
     }
   }
-  for (; k < K; k++)
+  for (; k < k1; k++)
     _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
       out[0][m] += element(w, n0 * K + k, bf16) * xf[m * K + k];
       out[1][m] += element(w, n1 * K + k, bf16) * xf[m * K + k];
     }
 }
 
-/* Output columns n_begin..N-1 of y. */
-static inline __attribute__((always_inline)) void linear(const void* x, const float* xf, const void* w, const void* b,
-                                                         void* y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
-                                                         int threads, const int bf16) {
+/* Output columns n_begin..N-1 of y; 0, or 1 when out of memory. When the rows of x outgrow X_BLOCK_BYTES
+ * (several rows of a long K), K is taken in slices, each over all the weight rows, with float32 partial sums
+ * in between. */
+static inline __attribute__((always_inline)) int linear(const void* x, const float* xf, const void* w, const void* b,
+                                                        void* y, int64_t M, int64_t N, int64_t K, int64_t n_begin,
+                                                        int threads, const int bf16) {
+  const int64_t size = bf16 ? 2 : 4;
   for (int64_t m0 = 0; m0 < M; m0 += ROW_BLOCK) {
     const int rows = M - m0 < ROW_BLOCK ? (int)(M - m0) : ROW_BLOCK;
-    const void* xb = (const char*)x + m0 * K * (bf16 ? 2 : 4);
+    const void* xb = (const char*)x + m0 * K * size;
     const float* xfb = xf + m0 * K;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = n_begin; n < N; n += 2) {
-      const int pair = n + 1 < N; /* an odd last row is computed twice and written once */
-      float out[2][ROW_BLOCK];
-      switch (rows) { /* a constant row count per call of two_rows */
-        case 1: two_rows(xb, xfb, w, n, n + pair, K, 1, bf16, out); break;
-        case 2: two_rows(xb, xfb, w, n, n + pair, K, 2, bf16, out); break;
-        case 3: two_rows(xb, xfb, w, n, n + pair, K, 3, bf16, out); break;
-        case 4: two_rows(xb, xfb, w, n, n + pair, K, 4, bf16, out); break;
-        case 5: two_rows(xb, xfb, w, n, n + pair, K, 5, bf16, out); break;
-        case 6: two_rows(xb, xfb, w, n, n + pair, K, 6, bf16, out); break;
-        case 7: two_rows(xb, xfb, w, n, n + pair, K, 7, bf16, out); break;
-        default: two_rows(xb, xfb, w, n, n + pair, K, 8, bf16, out); break;
-      }
-      for (int r = 0; r <= pair; r++)
-        _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
-          const float v = out[r][m] + (b ? element(b, n + r, bf16) : 0.0f);
-          if (bf16)
-            ((uint16_t*)y)[(m0 + m) * N + n + r] = round_to_bf16(v);
-          else
-            ((float*)y)[(m0 + m) * N + n + r] = v;
+    int64_t slice = X_BLOCK_BYTES / (rows * (bf16 ? 6 : 4)) / 32 * 32; /* bfloat16 rows: x and xf */
+    if (slice >= K) slice = K;
+    /* the same slice of the pair after next, or, in one slice, further on in these rows and the next */
+    const int64_t ahead = slice < K ? 4 * K * size : PREFETCH_BYTES;
+    float* partial = NULL;
+    if (slice < K && !(partial = calloc((size_t)(rows * N), sizeof(float)))) return 1;
+#pragma omp parallel num_threads(threads)
+    for (int64_t k0 = 0; k0 < K; k0 += slice) {
+      const int64_t k1 = K - k0 > slice ? k0 + slice : K;
+#pragma omp for schedule(static)
+      for (int64_t n = n_begin; n < N; n += 2) {
+        const int pair = n + 1 < N; /* an odd last row is computed twice and written once */
+        float out[2][ROW_BLOCK];
+        switch (rows) { /* a constant row count per call of two_rows */
+          case 1: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 1, bf16, out); break;
+          case 2: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 2, bf16, out); break;
+          case 3: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 3, bf16, out); break;
+          case 4: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 4, bf16, out); break;
+          case 5: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 5, bf16, out); break;
+          case 6: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 6, bf16, out); break;
+          case 7: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 7, bf16, out); break;
+          default: two_rows(xb, xfb, w, n, n + pair, K, k0, k1, ahead, 8, bf16, out); break;
         }
+        for (int r = 0; r <= pair; r++)
+          _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
+            float v = out[r][m];
+            if (partial) {
+              v += partial[m * N + n + r];
+              if (k1 < K) {
+                partial[m * N + n + r] = v;
+                continue;
+              }
+            }
+            v += b ? element(b, n + r, bf16) : 0.0f;
+            if (bf16)
+              ((uint16_t*)y)[(m0 + m) * N + n + r] = round_to_bf16(v);
+            else
+              ((float*)y)[(m0 + m) * N + n + r] = v;
+          }
+      }
     }
+    free(partial);
   }
+  return 0;
 }
 
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__)
@@ -161,8 +186,7 @@ static int64_t linear_amx(const uint16_t* x, const uint16_t* w, const uint16_t* 
 
 int gpt2_linear_f32(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t N, int64_t K,
                     int threads) {
-  linear(x, x, w, b, y, M, N, K, 0, threads, 0);
-  return 0;
+  return linear(x, x, w, b, y, M, N, K, 0, threads, 0);
 }
 
 int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint16_t* y, int64_t M, int64_t N,
@@ -178,7 +202,7 @@ int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, ui
     return 1;
   }
 #endif
-  linear(x, xf, w, b, y, M, N, K, done, threads, 1);
+  const int status = linear(x, xf, w, b, y, M, N, K, done, threads, 1);
   free(xf);
-  return 0;
+  return status;
 }
