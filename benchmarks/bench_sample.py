@@ -2,7 +2,8 @@
 
 Both sides continue the same prompts with top-k 40 sampling at temperature 1 (the paper's setting) for a
 fixed number of new tokens (no early stop), at batch 1 and 8, in float32 and bfloat16. Prints new
-tokens per second for each and the ratio.
+tokens per second for each and the ratio; then, from the same runs, each tool in its default dtype, as a user
+gets it: `gpt2 sample --dtype auto` (bfloat16 on CPUs with AMX, else float32) against transformers' float32.
 
     .venv/bin/python benchmarks/bench_sample.py                     # sizes 124M and mini, batch 1 and 8
     .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 1 --new-tokens 128
@@ -17,7 +18,7 @@ import time
 import torch
 
 from gpt2cli import native
-from gpt2cli.model import GPT, config_for
+from gpt2cli.model import GPT, config_for, fast_dtype
 
 
 def best_times(sides: list, repeats: int) -> list[float]:
@@ -47,6 +48,7 @@ def main() -> None:
           f"top-k 40, temperature 1, best of {args.repeats} interleaved repeats, "
           f"native decoding kernel {'on' if native.library() else 'off'}")  # fmt: skip
     print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
+    rates: dict[tuple[str, str, int], tuple[float, float]] = {}
     for size in args.sizes:
         config = config_for(size, vocab_size=50257, pad_vocab_multiple=1)
         torch.manual_seed(0)
@@ -83,8 +85,20 @@ def main() -> None:
                 new = batch * args.new_tokens
                 ours_time, hf_time = best_times([run_ours, run_hf], args.repeats)
                 ours_rate, hf_rate = new / ours_time, new / hf_time
+                rates[size, dtype_name, batch] = ours_rate, hf_rate
                 print(f"{size:<6}{dtype_name:<10}{batch:>6}{ours_rate:>15,.0f}{hf_rate:>11,.0f}"
                       f"{ours_rate / hf_rate:>7.2f}x")  # fmt: skip
+    ours_default = str(fast_dtype(torch.device("cpu"))).removeprefix("torch.")
+    defaults = [
+        (size, batch, rates[size, ours_default, batch][0], rates[size, "float32", batch][1])
+        for size, dtype_name, batch in rates
+        if dtype_name == "float32" and (size, ours_default, batch) in rates
+    ]
+    if defaults:
+        print(f"\ndefault dtypes: gpt2cli {ours_default} (--dtype auto on this CPU), transformers float32")
+        print(f"{'size':<6}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
+        for size, batch, ours_rate, hf_rate in defaults:
+            print(f"{size:<6}{batch:>6}{ours_rate:>15,.0f}{hf_rate:>11,.0f}{ours_rate / hf_rate:>7.2f}x")
 
 
 if __name__ == "__main__":
