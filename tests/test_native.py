@@ -235,6 +235,38 @@ def test_decoding_step_leaves_what_it_does_not_cover_to_pytorch(
     assert steps() == 1 and logits.grad_fn is not None
 
 
+class Shard(torch.Tensor):
+    """A tensor subclass, as FSDP2's sharded parameters are: its data pointer need not hold the whole tensor."""
+
+
+def test_decoding_step_takes_plain_tensors_only(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "library", lambda: lib)
+    model = small_model(torch.float32)
+    cache = KVCache(model.config, 8)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2]]), cache)
+        t = model.transformer
+        params = [t.wte.weight, t.wpe.weight]
+        for block in t.h:
+            for part in (
+                block.ln_1,
+                block.attn.c_attn,
+                block.attn.c_proj,
+                block.ln_2,
+                block.mlp.c_fc,
+                block.mlp.c_proj,
+            ):
+                params += (part.weight, part.bias)
+        params += (t.ln_f.weight, t.ln_f.bias)
+        caches = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
+        ids, position = torch.tensor([[3]]), cache.size
+        assert native.decode(params, caches, ids, position, 2, 300) is not None
+        params[5] = params[5].as_subclass(Shard)
+        assert native.decode(params, caches, ids, position + 1, 2, 300) is None
+        params[5], caches[3] = params[5].as_subclass(torch.Tensor), caches[3].as_subclass(Shard)
+        assert native.decode(params, caches, ids, position + 1, 2, 300) is None
+
+
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
     try:
         first = native.build(cache=tmp_path)

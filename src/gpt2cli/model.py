@@ -287,19 +287,29 @@ class GPT(nn.Module):
             return linear_cross_entropy(x.reshape(-1, x.size(-1)), head, targets.reshape(-1))
         return native.linear(x, head)
 
+    def decode_parameters(self) -> list[torch.Tensor]:
+        """The weights in the order ``native.decode`` takes them: embeddings, each block's, the final LayerNorm's."""
+        t = self.transformer
+        params = [t.wte.weight, t.wpe.weight]
+        for block in t.h:
+            for part in (
+                block.ln_1,
+                block.attn.c_attn,
+                block.attn.c_proj,
+                block.ln_2,
+                block.mlp.c_fc,
+                block.mlp.c_proj,
+            ):
+                params += (part.weight, part.bias)
+        return [*params, t.ln_f.weight, t.ln_f.bias]
+
     def _decode_natively(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
         """One new token per row in a single call to ``native.decode``: decoding without PyTorch's per-operator
         overhead, a third of a step of 124M at batch 1. None where it does not apply (see there)."""
         if (self.training and self.config.dropout > 0) or any(layer.k is None for layer in cache.layers):
             return None  # the first position of an empty cache goes through PyTorch, which allocates the cache
-        t = self.transformer
-        params = [t.wte.weight, t.wpe.weight]
-        for block in t.h:
-            for linear_or_norm in (block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc):
-                params += (linear_or_norm.weight, linear_or_norm.bias)
-            params += (block.mlp.c_proj.weight, block.mlp.c_proj.bias)
-        params += (t.ln_f.weight, t.ln_f.bias)
         buffers = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
+        params = self.decode_parameters()
         logits = native.decode(params, buffers, idx, cache.size, self.config.n_head, self.config.vocab_size)
         if logits is not None:
             for layer in cache.layers:

@@ -159,6 +159,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A contiguous tensor of its own memory: not a subclass such as FSDP2's sharded DTensor parameters, whose
+    data pointer holds one shard."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_contiguous()
+
+
 def decode(
     params: Sequence[torch.Tensor],
     caches: Sequence[torch.Tensor],
@@ -170,7 +176,7 @@ def decode(
     """Logits (batch, 1, vocab_size) of one new token per row at ``position``, the whole forward pass in one
     ``decode.c`` call, which also writes that position's keys and values into ``caches``; None, with nothing
     written, where it does not apply (autograd, autocast, another device or dtype, more than ``MAX_ROWS`` rows,
-    no room left in the cache).
+    no room left in the cache, tensor subclasses such as FSDP2's sharded parameters).
 
     ``params``: wte, wpe, then each block's ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (weight,
     then bias), then ln_f's weight and bias; ``caches``: each block's keys and values, (batch, n_head, length,
@@ -189,8 +195,8 @@ def decode(
         or ids.dtype is not torch.int64
         or ids.device.type != "cpu"
         or not position < shape[2]
-        or any(t.dtype is not dtype or t.device.type != "cpu" or not t.is_contiguous() for t in params)
-        or any(t.shape != shape or t.dtype is not dtype or not t.is_contiguous() for t in caches)
+        or any(not _plain(t) or t.dtype is not dtype or t.device.type != "cpu" for t in params)
+        or any(not _plain(t) or t.shape != shape or t.dtype is not dtype for t in caches)
         or (lib := library()) is None
     ):
         return None
