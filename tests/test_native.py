@@ -245,19 +245,7 @@ def test_decoding_step_takes_plain_tensors_only(lib: ctypes.CDLL, monkeypatch: p
     cache = KVCache(model.config, 8)
     with torch.inference_mode():
         model(torch.tensor([[1, 2]]), cache)
-        t = model.transformer
-        params = [t.wte.weight, t.wpe.weight]
-        for block in t.h:
-            for part in (
-                block.ln_1,
-                block.attn.c_attn,
-                block.attn.c_proj,
-                block.ln_2,
-                block.mlp.c_fc,
-                block.mlp.c_proj,
-            ):
-                params += (part.weight, part.bias)
-        params += (t.ln_f.weight, t.ln_f.bias)
+        params = model.decode_parameters()
         caches = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
         ids, position = torch.tensor([[3]]), cache.size
         assert native.decode(params, caches, ids, position, 2, 300) is not None
