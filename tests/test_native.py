@@ -247,12 +247,36 @@ def test_decoding_step_takes_plain_tensors_only(lib: ctypes.CDLL, monkeypatch: p
         model(torch.tensor([[1, 2]]), cache)
         params = model.decode_parameters()
         caches = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
-        ids, position = torch.tensor([[3]]), cache.size
-        assert native.decode(params, caches, ids, position, 2, 300) is not None
+        decoder = native.decoder(params, caches, 2, 300)
+        assert decoder is not None and decoder.step(torch.tensor([[3]]), cache.size) is not None
         params[5] = params[5].as_subclass(Shard)
-        assert native.decode(params, caches, ids, position + 1, 2, 300) is None
+        assert native.decoder(params, caches, 2, 300) is None
         params[5], caches[3] = params[5].as_subclass(torch.Tensor), caches[3].as_subclass(Shard)
-        assert native.decode(params, caches, ids, position + 1, 2, 300) is None
+        assert native.decoder(params, caches, 2, 300) is None
+
+
+def test_decoding_step_follows_the_model(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights updated in place between steps are used; a cache passed to another model decodes with its weights."""
+    model, other = small_model(torch.float32), small_model(torch.float32)
+    ids = torch.randint(0, 300, (2, 11))
+
+    def run() -> torch.Tensor:
+        cache = KVCache(model.config, 12)
+        with torch.no_grad():
+            model(ids[:, :8], cache)
+            first = model(ids[:, 8:9], cache)
+            model.transformer.h[1].mlp.c_fc.bias.add_(0.5)
+            second = model(ids[:, 9:10], cache)
+            model.transformer.h[1].mlp.c_fc.bias.sub_(0.5)
+            third = other(ids[:, 10:11], cache)
+        return torch.cat([first, second, third], dim=1)
+
+    counting = CountingLibrary(lib)
+    monkeypatch.setattr(native, "library", lambda: counting)
+    ours = run()
+    assert counting.calls[native.DECODERS[torch.float32]] == 3
+    monkeypatch.setattr(native, "library", lambda: None)
+    torch.testing.assert_close(ours, run(), rtol=1e-5, atol=1e-5)
 
 
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:

@@ -197,6 +197,7 @@ class KVCache:
     def __init__(self, config: GPTConfig, length: int | None = None):
         self.config = config
         self.layers = [LayerCache(length or config.n_ctx) for _ in range(config.n_layer)]
+        self.decoder: tuple[GPT, native.Decoder | None] | None = None  # a model's native step bound to this cache
 
     @property
     def size(self) -> int:
@@ -288,7 +289,7 @@ class GPT(nn.Module):
         return native.linear(x, head)
 
     def decode_parameters(self) -> list[torch.Tensor]:
-        """The weights in the order ``native.decode`` takes them: embeddings, each block's, the final LayerNorm's."""
+        """The weights in the order ``native.decoder`` takes them: embeddings, each block's, the final LayerNorm's."""
         t = self.transformer
         params = [t.wte.weight, t.wpe.weight]
         for block in t.h:
@@ -304,16 +305,18 @@ class GPT(nn.Module):
         return [*params, t.ln_f.weight, t.ln_f.bias]
 
     def _decode_natively(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-        """One new token per row in a single call to ``native.decode``: decoding without PyTorch's per-operator
+        """One new token per row in a single call to ``native.Decoder.step``: decoding without PyTorch's per-operator
         overhead, a third of a step of 124M at batch 1. None where it does not apply (see there)."""
         if (self.training and self.config.dropout > 0) or any(layer.k is None for layer in cache.layers):
             return None  # the first position of an empty cache goes through PyTorch, which allocates the cache
-        buffers = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
-        params = self.decode_parameters()
-        logits = native.decode(params, buffers, idx, cache.size, self.config.n_head, self.config.vocab_size)
-        if logits is not None:
-            for layer in cache.layers:
-                layer.size += 1
+        if cache.decoder is None or cache.decoder[0] is not self:  # checked once per cache, not once per token
+            buffers = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
+            step = native.decoder(self.decode_parameters(), buffers, self.config.n_head, self.config.vocab_size)
+            cache.decoder = (self, step)
+        if cache.decoder[1] is None or (logits := cache.decoder[1].step(idx, cache.size)) is None:
+            return None
+        for layer in cache.layers:
+            layer.size += 1
         return logits
 
     @torch.no_grad()

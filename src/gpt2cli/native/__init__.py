@@ -165,59 +165,79 @@ def _plain(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_contiguous()
 
 
-def decode(
-    params: Sequence[torch.Tensor],
-    caches: Sequence[torch.Tensor],
-    ids: torch.Tensor,
-    position: int,
-    n_head: int,
-    vocab_size: int,
-) -> torch.Tensor | None:
-    """Logits (batch, 1, vocab_size) of one new token per row at ``position``, the whole forward pass in one
-    ``decode.c`` call, which also writes that position's keys and values into ``caches``; None, with nothing
-    written, where it does not apply (autograd, autocast, another device or dtype, more than ``MAX_ROWS`` rows,
-    no room left in the cache, tensor subclasses such as FSDP2's sharded parameters).
+class Decoder:
+    """``decode.c``'s step bound to one model's weights and one KV cache, checked once (see ``decoder``).
+
+    It keeps the tensors it points to alive: weights updated in place (an optimizer step) are seen, weights
+    replaced by new tensors are not.
+    """
+
+    def __init__(
+        self, lib: ctypes.CDLL, params: Sequence[torch.Tensor], caches: Sequence[torch.Tensor], n_head: int, vocab: int
+    ):
+        self.kept = [t.detach() for t in (*params, *caches)]
+        self.params = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in params])
+        self.caches = (ctypes.c_void_p * len(caches))(*[t.data_ptr() for t in caches])
+        self.function = getattr(lib, DECODERS[params[0].dtype])
+        self.dtype, self.n_layer, self.n_head, self.vocab_size = params[0].dtype, len(caches) // 2, n_head, vocab
+        self.n_vocab_rows, self.n_embd = params[0].shape
+        self.batch, self.length = caches[0].size(0), caches[0].size(2)
+
+    def step(self, ids: torch.Tensor, position: int) -> torch.Tensor | None:
+        """Logits (batch, 1, vocab_size) of one new token per row (``ids``: (batch, 1)) at ``position``, whose
+        keys and values are written into the cache; None, nothing written, where PyTorch must do it instead
+        (autograd, autocast, under ``torch.compile``, no room left, an id out of range)."""
+        if (
+            torch.compiler.is_compiling()
+            or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")
+            or ids.shape != (self.batch, 1)
+            or ids.dtype is not torch.int64
+            or ids.device.type != "cpu"
+            or not 0 <= position < self.length
+            or int(ids.min()) < 0
+            or int(ids.max()) >= self.n_vocab_rows  # PyTorch's embedding says which id is out of range
+        ):
+            return None
+        ids = ids.contiguous()  # a column of the prompt is not
+        logits = torch.empty(self.batch, 1, self.vocab_size, dtype=self.dtype)
+        status = self.function(
+            self.params,
+            self.caches,
+            ids.data_ptr(),
+            logits.data_ptr(),
+            self.batch,
+            position,
+            self.n_layer,
+            self.n_head,
+            self.n_embd,
+            self.vocab_size,
+            self.length,
+            torch.get_num_threads(),
+        )
+        if status:
+            raise MemoryError("native decoding step: out of memory")
+        return logits
+
+
+def decoder(
+    params: Sequence[torch.Tensor], caches: Sequence[torch.Tensor], n_head: int, vocab_size: int
+) -> Decoder | None:
+    """The native decoding step for these weights and this cache, or None where it does not apply: another
+    device or dtype, more than ``MAX_ROWS`` rows, tensor subclasses such as FSDP2's sharded parameters.
 
     ``params``: wte, wpe, then each block's ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (weight,
-    then bias), then ln_f's weight and bias; ``caches``: each block's keys and values, (batch, n_head, length,
-    head size), holding the positions before ``position``; ``ids``: (batch, 1).
+    then bias), then ln_f's weight and bias (``GPT.decode_parameters``); ``caches``: each block's keys and
+    values, (batch, n_head, length, head size).
     """
-    wte, dtype = params[0], params[0].dtype
-    batch, n_embd = ids.size(0), wte.size(1)
-    shape = (batch, n_head, caches[0].size(2), n_embd // n_head)
+    dtype, n_embd = params[0].dtype, params[0].size(1)
+    shape = (caches[0].size(0), n_head, caches[0].size(2), n_embd // n_head)
     if (
-        torch.compiler.is_compiling()
-        or torch.is_grad_enabled()
-        or torch.is_autocast_enabled("cpu")
-        or dtype not in DECODERS
-        or batch > MAX_ROWS
-        or ids.shape != (batch, 1)
-        or ids.dtype is not torch.int64
-        or ids.device.type != "cpu"
-        or not position < shape[2]
+        dtype not in DECODERS
+        or shape[0] > MAX_ROWS
         or any(not _plain(t) or t.dtype is not dtype or t.device.type != "cpu" for t in params)
         or any(not _plain(t) or t.shape != shape or t.dtype is not dtype for t in caches)
         or (lib := library()) is None
     ):
         return None
-    if int(ids.min()) < 0 or int(ids.max()) >= wte.size(0):
-        return None  # PyTorch's embedding says which id is out of range
-    ids = ids.contiguous()  # a column of the prompt is not
-    logits = torch.empty(batch, 1, vocab_size, dtype=dtype)
-    status = getattr(lib, DECODERS[dtype])(
-        (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in params]),
-        (ctypes.c_void_p * len(caches))(*[t.data_ptr() for t in caches]),
-        ids.data_ptr(),
-        logits.data_ptr(),
-        batch,
-        position,
-        len(caches) // 2,
-        n_head,
-        n_embd,
-        vocab_size,
-        shape[2],
-        torch.get_num_threads(),
-    )
-    if status:
-        raise MemoryError("native decoding step: out of memory")
-    return logits
+    return Decoder(lib, params, caches, n_head, vocab_size)
