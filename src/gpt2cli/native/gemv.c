@@ -53,7 +53,10 @@ static inline __attribute__((always_inline)) void two_rows(const void* x, const 
       __builtin_prefetch(p1 + k * size + ahead);
       const vf a = weight_lanes(w, n0 * K + k, bf16), b = weight_lanes(w, n1 * K + k, bf16);
       _Pragma("GCC unroll 8") for (int m = 0; m < rows; m++) {
-        const vf xv = *(const vf*)(xf + m * K + k);
+        vf xv = *(const vf*)(xf + m * K + k);
+#if defined(__x86_64__)
+        __asm__("" : "+v"(xv)); /* one load for both products: folded into each, x's loads crowd out the weights' */
+#endif
         acc0[m] += a * xv;
         acc1[m] += b * xv;
       }
