@@ -307,6 +307,8 @@ class GPT(nn.Module):
     def _decode_natively(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
         """One new token per row in a single call to ``native.Decoder.step``: decoding without PyTorch's per-operator
         overhead, a third of a step of 124M at batch 1. None where it does not apply (see there)."""
+        if torch.compiler.is_compiling():
+            return None  # compiled graphs keep PyTorch's ops
         if (self.training and self.config.dropout > 0) or any(layer.k is None for layer in cache.layers):
             return None  # the first position of an empty cache goes through PyTorch, which allocates the cache
         if cache.decoder is None or cache.decoder[0] is not self:  # checked once per cache, not once per token
