@@ -188,22 +188,22 @@ def test_decoding_step_gives_pytorchs_logits_and_cache(
             for block in model.transformer.h:
                 block.mlp.c_fc.weight.mul_(40)
                 block.attn.c_attn.weight[:n_embd].mul_(30)
-    ids = torch.randint(0, vocab_size, (batch, 12))
+    ids = torch.randint(0, vocab_size, (batch, 24))  # over 16 positions: scores 16 at a time, then one by one
     counting = CountingLibrary(lib)
     monkeypatch.setattr(native, "library", lambda: counting)
-    ours, our_cache = decode(model, ids, prompt=8)
+    ours, our_cache = decode(model, ids, prompt=20, length=32)
     assert counting.calls[native.DECODERS[dtype]] == 4  # each new position in one call
     monkeypatch.setattr(native, "library", lambda: None)
-    theirs, their_cache = decode(model, ids, prompt=8)
+    theirs, their_cache = decode(model, ids, prompt=20, length=32)
     assert ours.shape == theirs.shape == (batch, 4, vocab_size)
-    assert our_cache.size == their_cache.size == 12
+    assert our_cache.size == their_cache.size == 24
     tolerance = 0.02 if dtype is torch.bfloat16 else 1e-5  # bfloat16: a rounding boundary crossed here and there
     torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance * theirs.abs().max().item())
     for mine, reference in zip(our_cache.layers, their_cache.layers, strict=True):
         for a, b in ((mine.k, reference.k), (mine.v, reference.v)):
             assert a is not None and b is not None
-            expected = b[:, :, :12].float()
-            torch.testing.assert_close(a[:, :, :12].float(), expected, rtol=tolerance, atol=tolerance)
+            expected = b[:, :, :24].float()
+            torch.testing.assert_close(a[:, :, :24].float(), expected, rtol=tolerance, atol=tolerance)
 
 
 def test_decoding_step_leaves_what_it_does_not_cover_to_pytorch(

@@ -71,6 +71,18 @@ static int project(const float* x, const void* w, const void* b, float* y, int64
   return 0;
 }
 
+/* Lanes of a and b folded in half, in blocks of s: lane j (in block j / s of 2s lanes) holds a's or b's
+ * lanes j' and j' + s alternately; log2(LANES) rounds of it leave sum(v[j]) in lane j of LANES vectors v. */
+static inline __attribute__((always_inline)) vf fold(vf a, vf b, const int s) {
+  vu lo, hi;
+  _Pragma("GCC unroll 16") for (int j = 0; j < LANES; j++) {
+    const int segment = j / (2 * s) * 2 * s, p = j % (2 * s);
+    lo[j] = (uint32_t)(p < s ? segment + p : LANES + segment + p - s);
+    hi[j] = lo[j] + (uint32_t)s;
+  }
+  return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+}
+
 static inline float dot(const float* q, const void* k, int64_t D, const int bf16) {
   vf acc = {0};
   int64_t d = 0;
@@ -81,22 +93,49 @@ static inline float dot(const float* q, const void* k, int64_t D, const int bf16
 }
 
 /* softmax(q K^T / sqrt(D)) V for one query over positions 0..n-1 of one head's cache; scores: n floats. */
-static void attend(const float* q, const void* k, const void* v, float* out, float* scores, int64_t n, int64_t D,
-                   const int bf16) {
+static inline __attribute__((always_inline)) void attend(const float* q, const void* k, const void* v, float* out,
+                                                         float* scores, int64_t n, int64_t D, const int bf16) {
   const float scale = 1.0f / sqrtf((float)D);
   float max = -INFINITY, sum = 0.0f;
-  for (int64_t t = 0; t < n; t++) {
-    scores[t] = dot(q, (const char*)k + t * D * (bf16 ? 2 : 4), D, bf16) * scale;
-    if (scores[t] > max) max = scores[t];
+  int64_t t = 0;
+  if (D % LANES == 0 && D <= 8 * LANES) {
+    vf qv[8];
+    for (int64_t c = 0; c < D / LANES; c++) qv[c] = *(const vf*)(q + c * LANES);
+    for (; t + LANES <= n; t += LANES) {
+      vf acc[LANES];
+      _Pragma("GCC unroll 16") for (int i = 0; i < LANES; i++) {
+        acc[i] = qv[0] * weight_lanes(k, (t + i) * D, bf16);
+        for (int64_t c = 1; c < D / LANES; c++) acc[i] += qv[c] * weight_lanes(k, (t + i) * D + c * LANES, bf16);
+      }
+      _Pragma("GCC unroll 4") for (int s = LANES / 2; s >= 1; s /= 2)
+        _Pragma("GCC unroll 8") for (int i = 0; i < s; i++) acc[i] = fold(acc[i], acc[i + s], s);
+      *(vf*)(scores + t) = acc[0] * scale;
+    }
   }
+  for (; t < n; t++) scores[t] = dot(q, (const char*)k + t * D * (bf16 ? 2 : 4), D, bf16) * scale;
+  for (t = 0; t < n; t++)
+    if (scores[t] > max) max = scores[t];
 #pragma omp simd reduction(+ : sum)
   for (int64_t t = 0; t < n; t++) sum += scores[t] = exp_approx(scores[t] - max);
   for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
   for (int64_t t = 0; t < n; t++) {
     const float p = scores[t] / sum;
-    for (int64_t d = 0; d < D; d++) out[d] += p * element(v, t * D + d, bf16);
+    int64_t d = 0;
+    for (; d + LANES <= D; d += LANES) *(vf*)(out + d) += p * weight_lanes(v, t * D + d, bf16);
+    for (; d < D; d++) out[d] += p * element(v, t * D + d, bf16);
   }
   for (int64_t d = 0; d < D; d++) out[d] = rounded(out[d], bf16);
+}
+
+/* One per dtype: OpenMP outlines a parallel loop before inlining, so a dtype passed in stays a variable in it. */
+static void attend_f32(const float* q, const void* k, const void* v, float* out, float* scores, int64_t n,
+                       int64_t D) {
+  attend(q, k, v, out, scores, n, D, 0);
+}
+
+static void attend_bf16(const float* q, const void* k, const void* v, float* out, float* scores, int64_t n,
+                        int64_t D) {
+  attend(q, k, v, out, scores, n, D, 1);
 }
 
 /* model.gelu: u = 2k + 2k 0.044715 x^2 (k = sqrt(2/pi)), then u x, sigmoid, times x, each step rounded. */
@@ -152,8 +191,8 @@ static int step(const void* const* params, void* const* caches, const int64_t* i
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t rh = 0; rh < B * H; rh++) {
       const int64_t r = rh / H, hd = rh % H, head = rh * cache_len * D * (int64_t)size;
-      attend(qkv + r * 3 * C + hd * D, k_cache + head, v_cache + head, att + r * C + hd * D,
-             scores + rh * positions, positions, D, bf16);
+      (bf16 ? attend_bf16 : attend_f32)(qkv + r * 3 * C + hd * D, k_cache + head, v_cache + head,
+                                        att + r * C + hd * D, scores + rh * positions, positions, D);
     }
     status |= project(att, p[ATTN_PROJ_W], p[ATTN_PROJ_B], h, B, C, C, staging_in, staging_out, threads, bf16);
     add_residual(x, h, B * C, bf16);
