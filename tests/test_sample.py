@@ -35,6 +35,25 @@ def test_sampling_with_cache_equals_without(random_model: GPT):
     assert torch.equal(a, b)
 
 
+def test_samples_of_one_prompt_share_its_prefill(random_model: GPT):
+    prompt = torch.randint(0, 60, (1, 6))
+    shapes = []
+
+    def forward(idx: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        shapes.append(tuple(idx.shape))
+        return random_model(idx, *args, **kwargs)
+
+    many = random_model.generate(prompt.repeat(4, 1), 5, top_k=10, generator=torch.Generator().manual_seed(1),
+                                 forward=forward)  # fmt: skip
+    assert shapes == [(1, 6)] + [(4, 1)] * 4  # the prompt once, then every row
+    assert len({tuple(row) for row in many[:, 6:].tolist()}) > 1  # each row draws its own tokens
+    plain = random_model.generate(prompt.repeat(4, 1), 5, top_k=10, generator=torch.Generator().manual_seed(1),
+                                  use_cache=False)  # fmt: skip
+    assert torch.equal(many, plain)
+    greedy = random_model.generate(prompt.repeat(3, 1), 8, temperature=0)
+    assert torch.equal(greedy, random_model.generate(prompt, 8, temperature=0).repeat(3, 1))
+
+
 def test_generate_allocates_the_cache_it_needs(random_model: GPT, monkeypatch: pytest.MonkeyPatch):
     lengths = []
 

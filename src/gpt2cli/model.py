@@ -321,6 +321,18 @@ class GPT(nn.Module):
             layer.size += 1
         return logits
 
+    def _prefill(
+        self, model: Callable[..., torch.Tensor], idx: torch.Tensor, length: int
+    ) -> tuple[KVCache, torch.Tensor]:
+        """A cache of ``length`` positions holding the prompts, and the logits of their last position. Identical
+        prompts (several samples of one prompt) are computed once and the cache copied to every row."""
+        if idx.size(0) > 1 and bool((idx == idx[:1]).all()):
+            one = KVCache(self.config, length)
+            logits = model(idx[:1], one, last_only=True)
+            return one.expand(idx.size(0), length), logits.expand(idx.size(0), -1, -1)
+        cache = KVCache(self.config, length)
+        return cache, model(idx, cache, last_only=True)
+
     @torch.no_grad()
     def generate(
         self,
@@ -362,8 +374,7 @@ class GPT(nn.Module):
             if use_cache and idx.size(1) <= n_ctx:
                 if cache is None:
                     # room for this call's positions only: 124M at batch 8 would hold 600 MB for the full context
-                    cache = KVCache(self.config, min(n_ctx, idx.size(1) + max_new_tokens))
-                    logits = model(idx, cache, last_only=True)
+                    cache, logits = self._prefill(model, idx, min(n_ctx, idx.size(1) + max_new_tokens))
                 else:
                     logits = model(idx[:, -1:], cache, last_only=True)
             else:
