@@ -7,6 +7,7 @@ gets it: `gpt2 sample --dtype auto` (bfloat16 on CPUs with AMX, else float32) ag
 
     .venv/bin/python benchmarks/bench_sample.py                     # sizes 124M and mini, batch 1 and 8
     .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 1 --new-tokens 128
+    .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 8 --same-prompt --prompt-tokens 500  # -n 8
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--same-prompt", action="store_true", help="every row continues one prompt (gpt2 sample -n)")
     args = parser.parse_args()
 
     import transformers
 
     print(f"threads {torch.get_num_threads()}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
           f"top-k 40, temperature 1, best of {args.repeats} interleaved repeats, "
+          f"{'one prompt for all rows, ' if args.same_prompt else ''}"
           f"native decoding kernel {'on' if native.library() else 'off'}")  # fmt: skip
     print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
     rates: dict[tuple[str, str, int], tuple[float, float]] = {}
@@ -60,7 +63,8 @@ def main() -> None:
             dtype = getattr(torch, dtype_name)
             ours, hf = ours_fp32.to(dtype), hf_fp32.to(dtype)
             for batch in args.batches:
-                prompt = torch.randint(0, 50257, (batch, args.prompt_tokens))
+                rows = 1 if args.same_prompt else batch
+                prompt = torch.randint(0, 50257, (rows, args.prompt_tokens)).repeat(batch // rows, 1)
 
                 def run_ours(ours=ours, prompt=prompt):
                     with torch.inference_mode():
