@@ -17,15 +17,18 @@ from gpt2cli.model import GPT, GPTConfig, KVCache
 NO_AMX = ("-mno-amx-tile", "-mno-amx-bf16")
 
 
-@pytest.fixture(scope="module", params=["native", "no-amx", "portable"])
+@pytest.fixture(scope="module", params=["native", "no-amx", "portable", "avx2"])
 def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    """The build for this CPU, and the code that CPUs without AMX (AVX512-BF16's vdpbf16ps for every row count)
-    and without AVX512-BF16 (the portable vector-extension code) run."""
+    """The build for this CPU, and the code that CPUs without AMX (AVX512-BF16's vdpbf16ps for every row count),
+    without AVX512-BF16 (the portable vector-extension code, 16 lanes) and without AVX-512 (8 lanes) run."""
     cpuinfo = Path("/proc/cpuinfo")
-    flags = {"native": native.FLAGS, "no-amx": (*native.FLAGS, *NO_AMX)}.get(
-        request.param, (*native.FLAGS, *NO_AMX, "-mno-avx512bf16")
-    )
-    feature = {"no-amx": "amx_bf16", "portable": "avx512_bf16"}.get(request.param)
+    flags = {
+        "native": native.FLAGS,
+        "no-amx": (*native.FLAGS, *NO_AMX),
+        "portable": (*native.FLAGS, *NO_AMX, "-mno-avx512bf16"),
+        "avx2": (*native.FLAGS, *NO_AMX, "-mno-avx512f"),
+    }[request.param]
+    feature = {"no-amx": "amx_bf16", "portable": "avx512_bf16", "avx2": "avx512f"}.get(request.param)
     if feature and (not cpuinfo.exists() or feature not in cpuinfo.read_text()):
         pytest.skip(f"this CPU has no {feature}: its native build already is the {request.param} code")
     try:
