@@ -98,7 +98,7 @@ static inline __attribute__((always_inline)) void attend(const float* q, const v
   const float scale = 1.0f / sqrtf((float)D);
   float max = -INFINITY, sum = 0.0f;
   int64_t t = 0;
-  if (D % LANES == 0 && D <= 8 * LANES) {
+  if (D % LANES == 0 && D <= 8 * LANES) { /* LANES positions at a time, their sums folded together */
     vf qv[8];
     for (int64_t c = 0; c < D / LANES; c++) qv[c] = *(const vf*)(q + c * LANES);
     for (; t + LANES <= n; t += LANES) {
@@ -116,9 +116,9 @@ static inline __attribute__((always_inline)) void attend(const float* q, const v
   for (t = 0; t < n; t++)
     if (scores[t] > max) max = scores[t];
 #pragma omp simd reduction(+ : sum)
-  for (int64_t t = 0; t < n; t++) sum += scores[t] = exp_approx(scores[t] - max);
+  for (t = 0; t < n; t++) sum += scores[t] = exp_approx(scores[t] - max);
   for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
-  for (int64_t t = 0; t < n; t++) {
+  for (t = 0; t < n; t++) {
     const float p = scores[t] / sum;
     int64_t d = 0;
     for (; d + LANES <= D; d += LANES) *(vf*)(out + d) += p * weight_lanes(v, t * D + d, bf16);
