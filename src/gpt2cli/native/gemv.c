@@ -6,7 +6,8 @@
  * Here each pair of weight rows is read once for up to 8 rows of x, with float32 sums, and bfloat16 outputs
  * are rounded to nearest even: PyTorch's arithmetic, in another summation order. Written with GCC vector
  * extensions, so -march=native picks AVX-512, AVX2 or NEON; CPUs with AVX512-BF16 multiply bfloat16 pairs
- * directly (exact products; subnormal inputs count as zero).
+ * directly (exact products; subnormal inputs count as zero), and CPUs with AMX multiply 2 to 16 bfloat16 rows
+ * by 16 weight rows at a time in its tiles, where vdpbf16ps would be bound by its own throughput.
  */
 #include "native.h"
 
