@@ -15,6 +15,7 @@ from gpt2cli import native
 from gpt2cli.model import GPT, GPTConfig, KVCache
 
 NO_AMX = ("-mno-amx-tile", "-mno-amx-bf16")
+HeadScreen = native.HeadScreen
 
 
 @pytest.fixture(scope="module", params=["native", "no-amx", "portable", "avx2"])
@@ -280,6 +281,149 @@ def test_decoding_step_follows_the_model(lib: ctypes.CDLL, monkeypatch: pytest.M
     assert counting.calls[native.DECODERS[torch.float32]] == 3
     monkeypatch.setattr(native, "library", lambda: None)
     torch.testing.assert_close(ours, run(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, native.MAX_ROWS])
+def test_some_columns_come_out_as_the_whole_product_computes_them(
+    lib: ctypes.CDLL, dtype: torch.dtype, rows: int
+) -> None:
+    g = torch.Generator().manual_seed(rows)
+    # huge terms that cancel, in random places: any two summation orders give other results (AMX and vdpbf16ps do)
+    big = torch.randn(4013, 256, generator=g) * 2**20
+    w = torch.cat([big, -big, torch.randn(4013, 256, generator=g)], dim=1)[:, torch.randperm(768, generator=g)]
+    x, w = (1 + torch.rand(rows, 768, generator=g) / 8).to(dtype), w.to(dtype)
+    whole = native.linear_rows(lib, x, w, None)
+    bits = torch.int16 if dtype is torch.bfloat16 else torch.int32
+    for cols in (torch.arange(4013), torch.randperm(4013, generator=g)[:300].sort().values, torch.arange(3990, 4013)):
+        some = torch.empty(rows, len(cols), dtype=dtype)
+        status = lib.gpt2_linear_columns(
+            x.data_ptr(), w.data_ptr(), cols.data_ptr(), some.data_ptr(), rows, len(cols), 4013, 768, 2,
+            int(dtype is torch.bfloat16),
+        )  # fmt: skip
+        assert status == 0 and torch.equal(some.view(bits), whole[:, cols].view(bits))
+
+
+def screened_head(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, top: int, screen: native.HeadScreen | None = None
+                  ) -> tuple[int, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """head.c's status and logits for x (B, C) by the head w (V, C), and the whole head's logits."""
+    screen = screen or native.HeadScreen(lib, w, w.size(0))
+    screened = torch.empty(x.size(0), w.size(0), dtype=x.dtype)
+    values = x.float()
+    status = lib.gpt2_screened_head(
+        values.data_ptr(), x.data_ptr(), w.data_ptr(), ctypes.byref(screen.args(top)), screened.data_ptr(),
+        x.size(0), w.size(0), w.size(1), 2, int(x.dtype is torch.bfloat16),
+    )  # fmt: skip
+    return status, screened, native.linear_rows(lib, x, w, None)
+
+
+def assert_top_k_sees_the_same(screened: torch.Tensor, full: torch.Tensor, top: int) -> torch.Tensor:
+    """Every logit top-k keeps is there, bit for bit as the whole head computes it; -inf elsewhere. Returns
+    where the screen left logits."""
+    left = torch.isfinite(screened)
+    kth = full.float().topk(top, dim=-1).values[:, -1:]
+    assert left[full.float() >= kth].all()
+    bits = torch.int16 if full.dtype is torch.bfloat16 else torch.int32
+    assert torch.equal(screened[left].view(bits), full[left].view(bits))
+    assert (screened[~left] == float("-inf")).all()
+    return left
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3, native.MAX_ROWS])
+def test_screened_head_keeps_what_top_k_keeps_bit_for_bit(lib: ctypes.CDLL, dtype: torch.dtype, batch: int) -> None:
+    g = torch.Generator().manual_seed(batch)
+    V, C = 4000 + 13, 96  # 13 columns past AMX's last block of 16
+    w = torch.randn(V, C, generator=g) * 0.05
+    w[1:31] = w[0]  # ties
+    w[V - 5 :] = w[0]  # ties among the last columns
+    w[31:61] = w[0] + torch.randn(30, C, generator=g) * 1e-3  # near ties
+    w = w.to(dtype)
+    x = (3 * w[0].float() + 0.3 * torch.randn(batch, C, generator=g)).to(dtype)  # w[0]'s kin on top
+    far = torch.randn(batch, C, generator=g).to(dtype)  # the kth among random rows
+    for inputs in (x, far):
+        for top in (1, 10, 40):
+            status, screened, full = screened_head(lib, inputs, w, top)
+            assert status == 0  # screened: no more than V / 8 rows left
+            left = assert_top_k_sees_the_same(screened, full, top)
+            assert left.sum(dim=-1).max() < V // 8
+    # the bound is what keeps them: with radii 1000 times too small, some kept logits are lost
+    small = native.HeadScreen(lib, w, V)
+    small.radius /= 1000
+    lost = 0
+    for inputs in (x, far):
+        for top in (1, 10, 40):
+            _, screened, full = screened_head(lib, inputs, w, top, small)
+            kth = full.float().topk(top, dim=-1).values[:, -1:]
+            lost += int((~torch.isfinite(screened) & (full.float() >= kth)).sum())
+    assert lost > 0
+
+
+def test_screened_head_leaves_what_it_cannot_screen_to_the_whole_head(lib: ctypes.CDLL) -> None:
+    w = torch.randn(800, 32)
+    x = torch.randn(2, 32)
+    assert screened_head(lib, x, w, 150)[0] == -1  # over V / 8 rows must stay
+    assert screened_head(lib, torch.full((2, 32), float("nan")), w, 5)[0] == -1
+    w[7, 3], x[:, 3] = float("inf"), 1.0  # a row that cannot be bounded always stays
+    status, screened, full = screened_head(lib, x, w, 5)
+    assert status == 0 and (screened[:, 7] == float("inf")).all() and torch.equal(screened[:, 7], full[:, 7])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3, native.MAX_ROWS])
+def test_decoding_step_screens_the_head_for_top_k(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, batch: int
+) -> None:
+    monkeypatch.setattr(native, "library", lambda: lib)
+    monkeypatch.setattr(native, "SCREEN_MAX_ROWS", native.MAX_ROWS)  # every batch size, not only where it pays
+    made = collections.Counter()
+    monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
+    torch.manual_seed(batch)
+    model = small_model(dtype, vocab_size=1001, pad=64)
+    ids = torch.randint(0, 1001, (batch, 12))
+    for top in (1, 5):
+        full, _ = decode(model, ids, prompt=8)
+        cache = KVCache(model.config, 16)
+        with torch.inference_mode():
+            model(ids[:, :8], cache, last_only=True)
+            screened = torch.cat([model(ids[:, t : t + 1], cache, top_k=top) for t in range(8, 12)], dim=1)
+        left = assert_top_k_sees_the_same(screened.flatten(0, 1), full.to(dtype).flatten(0, 1), top)
+        assert not left.all()  # screened
+    assert made[1] == 1  # one screen for both caches
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(1.5)  # in place: the screen is made again
+    full, _ = decode(model, ids, prompt=8)
+    cache = KVCache(model.config, 16)
+    with torch.inference_mode():
+        model(ids[:, :8], cache, last_only=True)
+        screened = torch.cat([model(ids[:, t : t + 1], cache, top_k=3) for t in range(8, 12)], dim=1)
+    assert made[1] == 2
+    assert_top_k_sees_the_same(screened.flatten(0, 1), full.to(dtype).flatten(0, 1), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampling_draws_the_same_tokens_with_a_screened_head(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr(native, "library", lambda: lib)
+    made = collections.Counter()
+    monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
+    torch.manual_seed(0)
+    model = small_model(dtype, vocab_size=1001, pad=64)
+    prompt = torch.randint(0, 1001, (1, 5))
+
+    def run() -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [
+                model.generate(prompt, 20, temperature, top_k, top_p, generator=torch.Generator().manual_seed(3))
+                for temperature, top_k, top_p in ((1.0, 40, None), (0.7, 5, 0.9), (0.0, None, None))
+            ]
+
+    screened = run()
+    assert made[1] == 1
+    monkeypatch.setattr(native, "SCREEN_MAX_ROWS", 0)
+    for mine, theirs in zip(screened, run(), strict=True):
+        assert torch.equal(mine, theirs)
 
 
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:

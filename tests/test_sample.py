@@ -9,7 +9,7 @@ import torch
 from gpt2cli import model as model_module
 from gpt2cli.artifacts import Store
 from gpt2cli.errors import UsageError
-from gpt2cli.model import GPT, GPTConfig, sample_next
+from gpt2cli.model import GPT, GPTConfig, logits_needed, sample_next
 from gpt2cli.sample import SampleOptions, Sampler
 from tests.conftest import run_cli
 
@@ -121,6 +121,22 @@ def test_top_k_and_top_p_never_leave_the_allowed_set():
     top3 = torch.topk(logits[0], 3).indices
     expected = torch.softmax(logits[0, top3], -1)
     assert torch.allclose(frequent[top3], expected, atol=0.03)  # renormalized over the kept tokens
+
+
+def test_top_k_keeps_ties_with_the_kth_and_ignores_what_lies_below_it():
+    logits = torch.tensor([[5.0, 3.0, 1.0, 3.0, 3.0, 0.5, 2.0]])
+    many = logits.expand(4000, -1)
+    draws = set(sample_next(many, 1.0, 2, None, torch.Generator().manual_seed(0)).tolist())
+    assert draws == {0, 1, 3, 4}  # the three tied at the 2nd-largest value stay, as in transformers
+    # what a screened head returns: -inf below each row's k-th largest; the draws are the same, token for token
+    rows = torch.randn(64, 500, generator=torch.Generator().manual_seed(1)).round(decimals=1)  # many ties
+    for k, temperature, top_p in ((1, 1.0, None), (7, 0.7, None), (40, 1.3, 0.9)):
+        kth = rows.topk(k, dim=-1).values[:, -1:]
+        screened = torch.where(rows >= kth - 0.15, rows, float("-inf"))  # some below the k-th stay, as in head.c
+        draws = [sample_next(x, temperature, k, top_p, torch.Generator().manual_seed(2)) for x in (rows, screened)]
+        assert torch.equal(draws[0], draws[1])
+    assert logits_needed(0.0, None) == 1 and logits_needed(1.0, 40) == 40
+    assert logits_needed(1.0, None) is None and logits_needed(1e-4, 40) is None  # the division could underflow
 
 
 def test_generate_rejects_bad_options(random_model: GPT):

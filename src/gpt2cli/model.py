@@ -253,6 +253,7 @@ class GPT(nn.Module):
         last_only: bool = False,
         targets: torch.Tensor | None = None,
         reduction: str = "mean",
+        top_k: int | None = None,
     ) -> torch.Tensor:
         """Logits of shape (batch, time, vocab_size) for token ids of shape (batch, time).
 
@@ -261,7 +262,9 @@ class GPT(nn.Module):
         With ``targets`` (batch, time), the mean cross-entropy is returned instead of the logits, computed
         without ever holding all the logits (see ``linear_cross_entropy``); ``reduction="none"`` returns
         each position's negative log-likelihood instead (batch, time; 0 where the target is negative), for
-        scoring without gradients (see ``token_nll``).
+        scoring without gradients (see ``token_nll``). With ``top_k``, logits that cannot be among a row's
+        ``top_k`` largest may come back as -inf (the decoding step then computes only the others, see
+        ``native.head``); those that can are as without it.
         """
         start = cache.size if cache is not None else 0
         T = idx.size(1)
@@ -271,7 +274,7 @@ class GPT(nn.Module):
             cache is not None
             and T == 1
             and targets is None
-            and (logits := self._decode_natively(idx, cache)) is not None
+            and (logits := self._decode_natively(idx, cache, top_k)) is not None
         ):
             return logits
         pos = torch.arange(start, start + T, device=idx.device)
@@ -304,7 +307,7 @@ class GPT(nn.Module):
                 params += (part.weight, part.bias)
         return [*params, t.ln_f.weight, t.ln_f.bias]
 
-    def _decode_natively(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+    def _decode_natively(self, idx: torch.Tensor, cache: KVCache, top_k: int | None) -> torch.Tensor | None:
         """One new token per row in a single call to ``native.Decoder.step``: decoding without PyTorch's per-operator
         overhead, a third of a step of 124M at batch 1. None where it does not apply (see there)."""
         if torch.compiler.is_compiling():
@@ -315,7 +318,7 @@ class GPT(nn.Module):
             buffers = [buffer for layer in cache.layers for buffer in (layer.k, layer.v)]
             step = native.decoder(self.decode_parameters(), buffers, self.config.n_head, self.config.vocab_size)
             cache.decoder = (self, step)
-        if cache.decoder[1] is None or (logits := cache.decoder[1].step(idx, cache.size)) is None:
+        if cache.decoder[1] is None or (logits := cache.decoder[1].step(idx, cache.size, top_k)) is None:
             return None
         for layer in cache.layers:
             layer.size += 1
@@ -370,13 +373,14 @@ class GPT(nn.Module):
         pad = torch.full_like(finished, stops[0].item() if len(stops) else 0, dtype=idx.dtype)
         cache: KVCache | None = None
         model = self if forward is None else forward  # a compiled module has no truth value
+        top = logits_needed(temperature, top_k)
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= n_ctx:
                 if cache is None:
                     # room for this call's positions only: 124M at batch 8 would hold 600 MB for the full context
                     cache, logits = self._prefill(model, idx, min(n_ctx, idx.size(1) + max_new_tokens))
                 else:
-                    logits = model(idx[:, -1:], cache, last_only=True)
+                    logits = model(idx[:, -1:], cache, last_only=True, top_k=top)
             else:
                 logits = model(idx[:, -n_ctx:], last_only=True)
             next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
@@ -574,6 +578,15 @@ def _log_sum_exp_(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return peak + sums.log(), sums
 
 
+def logits_needed(temperature: float, top_k: int | None) -> int | None:
+    """The k for which ``sample_next`` looks at no logit below each row's k-th largest, or None (it may look at
+    all). Temperatures far from 1 are left out: dividing by them could overflow or lose the float32 precision
+    that keeps logits below the k-th largest apart from it."""
+    if temperature == 0:
+        return 1
+    return top_k if top_k is not None and 2**-10 <= temperature <= 2**10 else None
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -583,17 +596,26 @@ def sample_next(
 ) -> torch.Tensor:
     """One token id per row of ``logits`` (batch, vocab); ``temperature == 0`` means the most likely.
 
-    Top-k keeps the k most likely tokens, top-p the smallest set of most likely tokens whose probability
-    reaches p (the most likely token always stays). The draw is made among the kept candidates only,
-    which avoids a multinomial over the whole vocabulary.
+    Top-k keeps the k most likely tokens and those tied with the k-th (as transformers does), top-p the
+    smallest set of most likely tokens whose probability reaches p (the most likely token always stays). The
+    draw is made among the kept candidates only, which avoids a multinomial over the whole vocabulary. The
+    candidates are ordered by logit, then id: which of equal values ``torch.topk`` returns first is not
+    specified, and the draw must not depend on it.
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1)  # the first of equal maxima
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
-        values, ids = torch.topk(logits, top_k, dim=-1)  # sorted, most likely first
+        values, ids = torch.topk(logits, top_k, dim=-1)
+        kth = values[:, -1:]
+        if (kept := int((logits >= kth).sum(dim=-1).max())) > top_k:
+            values, ids = torch.topk(logits, kept, dim=-1)
+        ids, order = ids.sort(dim=-1)
+        values, order = values.gather(-1, order).sort(dim=-1, descending=True, stable=True)
+        ids = ids.gather(-1, order)
+        values = values.masked_fill(values < kth, float("-inf"))  # another row's ties
     else:
-        values, ids = torch.sort(logits, descending=True, dim=-1)
+        values, ids = torch.sort(logits, descending=True, dim=-1, stable=True)
     if top_p is not None and top_p < 1.0:
         probs = F.softmax(values, dim=-1)
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely candidates

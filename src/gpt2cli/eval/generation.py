@@ -35,7 +35,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import UsageError
-from gpt2cli.model import GPT, KVCache, sample_next
+from gpt2cli.model import GPT, KVCache, logits_needed, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,11 @@ class _RowSampler:
         self.model, self.generators = model, generators
         self.temperature, self.top_k = temperature, top_k
 
-    def __call__(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = True) -> torch.Tensor:
-        logits = self.model(idx, cache, last_only=True)[:, -1].float()
+    def __call__(
+        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = True, top_k: int | None = None
+    ) -> torch.Tensor:
+        top = logits_needed(self.temperature, self.top_k)  # generate's top_k is its own greedy pick's
+        logits = self.model(idx, cache, last_only=True, top_k=top)[:, -1].float()
         choice = torch.cat(
             [
                 sample_next(logits[r : r + 1], self.temperature, self.top_k, None, g)

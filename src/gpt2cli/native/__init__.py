@@ -6,7 +6,8 @@ and the overhead of its some 400 operator calls per step of 124M (see ``decode.c
 up to ``MAX_ROWS`` rows run on ``gemv.c``, and a whole decoding step of up to ``MAX_ROWS`` rows on
 ``decode.c``. They are built once per source, compiler and CPU with ``-march=native`` into
 ``$GPT2_CACHE/native`` (default ``~/.cache/gpt2cli/native``) and loaded with ctypes; without a compiler, or
-with ``GPT2_NATIVE=0``, everything runs on PyTorch.
+with ``GPT2_NATIVE=0``, everything runs on PyTorch. For top-k sampling and greedy decoding, the step screens
+the output head (see ``head.c``): only the logits that top-k can keep are computed, exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from torch.nn import functional as F
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "gemv.c", HERE / "decode.c")
+SOURCES = (HERE / "gemv.c", HERE / "decode.c", HERE / "head.c")
 HEADERS = (HERE / "native.h",)
 # an intrinsic the compiler lacks must fail the build, not leave an undefined symbol in the library
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-Werror=implicit-function-declaration")
@@ -39,6 +41,11 @@ MAX_ROWS = 8
 KERNELS = {torch.float32: "gpt2_linear_f32", torch.bfloat16: "gpt2_linear_bf16"}
 DECODERS = {torch.float32: "gpt2_decode_f32", torch.bfloat16: "gpt2_decode_bf16"}
 BUILD_TIMEOUT_S = 300.0
+# Screening the head pays while k is a small part of the vocabulary (head.c computes all of it past V / 8 rows
+# left), and at batch 1 only: there the int8 pass streams at the memory's speed, while for 8 rows its multiplies
+# take as long as the whole float32 head's and longer than AMX's bfloat16 head (BENCHMARKS.md, "Generation").
+SCREEN_MAX_FRACTION = 8
+SCREEN_MAX_ROWS = 1
 
 
 class NativeUnavailable(RuntimeError):
@@ -105,8 +112,14 @@ def load(path: Path) -> ctypes.CDLL:
         fn.restype = ctypes.c_int
     for name in DECODERS.values():
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 7 + [ctypes.c_int]
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 7 + [ctypes.c_int, ctypes.c_void_p]
         fn.restype = ctypes.c_int
+    lib.gpt2_screen_prepare.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
+    lib.gpt2_screen_prepare.restype = None
+    lib.gpt2_screened_head.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
+    lib.gpt2_screened_head.restype = ctypes.c_int
+    lib.gpt2_linear_columns.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    lib.gpt2_linear_columns.restype = ctypes.c_int
     return lib
 
 
@@ -165,6 +178,56 @@ def _plain(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_contiguous()
 
 
+class HeadScreenArgs(ctypes.Structure):
+    """``struct head_screen`` of native.h."""
+
+    _fields_ = [
+        ("q", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("radius", ctypes.c_void_p),
+        ("top", ctypes.c_int64),
+    ]
+
+
+class HeadScreen:
+    """The output head as int8 rows with a scale and an error radius per row (``gpt2_screen_prepare``), for
+    ``head.c``'s screen; ``version`` is the head's version counter when it was made."""
+
+    def __init__(self, lib: ctypes.CDLL, head: torch.Tensor, vocab: int):
+        self.version, self.vocab = head._version, vocab
+        self.q = torch.empty(vocab, head.size(1), dtype=torch.int8)
+        self.scale = torch.empty(vocab)
+        self.radius = torch.empty(vocab)
+        lib.gpt2_screen_prepare(
+            head.data_ptr(),
+            self.q.data_ptr(),
+            self.scale.data_ptr(),
+            self.radius.data_ptr(),
+            vocab,
+            head.size(1),
+            torch.get_num_threads(),
+            int(head.dtype is torch.bfloat16),
+        )
+
+    def args(self, top: int) -> HeadScreenArgs:
+        return HeadScreenArgs(self.q.data_ptr(), self.scale.data_ptr(), self.radius.data_ptr(), top)
+
+
+# One screen per head tensor (by identity: tensors compare elementwise), shared by the caches of successive
+# generate() calls, dropped with the tensor.
+_screens: dict[int, HeadScreen] = {}
+
+
+def head_screen(lib: ctypes.CDLL, head: torch.Tensor, vocab: int) -> HeadScreen:
+    """The screen of the first ``vocab`` rows of ``head``, made again when the head has changed in place."""
+    screen = _screens.get(id(head))
+    if screen is None or screen.version != head._version or screen.vocab != vocab:
+        if screen is None:
+            weakref.finalize(head, _screens.pop, id(head), None)
+        screen = _screens[id(head)] = HeadScreen(lib, head, vocab)
+    return screen
+
+
 class Decoder:
     """``decode.c``'s step bound to one model's weights and one KV cache, checked once (see ``decoder``).
 
@@ -175,6 +238,7 @@ class Decoder:
     def __init__(
         self, lib: ctypes.CDLL, params: Sequence[torch.Tensor], caches: Sequence[torch.Tensor], n_head: int, vocab: int
     ):
+        self.lib, self.head = lib, params[0]
         self.kept = [t.detach() for t in (*params, *caches)]
         self.params = (ctypes.c_void_p * len(params))(*[t.data_ptr() for t in params])
         self.caches = (ctypes.c_void_p * len(caches))(*[t.data_ptr() for t in caches])
@@ -183,10 +247,11 @@ class Decoder:
         self.n_vocab_rows, self.n_embd = params[0].shape
         self.batch, self.length = caches[0].size(0), caches[0].size(2)
 
-    def step(self, ids: torch.Tensor, position: int) -> torch.Tensor | None:
+    def step(self, ids: torch.Tensor, position: int, top_k: int | None = None) -> torch.Tensor | None:
         """Logits (batch, 1, vocab_size) of one new token per row (``ids``: (batch, 1)) at ``position``, whose
         keys and values are written into the cache; None, nothing written, where PyTorch must do it instead
-        (autograd, autocast, under ``torch.compile``, no room left, an id out of range)."""
+        (autograd, autocast, under ``torch.compile``, no room left, an id out of range). With ``top_k``, logits
+        that cannot be among a row's ``top_k`` largest may come back as -inf; the others are as without it."""
         if (
             torch.compiler.is_compiling()
             or torch.is_grad_enabled()
@@ -201,6 +266,9 @@ class Decoder:
             return None
         ids = ids.contiguous()  # a column of the prompt is not
         logits = torch.empty(self.batch, 1, self.vocab_size, dtype=self.dtype)
+        screen = None
+        if top_k is not None and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size and self.batch <= SCREEN_MAX_ROWS:
+            screen = ctypes.byref(head_screen(self.lib, self.head, self.vocab_size).args(top_k))
         status = self.function(
             self.params,
             self.caches,
@@ -214,6 +282,7 @@ class Decoder:
             self.vocab_size,
             self.length,
             torch.get_num_threads(),
+            screen,
         )
         if status:
             raise MemoryError("native decoding step: out of memory")

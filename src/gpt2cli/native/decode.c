@@ -156,7 +156,7 @@ static void add_residual(float* x, const float* delta, int64_t n, const int bf16
 
 static int step(const void* const* params, void* const* caches, const int64_t* ids, void* logits, int64_t B,
                 int64_t pos, int64_t n_layer, int64_t H, int64_t C, int64_t V, int64_t cache_len, int threads,
-                const int bf16) {
+                const struct head_screen* screen, const int bf16) {
   const int64_t D = C / H, positions = pos + 1;
   float* x = malloc(sizeof(float) * (size_t)(B * C * 6 + B * H * positions));
   uint16_t* staging = malloc(sizeof(uint16_t) * (size_t)(B * C * 8));
@@ -205,12 +205,13 @@ static int step(const void* const* params, void* const* caches, const int64_t* i
   if (!status) {
     const void* const* p = params + 2 + n_layer * PER_BLOCK;
     layer_norm(x, p[0], p[1], h, B, C, bf16);
-    if (bf16) {
+    if (bf16)
       for (int64_t i = 0; i < B * C; i++) staging_in[i] = round_to_bf16(h[i]);
-      status = gpt2_linear_bf16(staging_in, wte, NULL, logits, B, V, C, threads);
-    } else {
-      status = gpt2_linear_f32(h, wte, NULL, logits, B, V, C, threads);
-    }
+    const void* h_stored = bf16 ? (const void*)staging_in : h;
+    status = screen ? gpt2_screened_head(h, h_stored, wte, screen, logits, B, V, C, threads, bf16) : -1;
+    if (status < 0)
+      status = bf16 ? gpt2_linear_bf16(staging_in, wte, NULL, logits, B, V, C, threads)
+                    : gpt2_linear_f32(h, wte, NULL, logits, B, V, C, threads);
   }
   free(x);
   free(staging);
@@ -219,15 +220,17 @@ static int step(const void* const* params, void* const* caches, const int64_t* i
 
 /* params: wte, wpe, each block's PER_BLOCK tensors, ln_f's weight and bias, all of one dtype; caches: each
  * block's keys and values, (B, H, cache_len, D), holding `pos` positions; ids: (B); logits: (B, V), the head
- * being wte's first V rows. Writes the new position's keys and values into the caches. 0, or 1 when out of
- * memory. */
+ * being wte's first V rows; screen: NULL, or the head's screen for top-k (head.c), when logits below each row's
+ * k-th largest may come back as -inf. Writes the new position's keys and values into the caches. 0, or 1 when
+ * out of memory. */
 int gpt2_decode_f32(const void* const* params, void* const* caches, const int64_t* ids, float* logits, int64_t B,
-                    int64_t pos, int64_t n_layer, int64_t H, int64_t C, int64_t V, int64_t cache_len, int threads) {
-  return step(params, caches, ids, logits, B, pos, n_layer, H, C, V, cache_len, threads, 0);
+                    int64_t pos, int64_t n_layer, int64_t H, int64_t C, int64_t V, int64_t cache_len, int threads,
+                    const struct head_screen* screen) {
+  return step(params, caches, ids, logits, B, pos, n_layer, H, C, V, cache_len, threads, screen, 0);
 }
 
 int gpt2_decode_bf16(const void* const* params, void* const* caches, const int64_t* ids, uint16_t* logits,
                      int64_t B, int64_t pos, int64_t n_layer, int64_t H, int64_t C, int64_t V, int64_t cache_len,
-                     int threads) {
-  return step(params, caches, ids, logits, B, pos, n_layer, H, C, V, cache_len, threads, 1);
+                     int threads, const struct head_screen* screen) {
+  return step(params, caches, ids, logits, B, pos, n_layer, H, C, V, cache_len, threads, screen, 1);
 }

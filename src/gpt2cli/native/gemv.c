@@ -144,6 +144,10 @@ static int amx_permitted(void) {
   return permitted;
 }
 
+static int amx_applies(int64_t M, int64_t K) {
+  return M >= AMX_MIN_ROWS && M <= 16 && K % 32 == 0 && amx_permitted();
+}
+
 struct tile_config {
   uint8_t palette, start_row, reserved[14];
   uint16_t bytes_per_row[16];
@@ -200,7 +204,7 @@ int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, ui
   for (int64_t i = 0; i < M * K; i++) xf[i] = widen(x[i]);
   int64_t done = 0;
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__)
-  if (M >= AMX_MIN_ROWS && M <= 16 && K % 32 == 0 && amx_permitted()) done = linear_amx(x, w, b, y, M, N, K, threads);
+  if (amx_applies(M, K)) done = linear_amx(x, w, b, y, M, N, K, threads);
   if (done < 0) {
     free(xf);
     return 1;
@@ -208,5 +212,40 @@ int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, ui
 #endif
   const int status = linear(x, xf, w, b, y, M, N, K, done, threads, 1);
   free(xf);
+  return status;
+}
+
+/* Columns cols[0..n-1] (ascending, below N) of y = x W^T for W of N rows, into y (M, n), each computed bit for
+ * bit as gpt2_linear_* computes it in the product of all N rows: in bfloat16 with AMX, the columns of whole
+ * blocks of 16 go through the tiles again and the last N % 16 through `linear`. 0, or 1 when out of memory. */
+int gpt2_linear_columns(const void* x, const void* w, const int64_t* cols, void* y, int64_t M, int64_t n, int64_t N,
+                        int64_t K, int threads, int bf16) {
+  const size_t size = bf16 ? 2 : 4;
+  int64_t in_blocks = 0; /* columns AMX computes in the whole product */
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+  if (bf16 && amx_applies(M, K))
+    while (in_blocks < n && cols[in_blocks] < N / 16 * 16) in_blocks++;
+#else
+  (void)N;
+#endif
+  const int64_t padded = (in_blocks + 15) / 16 * 16, total = padded + n - in_blocks; /* AMX takes whole blocks */
+  char* rows = malloc(size * (size_t)(total * K));
+  char* out = malloc(size * (size_t)(M * total));
+  int status = !rows || !out;
+  if (!status) {
+    for (int64_t i = 0; i < total; i++) {
+      const int64_t col = i < in_blocks ? cols[i] : i < padded ? cols[in_blocks - 1] : cols[i - padded + in_blocks];
+      memcpy(rows + i * K * size, (const char*)w + col * K * size, K * size);
+    }
+    status = bf16 ? gpt2_linear_bf16(x, (const uint16_t*)rows, NULL, (uint16_t*)out, M, total, K, threads)
+                  : gpt2_linear_f32(x, (const float*)rows, NULL, (float*)out, M, total, K, threads);
+  }
+  if (!status)
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t i = 0; i < n; i++)
+        memcpy((char*)y + (m * n + i) * size, out + (m * total + (i < in_blocks ? i : padded + i - in_blocks)) * size,
+               size);
+  free(rows);
+  free(out);
   return status;
 }

@@ -63,5 +63,18 @@ int gpt2_linear_f32(const float* x, const float* w, const float* b, float* y, in
                     int threads);
 int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint16_t* y, int64_t M, int64_t N,
                      int64_t K, int threads);
+/* Columns cols[0..n-1] of that product, each exactly as the whole product computes it (gemv.c). */
+int gpt2_linear_columns(const void* x, const void* w, const int64_t* cols, void* y, int64_t M, int64_t n, int64_t N,
+                        int64_t K, int threads, int bf16);
+
+/* head.c: the output head's int8 copy (V, C), its scales and error radii (V), and the k of top-k. */
+struct head_screen {
+  const int8_t* q;
+  const float* scale;
+  const float* radius;
+  int64_t top;
+};
+int gpt2_screened_head(const float* x, const void* x_stored, const void* w, const struct head_screen* screen,
+                       void* logits, int64_t B, int64_t V, int64_t C, int threads, int bf16);
 
 #endif
