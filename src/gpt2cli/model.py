@@ -578,6 +578,9 @@ def _log_sum_exp_(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return peak + sums.log(), sums
 
 
+TIES_ROOM = 16
+
+
 def logits_needed(temperature: float, top_k: int | None) -> int | None:
     """The k for which ``sample_next`` looks at no logit below each row's k-th largest, or None (it may look at
     all). Temperatures far from 1 are left out: dividing by them could overflow or lose the float32 precision
@@ -606,10 +609,11 @@ def sample_next(
         return logits.argmax(dim=-1)  # the first of equal maxima
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
-        values, ids = torch.topk(logits, top_k, dim=-1)
-        kth = values[:, -1:]
-        if (kept := int((logits >= kth).sum(dim=-1).max())) > top_k:
-            values, ids = torch.topk(logits, kept, dim=-1)
+        # a few more than k, so that ties with the k-th (frequent in bfloat16) rarely take a second pass
+        values, ids = torch.topk(logits, min(top_k + TIES_ROOM, logits.size(-1)), dim=-1)
+        kth = values[:, top_k - 1 : top_k]
+        if values.size(-1) < logits.size(-1) and bool((values[:, -1:] >= kth).any()):
+            values, ids = torch.topk(logits, int((logits >= kth).sum(dim=-1).max()), dim=-1)
         ids, order = ids.sort(dim=-1)
         values, order = values.gather(-1, order).sort(dim=-1, descending=True, stable=True)
         ids = ids.gather(-1, order)
