@@ -333,25 +333,32 @@ def assert_top_k_sees_the_same(screened: torch.Tensor, full: torch.Tensor, top: 
 @pytest.mark.parametrize("batch", [1, 3, native.MAX_ROWS])
 def test_screened_head_keeps_what_top_k_keeps_bit_for_bit(lib: ctypes.CDLL, dtype: torch.dtype, batch: int) -> None:
     g = torch.Generator().manual_seed(batch)
-    V, C = 4000 + 13, 96  # 13 columns past AMX's last block of 16
+    V, C = 4000 + 13, 128  # 13 columns past AMX's last block of 16
     w = torch.randn(V, C, generator=g) * 0.05
     w[1:31] = w[0]  # ties
     w[V - 5 :] = w[0]  # ties among the last columns
     w[31:61] = w[0] + torch.randn(30, C, generator=g) * 1e-3  # near ties
     w = w.to(dtype)
     x = (3 * w[0].float() + 0.3 * torch.randn(batch, C, generator=g)).to(dtype)  # w[0]'s kin on top
-    far = torch.randn(batch, C, generator=g).to(dtype)  # the kth among random rows
-    for inputs in (x, far):
+    far = torch.randn(batch, C, generator=g)  # the kth among random rows
+    spiky = far.clone()
+    spiky[:, 5] *= 300  # one huge feature: x's first int8 level is coarse, its second level makes up for it
+    far, spiky = far.to(dtype), spiky.to(dtype)
+    if batch > lib.gpt2_screen_max_rows():  # no AMX int8 in this build: several rows are left to the whole head
+        assert screened_head(lib, far, w, 10)[0] == -1
+        return
+    for inputs in (x, far, spiky):
         for top in (1, 10, 40):
             status, screened, full = screened_head(lib, inputs, w, top)
             assert status == 0  # screened: no more than V / 8 rows left
             left = assert_top_k_sees_the_same(screened, full, top)
             assert left.sum(dim=-1).max() < V // 8
-    # the bound is what keeps them: with radii 1000 times too small, some kept logits are lost
+    # the bound is what keeps them: with coefficients 1000 times too small, some kept logits are lost
     small = native.HeadScreen(lib, w, V)
     small.radius /= 1000
+    small.reach /= 1000
     lost = 0
-    for inputs in (x, far):
+    for inputs in (x, far, spiky):
         for top in (1, 10, 40):
             _, screened, full = screened_head(lib, inputs, w, top, small)
             kth = full.float().topk(top, dim=-1).values[:, -1:]
@@ -360,10 +367,12 @@ def test_screened_head_keeps_what_top_k_keeps_bit_for_bit(lib: ctypes.CDLL, dtyp
 
 
 def test_screened_head_leaves_what_it_cannot_screen_to_the_whole_head(lib: ctypes.CDLL) -> None:
-    w = torch.randn(800, 32)
-    x = torch.randn(2, 32)
+    w = torch.randn(800, 64)
+    x = torch.randn(1, 64)
     assert screened_head(lib, x, w, 150)[0] == -1  # over V / 8 rows must stay
-    assert screened_head(lib, torch.full((2, 32), float("nan")), w, 5)[0] == -1
+    assert screened_head(lib, torch.full((1, 64), float("nan")), w, 5)[0] == -1
+    assert screened_head(lib, torch.randn(lib.gpt2_screen_max_rows() + 1, 64), w, 5)[0] == -1
+    assert screened_head(lib, torch.randn(2, 48), torch.randn(800, 48), 5)[0] == -1  # AMX takes 64 of C at a time
     w[7, 3], x[:, 3] = float("inf"), 1.0  # a row that cannot be bounded always stays
     status, screened, full = screened_head(lib, x, w, 5)
     assert status == 0 and (screened[:, 7] == float("inf")).all() and torch.equal(screened[:, 7], full[:, 7])
@@ -375,7 +384,7 @@ def test_decoding_step_screens_the_head_for_top_k(
     lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, batch: int
 ) -> None:
     monkeypatch.setattr(native, "library", lambda: lib)
-    monkeypatch.setattr(native, "SCREEN_MAX_ROWS", native.MAX_ROWS)  # every batch size, not only where it pays
+    screens = batch <= lib.gpt2_screen_max_rows()  # several rows: only with AMX int8
     made = collections.Counter()
     monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
     torch.manual_seed(batch)
@@ -388,8 +397,8 @@ def test_decoding_step_screens_the_head_for_top_k(
             model(ids[:, :8], cache, last_only=True)
             screened = torch.cat([model(ids[:, t : t + 1], cache, top_k=top) for t in range(8, 12)], dim=1)
         left = assert_top_k_sees_the_same(screened.flatten(0, 1), full.to(dtype).flatten(0, 1), top)
-        assert not left.all()  # screened
-    assert made[1] == 1  # one screen for both caches
+        assert left.all() != screens
+    assert made[1] == screens  # one screen for both caches
     with torch.no_grad():
         model.transformer.wte.weight.mul_(1.5)  # in place: the screen is made again
     full, _ = decode(model, ids, prompt=8)
@@ -397,20 +406,21 @@ def test_decoding_step_screens_the_head_for_top_k(
     with torch.inference_mode():
         model(ids[:, :8], cache, last_only=True)
         screened = torch.cat([model(ids[:, t : t + 1], cache, top_k=3) for t in range(8, 12)], dim=1)
-    assert made[1] == 2
+    assert made[1] == 2 * screens
     assert_top_k_sees_the_same(screened.flatten(0, 1), full.to(dtype).flatten(0, 1), 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
 def test_sampling_draws_the_same_tokens_with_a_screened_head(
-    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, batch: int
 ) -> None:
     monkeypatch.setattr(native, "library", lambda: lib)
     made = collections.Counter()
     monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
     torch.manual_seed(0)
     model = small_model(dtype, vocab_size=1001, pad=64)
-    prompt = torch.randint(0, 1001, (1, 5))
+    prompt = torch.randint(0, 1001, (batch, 5))
 
     def run() -> list[torch.Tensor]:
         with torch.inference_mode():
@@ -420,8 +430,8 @@ def test_sampling_draws_the_same_tokens_with_a_screened_head(
             ]
 
     screened = run()
-    assert made[1] == 1
-    monkeypatch.setattr(native, "SCREEN_MAX_ROWS", 0)
+    assert made[1] == (batch <= lib.gpt2_screen_max_rows())
+    monkeypatch.setattr(native, "SCREEN_MAX_FRACTION", 10**9)  # no screen
     for mine, theirs in zip(screened, run(), strict=True):
         assert torch.equal(mine, theirs)
 

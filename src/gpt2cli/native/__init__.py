@@ -41,11 +41,8 @@ MAX_ROWS = 8
 KERNELS = {torch.float32: "gpt2_linear_f32", torch.bfloat16: "gpt2_linear_bf16"}
 DECODERS = {torch.float32: "gpt2_decode_f32", torch.bfloat16: "gpt2_decode_bf16"}
 BUILD_TIMEOUT_S = 300.0
-# Screening the head pays while k is a small part of the vocabulary (head.c computes all of it past V / 8 rows
-# left), and at batch 1 only: there the int8 pass streams at the memory's speed, while for 8 rows its multiplies
-# take as long as the whole float32 head's and longer than AMX's bfloat16 head (BENCHMARKS.md, "Generation").
+# Screening the head pays while k is a small part of the vocabulary: head.c computes all of it past V / 8 rows left.
 SCREEN_MAX_FRACTION = 8
-SCREEN_MAX_ROWS = 1
 
 
 class NativeUnavailable(RuntimeError):
@@ -114,10 +111,12 @@ def load(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 7 + [ctypes.c_int, ctypes.c_void_p]
         fn.restype = ctypes.c_int
-    lib.gpt2_screen_prepare.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
+    lib.gpt2_screen_prepare.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 2
     lib.gpt2_screen_prepare.restype = None
     lib.gpt2_screened_head.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     lib.gpt2_screened_head.restype = ctypes.c_int
+    lib.gpt2_screen_max_rows.argtypes = []
+    lib.gpt2_screen_max_rows.restype = ctypes.c_int
     lib.gpt2_linear_columns.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     lib.gpt2_linear_columns.restype = ctypes.c_int
     return lib
@@ -181,28 +180,25 @@ def _plain(t: torch.Tensor) -> bool:
 class HeadScreenArgs(ctypes.Structure):
     """``struct head_screen`` of native.h."""
 
-    _fields_ = [
-        ("q", ctypes.c_void_p),
-        ("scale", ctypes.c_void_p),
-        ("radius", ctypes.c_void_p),
-        ("top", ctypes.c_int64),
-    ]
+    _fields_ = [(name, ctypes.c_void_p) for name in ("q", "scale", "radius", "reach")] + [("top", ctypes.c_int64)]
 
 
 class HeadScreen:
-    """The output head as int8 rows with a scale and an error radius per row (``gpt2_screen_prepare``), for
-    ``head.c``'s screen; ``version`` is the head's version counter when it was made."""
+    """The output head as int8 rows with a scale and the bound's two coefficients per row (``gpt2_screen_prepare``),
+    for ``head.c``'s screen; ``version`` is the head's version counter when it was made."""
 
     def __init__(self, lib: ctypes.CDLL, head: torch.Tensor, vocab: int):
         self.version, self.vocab = head._version, vocab
         self.q = torch.empty(vocab, head.size(1), dtype=torch.int8)
         self.scale = torch.empty(vocab)
         self.radius = torch.empty(vocab)
+        self.reach = torch.empty(vocab)
         lib.gpt2_screen_prepare(
             head.data_ptr(),
             self.q.data_ptr(),
             self.scale.data_ptr(),
             self.radius.data_ptr(),
+            self.reach.data_ptr(),
             vocab,
             head.size(1),
             torch.get_num_threads(),
@@ -210,7 +206,9 @@ class HeadScreen:
         )
 
     def args(self, top: int) -> HeadScreenArgs:
-        return HeadScreenArgs(self.q.data_ptr(), self.scale.data_ptr(), self.radius.data_ptr(), top)
+        return HeadScreenArgs(
+            self.q.data_ptr(), self.scale.data_ptr(), self.radius.data_ptr(), self.reach.data_ptr(), top
+        )
 
 
 # One screen per head tensor (by identity: tensors compare elementwise), shared by the caches of successive
@@ -267,7 +265,11 @@ class Decoder:
         ids = ids.contiguous()  # a column of the prompt is not
         logits = torch.empty(self.batch, 1, self.vocab_size, dtype=self.dtype)
         screen = None
-        if top_k is not None and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size and self.batch <= SCREEN_MAX_ROWS:
+        if (
+            top_k is not None
+            and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size
+            and self.batch <= self.lib.gpt2_screen_max_rows()
+        ):
             screen = ctypes.byref(head_screen(self.lib, self.head, self.vocab_size).args(top_k))
         status = self.function(
             self.params,

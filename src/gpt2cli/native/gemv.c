@@ -132,27 +132,11 @@ static inline __attribute__((always_inline)) int linear(const void* x, const flo
 }
 
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__)
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #define AMX_MIN_ROWS 2 /* from here on AMX's tiles beat vdpbf16ps (BENCHMARKS.md, "Generation") */
-
-/* Linux hands out AMX's tile registers to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA). */
-static int amx_permitted(void) {
-  static int permitted = -1;
-  if (permitted < 0) permitted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return permitted;
-}
 
 static int amx_applies(int64_t M, int64_t K) {
   return M >= AMX_MIN_ROWS && M <= 16 && K % 32 == 0 && amx_permitted();
 }
-
-struct tile_config {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
 
 /* Columns 0..16*(N/16)-1 of y = x W^T + b on AMX, 16 weight rows at a time: tile 1 holds 16 rows of W by 32
  * of K as stored, tile 2 the same 32 of K for the M rows of x, paired as the instruction reads them, and

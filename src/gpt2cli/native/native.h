@@ -21,6 +21,25 @@ typedef uint16_t vh __attribute__((vector_size(LANES * 2), aligned(2), may_alias
 typedef float vf_half __attribute__((vector_size(LANES * 2), aligned(4)));
 typedef float vf_quarter __attribute__((vector_size(LANES), aligned(4)));
 
+#if defined(__AMX_TILE__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Linux hands out AMX's tile registers to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA). */
+static inline int amx_permitted(void) {
+  static int permitted = -1;
+  if (permitted < 0) permitted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return permitted;
+}
+
+struct tile_config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+#endif
+
 static inline float widen(uint16_t h) { /* a bfloat16 is the top half of a float32 */
   uint32_t u = (uint32_t)h << 16;
   float f;
@@ -67,11 +86,13 @@ int gpt2_linear_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* b, ui
 int gpt2_linear_columns(const void* x, const void* w, const int64_t* cols, void* y, int64_t M, int64_t n, int64_t N,
                         int64_t K, int threads, int bf16);
 
-/* head.c: the output head's int8 copy (V, C), its scales and error radii (V), and the k of top-k. */
+/* head.c: the output head's int8 copy (V, C), per row its scale and the two coefficients of the bound, and the
+ * k of top-k (see gpt2_screen_prepare). */
 struct head_screen {
   const int8_t* q;
   const float* scale;
   const float* radius;
+  const float* reach;
   int64_t top;
 };
 int gpt2_screened_head(const float* x, const void* x_stored, const void* w, const struct head_screen* screen,
