@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def lib(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     try:
         return native.load(native.build(cache=tmp_path_factory.mktemp("native"), flags=flags))
     except native.NativeUnavailable as exc:
-        pytest.skip(f"the native kernel cannot be built on this machine: {exc}")
+        if "no C compiler" not in str(exc):
+            raise  # a compiler that rejects these sources: a bug here, not a machine without the kernels
+        pytest.skip(f"no native kernels on this machine: {exc}")
 
 
 def ulps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -384,6 +387,7 @@ def test_decoding_step_screens_the_head_for_top_k(
     lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, batch: int
 ) -> None:
     monkeypatch.setattr(native, "library", lambda: lib)
+    monkeypatch.setattr(native, "screen_pays", lambda *shape: True)  # a model small enough to test, screened
     screens = batch <= lib.gpt2_screen_max_rows()  # several rows: only with AMX int8
     made = collections.Counter()
     monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
@@ -416,6 +420,7 @@ def test_sampling_draws_the_same_tokens_with_a_screened_head(
     lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, batch: int
 ) -> None:
     monkeypatch.setattr(native, "library", lambda: lib)
+    monkeypatch.setattr(native, "screen_pays", lambda *shape: True)
     made = collections.Counter()
     monkeypatch.setattr(native, "HeadScreen", lambda *a: made.update([1]) or HeadScreen(*a))
     torch.manual_seed(0)
@@ -436,11 +441,15 @@ def test_sampling_draws_the_same_tokens_with_a_screened_head(
         assert torch.equal(mine, theirs)
 
 
+def test_the_screen_is_used_where_it_pays() -> None:
+    assert native.screen_pays(768, 4, 8) and native.screen_pays(768, 2, 1)  # 124M: float32, bfloat16 at batch 1
+    assert not native.screen_pays(768, 2, 8) and not native.screen_pays(128, 2, 1)  # 124M bfloat16 at 8, mini
+
+
 def test_build_is_cached_and_published_whole(tmp_path: Path) -> None:
-    try:
-        first = native.build(cache=tmp_path)
-    except native.NativeUnavailable as exc:
-        pytest.skip(f"the native kernel cannot be built on this machine: {exc}")
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler on this machine")
+    first = native.build(cache=tmp_path)
     stamp = first.stat().st_mtime_ns
     assert native.build(cache=tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial file left behind

@@ -45,6 +45,14 @@ BUILD_TIMEOUT_S = 300.0
 SCREEN_MAX_FRACTION = 8
 
 
+def screen_pays(n_embd: int, element_size: int, batch: int) -> bool:
+    """Whether the screen saves more than it costs: it saves ``n_embd * (element_size - 1)`` bytes of reading per
+    vocabulary row, and costs some work per row of each sample. Measured on 2 cores (BENCHMARKS.md, "Generation"):
+    124M gains 15-23% but for 8 bfloat16 rows (even), ``small`` float32 gains at batch 1 (+80%) and loses nothing at
+    8, the rest is even or loses (``mini`` bfloat16 at batch 8: -30%)."""
+    return n_embd * (element_size - 1) >= 128 * batch + 512
+
+
 class NativeUnavailable(RuntimeError):
     """The kernel could not be built or loaded; callers fall back to PyTorch."""
 
@@ -269,6 +277,7 @@ class Decoder:
             top_k is not None
             and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size
             and self.batch <= self.lib.gpt2_screen_max_rows()
+            and screen_pays(self.n_embd, self.dtype.itemsize, self.batch)
         ):
             screen = ctypes.byref(head_screen(self.lib, self.head, self.vocab_size).args(top_k))
         status = self.function(

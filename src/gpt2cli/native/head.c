@@ -104,7 +104,7 @@ static inline float slack(const struct pass* p, int64_t i, int64_t m, float a) {
 
 static inline void record(struct pass* p, float* heap, int64_t i, int64_t m, float a) {
   p->approx[m * p->V + i] = a;
-  offer(heap + m * p->k, p->k, a - slack(p, i, m, a));
+  if (a > heap[m * p->k]) offer(heap + m * p->k, p->k, a - slack(p, i, m, a)); /* the bound only when it can enter */
 }
 
 /* LANES int8 values as float32. GCC's __builtin_convertvector does this one lane at a time. */
@@ -231,9 +231,12 @@ static int approximate_rows_amx(struct pass* p, const float* x, int64_t C, int t
       }
       _tile_stored(0, dots[0], 64);
       _tile_stored(4, dots[1], 64);
-      for (int64_t r = 0; r < 16; r++)
-        for (int64_t m = 0; m < B; m++)
-          record(p, heap, i0 + r, m, dequantize(p, i0 + r, m, dots[0][r][m], dots[1][r][m], x1, x2));
+      for (int64_t r = 0; r < 16; r++) {
+        float a[AMX_ROWS];
+#pragma omp simd
+        for (int64_t m = 0; m < B; m++) a[m] = dequantize(p, i0 + r, m, dots[0][r][m], dots[1][r][m], x1, x2);
+        for (int64_t m = 0; m < B; m++) record(p, heap, i0 + r, m, a[m]);
+      }
     }
     _tile_release();
 #pragma omp for schedule(static)
@@ -252,6 +255,54 @@ static int approximate_rows_amx(struct pass* p, const float* x, int64_t C, int t
   return 0;
 }
 #endif
+
+/* Whether the exact logit of vocabulary row i for row m of x could reach cut[m] (see gpt2_screened_head). */
+static inline int reaches(const struct pass* p, int64_t i, int64_t m, const float* cut, const int bf16) {
+  const float a = p->approx[m * p->V + i];
+  float upper = a + slack(p, i, m, a);
+  if (bf16) upper = widen(round_to_bf16(upper));
+  return !(upper < cut[m]); /* NaN stays */
+}
+
+/* The vocabulary rows that could reach cut[m] for some row m of x, ascending, into cols; their count, or more than
+ * V / 8 when there are more. A row whose approximation is below cut by more than the largest slack any row could
+ * have is passed over without its own. */
+static int64_t candidates(const struct pass* p, const float* cut, int64_t* cols, int threads, const int bf16) {
+  const int64_t B = p->B, V = p->V, limit = V / 8;
+  float radius = 0.0f, reach = 0.0f, wide[AMX_ROWS];
+  for (int64_t i = 0; i < V; i++) {
+    radius = p->screen->radius[i] > radius ? p->screen->radius[i] : radius;
+    reach = p->screen->reach[i] > reach ? p->screen->reach[i] : reach;
+  }
+  for (int64_t m = 0; m < B; m++) /* rounded up past any other evaluation order of the same sum */
+    wide[m] = (radius * p->norm[m] + reach * p->residual[m]) * (1 + 0x1p-20f);
+  uint8_t* keep = malloc((size_t)V);
+  if (!keep) return limit + 1; /* the whole head instead */
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i0 = 0; i0 < V; i0 += 1024) {
+    const int64_t i1 = i0 + 1024 < V ? i0 + 1024 : V;
+    memset(keep + i0, 0, (size_t)(i1 - i0));
+    for (int64_t m = 0; m < B; m++) {
+      const float* a = p->approx + m * V;
+#pragma omp simd
+      for (int64_t i = i0; i < i1; i++) { /* at least the row's own upper bound */
+        float upper = a[i] + (wide[m] + fabsf(a[i]) * MARGIN + FLOOR);
+        if (bf16) upper = widen(round_to_bf16(upper));
+        keep[i] |= !(upper < cut[m]);
+      }
+    }
+    for (int64_t i = i0; i < i1; i++)
+      if (keep[i]) {
+        keep[i] = 0;
+        for (int64_t m = 0; m < B && !keep[i]; m++) keep[i] = reaches(p, i, m, cut, bf16);
+      }
+  }
+  int64_t n = 0;
+  for (int64_t i = 0; i < V && n <= limit; i++)
+    if (keep[i]) cols[n++] = i;
+  free(keep);
+  return n;
+}
 
 /* Logits (B, V) of x (B, C; x_stored: the same values in the model's dtype) by the head w (V, C): exact for every
  * row that the screen cannot rule out of the k largest of some row of x, -inf for the others. 0; 1 when out of
@@ -298,17 +349,7 @@ int gpt2_screened_head(const float* x, const void* x_stored, const void* w, cons
     const float kth = merged[0];
     cut[m] = bf16 ? widen(round_to_bf16(kth)) : kth - (fabsf(kth) * MARGIN + FLOOR);
   }
-  int64_t n = 0;
-  for (int64_t i = 0; i < V && n <= V / 8; i++)
-    for (int64_t m = 0; m < B; m++) {
-      const float a = p.approx[m * V + i];
-      float upper = a + slack(&p, i, m, a);
-      if (bf16) upper = widen(round_to_bf16(upper));
-      if (!(upper < cut[m])) { /* NaN stays */
-        cols[n++] = i;
-        break;
-      }
-    }
+  int64_t n = candidates(&p, cut, cols, threads, bf16);
   status = -1;
   if (n <= V / 8) {
     const size_t size = bf16 ? 2 : 4;
