@@ -8,6 +8,7 @@ gets it: `gpt2 sample --dtype auto` (bfloat16 on CPUs with AMX, else float32) ag
     .venv/bin/python benchmarks/bench_sample.py                     # sizes 124M and mini, batch 1 and 8
     .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 1 --new-tokens 128
     .venv/bin/python benchmarks/bench_sample.py --sizes 124M --batches 8 --same-prompt --prompt-tokens 500  # -n 8
+    .venv/bin/python benchmarks/bench_sample.py --sizes 124M small --whole-head   # and ours without the head screen
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--same-prompt", action="store_true", help="every row continues one prompt (gpt2 sample -n)")
+    parser.add_argument(
+        "--whole-head", action="store_true", help="also ours computing every logit (no screen of the head, head.c)"
+    )
     args = parser.parse_args()
 
     import transformers
@@ -50,7 +54,8 @@ def main() -> None:
           f"top-k 40, temperature 1, best of {args.repeats} interleaved repeats, "
           f"{'one prompt for all rows, ' if args.same_prompt else ''}"
           f"native decoding kernel {'on' if native.library() else 'off'}")  # fmt: skip
-    print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}")
+    whole = f"{'whole head':>12}{'screen':>8}" if args.whole_head else ""
+    print(f"{'size':<6}{'dtype':<10}{'batch':>6}{'gpt2cli tok/s':>15}{'HF tok/s':>11}{'ratio':>8}{whole}")
     rates: dict[tuple[str, str, int], tuple[float, float]] = {}
     for size in args.sizes:
         config = config_for(size, vocab_size=50257, pad_vocab_multiple=1)
@@ -85,13 +90,22 @@ def main() -> None:
                             pad_token_id=50256,
                         )
 
-                run_ours(), run_hf()  # warm up
+                def run_whole_head(run_ours=run_ours):
+                    screen, native.SCREEN_MAX_FRACTION = native.SCREEN_MAX_FRACTION, 1 << 62
+                    try:
+                        run_ours()
+                    finally:
+                        native.SCREEN_MAX_FRACTION = screen
+
+                sides = [run_ours, run_hf, run_whole_head] if args.whole_head else [run_ours, run_hf]
+                for side in sides:  # warm up
+                    side()
                 new = batch * args.new_tokens
-                ours_time, hf_time = best_times([run_ours, run_hf], args.repeats)
-                ours_rate, hf_rate = new / ours_time, new / hf_time
+                ours_rate, hf_rate, *whole_rate = [new / t for t in best_times(sides, args.repeats)]
                 rates[size, dtype_name, batch] = ours_rate, hf_rate
+                gain = f"{whole_rate[0]:>12,.0f}{ours_rate / whole_rate[0]:>7.2f}x" if whole_rate else ""
                 print(f"{size:<6}{dtype_name:<10}{batch:>6}{ours_rate:>15,.0f}{hf_rate:>11,.0f}"
-                      f"{ours_rate / hf_rate:>7.2f}x")  # fmt: skip
+                      f"{ours_rate / hf_rate:>7.2f}x{gain}")  # fmt: skip
     ours_default = str(fast_dtype(torch.device("cpu"))).removeprefix("torch.")
     defaults = [
         (size, batch, rates[size, ours_default, batch][0], rates[size, "float32", batch][1])
