@@ -441,6 +441,23 @@ def test_sampling_draws_the_same_tokens_with_a_screened_head(
         assert torch.equal(mine, theirs)
 
 
+def test_a_cache_stops_screening_a_head_it_cannot_screen(lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "library", lambda: lib)
+    monkeypatch.setattr(native, "screen_pays", lambda *shape: True)
+    asked = collections.Counter()
+    screen_of = native.head_screen
+    monkeypatch.setattr(native, "head_screen", lambda *a: asked.update([1]) or screen_of(*a))
+    model = small_model(torch.float32, vocab_size=1001, pad=64)
+    with torch.no_grad():
+        model.transformer.wte.weight[:] = model.transformer.wte.weight[0]  # every logit ties: none can be left out
+    ids = torch.randint(0, 1001, (1, 12))
+    cache = KVCache(model.config, 16)
+    with torch.inference_mode():
+        model(ids[:, :4], cache, last_only=True)
+        logits = [model(ids[:, t : t + 1], cache, top_k=5) for t in range(4, 12)]
+    assert asked[1] == native.SCREEN_MAX_MISSES and all(torch.isfinite(x).all() for x in logits)
+
+
 def test_the_screen_is_used_where_it_pays() -> None:
     assert native.screen_pays(768, 4, 8) and native.screen_pays(768, 2, 1)  # 124M: float32, bfloat16 at batch 1
     assert not native.screen_pays(768, 2, 8) and not native.screen_pays(128, 2, 1)  # 124M bfloat16 at 8, mini

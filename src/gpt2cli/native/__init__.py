@@ -43,6 +43,8 @@ DECODERS = {torch.float32: "gpt2_decode_f32", torch.bfloat16: "gpt2_decode_bf16"
 BUILD_TIMEOUT_S = 300.0
 # Screening the head pays while k is a small part of the vocabulary: head.c computes all of it past V / 8 rows left.
 SCREEN_MAX_FRACTION = 8
+# Steps whose screen left the whole head to compute (flat logits: an untrained model) before a cache stops trying.
+SCREEN_MAX_MISSES = 3
 
 
 def screen_pays(n_embd: int, element_size: int, batch: int) -> bool:
@@ -252,6 +254,7 @@ class Decoder:
         self.dtype, self.n_layer, self.n_head, self.vocab_size = params[0].dtype, len(caches) // 2, n_head, vocab
         self.n_vocab_rows, self.n_embd = params[0].shape
         self.batch, self.length = caches[0].size(0), caches[0].size(2)
+        self.screen_misses = 0
 
     def step(self, ids: torch.Tensor, position: int, top_k: int | None = None) -> torch.Tensor | None:
         """Logits (batch, 1, vocab_size) of one new token per row (``ids``: (batch, 1)) at ``position``, whose
@@ -278,6 +281,7 @@ class Decoder:
             and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size
             and self.batch <= self.lib.gpt2_screen_max_rows()
             and screen_pays(self.n_embd, self.dtype.itemsize, self.batch)
+            and self.screen_misses < SCREEN_MAX_MISSES
         ):
             screen = ctypes.byref(head_screen(self.lib, self.head, self.vocab_size).args(top_k))
         status = self.function(
@@ -295,8 +299,9 @@ class Decoder:
             torch.get_num_threads(),
             screen,
         )
-        if status:
+        if status == 1:
             raise MemoryError("native decoding step: out of memory")
+        self.screen_misses += status == 2
         return logits
 
 

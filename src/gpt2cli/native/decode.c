@@ -169,7 +169,7 @@ static int step(const void* const* params, void* const* caches, const int64_t* i
   float* f = qkv; /* 4C per row: the MLP reuses qkv and att once they are spent */
   uint16_t *staging_in = staging, *staging_out = staging + 4 * B * C;
   const size_t size = bf16 ? 2 : 4;
-  int status = 0;
+  int status = 0, unscreened = 0;
 
   const void *wte = params[0], *wpe = params[1];
   for (int64_t r = 0; r < B; r++)
@@ -209,20 +209,21 @@ static int step(const void* const* params, void* const* caches, const int64_t* i
       for (int64_t i = 0; i < B * C; i++) staging_in[i] = round_to_bf16(h[i]);
     const void* h_stored = bf16 ? (const void*)staging_in : h;
     status = screen ? gpt2_screened_head(h, h_stored, wte, screen, logits, B, V, C, threads, bf16) : -1;
+    unscreened = screen && status < 0;
     if (status < 0)
       status = bf16 ? gpt2_linear_bf16(staging_in, wte, NULL, logits, B, V, C, threads)
                     : gpt2_linear_f32(h, wte, NULL, logits, B, V, C, threads);
   }
   free(x);
   free(staging);
-  return status;
+  return status ? status : 2 * unscreened;
 }
 
 /* params: wte, wpe, each block's PER_BLOCK tensors, ln_f's weight and bias, all of one dtype; caches: each
  * block's keys and values, (B, H, cache_len, D), holding `pos` positions; ids: (B); logits: (B, V), the head
  * being wte's first V rows; screen: NULL, or the head's screen for top-k (head.c), when logits below each row's
- * k-th largest may come back as -inf. Writes the new position's keys and values into the caches. 0, or 1 when
- * out of memory. */
+ * k-th largest may come back as -inf. Writes the new position's keys and values into the caches. 0; 1 when out
+ * of memory; 2 when the screen was given but left every logit to the whole head (see gpt2_screened_head). */
 int gpt2_decode_f32(const void* const* params, void* const* caches, const int64_t* ids, float* logits, int64_t B,
                     int64_t pos, int64_t n_layer, int64_t H, int64_t C, int64_t V, int64_t cache_len, int threads,
                     const struct head_screen* screen) {
