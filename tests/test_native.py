@@ -360,6 +360,7 @@ def test_screened_head_keeps_what_top_k_keeps_bit_for_bit(lib: ctypes.CDLL, dtyp
     small = native.HeadScreen(lib, w, V)
     small.radius /= 1000
     small.reach /= 1000
+    small.max_radius, small.max_reach = small.max_radius / 1000, small.max_reach / 1000
     lost = 0
     for inputs in (x, far, spiky):
         for top in (1, 10, 40):
@@ -367,6 +368,31 @@ def test_screened_head_keeps_what_top_k_keeps_bit_for_bit(lib: ctypes.CDLL, dtyp
             kth = full.float().topk(top, dim=-1).values[:, -1:]
             lost += int((~torch.isfinite(screened) & (full.float() >= kth)).sum())
     assert lost > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_screened_head_holds_where_its_bound_is_tight(lib: ctypes.CDLL, dtype: torch.dtype, batch: int) -> None:
+    """Row pairs: one whose quantization error lines up with x, so that its approximate logit falls short by the
+    whole bound, and its twin, quantized exactly, whose logit is a hair below. Top-k keeps the first: only a
+    bound that is not too small keeps it."""
+    if batch > lib.gpt2_screen_max_rows():
+        pytest.skip("no AMX int8 in this build: several rows are left to the whole head")
+    g = torch.Generator().manual_seed(batch)
+    V, C = 4000, 128
+    signs = torch.randn(C, generator=g).sign()
+    signs[0] = 0
+    x = signs.repeat(batch, 1).to(dtype)  # |x| all equal: Cauchy-Schwarz is tight
+    levels = torch.randint(-14, 15, (V // 2, C), generator=g).float()
+    levels[:, 0] = 127  # each row's scale is 2^-7, and every weight here is exact in bfloat16 too
+    step = torch.zeros(C)
+    step[1:48] = signs[1:48]  # the twin: 47 levels up along x, against 47.625 for the lined-up row
+    lined_up, twin = levels + 3 / 8 * signs, levels + step  # 3/8 of a level: rounds to `levels`, error along x
+    w = (torch.stack([lined_up, twin], dim=1).reshape(V, C) / 128).to(dtype)
+    for top in (1, 5, 10, 40):
+        status, screened, full = screened_head(lib, x, w, top)
+        assert status == 0
+        assert_top_k_sees_the_same(screened, full, top)
 
 
 def test_screened_head_leaves_what_it_cannot_screen_to_the_whole_head(lib: ctypes.CDLL) -> None:

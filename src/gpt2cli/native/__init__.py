@@ -190,7 +190,11 @@ def _plain(t: torch.Tensor) -> bool:
 class HeadScreenArgs(ctypes.Structure):
     """``struct head_screen`` of native.h."""
 
-    _fields_ = [(name, ctypes.c_void_p) for name in ("q", "scale", "radius", "reach")] + [("top", ctypes.c_int64)]
+    _fields_ = [(name, ctypes.c_void_p) for name in ("q", "scale", "radius", "reach")] + [
+        ("max_radius", ctypes.c_float),
+        ("max_reach", ctypes.c_float),
+        ("top", ctypes.c_int64),
+    ]
 
 
 class HeadScreen:
@@ -214,11 +218,11 @@ class HeadScreen:
             torch.get_num_threads(),
             int(head.dtype is torch.bfloat16),
         )
+        self.max_radius, self.max_reach = float(self.radius.max()), float(self.reach.max())
 
     def args(self, top: int) -> HeadScreenArgs:
-        return HeadScreenArgs(
-            self.q.data_ptr(), self.scale.data_ptr(), self.radius.data_ptr(), self.reach.data_ptr(), top
-        )
+        pointers = (t.data_ptr() for t in (self.q, self.scale, self.radius, self.reach))
+        return HeadScreenArgs(*pointers, self.max_radius, self.max_reach, top)
 
 
 # One screen per head tensor (by identity: tensors compare elementwise), shared by the caches of successive
@@ -254,7 +258,7 @@ class Decoder:
         self.dtype, self.n_layer, self.n_head, self.vocab_size = params[0].dtype, len(caches) // 2, n_head, vocab
         self.n_vocab_rows, self.n_embd = params[0].shape
         self.batch, self.length = caches[0].size(0), caches[0].size(2)
-        self.screen_misses = 0
+        self.screen_rows, self.screen_misses = lib.gpt2_screen_max_rows(), 0
 
     def step(self, ids: torch.Tensor, position: int, top_k: int | None = None) -> torch.Tensor | None:
         """Logits (batch, 1, vocab_size) of one new token per row (``ids``: (batch, 1)) at ``position``, whose
@@ -279,7 +283,7 @@ class Decoder:
         if (
             top_k is not None
             and 0 < top_k * SCREEN_MAX_FRACTION <= self.vocab_size
-            and self.batch <= self.lib.gpt2_screen_max_rows()
+            and self.batch <= self.screen_rows
             and screen_pays(self.n_embd, self.dtype.itemsize, self.batch)
             and self.screen_misses < SCREEN_MAX_MISSES
         ):

@@ -269,13 +269,9 @@ static inline int reaches(const struct pass* p, int64_t i, int64_t m, const floa
  * have is passed over without its own. */
 static int64_t candidates(const struct pass* p, const float* cut, int64_t* cols, int threads, const int bf16) {
   const int64_t B = p->B, V = p->V, limit = V / 8;
-  float radius = 0.0f, reach = 0.0f, wide[AMX_ROWS];
-  for (int64_t i = 0; i < V; i++) {
-    radius = p->screen->radius[i] > radius ? p->screen->radius[i] : radius;
-    reach = p->screen->reach[i] > reach ? p->screen->reach[i] : reach;
-  }
+  float wide[AMX_ROWS];
   for (int64_t m = 0; m < B; m++) /* rounded up past any other evaluation order of the same sum */
-    wide[m] = (radius * p->norm[m] + reach * p->residual[m]) * (1 + 0x1p-20f);
+    wide[m] = (p->screen->max_radius * p->norm[m] + p->screen->max_reach * p->residual[m]) * (1 + 0x1p-20f);
   uint8_t* keep = malloc((size_t)V);
   if (!keep) return limit + 1; /* the whole head instead */
 #pragma omp parallel for schedule(static) num_threads(threads)

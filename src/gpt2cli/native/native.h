@@ -93,6 +93,7 @@ struct head_screen {
   const float* scale;
   const float* radius;
   const float* reach;
+  float max_radius, max_reach; /* the largest of each */
   int64_t top;
 };
 int gpt2_screened_head(const float* x, const void* x_stored, const void* w, const struct head_screen* screen,
