@@ -263,8 +263,8 @@ class GPT(nn.Module):
         without ever holding all the logits (see ``linear_cross_entropy``); ``reduction="none"`` returns
         each position's negative log-likelihood instead (batch, time; 0 where the target is negative), for
         scoring without gradients (see ``token_nll``). With ``top_k``, logits that cannot be among a row's
-        ``top_k`` largest may come back as -inf (the decoding step then computes only the others, see
-        ``native.head``); those that can are as without it.
+        ``top_k`` largest may come back as -inf (the native decoding step then computes only the others, see
+        ``native/head.c``); those that can are as without it.
         """
         start = cache.size if cache is not None else 0
         T = idx.size(1)

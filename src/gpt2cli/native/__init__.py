@@ -50,8 +50,8 @@ SCREEN_MAX_MISSES = 3
 def screen_pays(n_embd: int, element_size: int, batch: int) -> bool:
     """Whether the screen saves more than it costs: it saves ``n_embd * (element_size - 1)`` bytes of reading per
     vocabulary row, and costs some work per row of each sample. Measured on 2 cores (BENCHMARKS.md, "Generation"):
-    124M gains 15-23% but for 8 bfloat16 rows (even), ``small`` float32 gains at batch 1 (+80%) and loses nothing at
-    8, the rest is even or loses (``mini`` bfloat16 at batch 8: -30%)."""
+    124M float32 +19-27% at batch 1 and +8-16% at 8, bfloat16 about +5% at batch 1 and nothing at 8; ``small``
+    float32 +37% at batch 1; the narrow ``mini`` loses (bfloat16: -10% at batch 1, -30% at 8)."""
     return n_embd * (element_size - 1) >= 128 * batch + 512
 
 
