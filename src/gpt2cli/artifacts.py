@@ -249,13 +249,15 @@ def fingerprint(kind: str, params: dict[str, Any], inputs: Sequence[dict[str, An
 def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
     """An exclusive fcntl lock on ``path``, released by the kernel when the holder dies, even on kill -9.
 
-    Without ``wait``, a held lock raises LockHeld (exit 75) naming the holder's pid.
+    A POSIX record lock, not ``flock``: it belongs to this process alone, so the workers a stage forks do not
+    hold it on after the stage is killed. Without ``wait``, a held lock raises LockHeld (exit 75) naming the
+    holder's pid.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
@@ -263,12 +265,12 @@ def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
             if not wait:
                 raise LockHeld(f"another run holds {what} (pid {holder}); retry later or pass --wait") from None
             log.info("waiting for %s held by pid %s", what, holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 class Store:

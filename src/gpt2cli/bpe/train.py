@@ -16,11 +16,11 @@ import heapq
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from gpt2cli.bpe.tokenizer import Merge, Tokenizer, pretokenize
 from gpt2cli.textutil import valid_unicode
+from gpt2cli.workers import worker_pool
 
 BATCH_CHARS = 1 << 18  # small batches keep the pickled texts in flight to a few MiB
 _SHIFT = 32  # a pair of token ids (a, b) is the int a << _SHIFT | b
@@ -59,7 +59,7 @@ def count_corpus(
     total: Counter[str] = Counter()
     report = on_batch or (lambda _chars: None)
     helpers = max(workers - 1, 0)
-    with ProcessPoolExecutor(helpers) if helpers else contextlib.nullcontext() as pool:
+    with worker_pool(helpers) if helpers else contextlib.nullcontext() as pool:
         pending: dict[Any, int] = {}
         for batch in _batches(texts, batch_chars):
             for future in [f for f in pending if f.done()]:

@@ -43,6 +43,7 @@ from gpt2cli.dedupe.minhash import (
 from gpt2cli.dedupe.normalize import normalize_text, text_key
 from gpt2cli.documents import expand_inputs
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -468,8 +469,6 @@ def _screen_all(
     """Normalize, filter, shingle and sign this shard's records on all cores into ``state_dir``. Memory holds
     a few batches of records in flight plus one signature (4 bytes per permutation) and one offset per
     document kept; texts and shingles go to disk as they come."""
-    from concurrent.futures import ProcessPoolExecutor
-
     stats: Counter[str] = Counter()
     report = Report()
     writer = _StateWriter(state_dir, config.num_perm)
@@ -504,7 +503,7 @@ def _screen_all(
 
     with progress("screening", unit="docs") as bar:
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with worker_pool(workers) as pool:
                 pending: list[tuple[list[Any], Any]] = []
                 for batch in batches():
                     pending.append((batch, pool.submit(_screen, [row for _, row in batch], config)))
