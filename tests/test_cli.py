@@ -43,6 +43,30 @@ def test_help_for_every_command(gpt2, path):
 def test_top_level_help_lists_stages_and_artifacts(gpt2):
     out = gpt2("--help").out
     assert "artifacts" in out and "Exit codes" in out
+    assert "[dedupe], [train-bpe]" in " ".join(out.split())  # not swallowed as rich markup
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scrape-reddit", "--concurrency", "0"],
+        ["--bogus"],
+        ["artifacts", "verify"],
+        ["pretrain", "--resume", "--restart"],
+        ["sample", "--top-p", "abc"],
+        ["artifacts", "gc", "--keep", "0"],
+    ],
+)
+def test_parser_errors_are_one_line_with_exit_2(gpt2, args):
+    result = gpt2(*args)
+    assert result.code == 2
+    assert result.err.startswith("gpt2: error: ") and result.err.count("\n") == 1, result.err
+    assert "--help)" in result.err and not result.out
+
+
+def test_no_arguments_print_the_help(gpt2):
+    result = gpt2("artifacts")
+    assert result.code == 2 and "Usage" in result.out and "Commands" in result.out
 
 
 def test_version(gpt2):

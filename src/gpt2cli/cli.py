@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -88,8 +88,8 @@ def main_options(
         typer.Option(
             "--run-config",
             envvar="GPT2_RUN_CONFIG",
-            help="TOML file of a run's settings: one table per command ([dedupe], [train-bpe], [eval.zero-shot], "
-            "...) whose keys are option names; options given on the command line win.",
+            help="TOML file of a run's settings: one table per command (\\[dedupe], \\[train-bpe], "
+            "\\[eval.zero-shot], ...) whose keys are option names; options given on the command line win.",
         ),
     ] = None,
     version: Annotated[
@@ -841,13 +841,25 @@ def artifacts_gc(
     stdout_console().print(f"{verb} {len(removed)} versions, {freed}")
 
 
+def _fail(message: str, exit_code: int) -> NoReturn:
+    stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(exit_code)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script: user-facing errors become one line on stderr and an exit code."""
     try:
-        app(args=argv, prog_name="gpt2")
+        code = app(args=argv, prog_name="gpt2", standalone_mode=False)
+    except typer.TyperException as e:  # the parser's: a bad option value, an unknown option, a missing argument
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            typer.echo(ctx.get_help())
+            sys.exit(e.exit_code)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(f"error: {' '.join(e.format_message().split())}{where}", e.exit_code)
     except Gpt2Error as e:
-        stderr_console().print(f"gpt2: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        stderr_console().print("gpt2: interrupted", markup=False)
-        sys.exit(130)
+        _fail(f"error: {e}", e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    if isinstance(code, int) and code:  # typer.Exit(code) from a command
+        sys.exit(code)
