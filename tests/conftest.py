@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.artifacts import Store
+from gpt2cli.artifacts import Store, release_reads
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.cli import main
@@ -40,6 +40,13 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+@pytest.fixture(autouse=True)
+def _release_reads() -> Iterator[None]:
+    """Stages called in-process hold the versions they read until the command ends, as `gpt2` does."""
+    yield
+    release_reads()
 
 
 @pytest.fixture

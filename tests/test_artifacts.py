@@ -262,11 +262,47 @@ def test_gc_keeps_newest_and_their_inputs(store: Store):
     ]
     tok_old = store.produce("tokenizer", params={"i": 0}, inputs=[artifact_input(corpora[0])], build=write_files(t="0"))
     store.produce("tokenizer", params={"i": 1}, inputs=[artifact_input(corpora[0])], build=write_files(t="1"))
-    assert [a.ref for a in store.gc(1, dry_run=True)] == ["corpus@v2", "tokenizer@v1"]
+    assert [a.ref for a in store.gc(1, dry_run=True).removed] == ["corpus@v2", "tokenizer@v1"]
     assert len(store.all()) == 5  # dry run deletes nothing
-    removed = store.gc(1)
+    removed = store.gc(1).removed
     assert sorted(a.ref for a in removed) == ["corpus@v2", "tokenizer@v1"]
     assert sorted(a.ref for a in store.all()) == ["corpus@v1", "corpus@v3", "tokenizer@v2"]
     assert not tok_old.artifact.path.exists()
     with pytest.raises(UsageError):
         store.gc(0)
+
+
+def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
+    for i in range(2):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", f"from gpt2cli.artifacts import Store; Store({str(home)!r}).resolve('corpus@v1'); "
+         "print('reading', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        collected = store.gc(1)
+        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["corpus@v1"]
+        assert (home / "corpus" / "v1" / "f").read_text() == "0"
+    finally:
+        reader.kill()
+        reader.wait()
+    assert [a.ref for a in store.gc(1).removed] == ["corpus@v1"]  # the reader is gone
+    with pytest.raises(UsageError, match="no corpus@v1"):
+        store.resolve("corpus@v1")
+
+
+def test_gc_deletes_nothing_while_any_stage_publishes(store: Store, home: Path, tmp_path: Path):
+    for i in range(2):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    marker = tmp_path / "started"
+    holder = worker(home, "--kind", "tokenizer", "--files", "50", "--sleep", "0.1", "--marker", str(marker))
+    try:
+        wait_for(marker)
+        with pytest.raises(LockHeld, match="tokenizer"):
+            store.gc(1)
+        assert [a.ref for a in store.versions("corpus")] == ["corpus@v1", "corpus@v2"]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -273,6 +273,56 @@ def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+_reading: dict[Path, int] = {}  # version directory -> descriptor holding its shared flock
+
+
+def hold_for_reading(path: Path) -> None:
+    """Mark a version as read by this process until ``release_reads``, so ``gc`` does not delete it under a
+    running stage. A shared flock on the version's directory: readers share it, gc asks for it exclusively."""
+    path = Path(os.path.abspath(path))
+    if path in _reading:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # not there: loading its manifest reports that
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise Gpt2Error(f"{path} is being deleted by `gpt2 artifacts gc`") from None
+    _reading[path] = fd
+
+
+def release_reads() -> None:
+    """Let go of every version this process read (the end of a command)."""
+    while _reading:
+        os.close(_reading.popitem()[1])
+
+
+def _claim_for_deletion(path: Path) -> bool:
+    """The exclusive flock ``hold_for_reading`` excludes, taken on the descriptor this process may already hold
+    (flock converts it); False when another process is reading the version."""
+    path = Path(os.path.abspath(path))
+    fd = _reading.get(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        _reading[path] = fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``gc`` deleted (or would delete), and what it spared because a running stage reads it."""
+
+    removed: list[Artifact]
+    in_use: list[Artifact]
+
+
 class Store:
     """All artifacts under one home directory."""
 
@@ -311,6 +361,7 @@ class Store:
             path = Path(text).expanduser()
             if not path.is_dir():
                 raise UsageError(f"no artifact directory at {path}")
+            hold_for_reading(path)
             return Artifact.open(path)
         kind, _, version = text.partition("@")
         if not _KIND_RE.match(kind) or (version and version != "latest" and not _VERSION_RE.match(version)):
@@ -321,10 +372,9 @@ class Store:
             hint = f"; run `gpt2 {producer}` to make one" if producer else ""
             known = ", ".join(self.kinds()) or "none"
             raise UsageError(f"no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
-        if not version or version == "latest":
-            return versions[-1]
         for artifact in versions:
-            if artifact.version == version:
+            if artifact.version == version or (artifact is versions[-1] and version in ("", "latest")):
+                hold_for_reading(artifact.path)
                 return artifact
         existing = ", ".join(a.version for a in versions)
         raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
@@ -471,24 +521,33 @@ class Store:
             elif p.name.startswith(".") and p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)
 
-    def remove(self, artifact: Artifact) -> None:
-        """Delete a version; it disappears atomically (rename) before its files are removed."""
+    def remove(self, artifact: Artifact) -> bool:
+        """Delete a version unless a running process reads it; it disappears atomically (rename) before its
+        files are removed. Call with the kind's lock held."""
+        if not _claim_for_deletion(artifact.path):
+            return False
         trash = artifact.path.with_name(f"{_TRASH}{artifact.version}-{uuid.uuid4().hex[:8]}")
         os.rename(artifact.path, trash)
+        os.close(_reading.pop(Path(os.path.abspath(artifact.path))))
         shutil.rmtree(trash)
+        return True
 
-    def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> list[Artifact]:
-        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one uses."""
+    def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> Collected:
+        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one uses and
+        any version a running stage reads. Every kind's lock is taken first: while any stage publishes, gc
+        deletes nothing (exit 75, or waits)."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
-        by_kind = {kind: self.versions(kind) for kind in self.kinds()}
-        kept = self.dependents_closure([a for versions in by_kind.values() for a in versions[-keep:]])
-        doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
-        if dry_run:
-            return doomed
-        for kind in by_kind:
-            with self.lock(kind, wait=wait):
-                for artifact in doomed:
-                    if artifact.kind == kind:
-                        self.remove(artifact)
-        return doomed
+        with contextlib.ExitStack() as locks:
+            if not dry_run:
+                for kind in self.kinds():
+                    locks.enter_context(self.lock(kind, wait=wait))
+            by_kind = {kind: self.versions(kind) for kind in self.kinds()}
+            kept = self.dependents_closure([a for versions in by_kind.values() for a in versions[-keep:]])
+            doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
+            if dry_run:
+                return Collected(doomed, [])
+            removed, in_use = [], []
+            for artifact in doomed:
+                (removed if self.remove(artifact) else in_use).append(artifact)
+            return Collected(removed, in_use)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.artifacts import Artifact, Published, Store
+from gpt2cli.artifacts import Artifact, Published, Store, release_reads
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, UsageError
 
@@ -830,13 +830,18 @@ def artifacts_gc(
 ) -> None:
     """Delete old versions, except the newest KEEP of each kind and anything a kept version was built from."""
     opts = settings(ctx, home, as_json)
-    removed = Store(opts.home).gc(keep, dry_run=dry_run, wait=wait)
+    collected = Store(opts.home).gc(keep, dry_run=dry_run, wait=wait)
+    removed = collected.removed
     if opts.json:
-        print_json({"dry_run": dry_run, "removed": [_row(a) for a in removed]})
+        print_json(
+            {"dry_run": dry_run, "removed": [_row(a) for a in removed], "in_use": [_row(a) for a in collected.in_use]}
+        )
         return
     verb = "would delete" if dry_run else "deleted"
     for artifact in removed:
         stdout_console().print(f"{verb} {artifact.ref} ({human_bytes(artifact.size_bytes)})")
+    for artifact in collected.in_use:
+        stdout_console().print(f"kept {artifact.ref}: a running stage reads it")
     freed = human_bytes(sum(a.size_bytes for a in removed))
     stdout_console().print(f"{verb} {len(removed)} versions, {freed}")
 
@@ -861,5 +866,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(f"error: {e}", e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
+    finally:
+        release_reads()
     if isinstance(code, int) and code:  # typer.Exit(code) from a command
         sys.exit(code)
