@@ -124,6 +124,51 @@ def test_corrupt_manifest_is_one_line_failure(gpt2, populated):
     assert result.err.count("\n") == 1 and "manifest.json does not parse" in result.err
 
 
+def test_a_damaged_version_does_not_hide_the_others(gpt2, populated):
+    populated.produce("corpus", params={"i": 2}, inputs=[], build=write_files(a="2"))
+    (populated.home / "corpus" / "v1" / "manifest.json").write_text("{")
+    listed = gpt2("artifacts", "ls", "--json")
+    assert listed.code == 0 and [r["ref"] for r in json.loads(listed.out)] == ["corpus@v2", "tokenizer@v1"]
+    assert "skipping" in listed.err and "corpus/v1" in listed.err
+    (populated.home / "corpus" / "v2" / "manifest.json").write_text("{")
+    latest = gpt2("artifacts", "show", "corpus")  # never an older version in place of the damaged latest
+    assert latest.code == 1 and "corpus/v2/manifest.json does not parse" in latest.err
+
+
+def test_a_damaged_version_counter_is_numbered_past(store: Store):
+    store.produce("corpus", params={"i": 0}, inputs=[], build=write_files(a="0"))
+    (store.home / "corpus" / ".last-version").write_text("v1\n")
+    assert store.produce("corpus", params={"i": 1}, inputs=[], build=write_files(a="1")).artifact.ref == "corpus@v2"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["artifacts", "show", "corpus@"], "bad reference 'corpus@'"),
+        (["artifacts", "ls", "nosuchkind"], "no 'nosuchkind' artifact"),
+        (["artifacts", "ls", "corpus@v1"], "takes a kind"),
+    ],
+)
+def test_references_that_name_nothing_are_usage_errors(gpt2, populated, args, message):
+    result = gpt2(*args)
+    assert result.code == 2 and message in result.err, result.err
+
+
+def test_a_home_that_is_a_file_is_a_usage_error(gpt2, tmp_path: Path):
+    home = tmp_path / "file"
+    home.write_text("")
+    for args in (["artifacts", "ls"], ["artifacts", "gc"], ["dedupe", "--input", str(home)]):
+        result = gpt2("--home", str(home), *args)
+        assert result.code == 2 and result.err == f"gpt2: error: the artifact home {home} is not a directory\n"
+
+
+def test_a_path_the_machine_refuses_is_one_line(gpt2, tmp_path: Path):
+    (tmp_path / "a.txt").write_text("A document of a few words, enough for the length filter to keep it. " * 20)
+    result = gpt2("--home", "/proc/no-such-dir", "dedupe", "--input", str(tmp_path))
+    assert result.code == 1 and result.err.startswith("gpt2: error: [Errno") and result.err.count("\n") == 1
+    assert "/proc/no-such-dir" in result.err
+
+
 def test_gc_deletes_and_exits_75_while_a_stage_holds_the_lock(gpt2, populated, home: Path, tmp_path: Path):
     for i in range(2):
         populated.produce("corpus", params={"i": i}, inputs=[], build=write_files(a=str(i)))

@@ -177,6 +177,32 @@ def test_killed_refresh_leaves_good_versions_and_the_next_one_finishes(pipeline,
     assert Store(killed).latest("tokens").summary == Store(whole).latest("tokens").summary
 
 
+def test_sigterm_stops_the_refresh_and_its_stage(pipeline, tmp_path: Path):
+    home, _, _ = pipeline
+    config = run_config(tmp_path / "refresh.toml", [NOVEMBER, JANUARY])
+    target = tmp_path / "home"
+    shutil.copytree(home, target)
+    env = {**os.environ, "GPT2_HOME": str(target), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "gpt2cli", "--run-config", str(config), "refresh"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = target / "logs" / "refresh.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "dedupe: started" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    stages = [int(pid) for pid in Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()]
+    assert stages, "the dedupe stage was not running"
+    child.send_signal(signal.SIGTERM)  # the refresh alone, as a scheduler stopping the job does
+    assert child.wait(timeout=60) == 143
+    assert not [pid for pid in stages if Path(f"/proc/{pid}").exists()], "the stage outlived the refresh"
+    assert "dedupe: stopped by SIGTERM" in log.read_text()
+    assert Store(target).latest("corpus").ref == "corpus@v1"
+    finish = run_cli(target, "--run-config", str(config), "--json", "refresh")
+    assert finish.returncode == 0, finish.stderr
+    stages_done = json.loads(finish.stdout)["stages"]
+    assert [s["stage"] for s in stages_done] == ["scrape-reddit", "dedupe", "tokenize"]
+    assert stages_done[1]["ref"] == "corpus@v2" and not stages_done[1]["reused"]
+
+
 def test_refresh_log_rotates_by_size(tmp_path: Path):
     import logging
 

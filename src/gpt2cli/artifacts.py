@@ -328,6 +328,8 @@ class Store:
 
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home or os.environ.get("GPT2_HOME") or DEFAULT_HOME)
+        if self.home.exists() and not self.home.is_dir():
+            raise UsageError(f"the artifact home {self.home} is not a directory")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -336,16 +338,23 @@ class Store:
             return []
         return sorted(p.name for p in self.home.iterdir() if p.is_dir() and _KIND_RE.match(p.name))
 
-    def versions(self, kind: str) -> list[Artifact]:
-        """Published versions of a kind, oldest first."""
+    def _version_dirs(self, kind: str) -> list[Path]:
+        """Directories named like published versions, oldest first."""
         kind_dir = self.home / kind
         if not kind_dir.is_dir():
             return []
-        numbered = []
-        for p in kind_dir.iterdir():
-            if (m := _VERSION_RE.match(p.name)) and p.is_dir():
-                numbered.append((int(m.group(1)), p))
-        return [Artifact.open(p) for _, p in sorted(numbered)]
+        numbered = [(int(m.group(1)), p) for p in kind_dir.iterdir() if (m := _VERSION_RE.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(numbered)]
+
+    def versions(self, kind: str) -> list[Artifact]:
+        """Published versions of a kind, oldest first; one with a damaged manifest is skipped with a warning."""
+        versions = []
+        for p in self._version_dirs(kind):
+            try:
+                versions.append(Artifact.open(p))
+            except Gpt2Error as e:  # one damaged version must not hide the others from listings
+                log.warning("skipping %s: %s", p, e)
+        return versions
 
     def all(self) -> list[Artifact]:
         return [a for kind in self.kinds() for a in self.versions(kind)]
@@ -363,21 +372,23 @@ class Store:
                 raise UsageError(f"no artifact directory at {path}")
             hold_for_reading(path)
             return Artifact.open(path)
-        kind, _, version = text.partition("@")
-        if not _KIND_RE.match(kind) or (version and version != "latest" and not _VERSION_RE.match(version)):
+        kind, at, version = text.partition("@")
+        if not _KIND_RE.match(kind) or (at and version != "latest" and not _VERSION_RE.match(version)):
             raise UsageError(f"bad reference {text!r}: use KIND, KIND@vN, KIND@latest or a directory path")
-        versions = self.versions(kind)
-        if not versions:
+        dirs = self._version_dirs(kind)
+        if not dirs:
             producer = PRODUCERS.get(kind)
             hint = f"; run `gpt2 {producer}` to make one" if producer else ""
             known = ", ".join(self.kinds()) or "none"
             raise UsageError(f"no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
-        for artifact in versions:
-            if artifact.version == version or (artifact is versions[-1] and version in ("", "latest")):
-                hold_for_reading(artifact.path)
-                return artifact
-        existing = ", ".join(a.version for a in versions)
-        raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
+        # the latest is the newest directory even when its manifest is damaged: that is an error, not a
+        # reason to read an older version instead
+        chosen = dirs[-1] if version in ("", "latest") else next((p for p in dirs if p.name == version), None)
+        if chosen is None:
+            existing = ", ".join(p.name for p in dirs)
+            raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
+        hold_for_reading(chosen)
+        return Artifact.open(chosen)
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
         """Refs of ``roots`` and of every artifact they were built from, transitively."""
@@ -506,7 +517,10 @@ class Store:
     def _next_number(self, kind_dir: Path) -> int:
         """One past the highest version ever published, so a deleted version's name never comes back."""
         counter = kind_dir / _COUNTER
-        last = int(counter.read_text().strip() or 0) if counter.exists() else 0
+        text = counter.read_text().strip() if counter.exists() else ""
+        last = int(text) if text.isdigit() else 0
+        if text and not text.isdigit():
+            log.warning("ignoring the damaged %s (%r): numbering from the versions present", counter, text[:40])
         for p in kind_dir.iterdir():
             if m := _VERSION_RE.match(p.name):
                 last = max(last, int(m.group(1)))

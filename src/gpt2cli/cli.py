@@ -438,7 +438,9 @@ def refresh_command(
     ] = None,
     log_max_mb: Annotated[int, typer.Option(help="Rotate the log file at this size.")] = 10,
     log_backups: Annotated[int, typer.Option(help="Rotated log files to keep.")] = 5,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for a running refresh instead of exiting 75.")] = False,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The cron job: scrape new links (only URLs not fetched before), dedupe them into a new corpus version
     incrementally, and re-tokenize, with the run config's settings. Exit 75 when another refresh (or a stage
@@ -446,13 +448,16 @@ def refresh_command(
     from gpt2cli.errors import LockHeld
     from gpt2cli.refresh import log_to_file, refresh
 
-    store = Store(settings(ctx, home).home)
+    opts = settings(ctx, home, as_json)
+    store = Store(opts.home)
     log_to_file(log_file or store.home / "logs" / "refresh.log", log_max_mb << 20, log_backups)
     try:
-        status = refresh(store, ctx.find_root().params.get("run_config"))
+        status, results = refresh(store, ctx.find_root().params.get("run_config"), wait=wait)
     except LockHeld as e:
         logging.getLogger("gpt2cli.refresh").warning("%s", e)
-        raise typer.Exit(e.exit_code) from None
+        status, results = e.exit_code, []
+    if opts.json:
+        print_json({"status": status, "stages": results})
     raise typer.Exit(status)
 
 
@@ -700,6 +705,10 @@ def artifacts_ls(
     """List artifacts: kind, version, size, creation time and parents."""
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
+    if kind:
+        if "@" in kind or "/" in kind:
+            raise UsageError(f"`artifacts ls` takes a kind, not {kind!r} (see `gpt2 artifacts show`)")
+        store.resolve(kind)  # an unknown kind: an error naming the kinds there
     rows = [_row(a) for a in (store.versions(kind) if kind else store.all())]
     if opts.json:
         print_json(rows)
@@ -864,6 +873,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(f"error: {' '.join(e.format_message().split())}{where}", e.exit_code)
     except Gpt2Error as e:
         _fail(f"error: {e}", e.exit_code)
+    except OSError as e:  # the machine's: a path that is not there or not writable, a full disk
+        if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):
+            raise  # -v: the traceback
+        _fail(f"error: {e}", EXIT_FAILURE)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     finally:

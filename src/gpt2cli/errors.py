@@ -8,6 +8,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
 
 
 class Gpt2Error(Exception):
@@ -31,4 +32,4 @@ class LockHeld(Gpt2Error):
 class Terminated(Gpt2Error):
     """A run stopped by SIGTERM after saving its state; rerunning the command resumes it."""
 
-    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+    exit_code = EXIT_TERMINATED

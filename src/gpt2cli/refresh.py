@@ -9,18 +9,23 @@ file that rotates by size.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import Any
 
 from gpt2cli.artifacts import Store, hold_lock
 from gpt2cli.console import UTCFormatter
-from gpt2cli.errors import EXIT_LOCKED
+from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED
+from gpt2cli.workers import die_with
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,12 @@ def log_to_file(path: Path, max_bytes: int, backups: int) -> None:
     logging.getLogger("gpt2cli").addHandler(handler)
 
 
-def refresh(store: Store, run_config: Path | None) -> int:
-    """Run the stages; the exit status: 0 done, 75 another run holds a lock (try at the next hour), else the
-    failing stage's status."""
+def refresh(store: Store, run_config: Path | None, *, wait: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    """Run the stages; the exit status (0 done, 75 another run holds a lock: try at the next hour, 143 stopped
+    by SIGTERM, else the failing stage's status) and each finished stage's result."""
     started = time.monotonic()
-    with hold_lock(store.home / ".refresh.lock", "the refresh"):
+    results: list[dict[str, Any]] = []
+    with hold_lock(store.home / ".refresh.lock", "the refresh", wait=wait):
         log.info("refresh of %s started", store.home)
         for stage, args in STAGES:
             if stage == "tokenize" and store.latest("tokenizer") is None:
@@ -52,32 +58,44 @@ def refresh(store: Store, run_config: Path | None) -> int:
                 continue
             command = [sys.executable, "-m", "gpt2cli", "--home", str(store.home), "--json"]
             command += ["--run-config", str(run_config)] if run_config else []
-            status = _run(stage, [*command, stage, *args])
+            status, result = _run(stage, [*command, stage, *args])
+            if result is not None:
+                results.append({"stage": stage, **result})
             if status == EXIT_LOCKED:
                 log.warning("%s: another run holds its lock; the next refresh finishes the work", stage)
-                return EXIT_LOCKED
+                return EXIT_LOCKED, results
+            if status == -signal.SIGTERM:
+                log.warning("%s: stopped by SIGTERM; the next refresh finishes the work", stage)
+                return EXIT_TERMINATED, results
             if status != 0:
                 log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
-                return status
+                return status, results
         log.info("refresh done in %.1f s", time.monotonic() - started)
-    return 0
+    return 0, results
 
 
-def _run(stage: str, command: list[str]) -> int:
-    """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line."""
+def _run(stage: str, command: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line. A SIGTERM
+    to the refresh is passed on to the stage, and the stage dies with the refresh if that is killed."""
     log.info("%s: started", stage)
     with tempfile.TemporaryFile("w+") as out:
-        with subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True) as child:
-            assert child.stderr is not None
-            for line in child.stderr:
-                if line.strip():
-                    log.info("%s | %s", stage, line.rstrip())
-            status = child.wait()
+        with subprocess.Popen(
+            command, stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=functools.partial(die_with, os.getpid())
+        ) as child:
+            previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+            try:
+                assert child.stderr is not None
+                for line in child.stderr:
+                    if line.strip():
+                        log.info("%s | %s", stage, line.rstrip())
+                status = child.wait()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         out.seek(0)
         try:
             result = json.loads(out.read())
         except ValueError:
-            return status
+            return status, None
     verb = "reused" if result.get("reused") else "published"
     log.info("%s: %s %s %s", stage, verb, result.get("ref"), json.dumps(result.get("summary", {}), default=str))
-    return status
+    return status, result
