@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,9 @@ class _ShardWriter:
         self.count += len(ids)
 
     def flush(self) -> None:
+        """On disk before the checkpoint that counts these tokens: a crash must not leave it promising more."""
         self.file.flush()
+        os.fsync(self.file.fileno())
 
     def finish(self) -> None:
         self.file.seek(0)
