@@ -143,6 +143,23 @@ def test_tokenize_resumes_with_another_batch_size(
     assert f"resuming after {3 * first} documents" in resumed.err
 
 
+@pytest.mark.parametrize(
+    ("args", "wrong", "needs"),
+    [
+        (["tokenize", "--tokenizer", "model@v1", "--input", str(SAMPLE)], "model@v1 is a 'model'", "--tokenizer"),
+        (["tokenize", "--corpus", "tokens@v1"], "tokens@v1 is a 'tokens'", "--corpus needs a 'corpus'"),
+        (["train-bpe", "--corpus", "tokenizer@v1"], "tokenizer@v1 is a 'tokenizer'", "--corpus needs a 'corpus'"),
+    ],
+)
+def test_stages_refuse_another_stages_artifact(gpt2, store: Store, args: list[str], wrong: str, needs: str):
+    """An artifact of the wrong kind is a usage error that names its kind, never a complaint about its files."""
+    for kind in ("tokenizer", "tokens", "model"):
+        store.produce(kind, params={}, inputs=[], build=lambda draft: {})
+    result = gpt2(*args)
+    assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
+    assert wrong in result.err and needs in result.err
+
+
 def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
     """A `corpus` artifact (Parquet with text and split columns) feeds train-bpe and tokenize by reference."""
     import pyarrow as pa

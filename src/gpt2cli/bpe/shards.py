@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
+from gpt2cli.bpe.inputs import corpus_documents, resolve_kind
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS, open_documents
+from gpt2cli.documents import SPLITS
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.iterutil import batched
 
@@ -110,11 +111,9 @@ def tokenize_corpus(
     Progress is checkpointed after every ``batch_docs`` documents, so a killed run resumes where it stopped.
     The checkpoint counts documents, not batches, so a resumed run may use another ``batch_docs``.
     """
-    tokenizer_artifact = store.resolve(tokenizer_ref)
-    if tokenizer_artifact.kind != "tokenizer":
-        raise Gpt2Error(f"{tokenizer_artifact.ref} is a {tokenizer_artifact.kind}, not a tokenizer")
+    tokenizer_artifact = resolve_kind(store, tokenizer_ref, "tokenizer", "--tokenizer")
+    source = corpus_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)
-    source = open_documents(store, corpus, inputs, val_fraction)
     params = {"val_fraction": val_fraction, "eot": "prepended"}
 
     def build(draft: Any) -> dict[str, Any]:
