@@ -160,6 +160,13 @@ def test_stages_refuse_another_stages_artifact(gpt2, store: Store, args: list[st
     assert wrong in result.err and needs in result.err
 
 
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_tokenize_refuses_batch_docs_below_one(gpt2, value: str):
+    result = gpt2("tokenize", "--input", str(SAMPLE), "--batch-docs", value)
+    assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
+    assert "--batch-docs" in result.err
+
+
 def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
     """A `corpus` artifact (Parquet with text and split columns) feeds train-bpe and tokenize by reference."""
     import pyarrow as pa

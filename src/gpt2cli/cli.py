@@ -337,7 +337,7 @@ def tokenize_command(
     corpus: CorpusOption = None,
     inputs: InputOption = None,
     val_fraction: ValFractionOption = 0.01,
-    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per batch; progress is saved after each.")] = 512,
+    batch_docs: Annotated[int, typer.Option(help="Documents per batch; progress is saved after each.")] = 512,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,

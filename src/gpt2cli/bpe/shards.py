@@ -24,7 +24,7 @@ from gpt2cli.bpe.inputs import corpus_documents, resolve_kind
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
 from gpt2cli.documents import SPLITS
-from gpt2cli.errors import Gpt2Error
+from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ def tokenize_corpus(
     Progress is checkpointed after every ``batch_docs`` documents, so a killed run resumes where it stopped.
     The checkpoint counts documents, not batches, so a resumed run may use another ``batch_docs``.
     """
+    if batch_docs < 1:
+        raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
     tokenizer_artifact = resolve_kind(store, tokenizer_ref, "tokenizer", "--tokenizer")
     source = corpus_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)

@@ -34,6 +34,10 @@ def train_bpe(
     """The `gpt2 train-bpe` stage: corpus in, `tokenizer` artifact out."""
     if vocab_size < 257:
         raise UsageError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+    if min_frequency < 1:
+        raise UsageError(f"--min-frequency must be at least 1, got {min_frequency}")
+    if workers < 0:
+        raise UsageError(f"--workers must be at least 0 (0: all cores), got {workers}")
     source = corpus_documents(store, corpus, inputs, val_fraction)
     params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": val_fraction}
 
