@@ -665,8 +665,9 @@ def export_command(
     if format != "hf":
         raise typer.BadParameter(f"unknown format {format!r}; supported: hf", param_hint="--format")
     opts = settings(ctx, home, as_json)
-    artifact = Store(opts.home).resolve(model)
-    path = export_hf(artifact, out, overwrite=force)
+    store = Store(opts.home)
+    artifact = store.resolve(model)
+    path = export_hf(artifact, out, overwrite=force, home=store.home)
     if opts.json:
         print_json({"ref": artifact.ref, "format": format, "path": str(path)})
     else:
