@@ -96,3 +96,10 @@ def test_export_force_replaces_the_old_export_whole_or_not_at_all(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "home"]
     GPT.load(out)
+
+
+def test_export_names_the_kind_of_a_wrong_artifact(gpt2, store: Store):
+    """The same wording as the stages' (`--corpus needs a 'corpus' artifact`)."""
+    store.produce("tokens", params={}, inputs=[], build=lambda draft: {})
+    result = gpt2("export", "tokens@v1")
+    assert one_line_usage_error(result) and "tokens@v1 is a 'tokens' artifact; export needs a 'model'" in result.err
