@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpt2cli.artifacts import Store
-from gpt2cli.bpe import Tokenizer
+from gpt2cli.bpe import Tokenizer, shards
 from gpt2cli.bpe.shards import HEADER, TokenShard, _ShardWriter, dtype_for
 from gpt2cli.errors import Gpt2Error
 
@@ -97,8 +97,8 @@ def test_tokenize_resumes_after_kill_9(gpt2, tokenizer_ref: str, home: Path, tmp
     proc.wait()
     assert not (home / "tokens" / "v1").exists()
     (state,) = (home / "tokens").glob(".partial-*/.work/state.json")
-    done = json.loads(state.read_text())["batches"]
-    assert 0 < done < 300
+    done = sum(json.loads(state.read_text())["documents"].values())
+    assert 0 < done < 6000
     resumed = gpt2(*args)
     assert resumed.code == 0, resumed.err
     assert "resuming after" in resumed.err
@@ -111,6 +111,60 @@ def test_tokenize_resumes_after_kill_9(gpt2, tokenizer_ref: str, home: Path, tmp
         assert (Path(first["path"]) / name).read_bytes() == (Path(second["path"]) / name).read_bytes()
     assert first["summary"] == second["summary"]
     assert first["summary"]["train_documents"] + first["summary"]["val_documents"] == 6000
+
+
+@pytest.mark.parametrize(("first", "then"), [(7, 3), (3, 7)])
+def test_tokenize_resumes_with_another_batch_size(
+    gpt2, tokenizer_ref: str, monkeypatch: pytest.MonkeyPatch, first: int, then: int
+):
+    """The checkpoint counts documents: a run interrupted at one --batch-docs resumes exactly at another."""
+    args = ["tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2", "--json"]
+    real_write = shards.write_atomic
+    checkpoints = []
+
+    def interrupt_at_the_fourth_checkpoint(path: Path, data: bytes) -> None:
+        checkpoints.append(path)
+        if len(checkpoints) == 4:  # the fourth batch is in the shards but not in the checkpoint
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(shards, "write_atomic", interrupt_at_the_fourth_checkpoint)
+    assert gpt2(*args, "--batch-docs", str(first)).code == 130
+    monkeypatch.setattr(shards, "write_atomic", real_write)
+    resumed = gpt2(*args, "--batch-docs", str(then))
+    assert resumed.code == 0, resumed.err
+    clean = gpt2(*args, "--batch-docs", str(then), "--force")
+    first_out, clean_out = json.loads(resumed.out), json.loads(clean.out)
+    assert clean_out["ref"] == "tokens@v2"
+    for name in ("train.bin", "val.bin"):
+        assert (Path(first_out["path"]) / name).read_bytes() == (Path(clean_out["path"]) / name).read_bytes()
+    assert first_out["summary"] == clean_out["summary"]
+    assert first_out["summary"]["train_documents"] + first_out["summary"]["val_documents"] == 40
+    assert f"resuming after {3 * first} documents" in resumed.err
+
+
+@pytest.mark.parametrize(
+    ("args", "wrong", "needs"),
+    [
+        (["tokenize", "--tokenizer", "model@v1", "--input", str(SAMPLE)], "model@v1 is a 'model'", "--tokenizer"),
+        (["tokenize", "--corpus", "tokens@v1"], "tokens@v1 is a 'tokens'", "--corpus needs a 'corpus'"),
+        (["train-bpe", "--corpus", "tokenizer@v1"], "tokenizer@v1 is a 'tokenizer'", "--corpus needs a 'corpus'"),
+    ],
+)
+def test_stages_refuse_another_stages_artifact(gpt2, store: Store, args: list[str], wrong: str, needs: str):
+    """An artifact of the wrong kind is a usage error that names its kind, never a complaint about its files."""
+    for kind in ("tokenizer", "tokens", "model"):
+        store.produce(kind, params={}, inputs=[], build=lambda draft: {})
+    result = gpt2(*args)
+    assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
+    assert wrong in result.err and needs in result.err
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_tokenize_refuses_batch_docs_below_one(gpt2, value: str):
+    result = gpt2("tokenize", "--input", str(SAMPLE), "--batch-docs", value)
+    assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
+    assert "--batch-docs" in result.err
 
 
 def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):

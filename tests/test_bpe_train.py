@@ -5,6 +5,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,3 +138,12 @@ def test_train_bpe_bad_input(gpt2, tmp_path: Path):
     assert small.code == 2 and "at least 257" in small.err
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     assert gpt2("train-bpe", "--input", str(tmp_path / "image.png")).code == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--min-frequency", "-3"), ("--min-frequency", "0"), ("--workers", "-1")]
+)
+def test_train_bpe_refuses_out_of_range_options(gpt2, option: str, value: str):
+    result = gpt2("train-bpe", "--input", str(SAMPLE), option, value)
+    assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
+    assert option in result.err

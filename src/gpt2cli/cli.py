@@ -337,7 +337,7 @@ def tokenize_command(
     corpus: CorpusOption = None,
     inputs: InputOption = None,
     val_fraction: ValFractionOption = 0.01,
-    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per batch; progress is saved after each.")] = 512,
+    batch_docs: Annotated[int, typer.Option(help="Documents per batch; progress is saved after each.")] = 512,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
@@ -670,8 +670,9 @@ def export_command(
     if format != "hf":
         raise typer.BadParameter(f"unknown format {format!r}; supported: hf", param_hint="--format")
     opts = settings(ctx, home, as_json)
-    artifact = Store(opts.home).resolve(model)
-    path = export_hf(artifact, out, overwrite=force)
+    store = Store(opts.home)
+    artifact = store.resolve(model)
+    path = export_hf(artifact, out, overwrite=force, home=store.home)
     if opts.json:
         print_json({"ref": artifact.ref, "format": format, "path": str(path)})
     else:

@@ -8,8 +8,10 @@ the first included, starts the way unconditional samples start (from ``<|endofte
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
+from gpt2cli.bpe.inputs import corpus_documents, resolve_kind
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS, open_documents
-from gpt2cli.errors import Gpt2Error
+from gpt2cli.documents import SPLITS
+from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,9 @@ class _ShardWriter:
         self.count += len(ids)
 
     def flush(self) -> None:
+        """On disk before the checkpoint that counts these tokens: a crash must not leave it promising more."""
         self.file.flush()
+        os.fsync(self.file.fileno())
 
     def finish(self) -> None:
         self.file.seek(0)
@@ -104,29 +109,28 @@ def tokenize_corpus(
     """The `gpt2 tokenize` stage: corpus + tokenizer in, `tokens` artifact out.
 
     Progress is checkpointed after every ``batch_docs`` documents, so a killed run resumes where it stopped.
+    The checkpoint counts documents, not batches, so a resumed run may use another ``batch_docs``.
     """
-    tokenizer_artifact = store.resolve(tokenizer_ref)
-    if tokenizer_artifact.kind != "tokenizer":
-        raise Gpt2Error(f"{tokenizer_artifact.ref} is a {tokenizer_artifact.kind}, not a tokenizer")
+    if batch_docs < 1:
+        raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
+    tokenizer_artifact = resolve_kind(store, tokenizer_ref, "tokenizer", "--tokenizer")
+    source = corpus_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)
-    source = open_documents(store, corpus, inputs, val_fraction)
     params = {"val_fraction": val_fraction, "eot": "prepended"}
 
     def build(draft: Any) -> dict[str, Any]:
         state_path = draft.dir / ".work" / "state.json"
         state = json.loads(state_path.read_text()) if draft.resumed and state_path.exists() else {}
-        done_batches = state.get("batches", 0)
         counts = state.get("tokens", dict.fromkeys(SPLITS, 0))
         docs = state.get("documents", dict.fromkeys(SPLITS, 0))
         n_bytes = state.get("bytes", dict.fromkeys(SPLITS, 0))
-        if done_batches:
-            log.info("resuming after %d batches (%d documents)", done_batches, sum(docs.values()))
+        done = sum(docs.values())  # documents already in the shards, whatever the batch size that wrote them
+        if done:
+            log.info("resuming after %d documents", done)
         writers = {s: _ShardWriter(draft.dir / f"{s}.bin", tokenizer.vocab_size, counts[s]) for s in SPLITS}
         eot = np.array([tokenizer.eot_id])
         with progress("tokenizing", unit="docs") as bar:
-            for k, batch in enumerate(batched(source, batch_docs)):
-                if k < done_batches:
-                    continue
+            for batch in batched(itertools.islice(source, done, None), batch_docs):
                 for doc, ids in zip(batch, tokenizer.encode_batch([d.text for d in batch]), strict=True):
                     writers[doc.split].write(np.concatenate([eot, np.asarray(ids, dtype=np.int64)]))
                     docs[doc.split] += 1
@@ -134,7 +138,7 @@ def tokenize_corpus(
                 for w in writers.values():
                     w.flush()
                 counts = {s: w.count for s, w in writers.items()}
-                state = {"batches": k + 1, "tokens": counts, "documents": docs, "bytes": n_bytes}
+                state = {"tokens": counts, "documents": docs, "bytes": n_bytes}
                 state_path.parent.mkdir(exist_ok=True)
                 write_atomic(state_path, json.dumps(state).encode())
                 bar.advance(len(batch))
