@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpt2cli.artifacts import Store
+from gpt2cli.scrape.frontier import Frontier
 from tests.conftest import SAMPLE, run_cli
 
 REDDIT = SAMPLE.parent / "reddit"
@@ -136,6 +137,28 @@ def test_live_crawl_survives_kill_9(home: Path, tmp_path: Path):
         repeated = [p for p, n in site.hits.items() if p.startswith("/page/") and n > 1]
         assert len(repeated) <= 2, repeated
         assert site.hits["/private/x"] == 0
+    finally:
+        site.close()
+
+
+def test_pending_rows_of_another_run_do_not_starve_new_links(home: Path, tmp_path: Path):
+    """A killed run leaves its links pending; a later run with other links still fetches every one of its own."""
+    site = _Site(pages=15, delay=0)
+    try:
+        with Frontier(home / "raw-docs" / ".crawl" / "frontier.sqlite") as frontier:  # what the killed run left
+            frontier.add((u, u, {}) for u in [f"{site.base}/page/{i}" for i in range(5, 15)])
+        new = tmp_path / "new.txt"
+        new.write_text("".join(f"{site.base}/page/{i}\n" for i in range(5)))
+        args = ["--allow-private-network", "--per-host-interval", "0", "--min-score", "0", "--json"]
+        result = run_cli(home, "scrape-reddit", "--urls", str(new), *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["summary"]["fetched"] == 5 and len(rows(home)) == 5
+        assert not any(site.hits[f"/page/{i}"] for i in range(5, 15))
+        old = tmp_path / "old.txt"  # the killed run's links, rerun: their rows are claimed and fetched
+        old.write_text("".join(f"{site.base}/page/{i}\n" for i in range(5, 15)))
+        result = run_cli(home, "scrape-reddit", "--urls", str(old), *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["summary"]["fetched"] == 10 and len(rows(home)) == 10
     finally:
         site.close()
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt2cli.iterutil import batched
+
 STATUSES = ("pending", "done", "failed")
+_IN_CHUNK = 500  # URLs per `IN (...)` query, well under SQLite's limit on bound parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS urls (
@@ -139,18 +142,24 @@ class Frontier:
             new += flush()
         return new
 
-    def claim(self, limit: int, now: float) -> list[Row]:
+    def claim(self, limit: int, now: float, among: Collection[str] | None = None) -> list[Row]:
         """Up to `limit` pending URLs due at `now` (next_attempt_at <= now), in the order they were added.
 
-        Claimed rows stay `pending` on disk (a crash simply leaves them to the next run) and are not handed
-        out again by this object until they are marked.
+        With `among`, only those URLs: a run fetches its own links, and the pending rows other runs left
+        behind (killed, or with other links) must not use up its claim. Claimed rows stay `pending` on disk
+        (a crash simply leaves them to the next run) and are not handed out again by this object until they
+        are marked.
         """
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM urls WHERE status = 'pending' AND next_attempt_at <= ? "
-            "ORDER BY rowid LIMIT ?",
-            (now, limit + len(self._claimed)),
-        ).fetchall()
-        out = [r for r in map(_row, rows) if r.url not in self._claimed][:limit]
+        select = f"SELECT rowid, {', '.join(_COLUMNS)} FROM urls WHERE status = 'pending' AND next_attempt_at <= ?"
+        if among is None:
+            found = self._db.execute(f"{select} ORDER BY rowid LIMIT ?", (now, limit + len(self._claimed))).fetchall()
+        else:
+            found = []
+            for chunk in batched(among, _IN_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                found += self._db.execute(f"{select} AND url IN ({marks})", (now, *chunk)).fetchall()
+            found.sort()
+        out = [r for r in (_row(values[1:]) for values in found) if r.url not in self._claimed][:limit]
         self._claimed.update(r.url for r in out)
         return out
 

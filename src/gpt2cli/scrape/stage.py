@@ -139,7 +139,7 @@ def _crawl(
     frontier: Frontier, archive: WarcArchive, fetcher: Fetcher, links: dict[str, Link], stats: Counter[str]
 ) -> None:
     """Fetch this run's pending links; each success is in the WARC (fsynced) before the frontier says done."""
-    pending = [row for row in frontier.claim(len(links) + 1, time.time()) if row.url in links]
+    pending = frontier.claim(len(links), time.time(), among=links)
     if not pending:
         return
     by_requested = {row.original_url: row.url for row in pending}
