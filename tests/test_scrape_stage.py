@@ -163,6 +163,34 @@ def test_pending_rows_of_another_run_do_not_starve_new_links(home: Path, tmp_pat
         site.close()
 
 
+def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Path, tmp_path: Path):
+    """--replay marks what its archive lacks as not archived: a statement on the archive, not on the web."""
+    site = _Site(pages=3, delay=0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
+        replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(WARC), "--json")
+        assert replayed.returncode == 1 and "no document was extracted" in replayed.stderr
+        live = run_cli(home, "scrape-reddit", "--urls", str(urls), "--allow-private-network", "--per-host-interval",
+                       "0", "--json")  # fmt: skip
+        assert live.returncode == 0, live.stderr
+        summary = json.loads(live.stdout)["summary"]
+        assert summary["fetched"] == 3 and summary["frontier_failed"] == 0 and len(rows(home)) == 3
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])
+def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path, tmp_path: Path, kind: str):
+    """A wrong --replay path must not mark every link of the run as not archived."""
+    replay = {"garbage": tmp_path / "pages.warc.gz", "directory": tmp_path, "dump": NOVEMBER}[kind]
+    (tmp_path / "pages.warc.gz").write_bytes(os.urandom(4096))
+    result = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(replay))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("gpt2: error: --replay ") and result.stderr.count("\n") == 1
+    assert not (home / "raw-docs" / ".crawl" / "frontier.sqlite").exists()
+
+
 @pytest.mark.parametrize("name", ["RS_v2_2005-06.xz"])
 def test_real_dump_links(home: Path, name: str, tmp_path: Path):
     from tests.conftest import shared_data

@@ -193,6 +193,19 @@ class Frontier:
             )
         self._claimed.discard(url)
 
+    def requeue(self, error: str) -> int:
+        """Put the URLs failed with `error` back to pending, due now; returns how many.
+
+        For verdicts that hold for one kind of run only: `--replay` fails the links its archives lack as
+        "not_archived", which says nothing of what a live crawl will find.
+        """
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE urls SET status = 'pending', next_attempt_at = 0 WHERE status = 'failed' AND last_error = ?",
+                (error,),
+            )
+        return cur.rowcount
+
     # -- reads --------------------------------------------------------------------------------------------
 
     def get(self, url: str) -> Row | None:

@@ -29,7 +29,7 @@ from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
 from gpt2cli.scrape.sources import RedditAPI, Submission, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
-from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at
+from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class LinkSources:
         for path in (*self.dumps, *self.url_files, *self.replays):
             if not Path(path).exists():
                 raise UsageError(f"{path} does not exist")
+        for path in self.replays:
+            if (problem := unreadable_reason(Path(path))) is not None:
+                raise UsageError(f"--replay {path}: {problem}")
         if self.api_sort not in ("top", "new"):
             raise UsageError(f"--sort must be top or new, got {self.api_sort!r}")
 
@@ -113,6 +116,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
         if sources.replays:
             documents = _replay(frontier, [Path(p) for p in sources.replays], links, stats)
         else:
+            frontier.requeue("not_archived")  # a replay's verdict; the live web may well have the page
             archive = WarcArchive(crawl / "warc", prefix="crawl", committed=frontier.warc_committed_ends())
             try:
                 _crawl(frontier, archive, Fetcher(fetch), links, stats)
