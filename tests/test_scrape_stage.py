@@ -71,6 +71,23 @@ def test_bad_input(home: Path, tmp_path: Path):
     assert run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--until", "yesterday").returncode == 2
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--per-host-interval", "-5"],
+        ["--per-host-interval", "nan"],
+        ["--per-host-interval", "inf"],
+        ["--limit", "-3"],
+        ["--time-filter", "decade"],  # without --subreddit, as with it
+        ["--subreddit", "science", "--time-filter", "decade"],
+    ],
+)
+def test_bad_option_values_are_usage_errors(gpt2, option: list[str]):
+    """Checked before any link is read, each as one line: a NaN interval would silently end the politeness."""
+    result = gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), *option)
+    assert result.code == 2 and result.err.startswith(f"gpt2: error: {option[-2]} ") and result.err.count("\n") == 1
+
+
 class _Site:
     """Article pages on 127.0.0.1, each answered slowly, with a count of hits per path."""
 

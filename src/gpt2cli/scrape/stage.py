@@ -27,7 +27,7 @@ from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract
 from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
-from gpt2cli.scrape.sources import RedditAPI, Submission, iter_dumps, read_url_list
+from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
 from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at, unreadable_reason
 
@@ -58,6 +58,10 @@ class LinkSources:
                 raise UsageError(f"--replay {path}: {problem}")
         if self.api_sort not in ("top", "new"):
             raise UsageError(f"--sort must be top or new, got {self.api_sort!r}")
+        if self.api_time_filter not in TIME_FILTERS:  # checked with or without --subreddit: a typo is a typo
+            raise UsageError(f"--time-filter must be one of {', '.join(TIME_FILTERS)}, got {self.api_time_filter!r}")
+        if self.api_limit is not None and self.api_limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.api_limit}")
 
 
 def _submissions(sources: LinkSources, stats: Counter[str]) -> Iterator[Submission]:
@@ -88,6 +92,7 @@ def scrape_reddit(
     wait: bool = False,
 ) -> Published:
     sources.validate()
+    fetch.validate()
     parent = store.latest("raw-docs")
     inputs = [file_input(p) for p in _input_files(sources)]
     params: dict[str, Any] = {
