@@ -208,6 +208,23 @@ def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path
     assert not (home / "raw-docs" / ".crawl" / "frontier.sqlite").exists()
 
 
+def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
+    """File names are bytes; the manifest is UTF-8 JSON: the name is recorded with \\xNN escapes."""
+    site = _Site(pages=2, delay=0)
+    try:
+        dump = tmp_path / os.fsdecode(b"RS_\xff.ndjson")
+        dump.write_text("".join(json.dumps({"id": str(i), "url": f"{site.base}/page/{i}", "score": 5}) + "\n"
+                                for i in range(2)))  # fmt: skip
+        result = run_cli(home, "scrape-reddit", "--dump", str(dump), "--allow-private-network", "--per-host-interval",
+                         "0", "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((home / "raw-docs" / "v1" / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["inputs"][0]["path"].endswith("RS_\\xff.ndjson") and "RS_\\xff.ndjson" in manifest["command"]
+        assert len(rows(home)) == 2
+    finally:
+        site.close()
+
+
 @pytest.mark.parametrize("name", ["RS_v2_2005-06.xz"])
 def test_real_dump_links(home: Path, name: str, tmp_path: Path):
     from tests.conftest import shared_data
