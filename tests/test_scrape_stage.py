@@ -88,6 +88,14 @@ def test_bad_option_values_are_usage_errors(gpt2, option: list[str]):
     assert result.code == 2 and result.err.startswith(f"gpt2: error: {option[-2]} ") and result.err.count("\n") == 1
 
 
+def test_no_document_error_carries_its_counts(gpt2):
+    """No summary is printed when nothing is published: the one-line error must say why by itself."""
+    result = gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--min-score", "1000000")
+    (error,) = [line for line in result.err.splitlines() if "error" in line]
+    assert result.code == 1 and error.startswith("gpt2: error: no document was extracted: 317 submissions (")
+    assert "malformed records skipped" in error and "filtered out (score " in error and error.endswith("; 0 links kept")
+
+
 class _Site:
     """Article pages on 127.0.0.1, each answered slowly, with a count of hits per path."""
 
@@ -188,6 +196,7 @@ def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Pat
         urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
         replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(WARC), "--json")
         assert replayed.returncode == 1 and "no document was extracted" in replayed.stderr
+        assert "3 links kept; 0 fetched; 3 failed (not_archived 3); 0 pending" in replayed.stderr
         live = run_cli(home, "scrape-reddit", "--urls", str(urls), "--allow-private-network", "--per-host-interval",
                        "0", "--json")  # fmt: skip
         assert live.returncode == 0, live.stderr

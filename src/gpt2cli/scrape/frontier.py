@@ -154,11 +154,7 @@ class Frontier:
         if among is None:
             found = self._db.execute(f"{select} ORDER BY rowid LIMIT ?", (now, limit + len(self._claimed))).fetchall()
         else:
-            found = []
-            for chunk in batched(among, _IN_CHUNK):
-                marks = ", ".join("?" * len(chunk))
-                found += self._db.execute(f"{select} AND url IN ({marks})", (now, *chunk)).fetchall()
-            found.sort()
+            found = sorted(self._among(f"{select} AND url IN", (now,), among))
         out = [r for r in (_row(values[1:]) for values in found) if r.url not in self._claimed][:limit]
         self._claimed.update(r.url for r in out)
         return out
@@ -241,6 +237,20 @@ class Frontier:
                 ).fetchall()
             )
         )
+
+    def tally(self, urls: Collection[str]) -> Counter[str]:
+        """What became of `urls`: how many are in each status, and "<status>_<error>" per last error."""
+        out: Counter[str] = Counter()
+        for status, error in self._among("SELECT status, last_error FROM urls WHERE url IN", (), urls):
+            out[status] += 1
+            if error:
+                out[f"{status}_{error}"] += 1
+        return out
+
+    def _among(self, query: str, params: tuple[Any, ...], urls: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+        """The rows of `query` (ending in "url IN") for `urls`, asked in chunks of bound parameters."""
+        for chunk in batched(urls, _IN_CHUNK):
+            yield from self._db.execute(f"{query} ({', '.join('?' * len(chunk))})", (*params, *chunk))
 
     def warc_committed_ends(self) -> dict[str, int]:
         """Per WARC file, the end of the last record a done row points at: the file's committed length.

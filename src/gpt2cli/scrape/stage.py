@@ -143,13 +143,42 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
         n_docs = _write_parquet(out / DOCUMENTS, documents)
         counts = frontier.counts()
         failures = frontier.failures_by_reason()
+        if not n_docs:
+            raise Gpt2Error(f"no document was extracted: {_why_no_documents(stats, frontier.tally(links))}")
     stats["documents"] = n_docs
-    if not n_docs:
-        raise Gpt2Error("no document was extracted: every link was filtered out or failed (see the summary)")
     summary: dict[str, Any] = dict(sorted(stats.items()))
     summary.update({f"frontier_{k}": v for k, v in counts.items()})
     summary.update({f"failed_{k}": v for k, v in sorted(failures.items())})
     return summary
+
+
+def _why_no_documents(stats: Counter[str], tally: Counter[str]) -> str:
+    """The counts that explain an empty result, for its one-line error (no summary is printed then)."""
+    malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url"))
+    filtered = _reasons(stats, "filtered")
+    parts = [
+        f"{stats['submissions_seen']} submissions" + (f" ({malformed} malformed records skipped)" if malformed else "")
+    ]
+    parts.append(f"{sum(filtered.values())} filtered out" + (f" ({_top(filtered)})" if filtered else ""))
+    parts.append(f"{stats['links_kept']} links kept")
+    if stats["links_kept"]:
+        parts.append(
+            f"{tally['done']} fetched" + (f" ({stats['empty_text']} without text)" if stats["empty_text"] else "")
+        )
+        for status, why in (("failed", ""), ("pending", ", to retry in a later run")):
+            reasons = _reasons(tally, status)
+            parts.append(f"{tally[status]} {status}" + (f" ({_top(reasons)}{why})" if reasons else ""))
+    return "; ".join(parts)
+
+
+def _reasons(counts: Counter[str], prefix: str) -> Counter[str]:
+    return Counter({k.removeprefix(f"{prefix}_"): n for k, n in counts.items() if k.startswith(f"{prefix}_") and n})
+
+
+def _top(counts: Counter[str], n: int = 4) -> str:
+    """The `n` commonest reasons and their counts, "and K more" for the rest."""
+    shown = ", ".join(f"{reason} {count}" for reason, count in counts.most_common(n))
+    return shown + (f", and {len(counts) - n} more" if len(counts) > n else "")
 
 
 def _link_meta(link: Link) -> dict[str, Any]:
