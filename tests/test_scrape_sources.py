@@ -313,6 +313,36 @@ def test_malformed_records_are_counted_never_fatal(tmp_path: Path) -> None:
     assert stats["records"] == 8 and stats["lines"] == len([line for line in lines if line]) + 1
 
 
+def test_pathological_records_are_counted_never_fatal(tmp_path: Path) -> None:
+    """Lines that break the JSON parser or the int64 columns downstream are counted, not a traceback."""
+    lines = [
+        "[" * 200_000,  # RecursionError inside json.loads
+        '{"id": "n", "url": "http://n.com/", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"id": "d", "url": "http://d.com/", "score": ' + "9" * 5000 + "}",  # past int()'s 4300 digits
+        '{"id": "s", "url": "http://s.com/", "score": "' + "9" * 5000 + '", "created_utc": "' + "1" * 5000 + '"}',
+        '{"id": "b", "url": "http://b.com/", "score": 1e300, "created_utc": 99999999999999999999999999}',
+        '{"id": "t", "url": "http://t.com/", "score": "abc", "created_utc": [1], "subreddit": {"a": 1}}',
+        '{"id": "u", "url": 12345, "score": 5}',
+        '{"id": "k", "url": "http://k.com/", "score": 4, "created_utc": 1500000000}',
+    ]
+    path = tmp_path / "RS_bad.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    stats: Counter[str] = Counter()
+    subs = {s.id: s for s in read_dump(path, stats)}
+    assert list(subs) == ["s", "b", "t", "k"]
+    assert all(s.score is None and s.created_utc is None for s in (subs["s"], subs["b"], subs["t"]))
+    assert subs["t"].subreddit is None and (subs["k"].score, subs["k"].created_utc) == (4, 1_500_000_000)
+    assert stats["bad_json"] == 3 and stats["missing_url"] == 1
+    assert stats["score_invalid"] == 3 and stats["created_utc_invalid"] == 3
+
+
+def test_summed_score_stays_in_int64() -> None:
+    """documents.parquet stores the summed score as int64: a flood of huge scores saturates, never overflows."""
+    subs = [_sub("http://big.com/", 2**53, id=str(i)) for i in range(2000)]
+    links = collect_links(subs, LinkFilters(), Counter())
+    assert links["http://big.com/"].score == 2**63 - 1
+
+
 def test_directory_input(tmp_path: Path) -> None:
     (tmp_path / "2005" / "sub").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpt2cli.artifacts import Store
+from gpt2cli.scrape.frontier import Frontier
 from tests.conftest import SAMPLE, run_cli
 
 REDDIT = SAMPLE.parent / "reddit"
@@ -68,6 +69,31 @@ def test_bad_input(home: Path, tmp_path: Path):
     missing = run_cli(home, "scrape-reddit", "--dump", str(tmp_path / "RS_2099-01.zst"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--until", "yesterday").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--per-host-interval", "-5"],
+        ["--per-host-interval", "nan"],
+        ["--per-host-interval", "inf"],
+        ["--limit", "-3"],
+        ["--time-filter", "decade"],  # without --subreddit, as with it
+        ["--subreddit", "science", "--time-filter", "decade"],
+    ],
+)
+def test_bad_option_values_are_usage_errors(gpt2, option: list[str]):
+    """Checked before any link is read, each as one line: a NaN interval would silently end the politeness."""
+    result = gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), *option)
+    assert result.code == 2 and result.err.startswith(f"gpt2: error: {option[-2]} ") and result.err.count("\n") == 1
+
+
+def test_no_document_error_carries_its_counts(gpt2):
+    """No summary is printed when nothing is published: the one-line error must say why by itself."""
+    result = gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--min-score", "1000000")
+    (error,) = [line for line in result.err.splitlines() if "error" in line]
+    assert result.code == 1 and error.startswith("gpt2: error: no document was extracted: 317 submissions (")
+    assert "malformed records skipped" in error and "filtered out (score " in error and error.endswith("; 0 links kept")
 
 
 class _Site:
@@ -136,6 +162,74 @@ def test_live_crawl_survives_kill_9(home: Path, tmp_path: Path):
         repeated = [p for p, n in site.hits.items() if p.startswith("/page/") and n > 1]
         assert len(repeated) <= 2, repeated
         assert site.hits["/private/x"] == 0
+    finally:
+        site.close()
+
+
+def test_pending_rows_of_another_run_do_not_starve_new_links(home: Path, tmp_path: Path):
+    """A killed run leaves its links pending; a later run with other links still fetches every one of its own."""
+    site = _Site(pages=15, delay=0)
+    try:
+        with Frontier(home / "raw-docs" / ".crawl" / "frontier.sqlite") as frontier:  # what the killed run left
+            frontier.add((u, u, {}) for u in [f"{site.base}/page/{i}" for i in range(5, 15)])
+        new = tmp_path / "new.txt"
+        new.write_text("".join(f"{site.base}/page/{i}\n" for i in range(5)))
+        args = ["--allow-private-network", "--per-host-interval", "0", "--min-score", "0", "--json"]
+        result = run_cli(home, "scrape-reddit", "--urls", str(new), *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["summary"]["fetched"] == 5 and len(rows(home)) == 5
+        assert not any(site.hits[f"/page/{i}"] for i in range(5, 15))
+        old = tmp_path / "old.txt"  # the killed run's links, rerun: their rows are claimed and fetched
+        old.write_text("".join(f"{site.base}/page/{i}\n" for i in range(5, 15)))
+        result = run_cli(home, "scrape-reddit", "--urls", str(old), *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["summary"]["fetched"] == 10 and len(rows(home)) == 10
+    finally:
+        site.close()
+
+
+def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Path, tmp_path: Path):
+    """--replay marks what its archive lacks as not archived: a statement on the archive, not on the web."""
+    site = _Site(pages=3, delay=0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
+        replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(WARC), "--json")
+        assert replayed.returncode == 1 and "no document was extracted" in replayed.stderr
+        assert "3 links kept; 0 fetched; 3 failed (not_archived 3); 0 pending" in replayed.stderr
+        live = run_cli(home, "scrape-reddit", "--urls", str(urls), "--allow-private-network", "--per-host-interval",
+                       "0", "--json")  # fmt: skip
+        assert live.returncode == 0, live.stderr
+        summary = json.loads(live.stdout)["summary"]
+        assert summary["fetched"] == 3 and summary["frontier_failed"] == 0 and len(rows(home)) == 3
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])
+def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path, tmp_path: Path, kind: str):
+    """A wrong --replay path must not mark every link of the run as not archived."""
+    replay = {"garbage": tmp_path / "pages.warc.gz", "directory": tmp_path, "dump": NOVEMBER}[kind]
+    (tmp_path / "pages.warc.gz").write_bytes(os.urandom(4096))
+    result = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(replay))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("gpt2: error: --replay ") and result.stderr.count("\n") == 1
+    assert not (home / "raw-docs" / ".crawl" / "frontier.sqlite").exists()
+
+
+def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
+    """File names are bytes; the manifest is UTF-8 JSON: the name is recorded with \\xNN escapes."""
+    site = _Site(pages=2, delay=0)
+    try:
+        dump = tmp_path / os.fsdecode(b"RS_\xff.ndjson")
+        dump.write_text("".join(json.dumps({"id": str(i), "url": f"{site.base}/page/{i}", "score": 5}) + "\n"
+                                for i in range(2)))  # fmt: skip
+        result = run_cli(home, "scrape-reddit", "--dump", str(dump), "--allow-private-network", "--per-host-interval",
+                         "0", "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((home / "raw-docs" / "v1" / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["inputs"][0]["path"].endswith("RS_\\xff.ndjson") and "RS_\\xff.ndjson" in manifest["command"]
+        assert len(rows(home)) == 2
     finally:
         site.close()
 

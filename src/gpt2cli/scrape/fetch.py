@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import socket
 import threading
 import time
@@ -47,6 +48,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util.connection import create_connection
 
 from gpt2cli import __version__
+from gpt2cli.errors import UsageError
 
 MIB = 1 << 20
 ACCEPTED_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
@@ -79,6 +81,11 @@ class FetchConfig:
     allow_private_network: bool = False
     accepted_types: tuple[str, ...] = ACCEPTED_TYPES
     robots_max_bytes: int = 512 * 1024
+
+    def validate(self) -> None:
+        """The settings a user types: a NaN or negative interval would silently drop the politeness delay."""
+        if not (math.isfinite(self.per_host_interval_s) and self.per_host_interval_s >= 0):
+            raise UsageError(f"--per-host-interval must be a number of seconds >= 0, got {self.per_host_interval_s}")
 
 
 @dataclass

@@ -61,6 +61,7 @@ DEFAULT_SUBREDDIT_BLOCKLIST: frozenset[str] = frozenset(
 
 # Submission-level reasons, in the order they are checked; each is counted as "filtered_<reason>".
 REASONS = ("self", "over_18", "subreddit", "date", "bad_url", "domain", "extension")
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,8 @@ def collect_links(submissions: Iterable[Submission], filters: LinkFilters, stats
 
 
 def _add(link: Link, submission: Submission) -> None:
-    if submission.score is not None:
-        link.score = (link.score or 0) + submission.score
+    if submission.score is not None:  # saturated: a flood of absurd scores must not overflow Parquet's int64
+        link.score = max(-_INT64_MAX, min(_INT64_MAX, (link.score or 0) + submission.score))
     if submission.id is not None:
         link.submission_ids.append(submission.id)
     if submission.subreddit and submission.subreddit not in link.subreddits:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt2cli.iterutil import batched
+
 STATUSES = ("pending", "done", "failed")
+_IN_CHUNK = 500  # URLs per `IN (...)` query, well under SQLite's limit on bound parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS urls (
@@ -139,18 +142,20 @@ class Frontier:
             new += flush()
         return new
 
-    def claim(self, limit: int, now: float) -> list[Row]:
+    def claim(self, limit: int, now: float, among: Collection[str] | None = None) -> list[Row]:
         """Up to `limit` pending URLs due at `now` (next_attempt_at <= now), in the order they were added.
 
-        Claimed rows stay `pending` on disk (a crash simply leaves them to the next run) and are not handed
-        out again by this object until they are marked.
+        With `among`, only those URLs: a run fetches its own links, and the pending rows other runs left
+        behind (killed, or with other links) must not use up its claim. Claimed rows stay `pending` on disk
+        (a crash simply leaves them to the next run) and are not handed out again by this object until they
+        are marked.
         """
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM urls WHERE status = 'pending' AND next_attempt_at <= ? "
-            "ORDER BY rowid LIMIT ?",
-            (now, limit + len(self._claimed)),
-        ).fetchall()
-        out = [r for r in map(_row, rows) if r.url not in self._claimed][:limit]
+        select = f"SELECT rowid, {', '.join(_COLUMNS)} FROM urls WHERE status = 'pending' AND next_attempt_at <= ?"
+        if among is None:
+            found = self._db.execute(f"{select} ORDER BY rowid LIMIT ?", (now, limit + len(self._claimed))).fetchall()
+        else:
+            found = sorted(self._among(f"{select} AND url IN", (now,), among))
+        out = [r for r in (_row(values[1:]) for values in found) if r.url not in self._claimed][:limit]
         self._claimed.update(r.url for r in out)
         return out
 
@@ -183,6 +188,19 @@ class Frontier:
                 (status, error, due, url),
             )
         self._claimed.discard(url)
+
+    def requeue(self, error: str) -> int:
+        """Put the URLs failed with `error` back to pending, due now; returns how many.
+
+        For verdicts that hold for one kind of run only: `--replay` fails the links its archives lack as
+        "not_archived", which says nothing of what a live crawl will find.
+        """
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE urls SET status = 'pending', next_attempt_at = 0 WHERE status = 'failed' AND last_error = ?",
+                (error,),
+            )
+        return cur.rowcount
 
     # -- reads --------------------------------------------------------------------------------------------
 
@@ -219,6 +237,20 @@ class Frontier:
                 ).fetchall()
             )
         )
+
+    def tally(self, urls: Collection[str]) -> Counter[str]:
+        """What became of `urls`: how many are in each status, and "<status>_<error>" per last error."""
+        out: Counter[str] = Counter()
+        for status, error in self._among("SELECT status, last_error FROM urls WHERE url IN", (), urls):
+            out[status] += 1
+            if error:
+                out[f"{status}_{error}"] += 1
+        return out
+
+    def _among(self, query: str, params: tuple[Any, ...], urls: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+        """The rows of `query` (ending in "url IN") for `urls`, asked in chunks of bound parameters."""
+        for chunk in batched(urls, _IN_CHUNK):
+            yield from self._db.execute(f"{query} ({', '.join('?' * len(chunk))})", (*params, *chunk))
 
     def warc_committed_ends(self) -> dict[str, int]:
         """Per WARC file, the end of the last record a done row points at: the file's committed length.

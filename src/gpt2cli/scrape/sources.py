@@ -84,38 +84,45 @@ def submission_from_record(obj: dict[str, Any], source: str, stats: Counter[str]
     )
 
 
+# The largest integer a JSON number carries exactly; a score or timestamp beyond it is garbage, and keeping it
+# would overflow the int64 columns of documents.parquet.
+_MAX_NUMBER = 2**53
+
+
 def _number(obj: dict[str, Any], field: str, stats: Counter[str]) -> int | None:
     value = obj.get(field)
     if value is None:
         stats[f"{field}_missing"] += 1
         return None
-    if isinstance(value, bool):  # JSON true is not a score
+    number = _as_int(value)
+    if number is None or abs(number) > _MAX_NUMBER:
         stats[f"{field}_invalid"] += 1
+        return None
+    if isinstance(value, str):
+        stats[f"{field}_from_string"] += 1
+    return number
+
+
+def _as_int(value: Any) -> int | None:
+    """An int from a JSON int, a finite float or a numeric string; None otherwise (JSON true is not a score)."""
+    if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
-            return int(value)
-        stats[f"{field}_invalid"] += 1
+        return int(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = int(text)
-        except ValueError:
-            try:
-                as_float = float(text)
-            except ValueError:
-                as_float = math.nan
-            if not math.isfinite(as_float):
-                stats[f"{field}_invalid"] += 1
-                return None
-            number = int(as_float)
-        stats[f"{field}_from_string"] += 1
-        return number
-    stats[f"{field}_invalid"] += 1
-    return None
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:  # not an integer, or more digits than int() converts
+        pass
+    try:
+        as_float = float(text)
+    except ValueError:
+        return None
+    return int(as_float) if math.isfinite(as_float) else None
 
 
 def _text(value: Any) -> str | None:
@@ -245,7 +252,7 @@ def read_dump(path: Path, stats: Counter[str]) -> Iterator[Submission]:
             stats["lines"] += 1
             try:
                 obj = json.loads(line)
-            except ValueError:  # JSONDecodeError, and huge-integer ValueErrors
+            except (ValueError, RecursionError):  # JSONDecodeError, huge integers, nesting deeper than the stack
                 stats["bad_json"] += 1
                 continue
             if not isinstance(obj, dict):

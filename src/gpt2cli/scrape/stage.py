@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,9 +29,9 @@ from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract
 from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
-from gpt2cli.scrape.sources import RedditAPI, Submission, iter_dumps, read_url_list
+from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
-from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at
+from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,15 @@ class LinkSources:
         for path in (*self.dumps, *self.url_files, *self.replays):
             if not Path(path).exists():
                 raise UsageError(f"{path} does not exist")
+        for path in self.replays:
+            if (problem := unreadable_reason(Path(path))) is not None:
+                raise UsageError(f"--replay {path}: {problem}")
         if self.api_sort not in ("top", "new"):
             raise UsageError(f"--sort must be top or new, got {self.api_sort!r}")
+        if self.api_time_filter not in TIME_FILTERS:  # checked with or without --subreddit: a typo is a typo
+            raise UsageError(f"--time-filter must be one of {', '.join(TIME_FILTERS)}, got {self.api_time_filter!r}")
+        if self.api_limit is not None and self.api_limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {self.api_limit}")
 
 
 def _submissions(sources: LinkSources, stats: Counter[str]) -> Iterator[Submission]:
@@ -85,10 +94,12 @@ def scrape_reddit(
     wait: bool = False,
 ) -> Published:
     sources.validate()
+    fetch.validate()
     parent = store.latest("raw-docs")
-    inputs = [file_input(p) for p in _input_files(sources)]
+    inputs = [{**file_input(p), "path": _utf8_text(p.resolve())} for p in _input_files(sources)]
+    paths = {name: [_utf8_text(Path(p)) for p in getattr(sources, name)] for name in ("dumps", "url_files", "replays")}
     params: dict[str, Any] = {
-        "sources": asdict(sources),
+        "sources": {**asdict(sources), **paths},
         "filters": asdict(filters),
         "fetch": asdict(fetch),
         "extractor_version": EXTRACTOR_VERSION,
@@ -99,7 +110,16 @@ def scrape_reddit(
     def build(draft: Draft) -> dict[str, Any]:
         return _build(store, draft.dir, sources, filters, fetch)
 
-    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent)
+    command = [_utf8_text(arg) for arg in ["gpt2", *sys.argv[1:]]]
+    return store.produce(
+        "raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent, command=command
+    )
+
+
+def _utf8_text(arg: str | Path) -> str:
+    """A path or argument as a manifest (UTF-8 JSON) can hold it: file names need not be UTF-8; bytes that
+    are not (decoded by Python as surrogates) are written as \\xNN."""
+    return os.fsencode(arg).decode("utf-8", "backslashreplace")
 
 
 def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
@@ -113,6 +133,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
         if sources.replays:
             documents = _replay(frontier, [Path(p) for p in sources.replays], links, stats)
         else:
+            frontier.requeue("not_archived")  # a replay's verdict; the live web may well have the page
             archive = WarcArchive(crawl / "warc", prefix="crawl", committed=frontier.warc_committed_ends())
             try:
                 _crawl(frontier, archive, Fetcher(fetch), links, stats)
@@ -122,13 +143,42 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
         n_docs = _write_parquet(out / DOCUMENTS, documents)
         counts = frontier.counts()
         failures = frontier.failures_by_reason()
+        if not n_docs:
+            raise Gpt2Error(f"no document was extracted: {_why_no_documents(stats, frontier.tally(links))}")
     stats["documents"] = n_docs
-    if not n_docs:
-        raise Gpt2Error("no document was extracted: every link was filtered out or failed (see the summary)")
     summary: dict[str, Any] = dict(sorted(stats.items()))
     summary.update({f"frontier_{k}": v for k, v in counts.items()})
     summary.update({f"failed_{k}": v for k, v in sorted(failures.items())})
     return summary
+
+
+def _why_no_documents(stats: Counter[str], tally: Counter[str]) -> str:
+    """The counts that explain an empty result, for its one-line error (no summary is printed then)."""
+    malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url"))
+    filtered = _reasons(stats, "filtered")
+    parts = [
+        f"{stats['submissions_seen']} submissions" + (f" ({malformed} malformed records skipped)" if malformed else "")
+    ]
+    parts.append(f"{sum(filtered.values())} filtered out" + (f" ({_top(filtered)})" if filtered else ""))
+    parts.append(f"{stats['links_kept']} links kept")
+    if stats["links_kept"]:
+        parts.append(
+            f"{tally['done']} fetched" + (f" ({stats['empty_text']} without text)" if stats["empty_text"] else "")
+        )
+        for status, why in (("failed", ""), ("pending", ", to retry in a later run")):
+            reasons = _reasons(tally, status)
+            parts.append(f"{tally[status]} {status}" + (f" ({_top(reasons)}{why})" if reasons else ""))
+    return "; ".join(parts)
+
+
+def _reasons(counts: Counter[str], prefix: str) -> Counter[str]:
+    return Counter({k.removeprefix(f"{prefix}_"): n for k, n in counts.items() if k.startswith(f"{prefix}_") and n})
+
+
+def _top(counts: Counter[str], n: int = 4) -> str:
+    """The `n` commonest reasons and their counts, "and K more" for the rest."""
+    shown = ", ".join(f"{reason} {count}" for reason, count in counts.most_common(n))
+    return shown + (f", and {len(counts) - n} more" if len(counts) > n else "")
 
 
 def _link_meta(link: Link) -> dict[str, Any]:
@@ -139,7 +189,7 @@ def _crawl(
     frontier: Frontier, archive: WarcArchive, fetcher: Fetcher, links: dict[str, Link], stats: Counter[str]
 ) -> None:
     """Fetch this run's pending links; each success is in the WARC (fsynced) before the frontier says done."""
-    pending = [row for row in frontier.claim(len(links) + 1, time.time()) if row.url in links]
+    pending = frontier.claim(len(links), time.time(), among=links)
     if not pending:
         return
     by_requested = {row.original_url: row.url for row in pending}

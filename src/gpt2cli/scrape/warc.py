@@ -274,6 +274,26 @@ def read_record_at(path: Path, offset: int, length: int) -> ArchivedResponse:
     raise ValueError(f"{path}: no response record at offset {offset}")
 
 
+def unreadable_reason(path: Path) -> str | None:
+    """Why ``path`` is no WARC file to replay (not a file, unreadable, another format), or None.
+
+    Damage after the first record only ends that file's replay (see :func:`iter_responses`); a path that
+    is wrong from its first byte is a mistake to report before a replay records anything. An empty file
+    is an archive of nothing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "not a file"
+    try:
+        with open(path, "rb") as f:
+            next(iter(ArchiveIterator(f)), None)
+    except OSError as e:
+        return e.strerror or str(e)
+    except Exception:  # warcio's ArchiveLoadFailed, or a codec error of a broken first gzip member
+        return "not a WARC file"
+    return None
+
+
 def iter_responses(paths: Iterable[Path], stats: Counter[str] | None = None) -> Iterator[ArchivedResponse]:
     """Every response record of the given WARC files, in order; other record types are skipped.
 
