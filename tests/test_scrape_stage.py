@@ -218,7 +218,8 @@ def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path
 
 
 def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
-    """File names are bytes; the manifest is UTF-8 JSON: the name is recorded with \\xNN escapes."""
+    """File names are bytes; the manifest is UTF-8 JSON: the stray byte is a \\u escape that reads back as the
+    same name."""
     site = _Site(pages=2, delay=0)
     try:
         dump = tmp_path / os.fsdecode(b"RS_\xff.ndjson")
@@ -228,8 +229,23 @@ def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
                          "0", "--json")  # fmt: skip
         assert result.returncode == 0, result.stderr
         manifest = json.loads((home / "raw-docs" / "v1" / "manifest.json").read_text(encoding="utf-8"))
-        assert manifest["inputs"][0]["path"].endswith("RS_\\xff.ndjson") and "RS_\\xff.ndjson" in manifest["command"]
+        assert os.fsencode(manifest["inputs"][0]["path"]) == os.fsencode(dump.resolve())
+        assert os.fsencode(manifest["params"]["sources"]["dumps"][0]).endswith(b"/RS_\xff.ndjson")
+        assert str(dump) in manifest["command"]
         assert len(rows(home)) == 2
+    finally:
+        site.close()
+
+
+def test_the_same_dump_named_another_way_is_reused(home: Path, tmp_path: Path):
+    site = _Site(pages=2, delay=0)
+    try:
+        lines = [json.dumps({"id": str(i), "url": f"{site.base}/page/{i}", "score": 5}) + "\n" for i in range(2)]
+        (tmp_path / "RS.ndjson").write_text("".join(lines))
+        options = ["--allow-private-network", "--per-host-interval", "0", "--json"]
+        names = ("RS.ndjson", str(tmp_path / "RS.ndjson"), "./RS.ndjson")
+        runs = [run_cli(home, "scrape-reddit", "--dump", name, *options, cwd=tmp_path) for name in names]
+        assert [json.loads(r.stdout)["reused"] for r in runs] == [False, True, True], [r.stderr for r in runs]
     finally:
         site.close()
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2cli import __version__
+from gpt2cli.console import json_utf8
 from gpt2cli.errors import Gpt2Error, LockHeld, UsageError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+    return json_utf8(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def _utc_now() -> str:
@@ -506,7 +507,7 @@ class Store:
             for rel in _list_files(partial):
                 with open(partial / rel, "rb+") as f:
                     os.fsync(f.fileno())
-            write_atomic(partial / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
+            write_atomic(partial / MANIFEST, json_utf8(manifest, indent=2) + b"\n")
             final = kind_dir / version
             os.rename(partial, final)  # the publish: atomic on one filesystem
             _fsync_dir(kind_dir)

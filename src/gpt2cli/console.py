@@ -131,8 +131,16 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         yield state
 
 
+def json_utf8(obj: Any, **options: Any) -> bytes:
+    """JSON as UTF-8. File names need not be UTF-8: Python holds their stray bytes as lone surrogates, which
+    are written as \\u escapes, and read back as the same name."""
+    return json.dumps(obj, ensure_ascii=False, **options).encode("utf-8", "backslashreplace")
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(json_utf8(obj, indent=2, default=str) + b"\n")
+    sys.stdout.buffer.flush()
 
 
 def human_bytes(n: float) -> str:

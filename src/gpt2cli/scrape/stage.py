@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -96,8 +94,11 @@ def scrape_reddit(
     sources.validate()
     fetch.validate()
     parent = store.latest("raw-docs")
-    inputs = [{**file_input(p), "path": _utf8_text(p.resolve())} for p in _input_files(sources)]
-    paths = {name: [_utf8_text(Path(p)) for p in getattr(sources, name)] for name in ("dumps", "url_files", "replays")}
+    inputs = [file_input(p) for p in _input_files(sources)]
+    # absolute: the same files named another way (./data, /srv/data) are the same build
+    paths = {
+        name: [str(Path(p).resolve()) for p in getattr(sources, name)] for name in ("dumps", "url_files", "replays")
+    }
     params: dict[str, Any] = {
         "sources": {**asdict(sources), **paths},
         "filters": asdict(filters),
@@ -110,16 +111,7 @@ def scrape_reddit(
     def build(draft: Draft) -> dict[str, Any]:
         return _build(store, draft.dir, sources, filters, fetch)
 
-    command = [_utf8_text(arg) for arg in ["gpt2", *sys.argv[1:]]]
-    return store.produce(
-        "raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent, command=command
-    )
-
-
-def _utf8_text(arg: str | Path) -> str:
-    """A path or argument as a manifest (UTF-8 JSON) can hold it: file names need not be UTF-8; bytes that
-    are not (decoded by Python as surrogates) are written as \\xNN."""
-    return os.fsencode(arg).decode("utf-8", "backslashreplace")
+    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent)
 
 
 def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
