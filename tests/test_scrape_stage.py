@@ -206,6 +206,44 @@ def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Pat
         site.close()
 
 
+LIVE = ("--allow-private-network", "--per-host-interval", "0", "--json")
+
+
+def test_pages_a_replay_supplied_are_in_a_later_live_crawl(home: Path, tmp_path: Path):
+    """A replay reads another archive; the live crawl's version must hold those pages too, so it fetches them."""
+    site = _Site(pages=3, delay=0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
+        archived = tmp_path / "archived"
+        assert run_cli(archived, "scrape-reddit", "--urls", str(urls), *LIVE).returncode == 0
+        (warc,) = (archived / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
+        replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(warc), "--json")
+        assert replayed.returncode == 0 and len(rows(home)) == 3, replayed.stderr
+        live = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE)
+        assert live.returncode == 0, live.stderr
+        assert json.loads(live.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
+    finally:
+        site.close()
+
+
+def test_a_damaged_crawl_archive_is_fetched_again(home: Path, tmp_path: Path):
+    site = _Site(pages=3, delay=0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
+        assert run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE).returncode == 0
+        (warc,) = (home / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
+        warc.write_bytes(bytes(warc.stat().st_size))  # zeros where every record was
+        damaged = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE, "--force")
+        assert damaged.returncode == 1 and "3 pending" in damaged.stderr, damaged.stderr
+        again = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE, "--force")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
+    finally:
+        site.close()
+
+
 @pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])
 def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path, tmp_path: Path, kind: str):
     """A wrong --replay path must not mark every link of the run as not archived."""

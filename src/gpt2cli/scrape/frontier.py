@@ -202,6 +202,16 @@ class Frontier:
             )
         return cur.rowcount
 
+    def reopen(self, urls: Iterable[str] | None = None) -> int:
+        """Put `done` rows back to pending, due now; returns how many. `urls`: pages whose archived record is
+        lost or damaged. None: every page this crawl's WARCs do not hold (a `--replay` supplied it from
+        another archive), which a live crawl must fetch to archive and extract it itself."""
+        with self._transaction():
+            reopen = "UPDATE urls SET status = 'pending', next_attempt_at = 0 WHERE status = 'done' AND "
+            if urls is None:
+                return self._db.execute(reopen + "warc_length IS NULL").rowcount
+            return sum(self._db.execute(reopen + "url = ?", (url,)).rowcount for url in urls)
+
     # -- reads --------------------------------------------------------------------------------------------
 
     def get(self, url: str) -> Row | None:

@@ -126,6 +126,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
             documents = _replay(frontier, [Path(p) for p in sources.replays], links, stats)
         else:
             frontier.requeue("not_archived")  # a replay's verdict; the live web may well have the page
+            frontier.reopen()  # pages a replay supplied from an archive that is not this crawl's
             archive = WarcArchive(crawl / "warc", prefix="crawl", committed=frontier.warc_committed_ends())
             try:
                 _crawl(frontier, archive, Fetcher(fetch), links, stats)
@@ -247,7 +248,7 @@ def _replay(
             final_url=response.url,
             content_type=response.content_type,
             content_sha256=hashlib.sha256(response.body).hexdigest(),
-            warc_file=str(Path(response.warc_file or "").resolve()) if response.warc_file else None,
+            warc_file=str(Path(response.warc_file).resolve()) if response.warc_file else None,
             warc_offset=response.offset,
         )
         stats["replayed"] += 1
@@ -263,15 +264,23 @@ def _replay(
 def _archived_documents(
     frontier: Frontier, warc_dir: Path, links: dict[str, Link], stats: Counter[str]
 ) -> Iterator[dict[str, Any]]:
+    """This run's pages from the crawl's WARCs; a record that cannot be read back goes back to pending."""
+    damaged: list[str] = []
     for row in frontier.done_rows():
         link = links.get(row.url)
         if link is None or row.warc_file is None or row.warc_offset is None or row.warc_length is None:
             continue
-        response = read_record_at(warc_dir / row.warc_file, row.warc_offset, row.warc_length)
+        try:
+            response = read_record_at(warc_dir / row.warc_file, row.warc_offset, row.warc_length)
+        except (OSError, ValueError) as e:  # the crawl's WARC lost or damaged: the next run fetches it again
+            log.warning("%s: archived record unreadable (%s); it is fetched again in the next run", row.url, e)
+            damaged.append(row.url)
+            continue
         doc = _document(link, row.final_url or row.url, row.http_status, row.content_type, row.fetched_at,
                         response.body, stats)  # fmt: skip
         if doc is not None:
             yield doc
+    stats["warc_damaged"] += frontier.reopen(damaged)
 
 
 def _document(link: Link, final_url: str, status: int | None, content_type: str | None, fetched_at: str | None,

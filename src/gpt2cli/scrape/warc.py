@@ -309,7 +309,7 @@ def iter_responses(paths: Iterable[Path], stats: Counter[str] | None = None) -> 
             if end < path.stat().st_size:
                 stats["errors"] += 1
             with open(path, "rb") as f:
-                yield from _responses(_Bounded(f, end), path.name, stats)
+                yield from _responses(_Bounded(f, end), str(path), stats)
         except OSError:
             stats["errors"] += 1
 
