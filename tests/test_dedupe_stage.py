@@ -38,6 +38,18 @@ def corpus_rows(home: Path, ref: str = "corpus") -> list[dict]:
     return pq.read_table(Store(home).resolve(ref).file("documents-00000.parquet")).to_pylist()
 
 
+def articles(n: int) -> list[str]:
+    """The bodies of the first ``n`` sample articles (English, long enough, distinct: all pass the filters)."""
+    return [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))][:n]
+
+
+def error_line(err: str) -> str:
+    """The one `gpt2: error:` line of a run's stderr; there is no traceback."""
+    assert "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if line.startswith("gpt2: error:")]
+    return line
+
+
 def test_dedupe_the_sample(home: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--json")
     assert result.returncode == 0, result.stderr
@@ -207,3 +219,50 @@ def test_shard_options_are_checked(home: Path):
     assert bad.returncode == 2 and "--shard-index must be in [0, --shards)" in bad.stderr
     both = run_cli(home, "dedupe", "--merge", "dedupe-shard", "--raw-docs", "raw-docs@v1")
     assert both.returncode == 2
+
+
+def test_input_takes_text_files_whole_beside_jsonl(gpt2, home: Path, tmp_path: Path):
+    """--input reads what README says: a .txt/.md file is one document, a JSONL line another, folders of both."""
+    texts = articles(6)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, text in enumerate(texts[:3]):
+        (folder / f"article-{i}.txt").write_text(text)
+    (folder / "notes.md").write_text(texts[3])
+    (folder / "more.jsonl").write_text("".join(json.dumps({"text": t, "url": f"https://s{i}.example/a"}) + "\n"
+                                               for i, t in enumerate(texts[4:])))  # fmt: skip
+    result = gpt2("dedupe", "--input", str(folder), "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["documents_in"] == summary["documents"] == 6 and "malformed" not in summary
+    one = gpt2("dedupe", "--input", str(folder / "article-0.txt"), "--workers", "1", "--json")
+    assert one.code == 0, one.err
+    assert json.loads(one.out)["summary"]["documents"] == 1
+    assert [r["text"].split()[:5] for r in corpus_rows(home)] == [texts[0].split()[:5]]
+
+
+def test_malformed_records_are_counted_and_skipped(gpt2, home: Path, tmp_path: Path):
+    """Records that break a JSON parser, or hold the wrong types, are counted as malformed; a score past int64
+    is unknown; a damaged Parquet file is one line naming it."""
+    texts = articles(8)
+    lines = [json.dumps({"text": t, "url": f"https://good{i}.example/a"}) for i, t in enumerate(texts[:3])]
+    lines += ['{"text": "digits", "n": ' + "9" * 5000 + "}", "[" * 200_000, json.dumps({"text": 5}),
+              json.dumps({"text": texts[3], "url": 12345}), json.dumps({"text": texts[4], "domain": ["x"]}),
+              json.dumps({"text": texts[5], "title": {"a": 1}}), "[1, 2]"]  # fmt: skip
+    lines.append(json.dumps({"text": texts[6], "url": "https://big.example/a", "score": 10**30}))
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = gpt2("dedupe", "--input", str(path), "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["malformed"] == 7 and summary["documents_in"] == summary["documents"] == 4
+    assert {r["url"]: r["score"] for r in corpus_rows(home)}["https://big.example/a"] is None
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    pq.write_table(pa.table({"text": texts * 50}), tmp_path / "damaged.parquet", row_group_size=100)
+    damaged = bytearray((tmp_path / "damaged.parquet").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 500] = bytes(500)  # a page in the middle: found when read
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    for bad in (garbage, tmp_path / "damaged.parquet"):
+        failed = gpt2("dedupe", "--input", str(bad), "--workers", "1")
+        assert failed.code == 1 and str(bad) in error_line(failed.err)

@@ -216,7 +216,11 @@ def dedupe_command(
     ] = None,
     inputs: Annotated[
         Optional[list[Path]],
-        typer.Option("--input", help="JSONL/Parquet files with a text column (and url, score) instead."),
+        typer.Option(
+            "--input",
+            help="Text files (one document each), JSONL or Parquet with a text field (and url, score), or folders "
+            "of those, instead (repeatable).",
+        ),
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="Near-duplicate Jaccard of word 5-gram sets (OpenWebText: 0.5).")

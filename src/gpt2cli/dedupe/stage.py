@@ -41,7 +41,7 @@ from gpt2cli.dedupe.minhash import (
     shingles,
 )
 from gpt2cli.dedupe.normalize import normalize_text, text_key
-from gpt2cli.documents import expand_inputs
+from gpt2cli.documents import Malformed, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.workers import worker_pool
 
@@ -168,40 +168,25 @@ def _input_sources(
 def _records(sources: Sequence[tuple[Path, str]], shard: Shard, stats: Counter[str]) -> Iterator[tuple[int, dict]]:
     """(record number, row) of the records this shard owns, streamed; malformed records it owns are counted
     in ``stats`` and skipped (every record is numbered, so the shards' counts add up to the whole)."""
-    import pyarrow.parquet as pq
-
-    record = -1
-    for path, provenance in sources:
-        if path.suffix.lower() == ".parquet":
-            parquet = pq.ParquetFile(path)
-            if "text" not in parquet.schema_arrow.names:
-                raise Gpt2Error(f"{path}: no 'text' column (columns: {parquet.schema_arrow.names})")
-            for batch in parquet.iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    record += 1
-                    if shard.owns(record):
-                        yield record, {**row, "raw_docs": provenance}
+    provenance = dict(sources)
+    for record, path, row in read_records([path for path, _ in sources], owns=shard.owns):
+        if isinstance(row, Malformed) or not _well_formed(row):
+            stats[row.reason if isinstance(row, Malformed) else "malformed"] += 1
             continue
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                record += 1
-                if not shard.owns(record):
-                    continue
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    stats["invalid_utf8"] += 1
-                    log.warning("%s:%d: not UTF-8; skipped", path, lineno)
-                    continue
-                except json.JSONDecodeError:
-                    stats["malformed"] += 1
-                    continue
-                if not isinstance(obj, dict):
-                    stats["malformed"] += 1
-                    continue
-                yield record, {**obj, "raw_docs": provenance}
+        yield record, {**row, "raw_docs": provenance[path]}
+
+
+def _well_formed(row: dict[str, Any]) -> bool:
+    """The text fields the stage reads and writes are strings or absent (a missing text makes an empty record,
+    counted by the normalize step): the filters and the corpus's string columns take nothing else."""
+    return all(row.get(name) is None or isinstance(row[name], str) for name in ("text", "url", "domain", "title"))
+
+
+def _score(value: Any) -> int | None:
+    """A score the corpus's int64 column holds, else unknown (a string, a float, a bool, a number too large)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def dedupe(
@@ -496,9 +481,7 @@ def _screen_all(
                 report.remove(step, reason, url, text or str(row.get("text") or ""))
                 continue
             row["text"] = text
-            score = row.get("score")
-            doc = Doc(record, score if isinstance(score, int) else None, text_key(text), url, _snippet(text),
-                      shingle_hashes)  # fmt: skip
+            doc = Doc(record, _score(row.get("score")), text_key(text), url, _snippet(text), shingle_hashes)
             writer.add(json.dumps(row, ensure_ascii=False, default=str), doc, signature)
 
     with progress("screening", unit="docs") as bar:
