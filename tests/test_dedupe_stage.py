@@ -266,3 +266,17 @@ def test_malformed_records_are_counted_and_skipped(gpt2, home: Path, tmp_path: P
     for bad in (garbage, tmp_path / "damaged.parquet"):
         failed = gpt2("dedupe", "--input", str(bad), "--workers", "1")
         assert failed.code == 1 and str(bad) in error_line(failed.err)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--threshold", "0"), ("--threshold", "1.5"), ("--threshold", "nan"), ("--num-perm", "0"),
+     ("--language", "xx"), ("--val-fraction", "2"), ("--val-fraction", "-1"), ("--min-words", "-5"),
+     ("--workers", "-1"), ("--drop-overlap", "1.5")],
+)  # fmt: skip
+def test_bad_option_values_are_usage_errors(gpt2, tmp_path: Path, option: tuple[str, str]):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": articles(1)[0]}) + "\n")
+    evals = ["--overlap", str(docs)] if option[0] == "--drop-overlap" else []
+    result = gpt2("dedupe", "--input", str(docs), *option, *evals)
+    assert result.code == 2 and error_line(result.err).startswith(f"gpt2: error: {option[0]} must be")

@@ -29,7 +29,14 @@ import numpy as np
 from gpt2cli.artifacts import Artifact, Draft, Published, Store, artifact_input, file_input
 from gpt2cli.console import progress
 from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
-from gpt2cli.dedupe.filters import QualityConfig, language_reason, length_reason, quality_reason, wikipedia_reason
+from gpt2cli.dedupe.filters import (
+    LANGUAGES,
+    QualityConfig,
+    language_reason,
+    length_reason,
+    quality_reason,
+    wikipedia_reason,
+)
 from gpt2cli.dedupe.minhash import (
     HASH_VERSION,
     LSHIndex,
@@ -68,6 +75,31 @@ class DedupeConfig:
     drop_overlap: float | None = None  # drop documents sharing more than this share of 8-grams with eval_bloom
     eval_bloom: str | None = None  # path of an 8-gram Bloom filter of evaluation sets (made by the stage)
     workers: int = 0  # processes for the per-document steps; 0 = all cores
+
+    def validate(self) -> None:
+        """Refuse, naming the option, values the stage would crash on or silently misuse (a val share of 2
+        leaves no training documents), before any work."""
+        problems = [
+            (not 0 < self.near_threshold < 1, f"--threshold must be in (0, 1), got {self.near_threshold}"),
+            (self.num_perm < 1, f"--num-perm must be at least 1, got {self.num_perm}"),
+            (not 0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (
+                self.language is not None and self.language not in LANGUAGES,
+                f"--language must be 'any' or one of {', '.join(LANGUAGES)}; got {self.language!r}",
+            ),
+            (
+                not 0 <= self.quality.min_words <= self.quality.max_words,
+                f"--min-words must be in [0, {self.quality.max_words}], got {self.quality.min_words}",
+            ),
+            (
+                self.drop_overlap is not None and not 0 <= self.drop_overlap <= 1,
+                f"--drop-overlap must be in [0, 1], got {self.drop_overlap}",
+            ),
+            (self.workers < 0, f"--workers must be 0 (all cores) or more, got {self.workers}"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise UsageError(message)
 
 
 def split_of(url_or_text: str, val_fraction: float) -> str:
@@ -205,6 +237,7 @@ def dedupe(
     """The `gpt2 dedupe` stage. With ``shard``, screen one shard of the input into a `dedupe-shard` artifact
     (normalization, filters, shingles, signatures: the per-document work); with ``merge``, join such shards
     into the corpus (duplicate detection and output). Without either, both in one run."""
+    config.validate()
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
     identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
