@@ -145,7 +145,9 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(corpus_text), "--overlap",
                      str(unseen), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    overlap = json.loads(result.stdout.split("\n}\n", 1)[1])["overlap"]
+    out = json.loads(result.stdout)  # one JSON document: the result with the overlap in it
+    assert out["ref"] == "corpus@v2"
+    overlap = out["overlap"]
     assert overlap[0]["percent"] == 100.0 and overlap[1]["percent"] == 0.0
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -172,7 +174,7 @@ def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(eval_file), "--drop-overlap", "0.5",
                      "--workers", "1", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.split("\n}\n", 1)[0] + "\n}")["summary"]["removed_contamination"] == 1
+    assert json.loads(result.stdout)["summary"]["removed_contamination"] == 1
     assert victim["url"] not in {r["url"] for r in corpus_rows(home)}
     assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--drop-overlap", "0.5").returncode == 2
 
@@ -266,6 +268,21 @@ def test_malformed_records_are_counted_and_skipped(gpt2, home: Path, tmp_path: P
     for bad in (garbage, tmp_path / "damaged.parquet"):
         failed = gpt2("dedupe", "--input", str(bad), "--workers", "1")
         assert failed.code == 1 and str(bad) in error_line(failed.err)
+
+
+def test_overlap_files_are_checked_before_the_work(gpt2, home: Path, tmp_path: Path):
+    """A missing or malformed --overlap file fails before anything is published; a malformed JSONL record in
+    an eval file is an error (bad data, exit 1), not skipped: the overlap of part of a set would mislead."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t, "url": f"https://s{i}.example/a"}) + "\n"
+                            for i, t in enumerate(articles(3))))  # fmt: skip
+    missing = gpt2("dedupe", "--input", str(docs), "--overlap", str(tmp_path / "nope.txt"), "--json")
+    assert missing.code == 2 and "nope.txt" in error_line(missing.err) and missing.out == ""
+    broken = tmp_path / "eval.jsonl"
+    broken.write_text(json.dumps({"text": "an evaluation passage"}) + "\n{broken\n")
+    bad = gpt2("dedupe", "--input", str(docs), "--overlap", str(broken), "--json")
+    assert bad.code == 1 and f"{broken}:2" in error_line(bad.err) and bad.out == ""
+    assert Store(home).versions("corpus") == []
 
 
 @pytest.mark.parametrize(

@@ -286,20 +286,20 @@ def dedupe_command(
     shard = Shard(shard_index, shards) if shard_index is not None else None
     result = dedupe(store, raw_refs=raw_docs or [], inputs=inputs or [], config=config, incremental=incremental,
                     eval_files=overlap or [], shard=shard, merge=merge or [], force=force, wait=wait)  # fmt: skip
+    rows = overlap_table(result.artifact, overlap) if overlap and shard is None else None
+    if rows is not None and opts.json:  # one JSON document: the stage's result with the overlap in it
+        artifact = result.artifact
+        print_json({"ref": artifact.ref, "reused": result.reused, "path": str(artifact.path),
+                    "summary": artifact.summary, "overlap": rows})  # fmt: skip
+        return
     report(result, opts)
-    if overlap and shard is None:
-        rows = overlap_table(result.artifact, overlap)
-        if opts.json:
-            print_json({"overlap": rows})
-        else:
-            from rich.table import Table
+    if rows is not None:
+        from rich.table import Table
 
-            table = Table(
-                "eval file", "8-grams", "found in corpus", "percent", title=f"overlap with {result.artifact.ref}"
-            )
-            for r in rows:
-                table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
-            stdout_console().print(table)
+        table = Table("eval file", "8-grams", "found in corpus", "percent", title=f"overlap with {result.artifact.ref}")
+        for r in rows:
+            table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
+        stdout_console().print(table)
 
 
 @app.command("train-bpe")

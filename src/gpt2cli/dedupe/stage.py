@@ -48,7 +48,7 @@ from gpt2cli.dedupe.minhash import (
     shingles,
 )
 from gpt2cli.dedupe.normalize import normalize_text, text_key
-from gpt2cli.documents import Malformed, expand_inputs, read_records
+from gpt2cli.documents import JSONL_SUFFIXES, Malformed, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.workers import worker_pool
 
@@ -240,6 +240,7 @@ def dedupe(
     config.validate()
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
+    _eval_texts(eval_files)  # a bad eval file fails now, not after the corpus is published
     identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
     if merge:
         if raw_refs or inputs or shard:
@@ -720,16 +721,24 @@ class _CorpusTexts:
 
 
 def _eval_texts(files: Sequence[Path]) -> list[str]:
+    """The texts of evaluation files: each JSONL/NDJSON record's ``text``, any other file whole. A missing file
+    is a usage error and a malformed record bad data, never skipped: an overlap measured on part of an
+    evaluation set would pass for the whole."""
     texts = []
-    for path in files:
+    for path in map(Path, files):
+        if not path.is_file():
+            raise UsageError(f"cannot read eval file {path}: no such file")
+        if path.suffix.lower() in JSONL_SUFFIXES:
+            for _, _, row in read_records([path]):
+                if isinstance(row, Malformed) or not isinstance(row.get("text"), str):
+                    where = row.where if isinstance(row, Malformed) else path
+                    raise Gpt2Error(f"eval file {where}: a record is not a JSON object with a 'text' string")
+                texts.append(row["text"])
+            continue
         try:
-            raw = Path(path).read_text(encoding="utf-8")
+            texts.append(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read eval file {path}: {e}") from None
-        if str(path).endswith(".jsonl"):
-            texts += [json.loads(line).get("text", "") for line in raw.splitlines() if line.strip()]
-        else:
-            texts.append(raw)
     return texts
 
 
