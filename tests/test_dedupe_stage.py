@@ -151,7 +151,8 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     assert overlap[0]["percent"] == 100.0 and overlap[1]["percent"] == 0.0
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert run_cli(home, "dedupe", "--input", str(empty)).returncode == 1
+    nothing = run_cli(home, "dedupe", "--input", str(empty))
+    assert nothing.returncode == 1 and "no records read" in error_line(nothing.stderr)
     odd = (
         Store(home)
         .produce(
@@ -297,3 +298,18 @@ def test_bad_option_values_are_usage_errors(gpt2, tmp_path: Path, option: tuple[
     evals = ["--overlap", str(docs)] if option[0] == "--drop-overlap" else []
     result = gpt2("dedupe", "--input", str(docs), *option, *evals)
     assert result.code == 2 and error_line(result.err).startswith(f"gpt2: error: {option[0]} must be")
+
+
+def test_an_empty_corpus_says_why(gpt2, tmp_path: Path):
+    """Not "is the input English text?" for every cause: no records read, or the filter that removed them."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{broken\n")
+    nothing = gpt2("dedupe", "--input", str(broken), "--workers", "1")
+    assert nothing.code == 1 and error_line(nothing.err) == (
+        "gpt2: error: no documents: no records read from the input (skipped: 1 malformed)"
+    )
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles(2)))
+    french = gpt2("dedupe", "--input", str(docs), "--language", "fr", "--workers", "1")
+    line = error_line(french.err)
+    assert french.code == 1 and "2 by the language filter (--language fr)" in line and "English" not in line

@@ -617,7 +617,7 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
                 n_written += 1
     writer.close(sorted(edges), {"documents_in": n_rows, "stats": {}, "report": {}})
     if n_written == 0:
-        raise Gpt2Error("every document was removed; see the report (is the input English text?)")
+        raise Gpt2Error(_nothing_left(n_rows, stats, report, config))
     if config.bloom:
         build_ngram_bloom(_CorpusTexts(out / CORPUS), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
@@ -632,6 +632,23 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
         "lsh_bands": bands,
         "lsh_rows": rows_per_band,
     }
+
+
+def _nothing_left(n_rows: int, stats: Counter[str], report: Report, config: DedupeConfig) -> str:
+    """Why the corpus would be empty, in the message itself: no corpus (and so no report) is published."""
+    if n_rows == 0:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.items()) if n)
+        return "no documents: no records read from the input" + (f" (skipped: {skipped})" if skipped else "")
+    why = {
+        "normalize": "empty",
+        "wikipedia": "Wikipedia (--keep-wikipedia keeps it)",
+        "length": f"the length filter (--min-words {config.quality.min_words})",
+        "language": f"the language filter (--language {config.language})",
+        "contamination": f"overlap with the eval files (--drop-overlap {config.drop_overlap})",
+        "quality": "the quality rules",
+    }
+    removed = ", ".join(f"{e['removed']} by {why.get(name, name)}" for name, e in report.steps.items() if e["removed"])
+    return f"all {n_rows} documents read were removed: {removed}"
 
 
 def _duplicate_edges(
