@@ -313,3 +313,10 @@ def test_an_empty_corpus_says_why(gpt2, tmp_path: Path):
     french = gpt2("dedupe", "--input", str(docs), "--language", "fr", "--workers", "1")
     line = error_line(french.err)
     assert french.code == 1 and "2 by the language filter (--language fr)" in line and "English" not in line
+
+
+def test_workers_help_shows_one_default(gpt2, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    help_text = gpt2("dedupe", "--help").out
+    [line] = [line for line in help_text.splitlines() if "--workers" in line]
+    assert "[default: all cores]" in line and "[default: 0]" not in line

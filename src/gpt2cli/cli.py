@@ -243,7 +243,9 @@ def dedupe_command(
         Optional[float],
         typer.Option(help="Drop documents sharing more than this share of their 8-grams with the --overlap files."),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes for the per-document steps \\[default: all cores].")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="Processes for the per-document steps \\[default: all cores].", show_default=False)
+    ] = 0,
     shards: Annotated[
         int, typer.Option(help="Split the per-document work into this many shards (run each with --shard-index).")
     ] = 1,
