@@ -165,6 +165,11 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     )
     bad = run_cli(home, "dedupe", "--raw-docs", odd.ref)
     assert bad.returncode == 1 and "unknown raw-docs schema" in bad.stderr
+    damaged = Store(home).produce(
+        "raw-docs", params={"odd": 2}, inputs=[], build=lambda d: (d.dir / "documents.parquet").write_bytes(b"PAR1")
+    )
+    broken = run_cli(home, "dedupe", "--raw-docs", damaged.artifact.ref)
+    assert broken.returncode == 1 and "not a readable Parquet file" in error_line(broken.stderr)
 
 
 def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):

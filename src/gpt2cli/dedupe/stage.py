@@ -178,6 +178,7 @@ def _input_sources(
     store: Store, raw_refs: Sequence[str], inputs: Sequence[Path]
 ) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
     """(file, provenance) pairs to read, and their manifest inputs: raw-docs artifacts or --input files."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if inputs:
@@ -189,7 +190,10 @@ def _input_sources(
         if artifact.kind != "raw-docs":
             raise UsageError(f"{artifact.ref} is a {artifact.kind} artifact; dedupe reads raw-docs (or --input files)")
         path = artifact.file("documents.parquet")
-        missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
+        try:
+            missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as e:
+            raise Gpt2Error(f"{artifact.ref}: {path} is not a readable Parquet file ({e})") from None
         if missing:
             raise Gpt2Error(f"{artifact.ref}: unknown raw-docs schema (no {', '.join(sorted(missing))} column)")
         sources.append((path, artifact.ref))
