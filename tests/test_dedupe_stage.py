@@ -38,6 +38,18 @@ def corpus_rows(home: Path, ref: str = "corpus") -> list[dict]:
     return pq.read_table(Store(home).resolve(ref).file("documents-00000.parquet")).to_pylist()
 
 
+def articles(n: int) -> list[str]:
+    """The bodies of the first ``n`` sample articles (English, long enough, distinct: all pass the filters)."""
+    return [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))][:n]
+
+
+def error_line(err: str) -> str:
+    """The one `gpt2: error:` line of a run's stderr; there is no traceback."""
+    assert "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if line.startswith("gpt2: error:")]
+    return line
+
+
 def test_dedupe_the_sample(home: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--json")
     assert result.returncode == 0, result.stderr
@@ -133,11 +145,14 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(corpus_text), "--overlap",
                      str(unseen), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    overlap = json.loads(result.stdout.split("\n}\n", 1)[1])["overlap"]
+    out = json.loads(result.stdout)  # one JSON document: the result with the overlap in it
+    assert out["ref"] == "corpus@v2"
+    overlap = out["overlap"]
     assert overlap[0]["percent"] == 100.0 and overlap[1]["percent"] == 0.0
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert run_cli(home, "dedupe", "--input", str(empty)).returncode == 1
+    nothing = run_cli(home, "dedupe", "--input", str(empty))
+    assert nothing.returncode == 1 and "no records read" in error_line(nothing.stderr)
     odd = (
         Store(home)
         .produce(
@@ -150,6 +165,11 @@ def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     )
     bad = run_cli(home, "dedupe", "--raw-docs", odd.ref)
     assert bad.returncode == 1 and "unknown raw-docs schema" in bad.stderr
+    damaged = Store(home).produce(
+        "raw-docs", params={"odd": 2}, inputs=[], build=lambda d: (d.dir / "documents.parquet").write_bytes(b"PAR1")
+    )
+    broken = run_cli(home, "dedupe", "--raw-docs", damaged.artifact.ref)
+    assert broken.returncode == 1 and "not a readable Parquet file" in error_line(broken.stderr)
 
 
 def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):
@@ -160,7 +180,7 @@ def test_drop_documents_that_overlap_an_eval_set(home: Path, tmp_path: Path):
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(eval_file), "--drop-overlap", "0.5",
                      "--workers", "1", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.split("\n}\n", 1)[0] + "\n}")["summary"]["removed_contamination"] == 1
+    assert json.loads(result.stdout)["summary"]["removed_contamination"] == 1
     assert victim["url"] not in {r["url"] for r in corpus_rows(home)}
     assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--drop-overlap", "0.5").returncode == 2
 
@@ -207,3 +227,101 @@ def test_shard_options_are_checked(home: Path):
     assert bad.returncode == 2 and "--shard-index must be in [0, --shards)" in bad.stderr
     both = run_cli(home, "dedupe", "--merge", "dedupe-shard", "--raw-docs", "raw-docs@v1")
     assert both.returncode == 2
+
+
+def test_input_takes_text_files_whole_beside_jsonl(gpt2, home: Path, tmp_path: Path):
+    """--input reads what README says: a .txt/.md file is one document, a JSONL line another, folders of both."""
+    texts = articles(6)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, text in enumerate(texts[:3]):
+        (folder / f"article-{i}.txt").write_text(text)
+    (folder / "notes.md").write_text(texts[3])
+    (folder / "more.jsonl").write_text("".join(json.dumps({"text": t, "url": f"https://s{i}.example/a"}) + "\n"
+                                               for i, t in enumerate(texts[4:])))  # fmt: skip
+    result = gpt2("dedupe", "--input", str(folder), "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["documents_in"] == summary["documents"] == 6 and "malformed" not in summary
+    one = gpt2("dedupe", "--input", str(folder / "article-0.txt"), "--workers", "1", "--json")
+    assert one.code == 0, one.err
+    assert json.loads(one.out)["summary"]["documents"] == 1
+    assert [r["text"].split()[:5] for r in corpus_rows(home)] == [texts[0].split()[:5]]
+
+
+def test_malformed_records_are_counted_and_skipped(gpt2, home: Path, tmp_path: Path):
+    """Records that break a JSON parser, or hold the wrong types, are counted as malformed; a score past int64
+    is unknown; a damaged Parquet file is one line naming it."""
+    texts = articles(8)
+    lines = [json.dumps({"text": t, "url": f"https://good{i}.example/a"}) for i, t in enumerate(texts[:3])]
+    lines += ['{"text": "digits", "n": ' + "9" * 5000 + "}", "[" * 200_000, json.dumps({"text": 5}),
+              json.dumps({"text": texts[3], "url": 12345}), json.dumps({"text": texts[4], "domain": ["x"]}),
+              json.dumps({"text": texts[5], "title": {"a": 1}}), "[1, 2]"]  # fmt: skip
+    lines.append(json.dumps({"text": texts[6], "url": "https://big.example/a", "score": 10**30}))
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = gpt2("dedupe", "--input", str(path), "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert summary["malformed"] == 7 and summary["documents_in"] == summary["documents"] == 4
+    assert {r["url"]: r["score"] for r in corpus_rows(home)}["https://big.example/a"] is None
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    pq.write_table(pa.table({"text": texts * 50}), tmp_path / "damaged.parquet", row_group_size=100)
+    damaged = bytearray((tmp_path / "damaged.parquet").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 500] = bytes(500)  # a page in the middle: found when read
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    for bad in (garbage, tmp_path / "damaged.parquet"):
+        failed = gpt2("dedupe", "--input", str(bad), "--workers", "1")
+        assert failed.code == 1 and str(bad) in error_line(failed.err)
+
+
+def test_overlap_files_are_checked_before_the_work(gpt2, home: Path, tmp_path: Path):
+    """A missing or malformed --overlap file fails before anything is published; a malformed JSONL record in
+    an eval file is an error (bad data, exit 1), not skipped: the overlap of part of a set would mislead."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t, "url": f"https://s{i}.example/a"}) + "\n"
+                            for i, t in enumerate(articles(3))))  # fmt: skip
+    missing = gpt2("dedupe", "--input", str(docs), "--overlap", str(tmp_path / "nope.txt"), "--json")
+    assert missing.code == 2 and "nope.txt" in error_line(missing.err) and missing.out == ""
+    broken = tmp_path / "eval.jsonl"
+    broken.write_text(json.dumps({"text": "an evaluation passage"}) + "\n{broken\n")
+    bad = gpt2("dedupe", "--input", str(docs), "--overlap", str(broken), "--json")
+    assert bad.code == 1 and f"{broken}:2" in error_line(bad.err) and bad.out == ""
+    assert Store(home).versions("corpus") == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--threshold", "0"), ("--threshold", "1.5"), ("--threshold", "nan"), ("--num-perm", "0"),
+     ("--language", "xx"), ("--val-fraction", "2"), ("--val-fraction", "-1"), ("--min-words", "-5"),
+     ("--workers", "-1"), ("--drop-overlap", "1.5")],
+)  # fmt: skip
+def test_bad_option_values_are_usage_errors(gpt2, tmp_path: Path, option: tuple[str, str]):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": articles(1)[0]}) + "\n")
+    evals = ["--overlap", str(docs)] if option[0] == "--drop-overlap" else []
+    result = gpt2("dedupe", "--input", str(docs), *option, *evals)
+    assert result.code == 2 and error_line(result.err).startswith(f"gpt2: error: {option[0]} must be")
+
+
+def test_an_empty_corpus_says_why(gpt2, tmp_path: Path):
+    """Not "is the input English text?" for every cause: no records read, or the filter that removed them."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{broken\n")
+    nothing = gpt2("dedupe", "--input", str(broken), "--workers", "1")
+    assert nothing.code == 1 and error_line(nothing.err) == (
+        "gpt2: error: no documents: no records read from the input (skipped: 1 malformed)"
+    )
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles(2)))
+    french = gpt2("dedupe", "--input", str(docs), "--language", "fr", "--workers", "1")
+    line = error_line(french.err)
+    assert french.code == 1 and "2 by the language filter (--language fr)" in line and "English" not in line
+
+
+def test_workers_help_shows_one_default(gpt2, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    help_text = gpt2("dedupe", "--help").out
+    [line] = [line for line in help_text.splitlines() if "--workers" in line]
+    assert "[default: all cores]" in line and "[default: 0]" not in line

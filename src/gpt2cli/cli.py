@@ -216,7 +216,11 @@ def dedupe_command(
     ] = None,
     inputs: Annotated[
         Optional[list[Path]],
-        typer.Option("--input", help="JSONL/Parquet files with a text column (and url, score) instead."),
+        typer.Option(
+            "--input",
+            help="Text files (one document each), JSONL or Parquet with a text field (and url, score), or folders "
+            "of those, instead (repeatable).",
+        ),
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="Near-duplicate Jaccard of word 5-gram sets (OpenWebText: 0.5).")
@@ -239,7 +243,9 @@ def dedupe_command(
         Optional[float],
         typer.Option(help="Drop documents sharing more than this share of their 8-grams with the --overlap files."),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes for the per-document steps \\[default: all cores].")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="Processes for the per-document steps \\[default: all cores].", show_default=False)
+    ] = 0,
     shards: Annotated[
         int, typer.Option(help="Split the per-document work into this many shards (run each with --shard-index).")
     ] = 1,
@@ -282,20 +288,20 @@ def dedupe_command(
     shard = Shard(shard_index, shards) if shard_index is not None else None
     result = dedupe(store, raw_refs=raw_docs or [], inputs=inputs or [], config=config, incremental=incremental,
                     eval_files=overlap or [], shard=shard, merge=merge or [], force=force, wait=wait)  # fmt: skip
+    rows = overlap_table(result.artifact, overlap) if overlap and shard is None else None
+    if rows is not None and opts.json:  # one JSON document: the stage's result with the overlap in it
+        artifact = result.artifact
+        print_json({"ref": artifact.ref, "reused": result.reused, "path": str(artifact.path),
+                    "summary": artifact.summary, "overlap": rows})  # fmt: skip
+        return
     report(result, opts)
-    if overlap and shard is None:
-        rows = overlap_table(result.artifact, overlap)
-        if opts.json:
-            print_json({"overlap": rows})
-        else:
-            from rich.table import Table
+    if rows is not None:
+        from rich.table import Table
 
-            table = Table(
-                "eval file", "8-grams", "found in corpus", "percent", title=f"overlap with {result.artifact.ref}"
-            )
-            for r in rows:
-                table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
-            stdout_console().print(table)
+        table = Table("eval file", "8-grams", "found in corpus", "percent", title=f"overlap with {result.artifact.ref}")
+        for r in rows:
+            table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
+        stdout_console().print(table)
 
 
 @app.command("train-bpe")

@@ -12,10 +12,10 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple, Union
 
 from gpt2cli.artifacts import Artifact, Store, artifact_input, file_input
 from gpt2cli.errors import Gpt2Error, UsageError
@@ -61,17 +61,100 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _parquet_rows(path: Path, batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
+class Malformed(NamedTuple):
+    """A record that cannot be read, counted under ``reason`` (``malformed`` or ``invalid_utf8``) and skipped;
+    ``where`` (``file:line``) is for messages."""
+
+    reason: str
+    where: str
+
+
+Record = Union[dict[str, Any], Malformed]
+
+
+def read_records(
+    files: Sequence[Path], columns: Sequence[str] | None = None, owns: Callable[[int], bool] = lambda _: True
+) -> Iterator[tuple[int, Path, Record]]:
+    """(number, file, record) for the records of ``files``, in order: a text file is one record ``{"text": ...}``,
+    a JSONL line one JSON object, a Parquet row one row (its ``columns`` that exist; all when None).
+
+    The one reader of --input files, so that every stage takes the same inputs. Records are numbered across
+    files from 0 (blank lines are not records); a record ``owns`` rejects is numbered but not parsed, so that
+    the shards of an input agree on the numbers. A record that is not UTF-8 or not a JSON object comes as
+    :class:`Malformed`; a file that cannot be read at all is an error naming it.
+    """
+    record = -1
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in JSONL_SUFFIXES:
+            with _open(path) as f:
+                for lineno, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    record += 1
+                    if owns(record):
+                        yield record, path, _json_record(raw, f"{path}:{lineno}")
+        elif suffix in PARQUET_SUFFIXES:
+            for row in _parquet_rows(path, columns):
+                record += 1
+                if owns(record):
+                    yield record, path, row
+        else:
+            record += 1
+            if owns(record):
+                with _open(path) as f:
+                    yield record, path, _text_record(f.read(), str(path))
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise Gpt2Error(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _text_record(raw: bytes, where: str) -> Record:
+    try:
+        return {"text": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        log.warning("%s: not UTF-8; skipped", where)
+        return Malformed("invalid_utf8", where)
+
+
+def _json_record(raw: bytes, where: str) -> Record:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("%s: not UTF-8; skipped", where)
+        return Malformed("invalid_utf8", where)
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):  # bad JSON, an integer past Python's digit limit, nesting past the stack
+        return Malformed("malformed", where)
+    return obj if isinstance(obj, dict) else Malformed("malformed", where)
+
+
+def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a damaged file
         raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
-    columns = [c for c in ("text", "split") if c in parquet.schema_arrow.names]
-    if "text" not in columns:
-        raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+    names = parquet.schema_arrow.names
+    if "text" not in names:
+        raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
+    batches = parquet.iter_batches(
+        batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
+    )
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as e:  # a damaged page is found only when it is read
+            raise Gpt2Error(f"{path}: damaged Parquet file ({e})") from None
+        if batch is None:
+            return
         yield from batch.to_pylist()
 
 
@@ -87,38 +170,20 @@ class DocumentSource:
 
     def __iter__(self) -> Iterator[Document]:
         self.stats.clear()
-        for path in self.files:
-            suffix = path.suffix.lower()
-            if suffix in TEXT_SUFFIXES:
-                rows: Iterator[Any] = iter([{"text": path.read_text(encoding="utf-8", errors="replace")}])
-            elif suffix in JSONL_SUFFIXES:
-                rows = self._jsonl_rows(path)
-            else:
-                rows = _parquet_rows(path)
-            for row in rows:
-                text = row.get("text") if isinstance(row, dict) else None
-                if not isinstance(text, str):
-                    self.stats["malformed"] += 1
-                    continue
-                if not text.strip():
-                    self.stats["empty"] += 1
-                    continue
-                text = valid_unicode(text)
-                split = row.get("split") if self.has_split_column else None
-                if split not in SPLITS:
-                    split = split_for(text, self.val_fraction)
-                self.stats[split] += 1
-                yield Document(text, split)
-
-    def _jsonl_rows(self, path: Path) -> Iterator[Any]:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    self.stats["malformed"] += 1
+        for _, _, row in read_records(self.files, columns=("text", "split")):
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str):  # not UTF-8, not JSON, or no text
+                self.stats["malformed"] += 1
+                continue
+            if not text.strip():
+                self.stats["empty"] += 1
+                continue
+            text = valid_unicode(text)
+            split = row.get("split") if self.has_split_column else None
+            if split not in SPLITS:
+                split = split_for(text, self.val_fraction)
+            self.stats[split] += 1
+            yield Document(text, split)
 
 
 def open_documents(

@@ -29,7 +29,14 @@ import numpy as np
 from gpt2cli.artifacts import Artifact, Draft, Published, Store, artifact_input, file_input
 from gpt2cli.console import progress
 from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
-from gpt2cli.dedupe.filters import QualityConfig, language_reason, length_reason, quality_reason, wikipedia_reason
+from gpt2cli.dedupe.filters import (
+    LANGUAGES,
+    QualityConfig,
+    language_reason,
+    length_reason,
+    quality_reason,
+    wikipedia_reason,
+)
 from gpt2cli.dedupe.minhash import (
     HASH_VERSION,
     LSHIndex,
@@ -41,7 +48,7 @@ from gpt2cli.dedupe.minhash import (
     shingles,
 )
 from gpt2cli.dedupe.normalize import normalize_text, text_key
-from gpt2cli.documents import expand_inputs
+from gpt2cli.documents import JSONL_SUFFIXES, Malformed, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.workers import worker_pool
 
@@ -68,6 +75,31 @@ class DedupeConfig:
     drop_overlap: float | None = None  # drop documents sharing more than this share of 8-grams with eval_bloom
     eval_bloom: str | None = None  # path of an 8-gram Bloom filter of evaluation sets (made by the stage)
     workers: int = 0  # processes for the per-document steps; 0 = all cores
+
+    def validate(self) -> None:
+        """Refuse, naming the option, values the stage would crash on or silently misuse (a val share of 2
+        leaves no training documents), before any work."""
+        problems = [
+            (not 0 < self.near_threshold < 1, f"--threshold must be in (0, 1), got {self.near_threshold}"),
+            (self.num_perm < 1, f"--num-perm must be at least 1, got {self.num_perm}"),
+            (not 0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (
+                self.language is not None and self.language not in LANGUAGES,
+                f"--language must be 'any' or one of {', '.join(LANGUAGES)}; got {self.language!r}",
+            ),
+            (
+                not 0 <= self.quality.min_words <= self.quality.max_words,
+                f"--min-words must be in [0, {self.quality.max_words}], got {self.quality.min_words}",
+            ),
+            (
+                self.drop_overlap is not None and not 0 <= self.drop_overlap <= 1,
+                f"--drop-overlap must be in [0, 1], got {self.drop_overlap}",
+            ),
+            (self.workers < 0, f"--workers must be 0 (all cores) or more, got {self.workers}"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise UsageError(message)
 
 
 def split_of(url_or_text: str, val_fraction: float) -> str:
@@ -146,6 +178,7 @@ def _input_sources(
     store: Store, raw_refs: Sequence[str], inputs: Sequence[Path]
 ) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
     """(file, provenance) pairs to read, and their manifest inputs: raw-docs artifacts or --input files."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if inputs:
@@ -157,7 +190,10 @@ def _input_sources(
         if artifact.kind != "raw-docs":
             raise UsageError(f"{artifact.ref} is a {artifact.kind} artifact; dedupe reads raw-docs (or --input files)")
         path = artifact.file("documents.parquet")
-        missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
+        try:
+            missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as e:
+            raise Gpt2Error(f"{artifact.ref}: {path} is not a readable Parquet file ({e})") from None
         if missing:
             raise Gpt2Error(f"{artifact.ref}: unknown raw-docs schema (no {', '.join(sorted(missing))} column)")
         sources.append((path, artifact.ref))
@@ -168,40 +204,25 @@ def _input_sources(
 def _records(sources: Sequence[tuple[Path, str]], shard: Shard, stats: Counter[str]) -> Iterator[tuple[int, dict]]:
     """(record number, row) of the records this shard owns, streamed; malformed records it owns are counted
     in ``stats`` and skipped (every record is numbered, so the shards' counts add up to the whole)."""
-    import pyarrow.parquet as pq
-
-    record = -1
-    for path, provenance in sources:
-        if path.suffix.lower() == ".parquet":
-            parquet = pq.ParquetFile(path)
-            if "text" not in parquet.schema_arrow.names:
-                raise Gpt2Error(f"{path}: no 'text' column (columns: {parquet.schema_arrow.names})")
-            for batch in parquet.iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    record += 1
-                    if shard.owns(record):
-                        yield record, {**row, "raw_docs": provenance}
+    provenance = dict(sources)
+    for record, path, row in read_records([path for path, _ in sources], owns=shard.owns):
+        if isinstance(row, Malformed) or not _well_formed(row):
+            stats[row.reason if isinstance(row, Malformed) else "malformed"] += 1
             continue
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                record += 1
-                if not shard.owns(record):
-                    continue
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    stats["invalid_utf8"] += 1
-                    log.warning("%s:%d: not UTF-8; skipped", path, lineno)
-                    continue
-                except json.JSONDecodeError:
-                    stats["malformed"] += 1
-                    continue
-                if not isinstance(obj, dict):
-                    stats["malformed"] += 1
-                    continue
-                yield record, {**obj, "raw_docs": provenance}
+        yield record, {**row, "raw_docs": provenance[path]}
+
+
+def _well_formed(row: dict[str, Any]) -> bool:
+    """The text fields the stage reads and writes are strings or absent (a missing text makes an empty record,
+    counted by the normalize step): the filters and the corpus's string columns take nothing else."""
+    return all(row.get(name) is None or isinstance(row[name], str) for name in ("text", "url", "domain", "title"))
+
+
+def _score(value: Any) -> int | None:
+    """A score the corpus's int64 column holds, else unknown (a string, a float, a bool, a number too large)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def dedupe(
@@ -220,8 +241,10 @@ def dedupe(
     """The `gpt2 dedupe` stage. With ``shard``, screen one shard of the input into a `dedupe-shard` artifact
     (normalization, filters, shingles, signatures: the per-document work); with ``merge``, join such shards
     into the corpus (duplicate detection and output). Without either, both in one run."""
+    config.validate()
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
+    _eval_texts(eval_files)  # a bad eval file fails now, not after the corpus is published
     identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
     if merge:
         if raw_refs or inputs or shard:
@@ -496,9 +519,7 @@ def _screen_all(
                 report.remove(step, reason, url, text or str(row.get("text") or ""))
                 continue
             row["text"] = text
-            score = row.get("score")
-            doc = Doc(record, score if isinstance(score, int) else None, text_key(text), url, _snippet(text),
-                      shingle_hashes)  # fmt: skip
+            doc = Doc(record, _score(row.get("score")), text_key(text), url, _snippet(text), shingle_hashes)
             writer.add(json.dumps(row, ensure_ascii=False, default=str), doc, signature)
 
     with progress("screening", unit="docs") as bar:
@@ -600,7 +621,7 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
                 n_written += 1
     writer.close(sorted(edges), {"documents_in": n_rows, "stats": {}, "report": {}})
     if n_written == 0:
-        raise Gpt2Error("every document was removed; see the report (is the input English text?)")
+        raise Gpt2Error(_nothing_left(n_rows, stats, report, config))
     if config.bloom:
         build_ngram_bloom(_CorpusTexts(out / CORPUS), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
@@ -615,6 +636,23 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
         "lsh_bands": bands,
         "lsh_rows": rows_per_band,
     }
+
+
+def _nothing_left(n_rows: int, stats: Counter[str], report: Report, config: DedupeConfig) -> str:
+    """Why the corpus would be empty, in the message itself: no corpus (and so no report) is published."""
+    if n_rows == 0:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.items()) if n)
+        return "no documents: no records read from the input" + (f" (skipped: {skipped})" if skipped else "")
+    why = {
+        "normalize": "empty",
+        "wikipedia": "Wikipedia (--keep-wikipedia keeps it)",
+        "length": f"the length filter (--min-words {config.quality.min_words})",
+        "language": f"the language filter (--language {config.language})",
+        "contamination": f"overlap with the eval files (--drop-overlap {config.drop_overlap})",
+        "quality": "the quality rules",
+    }
+    removed = ", ".join(f"{e['removed']} by {why.get(name, name)}" for name, e in report.steps.items() if e["removed"])
+    return f"all {n_rows} documents read were removed: {removed}"
 
 
 def _duplicate_edges(
@@ -704,16 +742,24 @@ class _CorpusTexts:
 
 
 def _eval_texts(files: Sequence[Path]) -> list[str]:
+    """The texts of evaluation files: each JSONL/NDJSON record's ``text``, any other file whole. A missing file
+    is a usage error and a malformed record bad data, never skipped: an overlap measured on part of an
+    evaluation set would pass for the whole."""
     texts = []
-    for path in files:
+    for path in map(Path, files):
+        if not path.is_file():
+            raise UsageError(f"cannot read eval file {path}: no such file")
+        if path.suffix.lower() in JSONL_SUFFIXES:
+            for _, _, row in read_records([path]):
+                if isinstance(row, Malformed) or not isinstance(row.get("text"), str):
+                    where = row.where if isinstance(row, Malformed) else path
+                    raise Gpt2Error(f"eval file {where}: a record is not a JSON object with a 'text' string")
+                texts.append(row["text"])
+            continue
         try:
-            raw = Path(path).read_text(encoding="utf-8")
+            texts.append(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"cannot read eval file {path}: {e}") from None
-        if str(path).endswith(".jsonl"):
-            texts += [json.loads(line).get("text", "") for line in raw.splitlines() if line.strip()]
-        else:
-            texts.append(raw)
     return texts
 
 
