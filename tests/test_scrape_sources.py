@@ -395,7 +395,8 @@ def test_every_filter_reason_is_counted() -> None:
         _sub("http://news.com/photo.JPG", 50, id="e1"),
         _sub("http://news.com/paper.pdf?download=1", 50, id="e2"),
         _sub("http://low.com/", 2, id="l1"),
-        _sub("http://unknown.com/", None, id="q1"),
+        _sub("http://unknown.com/", None, id="q1", source="urls:list.txt"),
+        _sub("http://unparsed.com/", None, id="q2"),  # a dump record whose score did not parse
         _sub("http://keep.com/a", 10, id="k1"),  # the same submission again (overlapping dumps)
     ]
     stats: Counter[str] = Counter()
@@ -403,7 +404,7 @@ def test_every_filter_reason_is_counted() -> None:
     assert list(links) == ["http://keep.com/a", "http://unknown.com/"]
     assert links["http://keep.com/a"].score == 10 and links["http://unknown.com/"].score is None
     assert stats == Counter(
-        submissions_seen=16,
+        submissions_seen=17,
         filtered_self=2,
         filtered_over_18=1,
         filtered_subreddit=1,
@@ -412,8 +413,9 @@ def test_every_filter_reason_is_counted() -> None:
         filtered_domain=3,
         filtered_extension=2,
         duplicate_submissions=1,
-        links_seen=3,
+        links_seen=4,
         filtered_score=1,
+        filtered_score_unknown=1,
         links_unknown_score=1,
         links_kept=2,
     )

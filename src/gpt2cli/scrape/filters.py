@@ -20,7 +20,7 @@ from posixpath import splitext
 from urllib.parse import unquote, urlsplit
 
 from gpt2cli.errors import UsageError
-from gpt2cli.scrape.sources import Submission
+from gpt2cli.scrape.sources import URL_LIST_SOURCE, Submission
 from gpt2cli.scrape.urls import host_of, normalize_url
 
 # Hosts whose pages are media, social posts or Reddit itself: no article to extract. A host matches when
@@ -142,7 +142,9 @@ def collect_links(submissions: Iterable[Submission], filters: LinkFilters, stats
     Counts ``submissions_seen``, ``filtered_<reason>`` per dropped submission (REASONS),
     ``duplicate_submissions`` (a submission id already counted for its URL: overlapping dumps; the first
     copy's score is kept), ``links_seen`` (distinct URLs before the karma filter), ``filtered_score``
-    (URLs whose summed karma is under ``min_score``), ``links_unknown_score`` and ``links_kept``.
+    (URLs whose summed karma is under ``min_score``), ``filtered_score_unknown`` (URLs from dumps or the API
+    whose score is unknown: they show no karma), ``links_unknown_score`` (URLs from URL lists, which have no
+    scores and are taken as given) and ``links_kept``.
     Memory grows with the number of distinct URLs, not of submissions.
     """
     links: dict[str, Link] = {}
@@ -172,6 +174,9 @@ def collect_links(submissions: Iterable[Submission], filters: LinkFilters, stats
             stats["filtered_score"] += 1
             continue
         if link.score is None:
+            if not any(source.startswith(URL_LIST_SOURCE) for source in link.sources):
+                stats["filtered_score_unknown"] += 1  # a dump's record whose score did not parse: no karma shown
+                continue
             stats["links_unknown_score"] += 1
         kept[url] = link
     stats["links_kept"] += len(kept)

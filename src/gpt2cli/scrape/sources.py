@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DUMP_SUFFIXES = (".zst", ".bz2", ".xz", ".gz", ".ndjson", ".jsonl", ".json")
 _DUMP_NAME = re.compile(r"R[SC]_.*")  # RS_2017-12 (no suffix), the names Pushshift gives its dumps
 _CHUNK = 1 << 16
+URL_LIST_SOURCE = "urls:"  # the source of a URL list's entries: links without karma, taken as given
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def read_url_list(path: Path, stats: Counter[str]) -> Iterator[Submission]:
     """
     path = Path(path)
     stats["files"] += 1
-    source = f"urls:{path.name}"
+    source = f"{URL_LIST_SOURCE}{path.name}"
     with open_text(path) as stream:
         for line in stream:
             text = line.strip()
