@@ -120,6 +120,55 @@ def test_load_rejects_wrong_shapes_and_missing_weights(tmp_path: Path):
         GPT.load(tmp_path)
 
 
+def _damage(directory: Path, what: str) -> None:
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    if what in ("truncated safetensors", "empty safetensors"):
+        weights.write_bytes(weights.read_bytes()[: 1000 if what.startswith("truncated") else 0])
+    elif what == "truncated bin":
+        from safetensors.torch import load_file
+
+        torch.save(load_file(weights), directory / "pytorch_model.bin")
+        weights.unlink()
+        (directory / "pytorch_model.bin").write_bytes((directory / "pytorch_model.bin").read_bytes()[:5000])
+    elif what.startswith("vocab"):  # Hugging Face's config.json, with another vocabulary size than the embedding's
+        hf = {k: v for k, v in json.loads(config.read_text()).items() if k != "gpt2cli"}
+        config.write_text(json.dumps({**hf, "vocab_size": int(what.split()[1])}))
+    else:
+        config.write_text(what)
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("truncated safetensors", r"model\.safetensors is damaged"),
+        ("empty safetensors", r"model\.safetensors is damaged"),
+        ("truncated bin", r"pytorch_model\.bin is damaged"),
+        ('{"n_', r"config\.json is not valid JSON"),
+        ("", r"config\.json is not valid JSON"),
+        ("{}", r"config\.json: the config lacks 'n_embd'"),
+        ("[]", r"config\.json is not a JSON object"),
+        ('{"gpt2cli": {"n_head": 0}}', r"config\.json: n_head must be a positive integer"),
+        ("vocab 250", r"model\.safetensors: tensor 'transformer\.wte\.weight' has shape \(300, 64\), the config needs"),
+        ("vocab 310", r"model\.safetensors: tensor 'transformer\.wte\.weight' has shape \(300, 64\), the config needs"),
+    ],
+)
+def test_load_names_a_damaged_file(tmp_path: Path, what: str, message: str):
+    """Every command loading a model (sample, eval zero-shot, export) then fails with one line and exit 1."""
+    GPT(small_config()).save(tmp_path)
+    _damage(tmp_path, what)
+    with pytest.raises(Gpt2Error, match=message) as excinfo:
+        GPT.load(tmp_path)
+    assert excinfo.value.exit_code == 1 and str(tmp_path) in str(excinfo.value)
+
+
+def test_load_refuses_what_is_not_a_model(model_home: Path, tmp_path: Path):
+    for artifact, kind in (("tokenizer/v1", "tokenizer"), ("tokens/v1", "tokens")):
+        with pytest.raises(UsageError, match=f"{kind}@v1 is a '{kind}' artifact, not a model"):
+            GPT.load(model_home / artifact)
+    with pytest.raises(UsageError, match=r"is not a model: it has no config\.json"):
+        GPT.load(tmp_path)
+
+
 @pytest.mark.parametrize("rows", [1, 100, 1000])
 def test_linear_cross_entropy_equals_cross_entropy(rows: int):
     from gpt2cli.model import linear_cross_entropy

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import io
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
+from gpt2cli import cli
 from gpt2cli import model as model_module
+from gpt2cli import sample as sample_module
 from gpt2cli.artifacts import Store
 from gpt2cli.errors import UsageError
 from gpt2cli.model import GPT, GPTConfig, logits_needed, sample_next
-from gpt2cli.sample import SampleOptions, Sampler
+from gpt2cli.sample import SampleOptions, Sampler, stop_string
 from tests.conftest import run_cli
 
 
@@ -211,3 +217,135 @@ def test_sample_from_a_hugging_face_directory(model_home: Path, tmp_path: Path):
     from_dir = Sampler(out, Store(model_home), SampleOptions(max_new_tokens=6, temperature=0, dtype="float32"))
     from_ref = Sampler("model", Store(model_home), SampleOptions(max_new_tokens=6, temperature=0, dtype="float32"))
     assert from_dir.generate("The")[0].text == from_ref.generate("The")[0].text
+
+
+def test_prompt_bytes_that_are_not_utf8_are_usage_errors(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """Python hands such argv and terminal bytes over as surrogate escapes, which used to reach stdout raw."""
+    base = ["sample", "--home", str(model_home), "--max-new-tokens", "3", "--seed", "1", "--json"]
+    result = gpt2(*base, "--prompt", "caf\udce9")  # what argv holds for the bytes caf\xe9
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip() == "gpt2: error: the prompt in --prompt is not UTF-8 (byte 3: b'\\xe9')"
+    # -i: the bad line is reported, the others are answered, and the exit code tells a script that one failed
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\ncaf\xe9\ntwo\n"), encoding="utf-8"))
+    result = gpt2(*base, "-i")
+    assert result.code == 2
+    assert [json.loads(line)["prompt"] for line in result.out.splitlines()] == ["one", "two"]
+    assert result.err.strip() == "gpt2: error: the prompt in input line 2 is not UTF-8 (byte 3: b'\\xe9')"
+
+
+def test_what_is_not_a_model_or_is_damaged_is_one_line(gpt2, model_home: Path, tmp_path: Path):
+    """`sample` and `eval zero-shot` load through GPT.load: another kind is a usage error, a damaged file exit 1."""
+    home = ["--home", str(model_home)]
+    for command in (["sample", "--prompt", "x"], ["eval", "zero-shot"]):
+        result = gpt2(*command, *home, "tokenizer")
+        assert (
+            result.code == 2
+            and result.err.strip() == "gpt2: error: tokenizer@v1 is a 'tokenizer' artifact, not a model"
+        )
+        result = gpt2(*command, *home, str(model_home / "tokens" / "v1"))
+        assert result.code == 2 and "tokens@v1 is a 'tokens' artifact, not a model" in result.err
+    (tmp_path / "config.json").write_text("{}")
+    for command in (["sample", "--prompt", "x"], ["eval", "zero-shot"]):
+        result = gpt2(*command, *home, str(tmp_path))
+        assert (
+            result.code == 1 and result.err.strip() == f"gpt2: error: {tmp_path}/config.json: the config lacks 'n_embd'"
+        )
+
+
+def test_option_values_without_a_meaning_are_usage_errors(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a machine with a GPU
+    base = ["sample", "--home", str(model_home), "--prompt", "x", "--max-new-tokens", "3"]
+    for option, value, message in (
+        ("--temperature", "nan", "--temperature must be a finite number >= 0"),
+        ("--temperature", "inf", "--temperature must be a finite number >= 0"),
+        ("--seed", "99999999999999999999999", "--seed must be in 0..9223372036854775807"),
+        ("--seed", "-1", "--seed must be in 0..9223372036854775807"),
+        ("--device", "bogus", "unknown --device 'bogus'"),
+        ("--device", "cuda", "--device cuda: no CUDA device is available"),
+        ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
+    ):
+        result = gpt2(*base, option, value)
+        assert result.code == 2 and result.err.startswith(f"gpt2: error: {message}"), (option, value, result.err)
+        assert len(result.err.splitlines()) == 1
+    assert gpt2(*base, "--seed", str(2**63 - 1)).code == 0
+
+
+def test_tiny_temperatures_tend_to_greedy(gpt2, model_home: Path, random_model: GPT):
+    """logits / 1e-45 overflow to inf and softmax to nan; the row's maximum is subtracted first."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, -1.0]]).expand(2000, -1)
+    for temperature in (1e-45, 2**-11):
+        draws = set(sample_next(logits, temperature, None, None, torch.Generator().manual_seed(0)).tolist())
+        assert draws == {1, 3}  # the two tied at the maximum, nothing else
+        assert set(sample_next(logits, temperature, 2, 0.9, torch.Generator().manual_seed(0)).tolist()) <= {1, 3}
+    base = ["sample", "--home", str(model_home), "--prompt", "The council", "--max-new-tokens", "12", "--json"]
+    tiny = gpt2(*base, "--temperature", "1e-45", "--seed", "1")
+    assert tiny.code == 0, tiny.err
+    assert json.loads(tiny.out)["text"] == json.loads(gpt2(*base, "--greedy").out)["text"]
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        random_model.generate(torch.zeros(1, 1, dtype=torch.long), 2, temperature=float("nan"))
+
+
+def test_new_tokens_count_up_to_the_stop_of_each_row(model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """Rows of a batch finish at different steps; the ones that finish early are padded until the last does."""
+    options = SampleOptions(max_new_tokens=40, num_samples=4, seed=1, stop=(".",), dtype="float32", device="cpu")
+    sampler = Sampler("model", Store(model_home), options)
+    tok, outputs = sampler.tokenizer, []
+    generate = sampler.model.generate
+    monkeypatch.setattr(sampler.model, "generate", lambda *a, **k: outputs.append(generate(*a, **k)) or outputs[-1])
+    for stop_at_eot in (True, False):
+        sampler.options = replace(options, stop_at_eot=stop_at_eot)
+        samples = sampler.generate("The city council")
+        start = samples[0].prompt_tokens
+        for sample, row in zip(samples, outputs[-1][:, start:].tolist(), strict=True):
+            if sample.stopped == "length":
+                expected = len(row)
+            elif sample.stopped == "eot":
+                expected = row.index(tok.eot_id) + 1
+            else:  # the first token after which the text holds the stop string
+                expected = next(n for n in range(1, len(row) + 1) if "." in tok.decode(row[:n]))
+            assert sample.new_tokens == expected, (stop_at_eot, sample)
+        assert len({s.new_tokens for s in samples}) > 1  # the rows did finish at different steps
+
+
+def test_stop_reads_backslash_escapes(gpt2, monkeypatch: pytest.MonkeyPatch):
+    """A shell passes --stop "\\n\\n" as backslash, n, backslash, n; the README's example means a blank line."""
+    assert stop_string(r"a\n\tb\\n\x") == "a\n\tb\\n\\x"  # other backslashes stay
+    given = []
+
+    class Recorder:
+        def __init__(self, source: str, store: Store, options: SampleOptions):
+            given.append(options)
+
+        def generate(self, prompt: str, on_text: object = None) -> list[object]:
+            return []
+
+    monkeypatch.setattr(sample_module, "Sampler", Recorder)
+    assert gpt2("sample", "--prompt", "x", "--stop", r"\n\n", "--stop", ".").code == 0
+    assert given[0].stop == ("\n\n", ".")
+
+
+def test_prompt_then_interactive_prompts(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"second\n"), encoding="utf-8"))
+    result = gpt2("sample", "--home", str(model_home), "-i", "--prompt", "first", "--max-new-tokens", "3", "--json")
+    assert result.code == 0, result.err
+    assert [json.loads(line)["prompt"] for line in result.out.splitlines()] == ["first", "second"]
+
+
+def test_a_terminal_gets_the_text_a_pipe_gets(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """On a terminal the continuation streams as it comes; the prompt comes first there too."""
+    args = [
+        "sample",
+        "--home",
+        str(model_home),
+        "--prompt",
+        "The city council",
+        "--max-new-tokens",
+        "30",
+        "--seed",
+        "1",
+    ]
+    piped = gpt2(*args)
+    monkeypatch.setattr(cli, "stdout_console", lambda: Console(force_terminal=True, highlight=False))
+    streamed = gpt2(*args)
+    assert piped.code == streamed.code == 0, streamed.err
+    assert streamed.out == piped.out and piped.out.startswith("The city council")

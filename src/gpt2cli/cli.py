@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -529,17 +530,25 @@ def sample_command(
     greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token.")] = False,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch.")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and options, same text.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop at this string (repeatable).")] = None,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Stop at this string (repeatable); \\n, \\t and \\\\ mean newline, tab and backslash."),
+    ] = None,
     ignore_eot: Annotated[bool, typer.Option("--ignore-eot", help="Keep going past <|endoftext|>.")] = False,
-    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Read prompt after prompt.")] = False,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive", "-i", help="Read prompt after prompt (after --prompt or --prompt-file, if given)."
+        ),
+    ] = False,
     dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Generate text from a model: top-k 40 by default, as the paper's samples; streams on a terminal."""
-    from gpt2cli.sample import SampleOptions, Sampler, read_prompt
+    from gpt2cli.sample import SampleOptions, Sampler, prompt_text, read_prompt, stop_string
 
     opts = settings(ctx, home, as_json)
     options = SampleOptions(
@@ -549,13 +558,14 @@ def sample_command(
         top_p=top_p,
         num_samples=num_samples,
         seed=seed,
-        stop=tuple(stop or ()),
+        stop=tuple(stop_string(s) for s in stop or ()),
         stop_at_eot=not ignore_eot,
         dtype=dtype,
         device=device,
         compile=compile,
     )
     options.validate()
+    first = read_prompt(prompt, prompt_file) if not interactive or prompt is not None or prompt_file else None
     sampler = Sampler(model, Store(opts.home), options)
     out = stdout_console()
     stream = out.is_terminal and not opts.json and num_samples == 1
@@ -565,6 +575,8 @@ def sample_command(
         sys.stdout.flush()
 
     def run(text: str) -> None:
+        if stream:
+            show(text)  # the prompt, then the continuation as it comes: what a pipe gets, only sooner
         samples = sampler.generate(text, on_text=show if stream else None)
         for i, sample in enumerate(samples):
             if opts.json:
@@ -577,15 +589,27 @@ def sample_command(
                 sys.stdout.write(text + sample.text + "\n")
         sys.stdout.flush()
 
-    if interactive:
-        while True:
-            try:
-                text = input("> " if sys.stdin.isatty() else "")
-            except EOFError:
-                break
-            run(text)
+    if first is not None:
+        run(first)
+    if not interactive:
         return
-    run(read_prompt(prompt, prompt_file))
+    if reconfigure := getattr(sys.stdin, "reconfigure", None):
+        reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 reach prompt_text, which names them
+    rejected = 0
+    for number in itertools.count(1):
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except EOFError:
+            break
+        try:
+            text = prompt_text(line, f"input line {number}")
+        except UsageError as e:  # reported, and the next line is read: one bad line need not end a session
+            stderr_console().print(f"gpt2: error: {e}", markup=False, highlight=False, soft_wrap=True)
+            rejected += 1
+            continue
+        run(text)
+    if rejected:
+        raise typer.Exit(UsageError.exit_code)
 
 
 @eval_app.command("zero-shot")

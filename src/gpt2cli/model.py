@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +22,12 @@ from gpt2cli import native
 from gpt2cli.errors import Gpt2Error, UsageError
 
 CONFIG_JSON, WEIGHTS = "config.json", "model.safetensors"
+# Temperatures by which logits can be divided without overflow or a loss of the precision that keeps them apart.
+SAFE_TEMPERATURES = (2**-10, 2**10)
+
+
+class BadArgument(UsageError, ValueError):
+    """An invalid argument of the Python API: a ValueError to callers, a usage error on the command line."""
 
 
 @dataclass(frozen=True)
@@ -361,12 +368,12 @@ class GPT(nn.Module):
         boolean mask of rows to finish (a stop string seen). ``forward`` replaces ``self`` for the
         forward passes (a compiled model).
         """
-        if temperature < 0:
-            raise UsageError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise BadArgument(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
-            raise UsageError(f"top-p must be in (0, 1], got {top_p}")
+            raise BadArgument(f"top-p must be in (0, 1], got {top_p}")
         if top_k is not None and top_k < 1:
-            raise UsageError(f"top-k must be at least 1, got {top_k}")
+            raise BadArgument(f"top-k must be at least 1, got {top_k}")
         n_ctx = self.config.n_ctx
         stops = torch.tensor(sorted(set(stop_ids)), device=idx.device, dtype=idx.dtype)
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -421,6 +428,9 @@ class GPT(nn.Module):
                 raise Gpt2Error(f"checkpoint has an unexpected tensor {raw_name!r}")
             t = tensor.t() if _is_conv1d(name) else tensor
             if name == "transformer.wte.weight":
+                if t.shape != (self.config.vocab_size, own[name].shape[1]):  # one row per token, no more, no less
+                    raise Gpt2Error(f"tensor {raw_name!r} has shape {tuple(tensor.shape)}, the config needs "
+                                    f"{(self.config.vocab_size, own[name].shape[1])}")  # fmt: skip
                 padded = own[name].clone()
                 padded[: t.shape[0]] = t
                 t = padded
@@ -447,29 +457,78 @@ class GPT(nn.Module):
         """A model artifact (or a reference to one), or a Hugging Face GPT-2 directory.
 
         Weights come from ``model.safetensors`` or, failing that, ``pytorch_model.bin`` read with
-        ``weights_only=True``: no pickled code is ever executed.
+        ``weights_only=True``: no pickled code is ever executed. Any other artifact is a usage error, and a damaged
+        file a ``Gpt2Error`` naming it, so that every command loading a model fails with one line.
         """
-        from gpt2cli.artifacts import Artifact, Store
-
-        if isinstance(source, Artifact):
-            directory = source.path
-        elif isinstance(source, (str, Path)) and (Path(source) / CONFIG_JSON).is_file():
-            directory = Path(source)
-        else:
-            directory = Store().resolve(str(source)).path
-        config = config_from_hf(json.loads((directory / CONFIG_JSON).read_text()))
+        directory = _model_directory(source)
+        config = _read_config(directory / CONFIG_JSON)
         model = cls(config)
-        if (directory / WEIGHTS).is_file():
-            from safetensors.torch import load_file
+        path, state = _read_weights(directory, map_location)
+        try:
+            with torch.no_grad():
+                model.load_hf_state_dict(state)
+        except Gpt2Error as e:
+            raise Gpt2Error(f"{path}: {e}") from None
+        return model.to(map_location)
 
-            state = load_file(directory / WEIGHTS, device=str(map_location))
-        elif (directory / "pytorch_model.bin").is_file():
-            state = torch.load(directory / "pytorch_model.bin", map_location=map_location, weights_only=True)
+
+def _model_directory(source: Any) -> Path:
+    """The directory of a model: an artifact of kind ``model``, or a directory with a config.json."""
+    from gpt2cli.artifacts import MANIFEST, Artifact, Store, load_manifest
+
+    if isinstance(source, Artifact):
+        directory = source.path
+    elif isinstance(source, (str, Path)) and (Path(source) / CONFIG_JSON).is_file():
+        directory = Path(source)
+    elif isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / MANIFEST).is_file():
+        raise UsageError(f"{source} is not a model: it has no {CONFIG_JSON}")
+    else:
+        directory = Store().resolve(str(source)).path
+    if (directory / MANIFEST).is_file():
+        manifest = load_manifest(directory)
+        if manifest["kind"] != "model":
+            raise UsageError(
+                f"{manifest['kind']}@{manifest['version']} is a {manifest['kind']!r} artifact, not a model"
+            )
+        if not (directory / CONFIG_JSON).is_file():
+            raise Gpt2Error(f"model artifact {directory} lacks its {CONFIG_JSON}")
+    return directory
+
+
+def _read_config(path: Path) -> GPTConfig:
+    """The config in ``path``; a file that is not JSON, or not a GPT-2 config, is a ``Gpt2Error`` naming it."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except OSError as e:
+        raise Gpt2Error(f"cannot read {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Gpt2Error(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise Gpt2Error(f"{path} is not a JSON object")
+    try:
+        return config_from_hf(raw)
+    except Gpt2Error as e:
+        raise Gpt2Error(f"{path}: {e}") from None
+
+
+def _read_weights(directory: Path, map_location: str | torch.device) -> tuple[Path, dict[str, Any]]:
+    """The weights file and its tensors; a truncated or corrupt file is a ``Gpt2Error`` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS
+    try:
+        if path.is_file():
+            state = load_file(path, device=str(map_location))
+        elif (path := directory / "pytorch_model.bin").is_file():
+            state = torch.load(path, map_location=map_location, weights_only=True)
         else:
             raise Gpt2Error(f"{directory} has neither {WEIGHTS} nor pytorch_model.bin")
-        with torch.no_grad():
-            model.load_hf_state_dict(state)
-        return model.to(map_location)
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+        raise Gpt2Error(f"{path} is damaged or not a checkpoint: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise Gpt2Error(f"{path} is not a dictionary of tensors")
+    return path, state
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -587,7 +646,7 @@ def logits_needed(temperature: float, top_k: int | None) -> int | None:
     that keeps logits below the k-th largest apart from it."""
     if temperature == 0:
         return 1
-    return top_k if top_k is not None and 2**-10 <= temperature <= 2**10 else None
+    return top_k if top_k is not None and SAFE_TEMPERATURES[0] <= temperature <= SAFE_TEMPERATURES[1] else None
 
 
 def sample_next(
@@ -607,6 +666,8 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)  # the first of equal maxima
+    if temperature < SAFE_TEMPERATURES[0]:  # logits / 1e-45 overflow; minus the row's maximum first, they cannot
+        logits = logits - logits.amax(dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
         # a few more than k, so that ties with the k-th (frequent in bfloat16) rarely take a second pass
@@ -660,21 +721,36 @@ def hf_config(config: GPTConfig) -> dict[str, Any]:
 
 
 def config_from_hf(raw: dict[str, Any]) -> GPTConfig:
-    if "gpt2cli" in raw:
+    """Our config from a config.json (ours or Hugging Face's); a missing field or a size no model can have is a
+    ``Gpt2Error`` rather than a failure deep inside the model's constructor."""
+    if isinstance(ours := raw.get("gpt2cli"), dict):
         known = {f.name for f in fields(GPTConfig)}
-        return GPTConfig(**{k: v for k, v in raw["gpt2cli"].items() if k in known})
-    if raw.get("model_type", "gpt2") != "gpt2":
-        raise Gpt2Error(f"not a GPT-2 checkpoint (model_type {raw.get('model_type')!r})")
-    if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise Gpt2Error(f"unsupported activation {raw['activation_function']!r}")
-    if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
-        raise Gpt2Error("unsupported GPT-2 variant (scaled attention by layer index or a non-4x MLP)")
-    return replace(
-        GPTConfig(),
-        n_layer=raw["n_layer"],
-        n_head=raw["n_head"],
-        n_embd=raw["n_embd"],
-        n_ctx=raw.get("n_positions", raw.get("n_ctx", 1024)),
-        vocab_size=raw["vocab_size"],
-        dropout=0.0,
-    )
+        config = GPTConfig(**{k: v for k, v in ours.items() if k in known})
+    else:
+        if raw.get("model_type", "gpt2") != "gpt2":
+            raise Gpt2Error(f"not a GPT-2 checkpoint (model_type {raw.get('model_type')!r})")
+        if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise Gpt2Error(f"unsupported activation {raw['activation_function']!r}")
+        try:
+            if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
+                raise Gpt2Error("unsupported GPT-2 variant (scaled attention by layer index or a non-4x MLP)")
+            config = replace(
+                GPTConfig(),
+                n_layer=raw["n_layer"],
+                n_head=raw["n_head"],
+                n_embd=raw["n_embd"],
+                n_ctx=raw.get("n_positions", raw.get("n_ctx", 1024)),
+                vocab_size=raw["vocab_size"],
+                dropout=0.0,
+            )
+        except KeyError as e:
+            raise Gpt2Error(f"the config lacks {e.args[0]!r}") from None
+    for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size", "pad_vocab_multiple"):
+        value = getattr(config, name)
+        if type(value) is not int or value < 1:
+            raise Gpt2Error(f"{name} must be a positive integer, got {value!r}")
+    if config.n_embd % config.n_head:
+        raise Gpt2Error(f"n_embd ({config.n_embd}) is not a multiple of n_head ({config.n_head})")
+    if type(config.dropout) not in (int, float) or not 0 <= config.dropout < 1:
+        raise Gpt2Error(f"dropout must be in [0, 1), got {config.dropout!r}")
+    return config

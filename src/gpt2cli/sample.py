@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,34 @@ from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.model import GPT, fast_dtype
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1  # a signed 64-bit integer, as other tools (and JSON readers in many languages) store seeds
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def stop_string(text: str) -> str:
+    """A --stop value with \\n, \\t and \\\\ read as newline, tab and backslash: a shell passes "\\n\\n" literally.
+    Any other backslash stays as it is."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a device this machine lacks is a usage
+    error here rather than a PyTorch error at the first tensor moved to it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unknown --device {name!r}; choose from auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 @dataclass(frozen=True)
@@ -41,8 +71,12 @@ class SampleOptions:
     def validate(self) -> None:
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise UsageError("--max-new-tokens and --num-samples must be at least 1")
-        if self.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be in 0..{MAX_SEED} (2**63 - 1), got {self.seed}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
@@ -79,17 +113,24 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     if prompt is not None and prompt_file is not None:
         raise UsageError("give --prompt or --prompt-file, not both")
     if prompt is not None:
-        return prompt
+        return prompt_text(prompt, "--prompt")
     if prompt_file is not None:
         try:
             data = Path(prompt_file).read_bytes()
         except OSError as e:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {e.strerror}") from None
-        where = str(prompt_file)
-    elif not sys.stdin.isatty():
-        data, where = sys.stdin.buffer.read(), "standard input"
-    else:
-        return ""
+        return prompt_text(data, str(prompt_file))
+    if not sys.stdin.isatty():
+        return prompt_text(sys.stdin.buffer.read(), "standard input")
+    return ""
+
+
+def prompt_text(data: bytes | str, where: str) -> str:
+    """``data`` as UTF-8 text, else a usage error naming the first bad byte. Python hands over command-line
+    arguments and terminal input that are not UTF-8 with each bad byte as a surrogate escape (PEP 383): they are
+    turned back into those bytes, so that they fail here too and never reach the output."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -106,9 +147,8 @@ class Sampler:
         self.options = options
         path = Path(source).expanduser()
         directory = path if path.is_dir() else store.resolve(str(source)).path
-        self.device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if options.device == "auto" else options.device)  # fmt: skip
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(self.device)
+        self.device = resolve_device(options.device)
+        dtype = DTYPES[options.dtype] or fast_dtype(self.device)
         self.model = GPT.load(directory, map_location=self.device).to(dtype).eval()
         self.tokenizer = Tokenizer.load(directory)
         if (n_tok := self.tokenizer.vocab_size) != (n_model := self.model.config.vocab_size):
@@ -137,6 +177,7 @@ class Sampler:
         stop_strings = [s for s in opts.stop if s]
         streams = [_TextStream(tok, stop_strings) for _ in range(opts.num_samples)]
         stopped = ["length"] * opts.num_samples
+        produced = [0] * opts.num_samples  # up to and including the token that stopped the row, not its padding
         stop_ids = [tok.eot_id] if opts.stop_at_eot else []
 
         def on_step(new_ids: torch.Tensor) -> torch.Tensor:
@@ -144,6 +185,7 @@ class Sampler:
             for row, (stream, token) in enumerate(zip(streams, new_ids.tolist(), strict=True)):
                 if stopped[row] != "length":
                     continue
+                produced[row] += 1
                 if token in stop_ids:
                     stopped[row] = "eot"
                 elif stream.push(token):
@@ -155,7 +197,7 @@ class Sampler:
 
         started = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(
+            self.model.generate(
                 idx,
                 opts.max_new_tokens,
                 temperature=opts.temperature,
@@ -167,11 +209,8 @@ class Sampler:
                 forward=self.forward,
             )
         seconds = time.perf_counter() - started
-        samples = []
-        for row, stream in enumerate(streams):
-            new = out[row, len(ids) :].tolist()
-            produced = new.index(tok.eot_id) + 1 if stopped[row] == "eot" else len(new)
-            samples.append(Sample(prompt, stream.finish(), len(ids), produced, seconds, stopped[row], seed))
+        samples = [Sample(prompt, stream.finish(), len(ids), produced[row], seconds, stopped[row], seed)
+                   for row, stream in enumerate(streams)]  # fmt: skip
         if on_text is not None and (rest := streams[0].pending(final=True)):
             on_text(rest)
         return samples
