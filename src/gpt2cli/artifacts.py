@@ -364,8 +364,15 @@ class Store:
         versions = self.versions(kind)
         return versions[-1] if versions else None
 
-    def resolve(self, ref: str | Path) -> Artifact:
-        """``kind`` (latest version), ``kind@v3``, ``kind@latest``, or a path to an artifact directory."""
+    def resolve(self, ref: str | Path, kind: str | None = None, *, option: str = "this") -> Artifact:
+        """``kind`` (latest version), ``kind@v3``, ``kind@latest``, or a path to an artifact directory. With
+        ``kind``, another stage's artifact is a usage error that names what ``option`` needs."""
+        artifact = self._resolve(ref)
+        if kind is not None and artifact.kind != kind:
+            raise UsageError(f"{artifact.ref} is a {artifact.kind!r} artifact; {option} needs a {kind!r} artifact")
+        return artifact
+
+    def _resolve(self, ref: str | Path) -> Artifact:
         text = str(ref)
         if isinstance(ref, Path) or "/" in text or text.startswith((".", "~")):
             path = Path(text).expanduser()

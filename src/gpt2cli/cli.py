@@ -701,7 +701,7 @@ def export_command(
         raise typer.BadParameter(f"unknown format {format!r}; supported: hf", param_hint="--format")
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
-    artifact = store.resolve(model)
+    artifact = store.resolve(model, "model", option="export")
     path = export_hf(artifact, out, overwrite=force, home=store.home)
     if opts.json:
         print_json({"ref": artifact.ref, "format": format, "path": str(path)})

@@ -197,7 +197,7 @@ def open_documents(
     if input_paths:
         files = expand_inputs([Path(p) for p in input_paths])
         return DocumentSource([file_input(p) for p in files], files, val_fraction, has_split_column=False)
-    corpus: Artifact = store.resolve(corpus_ref or "corpus")
+    corpus: Artifact = store.resolve(corpus_ref or "corpus", "corpus", option="--corpus")
     # the documents are the top-level Parquet files; subfolders hold a stage's own state
     files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if re.fullmatch(r"[^/]+\.parquet", f["path"])]
     if not files:

@@ -26,8 +26,6 @@ def export_hf(model: Artifact, out: Path, *, overwrite: bool = False, home: Path
     export. ``out`` may not overlap the model, an artifact home (``home``, and the model's own) or the current
     directory: with ``overwrite`` the directory there is replaced, and those must never be.
     """
-    if model.kind != "model":
-        raise UsageError(f"{model.ref} is a {model.kind!r} artifact; export needs a 'model' artifact")
     out = _check_out(Path(out), model, home, overwrite)
     GPT.load(model)  # refuse to export weights that do not load
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
-from gpt2cli.bpe.inputs import corpus_documents, resolve_kind
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS
+from gpt2cli.documents import SPLITS, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 
@@ -113,8 +112,8 @@ def tokenize_corpus(
     """
     if batch_docs < 1:
         raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
-    tokenizer_artifact = resolve_kind(store, tokenizer_ref, "tokenizer", "--tokenizer")
-    source = corpus_documents(store, corpus, inputs, val_fraction)
+    tokenizer_artifact = store.resolve(tokenizer_ref, "tokenizer", option="--tokenizer")
+    source = open_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)
     params = {"val_fraction": val_fraction, "eot": "prepended"}
 

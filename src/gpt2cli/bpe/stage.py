@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gpt2cli.artifacts import Published, Store
-from gpt2cli.bpe.inputs import corpus_documents
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import bytes_per_token, count_corpus, learn_merges
 from gpt2cli.console import progress
-from gpt2cli.documents import DocumentSource
+from gpt2cli.documents import DocumentSource, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def train_bpe(
         raise UsageError(f"--min-frequency must be at least 1, got {min_frequency}")
     if workers < 0:
         raise UsageError(f"--workers must be at least 0 (0: all cores), got {workers}")
-    source = corpus_documents(store, corpus, inputs, val_fraction)
+    source = open_documents(store, corpus, inputs, val_fraction)
     params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": val_fraction}
 
     def build(draft: Any) -> dict[str, Any]:

@@ -186,9 +186,7 @@ def _input_sources(
         return [(path, str(path)) for path in paths], [file_input(path) for path in paths]
     sources, manifest_inputs = [], []
     for ref in list(raw_refs) or ["raw-docs"]:
-        artifact = store.resolve(ref)
-        if artifact.kind != "raw-docs":
-            raise UsageError(f"{artifact.ref} is a {artifact.kind} artifact; dedupe reads raw-docs (or --input files)")
+        artifact = store.resolve(ref, "raw-docs", option="--raw-docs")
         path = artifact.file("documents.parquet")
         try:
             missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
@@ -249,7 +247,7 @@ def dedupe(
     if merge:
         if raw_refs or inputs or shard:
             raise UsageError("--merge takes dedupe-shard artifacts only: no --raw-docs, --input or --shards with it")
-        shards = _check_shards([store.resolve(ref) for ref in merge], identity)
+        shards = _check_shards([store.resolve(ref, SHARD_KIND, option="--merge") for ref in merge], identity)
         manifest_inputs = [artifact_input(a) for a in shards]
     else:
         sources, manifest_inputs = _input_sources(store, raw_refs, inputs)
@@ -315,9 +313,6 @@ def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) 
 
 def _check_shards(artifacts: list[Artifact], identity: dict[str, Any]) -> list[Artifact]:
     """The shards of one input, each once, all made with this configuration."""
-    for a in artifacts:
-        if a.kind != SHARD_KIND:
-            raise UsageError(f"{a.ref} is a {a.kind} artifact; --merge takes {SHARD_KIND} artifacts")
     params = [a.manifest["params"] for a in artifacts]
     count = params[0]["shards"]
     if sorted(p["shard_index"] for p in params) != list(range(count)) or any(p["shards"] != count for p in params):
