@@ -317,3 +317,25 @@ def test_overlap_with_a_corpus(gpt2, home: Path, model_home: Path, tmp_path: Pat
                                "--overlap-with", bare.ref)  # fmt: skip
     assert no_bloom.code == 2 and len(no_bloom.err.strip().splitlines()) == 1
     assert f"{bare.ref} has no 8-gram Bloom filter" in no_bloom.err and "gpt2 dedupe --overlap" in no_bloom.err
+
+
+# -- bad data and bad options: one line on stderr, no version, no draft ---------------------------------------------
+
+
+def one_error_line(result: CliResult) -> str:
+    """The command's error, after asserting it is the only line of stderr that is not an INFO log."""
+    lines = [line for line in result.err.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith("gpt2: error: "), result.err
+    return lines[0]
+
+
+def test_undecodable_data_files_are_an_error_naming_the_file(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    for rel in ("ptb/ptb.test.txt", "text8/text8"):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(b"the cat sat \xff\xfe on the mat\n")
+    for task, rel in (("ptb", "ptb/ptb.test.txt"), ("text8", "text8/text8")):
+        result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", task, "--data-dir", str(tmp_path),
+                      "--source", "local", "--device", "cpu")  # fmt: skip
+        assert result.code == 1
+        assert f"cannot read {tmp_path / rel}: 'utf-8' codec can't decode byte 0xff" in one_error_line(result)
+    assert Store(home).latest("eval") is None

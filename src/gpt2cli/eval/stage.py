@@ -25,6 +25,7 @@ import torch
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.files import read_bytes, read_text
 from gpt2cli.model import GPT, fast_dtype
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def available_tasks(options: EvalOptions, store: Store) -> list[str]:
 
 def _lm_raw(path: Path, limit: int | None) -> str:
     """The tokenized file, or its first ``limit`` lines (shared by the run and the overlap, which must agree)."""
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path)
     return "\n".join(raw.split("\n")[:limit]) if limit else raw
 
 
@@ -238,8 +239,10 @@ def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
 
 def _char_text(path: Path, unit: str, limit: int | None) -> str:
     """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand of those."""
-    data = path.read_bytes()[-_LAST_5M:] if unit == "byte" else path.read_text(encoding="utf-8")[-_LAST_5M:]
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if unit == "byte":  # the last 5M bytes may start inside a character: that one is replaced
+        text = read_bytes(path)[-_LAST_5M:].decode("utf-8", errors="replace")
+    else:  # characters: the file must be UTF-8 throughout
+        text = read_text(path)[-_LAST_5M:]
     return text[: limit * 1000] if limit else text
 
 
