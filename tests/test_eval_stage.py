@@ -339,3 +339,45 @@ def test_undecodable_data_files_are_an_error_naming_the_file(gpt2, home: Path, m
         assert result.code == 1
         assert f"cannot read {tmp_path / rel}: 'utf-8' codec can't decode byte 0xff" in one_error_line(result)
     assert Store(home).latest("eval") is None
+
+
+EMPTY_FILES = {
+    "ptb": ("ptb/ptb.test.txt", ""),
+    "wikitext2": ("wikitext-2/wiki.test.tokens", " \n \n"),
+    "1bw": ("1bw/news.en.heldout-00000-of-00050", ""),
+    "enwik8": ("enwik8/enwik8", ""),
+    "text8": ("text8/text8", ""),
+    "lambada": ("lambada/lambada_test.jsonl", ""),
+    "nq-open": ("nq-open/NQ-open.dev.jsonl", "\n"),
+    "coqa": ("coqa/coqa-dev-v1.0.json", '{"version": "1.0", "data": []}'),
+    "cnn-dm": ("cnn-dm/test.jsonl", ""),
+    "wmt14-en-fr": ("wmt14/newstest2014.en", ""),
+}
+
+
+def test_an_empty_test_set_is_an_error_not_a_score(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    """No NaN (not JSON) and no 0.0 published for a file with nothing to score."""
+    for rel, text in EMPTY_FILES.values():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "wmt14" / "newstest2014.fr").write_text("")
+    for task, (rel, _) in EMPTY_FILES.items():
+        result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", task, "--data-dir", str(tmp_path),
+                      "--source", "local", "--device", "cpu", "--json")  # fmt: skip
+        assert result.code == 1 and result.out == "", task
+        what = "text" if task in ("ptb", "wikitext2", "1bw", "enwik8", "text8") else "examples"
+        assert one_error_line(result) == f"gpt2: error: {task}: {tmp_path / rel} has no {what}"
+    write_local_files(tmp_path)  # WikiText-2's first line is blank: --limit 1 reads no text
+    first = gpt2("eval", "zero-shot", model_dir(model_home), "--task", "wikitext2", "--limit", "1", "--data-dir",
+                 str(tmp_path), "--device", "cpu")  # fmt: skip
+    assert first.code == 1 and one_error_line(first).endswith("wiki.test.tokens has no text in its first 1 lines")
+    assert not (home / "eval").exists()  # neither a version nor a draft
+
+
+def test_an_undefined_metric_is_an_error():
+    from gpt2cli.errors import Gpt2Error
+    from gpt2cli.eval.stage import _defined
+
+    assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
+    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
+        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
