@@ -381,3 +381,28 @@ def test_an_undefined_metric_is_an_error():
     assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
     with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
         _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
+
+
+def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    import shutil
+
+    # a home with a tokenizer artifact, for --corpus tokenizer (without the evals other tests published there)
+    shutil.copytree(model_home, home, ignore=lambda d, names: ["eval"] if Path(d) == model_home else [])
+    write_local_files(tmp_path)
+    base = ["eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path), "--device", "cpu"]
+    for option, value, error in [
+        ("--limit", "-3", "--limit must be at least 1 (leave it out for the whole test set), got -3"),
+        ("--limit", "0", "--limit must be at least 1 (leave it out for the whole test set), got 0"),
+        ("--stride", "0", "--stride must be at least 1 token (leave it out for half the context), got 0"),
+        ("--stride", "100000", "--stride must be at most the model's context (128), got 100000"),
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
+        ("--device", "bogus", "unknown --device 'bogus'; choose from auto, cpu, cuda or cuda:N"),
+        ("--corpus", "tokenizer", "--corpus tokenizer: tokenizer@v1 is not a corpus"),
+    ]:  # fmt: skip
+        result = gpt2(*base, *(["--task", "webtext"] if option == "--corpus" else []), option, value)
+        assert result.code == 2 and one_error_line(result) == f"gpt2: error: {error}", (option, value)
+    assert not (home / "eval").exists()  # neither a version nor a draft
+    twice = gpt2(*base, "--task", "ptb", "--limit", "1", "--json")
+    assert twice.code == 0, twice.err
+    assert Store(home).resolve(json.loads(twice.out)["ref"]).params["tasks"] == ["ptb"]  # named twice, run once

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,8 +116,36 @@ class EvalOptions:
     source: str = "auto"  # auto: the local file when found, else the hub; local: never the hub; hub: always
     overlap_with: str | None = None  # a corpus with an 8-gram Bloom filter: each task's overlap with it
 
+    def validate(self) -> None:
+        """Every check that needs no model, run before it loads: a bad value is a usage error that leaves no draft
+        and never becomes part of an artifact's identity (the stride against the context is checked on load)."""
+        if unknown := [t for t in self.tasks if t not in TASKS]:
+            raise UsageError(f"unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+        if self.source not in SOURCES:
+            raise UsageError(f"unknown --source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1 (leave it out for the whole test set), got {self.limit}")
+        if self.stride is not None and self.stride < 1:
+            raise UsageError(
+                f"--stride must be at least 1 token (leave it out for half the context), got {self.stride}"
+            )
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"unknown --device {self.device!r}; choose from auto, cpu, cuda or cuda:N")
+        if self.device.startswith("cuda") and (torch.device(self.device).index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {self.device}: no such CUDA device on this machine")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
 
 SOURCES = ("auto", "local", "hub")
+DTYPES = ("auto", "float32", "bfloat16")
 # Tasks that read a file (not the corpus's held-out split), by family: how their text is shown to the model.
 _WORD_LM = ("wikitext2", "wikitext103", "ptb", "1bw")
 _CHAR_LM = ("enwik8", "text8")
@@ -460,13 +489,12 @@ def _locate(name: str, task: Task, data_dir: Path, source: str, store: Store) ->
 def zero_shot(
     store: Store, *, model_ref: str, options: EvalOptions, force: bool = False, wait: bool = False
 ) -> Published:
-    if options.source not in SOURCES:
-        raise UsageError(f"unknown --source {options.source!r}; choose from {', '.join(SOURCES)}")
+    options.validate()
     overlap = _overlap_bloom(store, options.overlap_with) if options.overlap_with else None
     source = Path(model_ref).expanduser()
     model_dir = source if source.is_dir() else store.resolve(model_ref).path
     data_dir = resolve_data_dir(options)
-    names = list(options.tasks) or available_tasks(options, store)
+    names = list(dict.fromkeys(options.tasks)) or available_tasks(options, store)  # a task named twice runs once
     if not names:
         raise UsageError(f"no task has its data in {data_dir} and there is no corpus; pass --data-dir, --task "
                          "or --source hub")  # fmt: skip
@@ -476,11 +504,11 @@ def zero_shot(
     hub_splits: dict[str, str] = {}
     inputs: list[dict[str, Any]] = []
     for name in names:
-        if name not in TASKS:
-            raise UsageError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
         task = TASKS[name]
         if name == "webtext":
             corpus = store.resolve(options.corpus or "corpus")
+            if corpus.kind != "corpus":
+                raise UsageError(f"--corpus {options.corpus}: {corpus.ref} is not a corpus")
             texts = _webtext_texts(store, corpus, options.limit)
             if not texts:
                 raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
@@ -513,11 +541,12 @@ def zero_shot(
         inputs.insert(0, artifact_input(store.resolve(model_ref)))
     else:
         inputs.insert(0, {"path": str(source.resolve()), "bytes": 0, "sha256": _dir_digest(source)})
-    device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if options.device == "auto" else options.device)  # fmt: skip
+    device = options.torch_device()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(device)
     model = GPT.load(model_dir, map_location=device).eval()
     tokenizer = Tokenizer.load(model_dir)
+    if options.stride is not None and options.stride > model.config.n_ctx:
+        raise UsageError(f"--stride must be at most the model's context ({model.config.n_ctx}), got {options.stride}")
     size = PAPER_SIZES.get(model.num_params())
     params = {"tasks": names, "stride": options.stride, "limit": options.limit, "dtype": str(dtype),
               "model_size": size, "n_ctx": model.config.n_ctx}  # fmt: skip
