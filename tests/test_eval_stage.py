@@ -406,3 +406,23 @@ def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path,
     twice = gpt2(*base, "--task", "ptb", "--limit", "1", "--json")
     assert twice.code == 0, twice.err
     assert Store(home).resolve(json.loads(twice.out)["ref"]).params["tasks"] == ["ptb"]  # named twice, run once
+
+
+def test_an_eval_of_a_directory_is_not_reused_after_its_tokenizer_changes(
+    gpt2, home: Path, model_home: Path, tmp_path: Path
+):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir(model_home), model)
+    write_local_files(tmp_path / "data")
+    args = ["eval", "zero-shot", str(model), "--task", "ptb", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--dtype", "float32", "--json"]  # fmt: skip
+    first = gpt2(*args)
+    assert first.code == 0, first.err
+    again = json.loads(gpt2(*args).out)
+    assert again["reused"] and again["ref"] == json.loads(first.out)["ref"]
+    merges = (model / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    (model / "vocab.bpe").write_text("\n".join(merges[:-1]) + "\n", encoding="utf-8")  # one merge fewer
+    changed = json.loads(gpt2(*args).out)
+    assert not changed["reused"] and changed["ref"] != again["ref"]

@@ -581,15 +581,22 @@ def zero_shot(
     return store.produce("eval", params=params, inputs=inputs, build=build, force=force, wait=wait)
 
 
+# What GPT.load and Tokenizer.load read from a directory, plus tokenizer.json (the tokenizer other tools read there).
+_MODEL_DIR_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "encoder.json", "vocab.bpe",
+                    "vocab.json", "merges.txt", "tokenizer.json")  # fmt: skip
+
+
 def _dir_digest(directory: Path) -> str:
+    """The identity of a model directory: every file that decides its scores, by name and content (a changed
+    vocabulary or merge list re-tokenizes every task, so an eval of the old one must not be reused)."""
     import hashlib
 
     from gpt2cli.artifacts import sha256_file
 
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+    for name in _MODEL_DIR_FILES:
         if (directory / name).is_file():
-            digest.update(sha256_file(directory / name).encode())
+            digest.update(f"{name} {sha256_file(directory / name)}\n".encode())
     return digest.hexdigest()
 
 
