@@ -426,3 +426,15 @@ def test_an_eval_of_a_directory_is_not_reused_after_its_tokenizer_changes(
     (model / "vocab.bpe").write_text("\n".join(merges[:-1]) + "\n", encoding="utf-8")  # one merge fewer
     changed = json.loads(gpt2(*args).out)
     assert not changed["reused"] and changed["ref"] != again["ref"]
+
+
+def test_help_names_every_task_and_what_limit_counts(gpt2, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough for a paragraph on one line: only hard breaks remain
+    out = gpt2("eval", "zero-shot", "--help").out
+    lines = [line.strip() for line in out.splitlines()]
+    summary = next(line for line in lines if line.startswith("The paper's zero-shot tasks"))
+    for family in ("WikiText-2", "PTB", "1BW", "enwik8", "text8", "WebText", "LAMBADA", "CBT", "Winograd", "CoQA",
+                   "CNN/Daily Mail", "WMT-14", "Natural Questions"):  # fmt: skip
+        assert family in summary, family
+    assert any(line.startswith("Each task reads") and line.endswith("split and revision.") for line in lines)
+    assert "N thousand characters (enwik8, text8)" in out

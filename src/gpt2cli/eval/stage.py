@@ -325,7 +325,7 @@ def _char_lm_task(path: Path, unit: str, text: str) -> Runner:
 
 
 def _char_text(path: Path, unit: str, limit: int | None) -> str:
-    """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand of those."""
+    """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand characters of those."""
     if unit == "byte":  # the last 5M bytes may start inside a character: that one is replaced
         text = read_bytes(path)[-_LAST_5M:].decode("utf-8", errors="replace")
     else:  # characters: the file must be UTF-8 throughout
