@@ -317,3 +317,124 @@ def test_overlap_with_a_corpus(gpt2, home: Path, model_home: Path, tmp_path: Pat
                                "--overlap-with", bare.ref)  # fmt: skip
     assert no_bloom.code == 2 and len(no_bloom.err.strip().splitlines()) == 1
     assert f"{bare.ref} has no 8-gram Bloom filter" in no_bloom.err and "gpt2 dedupe --overlap" in no_bloom.err
+
+
+# -- bad data and bad options: one line on stderr, no version, no draft ---------------------------------------------
+
+
+def one_error_line(result: CliResult) -> str:
+    """The command's error, after asserting it is the only line of stderr that is not an INFO log."""
+    lines = [line for line in result.err.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith("gpt2: error: "), result.err
+    return lines[0]
+
+
+def test_undecodable_data_files_are_an_error_naming_the_file(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    for rel in ("ptb/ptb.test.txt", "text8/text8"):
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_bytes(b"the cat sat \xff\xfe on the mat\n")
+    for task, rel in (("ptb", "ptb/ptb.test.txt"), ("text8", "text8/text8")):
+        result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", task, "--data-dir", str(tmp_path),
+                      "--source", "local", "--device", "cpu")  # fmt: skip
+        assert result.code == 1
+        assert f"cannot read {tmp_path / rel}: 'utf-8' codec can't decode byte 0xff" in one_error_line(result)
+    assert Store(home).latest("eval") is None
+
+
+EMPTY_FILES = {
+    "ptb": ("ptb/ptb.test.txt", ""),
+    "wikitext2": ("wikitext-2/wiki.test.tokens", " \n \n"),
+    "1bw": ("1bw/news.en.heldout-00000-of-00050", ""),
+    "enwik8": ("enwik8/enwik8", ""),
+    "text8": ("text8/text8", ""),
+    "lambada": ("lambada/lambada_test.jsonl", ""),
+    "nq-open": ("nq-open/NQ-open.dev.jsonl", "\n"),
+    "coqa": ("coqa/coqa-dev-v1.0.json", '{"version": "1.0", "data": []}'),
+    "cnn-dm": ("cnn-dm/test.jsonl", ""),
+    "wmt14-en-fr": ("wmt14/newstest2014.en", ""),
+}
+
+
+def test_an_empty_test_set_is_an_error_not_a_score(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    """No NaN (not JSON) and no 0.0 published for a file with nothing to score."""
+    for rel, text in EMPTY_FILES.values():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "wmt14" / "newstest2014.fr").write_text("")
+    for task, (rel, _) in EMPTY_FILES.items():
+        result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", task, "--data-dir", str(tmp_path),
+                      "--source", "local", "--device", "cpu", "--json")  # fmt: skip
+        assert result.code == 1 and result.out == "", task
+        what = "text" if task in ("ptb", "wikitext2", "1bw", "enwik8", "text8") else "examples"
+        assert one_error_line(result) == f"gpt2: error: {task}: {tmp_path / rel} has no {what}"
+    write_local_files(tmp_path)  # WikiText-2's first line is blank: --limit 1 reads no text
+    first = gpt2("eval", "zero-shot", model_dir(model_home), "--task", "wikitext2", "--limit", "1", "--data-dir",
+                 str(tmp_path), "--device", "cpu")  # fmt: skip
+    assert first.code == 1 and one_error_line(first).endswith("wiki.test.tokens has no text in its first 1 lines")
+    assert not (home / "eval").exists()  # neither a version nor a draft
+
+
+def test_an_undefined_metric_is_an_error():
+    from gpt2cli.errors import Gpt2Error
+    from gpt2cli.eval.stage import _defined
+
+    assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
+    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
+        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
+
+
+def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):
+    import shutil
+
+    # a home with a tokenizer artifact, for --corpus tokenizer (without the evals other tests published there)
+    shutil.copytree(model_home, home, ignore=lambda d, names: ["eval"] if Path(d) == model_home else [])
+    write_local_files(tmp_path)
+    base = ["eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path), "--device", "cpu"]
+    for option, value, error in [
+        ("--limit", "-3", "--limit must be at least 1 (leave it out for the whole test set), got -3"),
+        ("--limit", "0", "--limit must be at least 1 (leave it out for the whole test set), got 0"),
+        ("--stride", "0", "--stride must be at least 1 token (leave it out for half the context), got 0"),
+        ("--stride", "100000", "--stride must be at most the model's context (128), got 100000"),
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
+        ("--device", "bogus", "unknown --device 'bogus'; choose from auto, cpu, cuda or cuda:N"),
+        ("--corpus", "tokenizer", "--corpus tokenizer: tokenizer@v1 is not a corpus"),
+    ]:  # fmt: skip
+        result = gpt2(*base, *(["--task", "webtext"] if option == "--corpus" else []), option, value)
+        assert result.code == 2 and one_error_line(result) == f"gpt2: error: {error}", (option, value)
+    assert not (home / "eval").exists()  # neither a version nor a draft
+    twice = gpt2(*base, "--task", "ptb", "--limit", "1", "--json")
+    assert twice.code == 0, twice.err
+    assert Store(home).resolve(json.loads(twice.out)["ref"]).params["tasks"] == ["ptb"]  # named twice, run once
+
+
+def test_an_eval_of_a_directory_is_not_reused_after_its_tokenizer_changes(
+    gpt2, home: Path, model_home: Path, tmp_path: Path
+):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir(model_home), model)
+    write_local_files(tmp_path / "data")
+    args = ["eval", "zero-shot", str(model), "--task", "ptb", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--dtype", "float32", "--json"]  # fmt: skip
+    first = gpt2(*args)
+    assert first.code == 0, first.err
+    again = json.loads(gpt2(*args).out)
+    assert again["reused"] and again["ref"] == json.loads(first.out)["ref"]
+    merges = (model / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    (model / "vocab.bpe").write_text("\n".join(merges[:-1]) + "\n", encoding="utf-8")  # one merge fewer
+    changed = json.loads(gpt2(*args).out)
+    assert not changed["reused"] and changed["ref"] != again["ref"]
+
+
+def test_help_names_every_task_and_what_limit_counts(gpt2, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough for a paragraph on one line: only hard breaks remain
+    out = gpt2("eval", "zero-shot", "--help").out
+    lines = [line.strip() for line in out.splitlines()]
+    summary = next(line for line in lines if line.startswith("The paper's zero-shot tasks"))
+    for family in ("WikiText-2", "PTB", "1BW", "enwik8", "text8", "WebText", "LAMBADA", "CBT", "Winograd", "CoQA",
+                   "CNN/Daily Mail", "WMT-14", "Natural Questions"):  # fmt: skip
+        assert family in summary, family
+    assert any(line.startswith("Each task reads") and line.endswith("split and revision.") for line in lines)
+    assert "N thousand characters (enwik8, text8)" in out

@@ -612,7 +612,19 @@ def sample_command(
         raise typer.Exit(UsageError.exit_code)
 
 
-@eval_app.command("zero-shot")
+@eval_app.command(
+    "zero-shot",
+    # one line per paragraph: Rich keeps a later paragraph's line breaks, which then fall mid-sentence
+    help="The paper's zero-shot tasks (section 3): language modelling per canonical unit after the datasets' "
+    "de-tokenizers (WikiText-2 and -103, PTB, 1BW, enwik8, text8, a corpus's held-out WebText), LAMBADA, CBT-CN "
+    "and -NE, Winograd (WSC273), CoQA, CNN/Daily Mail, WMT-14 en-fr and fr-en, and Natural Questions; writes an "
+    "`eval` artifact.\n\n"
+    "Each task reads its original file under --data-dir; --source hub (or auto, when the file is missing) loads the "
+    "task's pinned Hugging Face split through `datasets` instead and writes it as that file under "
+    "$GPT2_HOME/.cache/eval-data, so the scores are the same either way. metrics.json records each task's data: "
+    "local path and sha256, or hub dataset, config, split and revision.\n\n"
+    "--overlap-with corpus@vN adds, per task, the share of its 8-grams found in the corpus (the paper's Table 6).",
+)
 def eval_zero_shot_command(
     ctx: typer.Context,
     model: Annotated[
@@ -636,10 +648,15 @@ def eval_zero_shot_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows or examples per forward pass.")] = 8,
     limit: Annotated[
-        Optional[int], typer.Option(help="Only the first N lines/examples of each task (quick runs).")
+        Optional[int],
+        typer.Option(
+            help="Only the start of each task, for quick runs: its first N lines (wikitext2, wikitext103, ptb, 1bw), "
+            "N thousand characters (enwik8, text8), N documents (webtext) or N examples (the others) "
+            "\\[default: all]."
+        ),
     ] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32 or bfloat16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     source: Annotated[
         str,
         typer.Option(
@@ -659,13 +676,7 @@ def eval_zero_shot_command(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Zero-shot language modelling (per canonical unit, de-tokenized) and LAMBADA; writes an `eval` artifact.
-
-    Each task reads its original file under --data-dir; --source hub (or auto, when the file is missing) loads
-    the task's pinned Hugging Face split through `datasets` instead and writes it as that file under
-    $GPT2_HOME/.cache/eval-data, so the scores are the same either way. metrics.json records each task's data:
-    local path and sha256, or hub dataset, config, split and revision. --overlap-with corpus@vN adds, per
-    task, the share of its 8-grams found in the corpus (the paper's Table 6)."""
+    """The options, as EvalOptions, to the stage (gpt2cli.eval.stage); its help is the decorator's."""
     from gpt2cli.eval.stage import EvalOptions, comparison_rows, zero_shot
 
     opts = settings(ctx, home, as_json)

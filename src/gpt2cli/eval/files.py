@@ -11,12 +11,23 @@ from typing import Any
 from gpt2cli.errors import Gpt2Error
 
 
-def read_lines(path: Path | str) -> list[str]:
-    path = Path(path)
+def read_bytes(path: Path | str) -> bytes:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        return Path(path).read_bytes()
+    except OSError as e:
         raise Gpt2Error(f"cannot read {path}: {e}") from None
+
+
+def read_text(path: Path | str) -> str:
+    """The whole file as UTF-8; an undecodable byte is an error naming the file and offset, not a traceback."""
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Gpt2Error(f"cannot read {path}: {e}") from None
+
+
+def read_lines(path: Path | str) -> list[str]:
+    return read_text(path).splitlines()
 
 
 def jsonl_rows(path: Path | str) -> Iterator[tuple[str, Any]]:

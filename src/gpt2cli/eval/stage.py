@@ -12,11 +12,12 @@ with the corpus's Bloom filter (paper section 4, Table 6).
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.files import read_bytes, read_text
 from gpt2cli.model import GPT, fast_dtype
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,36 @@ class EvalOptions:
     source: str = "auto"  # auto: the local file when found, else the hub; local: never the hub; hub: always
     overlap_with: str | None = None  # a corpus with an 8-gram Bloom filter: each task's overlap with it
 
+    def validate(self) -> None:
+        """Every check that needs no model, run before it loads: a bad value is a usage error that leaves no draft
+        and never becomes part of an artifact's identity (the stride against the context is checked on load)."""
+        if unknown := [t for t in self.tasks if t not in TASKS]:
+            raise UsageError(f"unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+        if self.source not in SOURCES:
+            raise UsageError(f"unknown --source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be at least 1 (leave it out for the whole test set), got {self.limit}")
+        if self.stride is not None and self.stride < 1:
+            raise UsageError(
+                f"--stride must be at least 1 token (leave it out for half the context), got {self.stride}"
+            )
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"unknown --device {self.device!r}; choose from auto, cpu, cuda or cuda:N")
+        if self.device.startswith("cuda") and (torch.device(self.device).index or 0) >= torch.cuda.device_count():
+            raise UsageError(f"--device {self.device}: no such CUDA device on this machine")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
 
 SOURCES = ("auto", "local", "hub")
+DTYPES = ("auto", "float32", "bfloat16")
 # Tasks that read a file (not the corpus's held-out split), by family: how their text is shown to the model.
 _WORD_LM = ("wikitext2", "wikitext103", "ptb", "1bw")
 _CHAR_LM = ("enwik8", "text8")
@@ -145,8 +175,8 @@ def available_tasks(options: EvalOptions, store: Store) -> list[str]:
 
 
 def _lm_raw(path: Path, limit: int | None) -> str:
-    """The tokenized file, or its first ``limit`` lines (shared by the run and the overlap, which must agree)."""
-    raw = path.read_text(encoding="utf-8")
+    """The tokenized file, or its first ``limit`` lines."""
+    raw = read_text(path)
     return "\n".join(raw.split("\n")[:limit]) if limit else raw
 
 
@@ -170,16 +200,76 @@ def _window(options: EvalOptions, context: int) -> dict[str, Any]:
                     "tokens of left context"}  # fmt: skip
 
 
-def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callable[..., dict[str, Any]]:
+Runner = Callable[[GPT, Tokenizer, EvalOptions, torch.device, torch.dtype], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's test set, read before the build: a bad or empty file fails before any model work and leaves no
+    draft, and the scores and the overlap (--overlap-with) read the very same items."""
+
+    items: list[Any]  # what is scored, after --limit: a single text for the language-modelling tasks
+    pool: list[Any]  # every item of the file: nq-open and wmt14 draw their example pairs from it
+
+
+def _read_task(name: str, path: Path, limit: int | None) -> TaskData:
+    """The task's items; none is an error naming the file, because an empty test set has no score (NaN, or 0)."""
+    if name in _WORD_LM or name in _CHAR_LM:
+        word = name in _WORD_LM
+        text = _lm_raw(path, limit) if word else _char_text(path, "byte" if name == "enwik8" else "char", limit)
+        if not text.strip():
+            first = f" in its first {limit} {'lines' if word else 'thousand characters'}" if limit else ""
+            raise Gpt2Error(f"{name}: {path} has no text{first}")
+        return TaskData([text], [text])
+    pool = _read_items(name, path)
+    if not pool:
+        raise Gpt2Error(f"{name}: {path} has no examples")
+    return TaskData(pool[:limit], pool)
+
+
+def _read_items(name: str, path: Path) -> list[Any]:
+    """Every example of a task's file, by its module's reader (which names the file and line of a bad one)."""
+    if name == "lambada":
+        from gpt2cli.eval.lambada import read_lambada
+
+        return read_lambada(path)
+    if name.startswith("cbt-"):
+        from gpt2cli.eval.cbt import read_cbt
+
+        return read_cbt(path)
+    if name == "wsc273":
+        from gpt2cli.eval.winograd import read_wsc
+
+        return read_wsc(path)
+    if name == "nq-open":
+        from gpt2cli.eval.qa import read_nq_open
+
+        return read_nq_open(path)
+    if name == "coqa":
+        from gpt2cli.eval.qa import read_coqa
+
+        return read_coqa(path)
+    if name == "cnn-dm":
+        from gpt2cli.eval.summarize import read_cnn_dm
+
+        return read_cnn_dm(path)
+    from gpt2cli.eval.translate import read_wmt14
+
+    french = _french_of(path)
+    if not french.is_file():
+        raise Gpt2Error(f"{name}: {french} not found (the French side of {path})")
+    return read_wmt14(path, french)
+
+
+def _lm_task(name: str, path: Path, raw: str) -> Runner:
     from gpt2cli.eval.lm import count_units, evaluate_text
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        raw = _lm_raw(path, options.limit)
         units = count_units(raw, "word")  # the dataset's own words, one <eos> per line
         context = model.config.n_ctx
-        result = evaluate_text(model, tokenizer, detokenize(raw), unit="word", units=units, context=context,
+        result = evaluate_text(model, tokenizer, _detokenizer(name)(raw), unit="word", units=units, context=context,
                                stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
                                device=device, dtype=dtype)  # fmt: skip
         return {
@@ -195,13 +285,12 @@ def _lm_task(name: str, path: Path, detokenize: Callable[[str], str]) -> Callabl
     return run
 
 
-def _lambada_task(path: Path) -> Callable[..., dict[str, Any]]:
-    from gpt2cli.eval.lambada import evaluate_lambada_both, read_lambada
+def _lambada_task(path: Path, passages: list[str]) -> Runner:
+    from gpt2cli.eval.lambada import evaluate_lambada_both
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        passages = read_lambada(path)[: options.limit or None]
         plain, filtered = evaluate_lambada_both(model, tokenizer, passages, batch_size=options.batch_size,
                                                 device=device, dtype=dtype)  # fmt: skip
         return {
@@ -216,14 +305,13 @@ def _lambada_task(path: Path) -> Callable[..., dict[str, Any]]:
     return run
 
 
-def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
+def _char_lm_task(path: Path, unit: str, text: str) -> Runner:
     """enwik8 (bits per byte) and text8 (bits per character): the raw last 5M units, no de-tokenizer."""
     from gpt2cli.eval.lm import evaluate_text
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        text = _char_text(path, unit, options.limit)
         units = len(text.encode("utf-8")) if unit == "byte" else len(text)
         context = model.config.n_ctx
         r = evaluate_text(model, tokenizer, text, unit=unit, units=units, context=context,
@@ -237,9 +325,11 @@ def _char_lm_task(path: Path, unit: str) -> Callable[..., dict[str, Any]]:
 
 
 def _char_text(path: Path, unit: str, limit: int | None) -> str:
-    """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand of those."""
-    data = path.read_bytes()[-_LAST_5M:] if unit == "byte" else path.read_text(encoding="utf-8")[-_LAST_5M:]
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    """The scored text of enwik8/text8: the last 5M units; ``--limit N``: the first N thousand characters of those."""
+    if unit == "byte":  # the last 5M bytes may start inside a character: that one is replaced
+        text = read_bytes(path)[-_LAST_5M:].decode("utf-8", errors="replace")
+    else:  # characters: the file must be UTF-8 throughout
+        text = read_text(path)[-_LAST_5M:]
     return text[: limit * 1000] if limit else text
 
 
@@ -248,45 +338,39 @@ def _french_of(english: Path) -> Path:
     return english.with_name(name)
 
 
-def _scored_task(name: str, path: Path) -> Callable[..., dict[str, Any]]:
-    """The tasks that score or generate answers: each module's reader and evaluate function."""
+def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
+    """The tasks that score or generate answers: each module's evaluate function."""
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
         common = {"batch_size": options.batch_size, "device": device, "dtype": dtype}
-        limit = options.limit or None
         if name.startswith("cbt-"):
-            from gpt2cli.eval.cbt import evaluate_cbt, read_cbt
+            from gpt2cli.eval.cbt import evaluate_cbt
 
-            result: Any = evaluate_cbt(model, tokenizer, read_cbt(path)[:limit], **common)
+            result: Any = evaluate_cbt(model, tokenizer, data.items, **common)
         elif name == "wsc273":
-            from gpt2cli.eval.winograd import evaluate_wsc, read_wsc
+            from gpt2cli.eval.winograd import evaluate_wsc
 
-            result = evaluate_wsc(model, tokenizer, read_wsc(path)[:limit], **common)
+            result = evaluate_wsc(model, tokenizer, data.items, **common)
         elif name == "nq-open":
-            from gpt2cli.eval.qa import evaluate_nq_open, read_nq_open
+            from gpt2cli.eval.qa import evaluate_nq_open
 
-            items = read_nq_open(path)
-            result = evaluate_nq_open(model, tokenizer, items[:limit], pool=items, **common)
+            result = evaluate_nq_open(model, tokenizer, data.items, pool=data.pool, **common)
         elif name == "coqa":
-            from gpt2cli.eval.qa import evaluate_coqa, read_coqa
+            from gpt2cli.eval.qa import evaluate_coqa
 
-            result = evaluate_coqa(model, tokenizer, read_coqa(path)[:limit], **common)
+            result = evaluate_coqa(model, tokenizer, data.items, **common)
         elif name == "cnn-dm":
-            from gpt2cli.eval.summarize import evaluate_cnn_dm, read_cnn_dm
+            from gpt2cli.eval.summarize import evaluate_cnn_dm
 
             new_tokens = min(100, model.config.n_ctx // 2)  # the paper's 100, unless the context is small
-            result = evaluate_cnn_dm(model, tokenizer, read_cnn_dm(path)[:limit], max_new_tokens=new_tokens, **common)
+            result = evaluate_cnn_dm(model, tokenizer, data.items, max_new_tokens=new_tokens, **common)
         else:
-            from gpt2cli.eval.translate import evaluate_wmt14, read_wmt14
+            from gpt2cli.eval.translate import evaluate_wmt14
 
-            french = _french_of(path)
-            if not french.is_file():
-                raise Gpt2Error(f"{name}: {french} not found (the French side of {path})")
-            pairs = read_wmt14(path, french)
             direction = name.removeprefix("wmt14-")
-            result = evaluate_wmt14(model, tokenizer, pairs[:limit], direction=direction, pool=pairs,
+            result = evaluate_wmt14(model, tokenizer, data.items, direction=direction, pool=data.pool,
                                     max_new_tokens=min(128, model.config.n_ctx // 2), **common)  # fmt: skip
         return {**result.as_dict(), "file": str(path)}
 
@@ -296,25 +380,20 @@ def _scored_task(name: str, path: Path) -> Callable[..., dict[str, Any]]:
 def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[str]:
     from gpt2cli.documents import open_documents
 
-    return [d.text for d in open_documents(store, str(corpus.path), [], 0.0) if d.split == "val"][: limit or None]
+    return [d.text for d in open_documents(store, str(corpus.path), [], 0.0) if d.split == "val"][:limit]
 
 
-def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any]]:
+def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
     from gpt2cli.eval.lm import evaluate_texts
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
     ) -> dict[str, Any]:
-        texts = _webtext_texts(store, corpus, options.limit)
-        if not texts:
-            raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
         context = model.config.n_ctx
         results = evaluate_texts(model, tokenizer, texts, unit="byte", context=context,
                                  stride=_stride(options, context), align_last=True, batch_size=options.batch_size,
                                  device=device, dtype=dtype)  # fmt: skip
         nll, tokens, n_bytes = (sum(getattr(r, key) for r in results) for key in ("nll_sum", "tokens", "units"))
-        import math
-
         return {
             "token_ppl": math.exp(nll / tokens),
             "bits_per_byte": nll / n_bytes / math.log(2),
@@ -329,44 +408,36 @@ def _webtext_task(store: Store, corpus: Artifact) -> Callable[..., dict[str, Any
     return run
 
 
-def _task_texts(name: str, path: Path, limit: int | None) -> list[str]:
-    """What the model is scored on, as text, for the overlap check (the same ``--limit`` as the scores)."""
-    limit = limit or None
+def _task_texts(name: str, data: TaskData) -> list[str]:
+    """What the model is scored on, as text, for the overlap check."""
     if name in _WORD_LM:
-        return [_detokenizer(name)(_lm_raw(path, limit))]
-    if name in _CHAR_LM:
-        return [_char_text(path, "byte" if name == "enwik8" else "char", limit)]
-    if name == "lambada":
-        from gpt2cli.eval.lambada import read_lambada
-
-        return read_lambada(path)[:limit]
+        return [_detokenizer(name)(data.items[0])]
+    if name in (*_CHAR_LM, "lambada", "webtext"):
+        return data.items
     if name.startswith("cbt-"):
-        from gpt2cli.eval.cbt import BLANK, cbt_detokenize, read_cbt
+        from gpt2cli.eval.cbt import BLANK, cbt_detokenize
 
         # the book's text: the 20 sentences and the question with its blank filled by the answer
         return [" ".join(cbt_detokenize(s) for s in (*e.sentences, e.question.replace(BLANK, e.answer)))
-                for e in read_cbt(path)[:limit]]  # fmt: skip
+                for e in data.items]  # fmt: skip
     if name == "wsc273":
-        from gpt2cli.eval.winograd import read_wsc
-
-        return [f"{s.text1} {s.pronoun} {s.text2}" for s in read_wsc(path)[:limit]]
+        return [f"{s.text1} {s.pronoun} {s.text2}" for s in data.items]
     if name == "coqa":
-        from gpt2cli.eval.qa import read_coqa
-
-        turns = read_coqa(path)[:limit]
-        stories = list(dict.fromkeys(t.story for t in turns))  # each story once, not once per turn
-        return stories + [text for t in turns for text in (t.question, *t.answers)]
+        stories = list(dict.fromkeys(t.story for t in data.items))  # each story once, not once per turn
+        return stories + [text for t in data.items for text in (t.question, *t.answers)]
     if name == "cnn-dm":
-        from gpt2cli.eval.summarize import read_cnn_dm
-
-        return [text for a in read_cnn_dm(path)[:limit] for text in (a.article, a.highlights)]
+        return [text for a in data.items for text in (a.article, a.highlights)]
     if name == "nq-open":
-        from gpt2cli.eval.qa import read_nq_open
+        return [text for q in data.items for text in (q.question, *q.answers)]
+    return [text for pair in data.items for text in (pair.en, pair.fr)]
 
-        return [text for q in read_nq_open(path)[:limit] for text in (q.question, *q.answers)]
-    from gpt2cli.eval.translate import read_wmt14
 
-    return [text for pair in read_wmt14(path, _french_of(path))[:limit] for text in (pair.en, pair.fr)]
+def _defined(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The task's metrics, each number finite: NaN or infinity is no score (and not JSON), so it is an error."""
+    bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise Gpt2Error(f"{name}: {', '.join(bad)} undefined ({metrics[bad[0]]}): the task scored nothing")
+    return metrics
 
 
 def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
@@ -418,34 +489,31 @@ def _locate(name: str, task: Task, data_dir: Path, source: str, store: Store) ->
 def zero_shot(
     store: Store, *, model_ref: str, options: EvalOptions, force: bool = False, wait: bool = False
 ) -> Published:
-    if options.source not in SOURCES:
-        raise UsageError(f"unknown --source {options.source!r}; choose from {', '.join(SOURCES)}")
+    options.validate()
     overlap = _overlap_bloom(store, options.overlap_with) if options.overlap_with else None
     source = Path(model_ref).expanduser()
     model_dir = source if source.is_dir() else store.resolve(model_ref).path
-    device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if options.device == "auto" else options.device)  # fmt: skip
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(device)
-    model = GPT.load(model_dir, map_location=device).eval()
-    tokenizer = Tokenizer.load(model_dir)
     data_dir = resolve_data_dir(options)
-    names = list(options.tasks) or available_tasks(options, store)
+    names = list(dict.fromkeys(options.tasks)) or available_tasks(options, store)  # a task named twice runs once
     if not names:
         raise UsageError(f"no task has its data in {data_dir} and there is no corpus; pass --data-dir, --task "
                          "or --source hub")  # fmt: skip
-    runners: dict[str, Callable[..., dict[str, Any]]] = {}
-    texts: dict[str, Callable[[int | None], list[str]]] = {}  # each task's scored text, for --overlap-with
+    runners: dict[str, Runner] = {}
+    data: dict[str, TaskData] = {}  # each task's items, for --overlap-with
     origins: dict[str, dict[str, Any]] = {}  # where each task's data came from, for metrics.json
     hub_splits: dict[str, str] = {}
     inputs: list[dict[str, Any]] = []
     for name in names:
-        if name not in TASKS:
-            raise UsageError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
         task = TASKS[name]
         if name == "webtext":
             corpus = store.resolve(options.corpus or "corpus")
-            runners[name] = _webtext_task(store, corpus)
-            texts[name] = partial(_webtext_texts, store, corpus)
+            if corpus.kind != "corpus":
+                raise UsageError(f"--corpus {options.corpus}: {corpus.ref} is not a corpus")
+            texts = _webtext_texts(store, corpus, options.limit)
+            if not texts:
+                raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
+            data[name] = TaskData(texts, texts)
+            runners[name] = _webtext_task(corpus, texts)
             origins[name] = {"source": "corpus", "corpus": corpus.ref}
             inputs.append(artifact_input(corpus))
             continue
@@ -458,21 +526,27 @@ def zero_shot(
                          "files": [{"path": r["path"], "sha256": r["sha256"]} for r in records]}  # fmt: skip
         if hub:
             hub_splits[name] = f"{hub['dataset']}/{hub['config']}/{hub['split']}@{hub['revision'] or 'main'}"
-        texts[name] = partial(_task_texts, name, path)
+        data[name] = _read_task(name, path, options.limit)
         if name == "lambada":
-            runners[name] = _lambada_task(path)
+            runners[name] = _lambada_task(path, data[name].items)
         elif name in _CHAR_LM:
-            runners[name] = _char_lm_task(path, "byte" if name == "enwik8" else "char")
+            runners[name] = _char_lm_task(path, "byte" if name == "enwik8" else "char", data[name].items[0])
         elif name in _WORD_LM:
-            runners[name] = _lm_task(name, path, _detokenizer(name))
+            runners[name] = _lm_task(name, path, data[name].items[0])
         else:
-            runners[name] = _scored_task(name, path)
+            runners[name] = _scored_task(name, path, data[name])
     if overlap and artifact_input(overlap[0]) not in inputs:
         inputs.append(artifact_input(overlap[0]))
     if not source.is_dir():
         inputs.insert(0, artifact_input(store.resolve(model_ref)))
     else:
         inputs.insert(0, {"path": str(source.resolve()), "bytes": 0, "sha256": _dir_digest(source)})
+    device = options.torch_device()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(device)
+    model = GPT.load(model_dir, map_location=device).eval()
+    tokenizer = Tokenizer.load(model_dir)
+    if options.stride is not None and options.stride > model.config.n_ctx:
+        raise UsageError(f"--stride must be at most the model's context ({model.config.n_ctx}), got {options.stride}")
     size = PAPER_SIZES.get(model.num_params())
     params = {"tasks": names, "stride": options.stride, "limit": options.limit, "dtype": str(dtype),
               "model_size": size, "n_ctx": model.config.n_ctx}  # fmt: skip
@@ -493,28 +567,36 @@ def zero_shot(
             started = time.time()
             log.info("evaluating %s", name)
             results[name] = {
-                **run(model, tokenizer, options, device, dtype),
+                **_defined(name, run(model, tokenizer, options, device, dtype)),
                 "seconds": round(time.time() - started, 2),
                 "data": origins[name],
             }
             if overlap:
-                results[name].update(_overlap(bloom, texts[name](options.limit), overlap[0]))
+                results[name].update(_overlap(bloom, _task_texts(name, data[name]), overlap[0]))
         paper = PAPER_TABLE3.get(size or "", {})
-        (draft.dir / "metrics.json").write_text(json.dumps({"results": results, "paper": paper}, indent=2))
+        metrics = json.dumps({"results": results, "paper": paper}, indent=2, allow_nan=False)
+        (draft.dir / "metrics.json").write_text(metrics)
         return _summary(results)
 
     return store.produce("eval", params=params, inputs=inputs, build=build, force=force, wait=wait)
 
 
+# What GPT.load and Tokenizer.load read from a directory, plus tokenizer.json (the tokenizer other tools read there).
+_MODEL_DIR_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "encoder.json", "vocab.bpe",
+                    "vocab.json", "merges.txt", "tokenizer.json")  # fmt: skip
+
+
 def _dir_digest(directory: Path) -> str:
+    """The identity of a model directory: every file that decides its scores, by name and content (a changed
+    vocabulary or merge list re-tokenizes every task, so an eval of the old one must not be reused)."""
     import hashlib
 
     from gpt2cli.artifacts import sha256_file
 
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+    for name in _MODEL_DIR_FILES:
         if (directory / name).is_file():
-            digest.update(sha256_file(directory / name).encode())
+            digest.update(f"{name} {sha256_file(directory / name)}\n".encode())
     return digest.hexdigest()
 
 
