@@ -172,6 +172,7 @@ def test_failed_build_publishes_nothing(store: Store):
     with pytest.raises(RuntimeError):
         store.produce("corpus", params={}, inputs=[], build=build)
     assert store.versions("corpus") == []
+    assert not list((store.home / "corpus").glob(".partial-*"))  # nothing to resume: no draft left
     store.produce("corpus", params={}, inputs=[], build=write_files(f="ok"))
     assert [a.ref for a in store.versions("corpus")] == ["corpus@v1"]
     assert not list((store.home / "corpus").glob(".partial-*"))

@@ -154,6 +154,13 @@ def test_references_that_name_nothing_are_usage_errors(gpt2, populated, args, me
     assert result.code == 2 and message in result.err, result.err
 
 
+def test_report_of_another_kind_or_a_bad_prompt_is_a_usage_error(gpt2, populated):
+    other = gpt2("report", "corpus")
+    assert other.code == 2 and "corpus@v1 is a 'corpus' artifact; report needs a 'model' artifact" in other.err
+    prompt = gpt2("report", "--prompt", b"caf\xe9".decode("utf-8", "surrogateescape"))
+    assert prompt.code == 2 and "the prompt in --prompt is not UTF-8" in prompt.err
+
+
 def test_a_home_that_is_a_file_is_a_usage_error(gpt2, tmp_path: Path):
     home = tmp_path / "file"
     home.write_text("")

@@ -398,7 +398,7 @@ def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path,
         ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
         ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
         ("--device", "bogus", "unknown --device 'bogus'; choose from auto, cpu, cuda or cuda:N"),
-        ("--corpus", "tokenizer", "--corpus tokenizer: tokenizer@v1 is not a corpus"),
+        ("--corpus", "tokenizer", "tokenizer@v1 is a 'tokenizer' artifact; --corpus needs a 'corpus' artifact"),
     ]:  # fmt: skip
         result = gpt2(*base, *(["--task", "webtext"] if option == "--corpus" else []), option, value)
         assert result.code == 2 and one_error_line(result) == f"gpt2: error: {error}", (option, value)

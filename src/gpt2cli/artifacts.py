@@ -489,7 +489,12 @@ class Store:
                 log.info("resuming the build left by an interrupted run in %s", partial)
             partial.mkdir(exist_ok=True)
             started = time.time()
-            summary = build(Draft(kind, partial, resumed)) or {}
+            try:
+                summary = build(Draft(kind, partial, resumed)) or {}
+            except BaseException:
+                if not resumable:  # nothing to resume: a failed build leaves no draft behind
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
             shutil.rmtree(partial / ".work", ignore_errors=True)
             version = f"v{self._next_number(kind_dir)}"
             manifest = {

@@ -481,10 +481,11 @@ def report_command(
 ) -> None:
     """One summary of a run: artifact versions and lineage, the validation-loss curve, whether the model
     learned (loss vs the unigram entropy of its tokens), the evaluation beside the paper, and samples."""
-    from gpt2cli.sample import SampleOptions, Sampler
+    from gpt2cli.sample import SampleOptions, Sampler, prompt_text
     from gpt2cli.summary import ascii_plot, list_versions, run_summary
 
     opts = settings(ctx, home, as_json)
+    prompt = prompt_text(prompt, "--prompt")
     store = Store(opts.home)
     summary = run_summary(store, model)
     sampler = Sampler(summary["model"], store, SampleOptions(max_new_tokens=max_new_tokens, top_k=40,

@@ -95,7 +95,7 @@ def run_summary(store: Store, model_ref: str = "model", eval_ref: str | None = "
     """Everything `gpt2 report` shows, as data."""
     from gpt2cli.eval.stage import comparison_rows
 
-    model = store.resolve(model_ref)
+    model = store.resolve(model_ref, "model", option="report")
     summary: dict[str, Any] = {"model": model.ref, "lineage": store.lineage(model)}
     png = model.path / "loss.png"
     summary["loss_png"] = str(png) if png.is_file() else None

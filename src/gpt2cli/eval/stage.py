@@ -444,7 +444,7 @@ def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
     """The corpus of ``--overlap-with`` and its Bloom filter file; a corpus built without one is an error."""
     from gpt2cli.dedupe.stage import BLOOM
 
-    corpus = store.resolve(ref)
+    corpus = store.resolve(ref, "corpus", option="--overlap-with")
     path = corpus.path / BLOOM
     if not path.is_file():
         raise UsageError(f"{corpus.ref} has no 8-gram Bloom filter ({BLOOM}); rebuild it with "
@@ -506,9 +506,7 @@ def zero_shot(
     for name in names:
         task = TASKS[name]
         if name == "webtext":
-            corpus = store.resolve(options.corpus or "corpus")
-            if corpus.kind != "corpus":
-                raise UsageError(f"--corpus {options.corpus}: {corpus.ref} is not a corpus")
+            corpus = store.resolve(options.corpus or "corpus", "corpus", option="--corpus")
             texts = _webtext_texts(store, corpus, options.limit)
             if not texts:
                 raise Gpt2Error(f"{corpus.ref} has no held-out (val) documents")
