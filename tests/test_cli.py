@@ -34,10 +34,12 @@ def populated(store: Store) -> Store:
 
 
 @pytest.mark.parametrize("path", all_command_paths(), ids=lambda p: " ".join(p) or "gpt2")
-def test_help_for_every_command(gpt2, path):
+def test_help_for_every_command(gpt2, path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option
     result = gpt2(*path, "--help")
     assert result.code == 0, result.err
     assert "Usage" in result.out
+    assert not [line for line in result.out.splitlines() if line.count("[default:") > 1]
 
 
 def test_top_level_help_lists_stages_and_artifacts(gpt2):

@@ -55,6 +55,11 @@ ValFractionOption = Annotated[
 ]
 
 
+def _opt(help_text: str) -> Any:
+    """An option whose help says its default itself (``\\[default: ...]``), so typer's own is not shown too."""
+    return typer.Option(help=help_text, show_default=False)
+
+
 @dataclass
 class Settings:
     home: Optional[Path] = None
@@ -313,7 +318,7 @@ def train_bpe_command(
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size, <|endoftext|> included (GPT-2: 50257).")] = 50257,
     min_frequency: Annotated[int, typer.Option(help="Stop merging when no pair occurs this often.")] = 2,
     val_fraction: ValFractionOption = 0.01,
-    workers: Annotated[int, typer.Option(help="Processes counting pre-tokens \\[default: all cores].")] = 0,
+    workers: Annotated[int, _opt("Processes counting pre-tokens \\[default: all cores].")] = 0,
     force: ForceOption = False,
     wait: WaitOption = False,
     home: HomeOption = None,
@@ -340,7 +345,7 @@ def train_bpe_command(
 @app.command("tokenize")
 def tokenize_command(
     ctx: typer.Context,
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer artifact \\[default: the latest].")] = "tokenizer",
+    tokenizer: Annotated[str, _opt("Tokenizer artifact \\[default: the latest].")] = "tokenizer",
     corpus: CorpusOption = None,
     inputs: InputOption = None,
     val_fraction: ValFractionOption = 0.01,
@@ -367,14 +372,10 @@ def tokenize_command(
     report(result, opts)
 
 
-def _opt(help_text: str) -> Any:
-    return typer.Option(help=help_text, show_default=False)
-
-
 @app.command("pretrain")
 def pretrain_command(
     ctx: typer.Context,
-    tokens: Annotated[str, typer.Option(help="Tokens artifact to train on \\[default: the latest].")] = "tokens",
+    tokens: Annotated[str, _opt("Tokens artifact to train on \\[default: the latest].")] = "tokens",
     config: Annotated[Optional[Path], typer.Option(help="TOML file of settings ([pretrain] table); flags win.")] = None,
     model_size: Annotated[
         Optional[str], _opt("tiny, mini, small, 124M, 355M, 774M, 1558M (or 117M ... 1542M).")
@@ -471,7 +472,7 @@ def refresh_command(
 @app.command("report")
 def report_command(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model artifact \\[default: the latest].")] = "model",
+    model: Annotated[str, typer.Argument(help="Model artifact \\[default: the latest].", show_default=False)] = "model",
     prompt: Annotated[str, typer.Option(help="Prompt of the samples.")] = "The city council",
     num_samples: Annotated[int, typer.Option(help="Samples to show.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 60,
