@@ -397,7 +397,7 @@ def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path,
         ("--stride", "100000", "--stride must be at most the model's context (128), got 100000"),
         ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
         ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
-        ("--device", "bogus", "unknown --device 'bogus'; choose from auto, cpu, cuda or cuda:N"),
+        ("--device", "bogus", "unknown --device 'bogus'; choose from auto, cpu, cuda, cuda:N"),
         ("--corpus", "tokenizer", "tokenizer@v1 is a 'tokenizer' artifact; --corpus needs a 'corpus' artifact"),
     ]:  # fmt: skip
         result = gpt2(*base, *(["--task", "webtext"] if option == "--corpus" else []), option, value)

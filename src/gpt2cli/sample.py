@@ -139,6 +139,15 @@ def prompt_text(data: bytes | str, where: str) -> str:
         ) from None
 
 
+def load_model(directory: Path, device: torch.device) -> tuple[GPT, Tokenizer]:
+    """The model of an artifact or Hugging Face directory, in eval mode, and the tokenizer beside it."""
+    model = GPT.load(directory, map_location=device).eval()
+    tokenizer = Tokenizer.load(directory)
+    if (n_tok := tokenizer.vocab_size) != (n_model := model.config.vocab_size):
+        raise Gpt2Error(f"{directory}: the tokenizer has {n_tok} tokens, the model {n_model}")
+    return model, tokenizer
+
+
 class Sampler:
     """A loaded model and its tokenizer, ready to continue prompts."""
 
@@ -149,10 +158,8 @@ class Sampler:
         directory = path if path.is_dir() else store.resolve(str(source)).path
         self.device = resolve_device(options.device)
         dtype = DTYPES[options.dtype] or fast_dtype(self.device)
-        self.model = GPT.load(directory, map_location=self.device).to(dtype).eval()
-        self.tokenizer = Tokenizer.load(directory)
-        if (n_tok := self.tokenizer.vocab_size) != (n_model := self.model.config.vocab_size):
-            raise Gpt2Error(f"{directory}: the tokenizer has {n_tok} tokens, the model {n_model}")
+        model, self.tokenizer = load_model(directory, self.device)
+        self.model = model.to(dtype)
         self.forward: Any = torch.compile(self.model, dynamic=True) if options.compile else self.model
         self.label = str(directory)
 

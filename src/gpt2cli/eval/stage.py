@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_bytes, read_text
 from gpt2cli.model import GPT, fast_dtype
+from gpt2cli.sample import DTYPES, load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +133,10 @@ class EvalOptions:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown --dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise UsageError(f"unknown --device {self.device!r}; choose from auto, cpu, cuda or cuda:N")
-        if self.device.startswith("cuda") and (torch.device(self.device).index or 0) >= torch.cuda.device_count():
-            raise UsageError(f"--device {self.device}: no such CUDA device on this machine")
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        resolve_device(self.device)
 
 
 SOURCES = ("auto", "local", "hub")
-DTYPES = ("auto", "float32", "bfloat16")
 # Tasks that read a file (not the corpus's held-out split), by family: how their text is shown to the model.
 _WORD_LM = ("wikitext2", "wikitext103", "ptb", "1bw")
 _CHAR_LM = ("enwik8", "text8")
@@ -539,10 +530,9 @@ def zero_shot(
         inputs.insert(0, artifact_input(store.resolve(model_ref)))
     else:
         inputs.insert(0, {"path": str(source.resolve()), "bytes": 0, "sha256": _dir_digest(source)})
-    device = options.torch_device()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype) or fast_dtype(device)
-    model = GPT.load(model_dir, map_location=device).eval()
-    tokenizer = Tokenizer.load(model_dir)
+    device = resolve_device(options.device)
+    dtype = DTYPES[options.dtype] or fast_dtype(device)
+    model, tokenizer = load_model(model_dir, device)
     if options.stride is not None and options.stride > model.config.n_ctx:
         raise UsageError(f"--stride must be at most the model's context ({model.config.n_ctx}), got {options.stride}")
     size = PAPER_SIZES.get(model.num_params())
