@@ -72,12 +72,13 @@ def test_pretrain_publishes_a_model_that_learns(home: Path):
 
 
 def test_resume_is_bit_exact(home: Path, tmp_path: Path):
+    """With dropout, so that the RNG state must be carried over exactly too."""
     straight_home = tmp_path / "straight"
     shutil.copytree(home, straight_home)
-    assert run_cli(straight_home, "pretrain", *FAST, "--max-steps", "12").returncode == 0
-    first = run_cli(home, "pretrain", *FAST, "--max-steps", "6", "--lr-decay-steps", "12")
+    assert run_cli(straight_home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "12").returncode == 0
+    first = run_cli(home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "6", "--lr-decay-steps", "12")
     assert first.returncode == 0, first.stderr
-    second = run_cli(home, "pretrain", *FAST, "--max-steps", "12", "--resume")
+    second = run_cli(home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "12", "--resume")
     assert second.returncode == 0, second.stderr
     assert "resuming from" in second.stderr
     assert losses(home, "model@v2") == losses(straight_home)  # identical, not merely close
@@ -86,7 +87,7 @@ def test_resume_is_bit_exact(home: Path, tmp_path: Path):
 def test_kill_9_mid_run_then_resume_is_bit_exact(home: Path, tmp_path: Path):
     straight_home = tmp_path / "straight"
     shutil.copytree(home, straight_home)
-    args = ["pretrain", *FAST, "--max-steps", "40"]
+    args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "40"]
     assert run_cli(straight_home, *args).returncode == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt2cli", *args],
