@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2cli.artifacts import Store
+from gpt2cli.artifacts import Store, artifact_input
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.loop import learning_rate
@@ -170,8 +170,8 @@ def test_vocabulary_mismatch_is_refused(home: Path):
             shutil.copy(tokens.file(name), draft.dir / name)
         return tokens.summary
 
-    store.produce("tokens", params={"hand-made": True}, inputs=[{"ref": "tokenizer@v2", "manifest_sha256": "x"}],
-                  build=build)  # fmt: skip
+    recorded = artifact_input(store.resolve("tokenizer@v2"))
+    store.produce("tokens", params={"hand-made": True}, inputs=[recorded], build=build)
     result = run_cli(home, "pretrain", *FAST, "--max-steps", "2")
     assert result.returncode == 1
     assert "encoded with a 400-token vocabulary but its tokenizer tokenizer@v2 has 500" in result.stderr
@@ -237,3 +237,19 @@ def test_compiled_training_matches_eager(home: Path, tmp_path: Path):
     compiled = run_cli(home, "pretrain", *FAST, "--max-steps", "3", "--compile")
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert losses(home) == pytest.approx(losses(eager_home), rel=1e-4)
+
+
+def test_tokenizer_replaced_under_the_same_name_is_refused(home: Path, gpt2):
+    """The tokens name their tokenizer by version and manifest checksum: a different tokenizer@v1 (or none)
+    must not be published with a model trained on them."""
+    manifest = home / "tokenizer" / "v1" / "manifest.json"
+    replaced = json.loads(manifest.read_text())
+    replaced["created_at"] = "2000-01-01T00:00:00Z"
+    manifest.write_text(json.dumps(replaced))
+    result = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "gpt2: error: tokens@v1 was encoded with a different tokenizer@v1" in result.err
+    shutil.rmtree(home / "tokenizer" / "v1")
+    gone = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert gone.code == 1 and "gpt2: error: tokens@v1 was encoded with tokenizer@v1, which is gone" in gone.err
+    assert not (home / "model").exists() or not list((home / "model").glob("v*"))

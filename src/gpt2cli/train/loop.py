@@ -96,10 +96,22 @@ def training_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def _tokenizer_of(store: Store, tokens: Artifact) -> Artifact:
-    refs = [i["ref"] for i in tokens.inputs if i.get("ref", "").startswith("tokenizer@")]
-    if not refs:
+    """The very tokenizer the tokens were encoded with (by manifest checksum, not just by version name: a
+    different tokenizer under the same name would publish a model with the wrong vocabulary files)."""
+    recorded = [i for i in tokens.inputs if i.get("ref", "").startswith("tokenizer@")]
+    if not recorded:
         raise Gpt2Error(f"{tokens.ref} does not record the tokenizer it was encoded with")
-    return store.resolve(refs[0])
+    ref, sha = recorded[0]["ref"], recorded[0].get("manifest_sha256")
+    try:
+        tokenizer = store.resolve(ref)
+    except UsageError:
+        raise Gpt2Error(f"{tokens.ref} was encoded with {ref}, which is gone from {store.home}") from None
+    if tokenizer.manifest_sha256 != sha:
+        raise Gpt2Error(
+            f"{tokens.ref} was encoded with a different {ref} (manifest sha256 {sha}, now "
+            f"{tokenizer.manifest_sha256}): re-tokenize with the current tokenizer"
+        )
+    return tokenizer
 
 
 class _Run:
