@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from gpt2cli.artifacts import Store, artifact_input
+from gpt2cli.bpe.shards import HEADER, TokenShard
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.loop import learning_rate
@@ -253,3 +255,35 @@ def test_tokenizer_replaced_under_the_same_name_is_refused(home: Path, gpt2):
     gone = gpt2("pretrain", *FAST, "--max-steps", "2")
     assert gone.code == 1 and "gpt2: error: tokens@v1 was encoded with tokenizer@v1, which is gone" in gone.err
     assert not (home / "model").exists() or not list((home / "model").glob("v*"))
+
+
+def test_truncated_checkpoint_falls_back(home: Path, gpt2):
+    """A damaged newest checkpoint is skipped for the one before it (same losses, dropout included); with
+    none readable, one line."""
+    args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "10"]
+    assert run_cli(home, *args).returncode == 0
+    straight = losses(home)
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    state = run_dir / "step-00000010" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    again = run_cli(home, *args, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "step-00000010/state.pt is unreadable" in again.stderr and "(step 5)" in again.stderr
+    assert losses(home, "model@v2") == straight
+    for step in ("step-00000005", "step-00000010"):
+        (run_dir / step / "state.pt").write_bytes(b"not a checkpoint")
+    result = gpt2(*args, "--force")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "gpt2: error: no checkpoint of this run" in result.err and "--restart" in result.err
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(home: Path, gpt2):
+    train = Store(home).resolve("tokens").file("train.bin")
+    shard = TokenShard.open(train)
+    tokens = np.memmap(train, dtype=shard.dtype, mode="r+", offset=HEADER.size, shape=(shard.count,))
+    tokens[1234] = 450  # the vocabulary has 400 tokens
+    tokens.flush()
+    del tokens
+    result = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert f"gpt2: error: {train}: token 1234 is id 450, outside the vocabulary of 400 tokens" in result.err

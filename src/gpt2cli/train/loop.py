@@ -28,9 +28,15 @@ from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, Terminated, UsageError
 from gpt2cli.model import GPT, GPTConfig, config_for, fast_dtype
 from gpt2cli.train import distributed
-from gpt2cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gpt2cli.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    usable_checkpoints,
+)
 from gpt2cli.train.config import TrainConfig
-from gpt2cli.train.data import Batches
+from gpt2cli.train.data import Batches, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +256,8 @@ def pretrain(
 
 def _train(run: _Run, resume: str) -> GPT:
     cfg, ctx = run.cfg, run.ctx
+    for shard in filter(None, (run.train_shard, run.val_shard)):
+        check_token_ids(shard, run.tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
     model = GPT(run.model_config).to(ctx.device)
     trained: torch.nn.Module = _wrap_distributed(model, run) if ctx.world > 1 else model
@@ -363,15 +371,27 @@ def _stop_requested(run: _Run) -> bool:
 
 
 def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
-    found = None
+    """Load the newest readable checkpoint; a damaged one (a truncated file) is skipped with a warning."""
+    candidates: list[Path] = []
     if run.ctx.is_main and resume != "never":
-        found = latest_checkpoint(run.run_dir, run.cfg.max_steps)
-    found = distributed.broadcast_object(found, run.ctx)  # type: ignore[assignment]
-    if found is None:
+        candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
+    candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
+    if not candidates:
         if resume == "require":
             raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
         return 0
-    state = load_checkpoint(found, run.ctx.device)
+    state = None
+    for found in candidates:
+        try:
+            state = load_checkpoint(found, run.ctx.device)
+            break
+        except CheckpointError as e:
+            log.warning("%s: skipping it", e)
+    if state is None:
+        raise Gpt2Error(
+            f"no checkpoint of this run in {run.run_dir} is readable (newest: {candidates[0].name}); "
+            "--restart trains from step 0"
+        )
     if run.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
