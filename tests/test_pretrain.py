@@ -257,9 +257,9 @@ def test_tokenizer_replaced_under_the_same_name_is_refused(home: Path, gpt2):
     assert not (home / "model").exists() or not list((home / "model").glob("v*"))
 
 
-def test_truncated_checkpoint_falls_back(home: Path, gpt2):
-    """A damaged newest checkpoint is skipped for the one before it (same losses, dropout included); with
-    none readable, one line."""
+def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path, gpt2):
+    """A damaged newest checkpoint is skipped for the one before it (same losses, dropout included), and the
+    run directory's metrics.jsonl does not repeat the steps trained again; with none readable, one line."""
     args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "10"]
     assert run_cli(home, *args).returncode == 0
     straight = losses(home)
@@ -270,6 +270,9 @@ def test_truncated_checkpoint_falls_back(home: Path, gpt2):
     assert again.returncode == 0, again.stderr
     assert "step-00000010/state.pt is unreadable" in again.stderr and "(step 5)" in again.stderr
     assert losses(home, "model@v2") == straight
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["loss"] for r in rows] == straight
     for step in ("step-00000005", "step-00000010"):
         (run_dir / step / "state.pt").write_bytes(b"not a checkpoint")
     result = gpt2(*args, "--force")

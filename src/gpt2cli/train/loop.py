@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock, write_atomic
 from gpt2cli.bpe.shards import TokenShard
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
@@ -263,6 +263,8 @@ def _train(run: _Run, resume: str) -> GPT:
     trained: torch.nn.Module = _wrap_distributed(model, run) if ctx.world > 1 else model
     optimizer = make_optimizer(model, cfg, ctx.device)
     start = _restore(run, model, optimizer, resume)
+    if ctx.is_main:
+        _restart_metrics(run)
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     batches = Batches(run.train_shard, run.seq_len, cfg.micro_batch, cfg.seed)
@@ -275,7 +277,7 @@ def _train(run: _Run, resume: str) -> GPT:
         cfg.model_size, f"{n_params:,}", ctx.device.type, ctx.world, run.dtype, tokens_per_step,
         cfg.micro_batch, run.seq_len, run.accum, start + 1, cfg.max_steps,
     )  # fmt: skip
-    writer = _tensorboard(run) if ctx.is_main else None
+    writer = _tensorboard(run, start) if ctx.is_main else None
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     try:
         with progress("pretraining", total=cfg.max_steps - start, unit="steps") as bar:
@@ -442,12 +444,21 @@ def _full_state(
     return get_state_dict(model, optimizer, options=options)
 
 
-def _tensorboard(run: _Run) -> Any:
+def _tensorboard(run: _Run, start: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run.run_dir / "tensorboard"))
+    # events after the step training continues from were written by a run that was cut short: TensorBoard drops them
+    return SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=start + 1)
+
+
+def _restart_metrics(run: _Run) -> None:
+    """The run directory's metrics.jsonl holds the rows of the restored history only: a run killed after its
+    last checkpoint had written rows that the resumed run writes again."""
+    path = run.run_dir / "metrics.jsonl"
+    if path.exists():
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in run.history).encode())
 
 
 def _fmt(value: float | None) -> str:
