@@ -6,6 +6,8 @@ The paper gives no optimizer settings; the defaults are nanoGPT's GPT-2 reproduc
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -61,15 +63,41 @@ class TrainConfig:
         return {k: v for k, v in asdict(self.resolved()).items() if k not in bookkeeping}
 
     def validate(self) -> None:
-        positive = ["micro_batch", "global_batch_tokens", "max_steps", "eval_every", "eval_batches",
-                    "checkpoint_every", "keep_checkpoints", "log_every"]  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or not 0 <= self.dropout < 1 or self.learning_rate <= 0:
-            raise UsageError("warmup-steps must be >= 0, dropout in [0, 1) and learning-rate > 0")
+        """Reject values that would otherwise crash deep inside training or silently mean something else."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{_flag(f.name)} must be a finite number, got {value}")
+        at_least = {"micro_batch": 1, "global_batch_tokens": 1, "max_steps": 1, "eval_every": 1, "eval_batches": 1,
+                    "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "warmup_steps": 0,
+                    "sample_tokens": 0, "seed": 0}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise UsageError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}")
+        for name in ("n_ctx", "seq_len", "lr_decay_steps"):  # None means the default; 0 must not mean it too
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.seed >= 2**63:
+            raise UsageError(f"seed must be below 2**63, got {self.seed}")
+        if self.learning_rate <= 0:
+            raise UsageError(f"learning-rate must be > 0, got {self.learning_rate}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise UsageError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not _DEVICE.match(self.device):
+            raise UsageError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def load_config(toml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
