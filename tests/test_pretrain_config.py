@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from gpt2cli.train.config import TrainConfig
+
+SAMPLE_RUN_CONFIG = Path(__file__).parent.parent / "data" / "sample" / "run.toml"
+
+
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """The settings `gpt2 pretrain` would train with (training itself is replaced by recording them)."""
+    seen: list[TrainConfig] = []
+
+    def record(store: Any, *, cfg: TrainConfig, **_: Any) -> None:
+        seen.append(cfg)
+
+    monkeypatch.setattr("gpt2cli.train.loop.pretrain", record)
+    return seen
 
 
 def one_line_usage_error(result: Any, *words: str) -> None:
@@ -41,3 +58,35 @@ def test_bad_values_are_one_line_usage_errors(gpt2, flags: list[str]):
 def test_a_missing_cuda_is_a_usage_error(gpt2, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     one_line_usage_error(gpt2("pretrain", "--device", "cuda"), "no CUDA device")
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('seq_len = "64"', "seq_len"),
+        ("pretrain = 5", "pretrain"),
+        ('compile = "yes"', "compile"),
+        ('compile = "no"', "compile"),
+        ("warmup_steps = true", "warmup_steps"),
+        ("micro_batch = 4.5", "micro_batch"),
+        ("[pretrain]\nmodel_size = 4", "model_size"),
+        ("max_steps = 3\n[pretrain]\nseed = 7", "max_steps"),  # a top-level key beside [pretrain]
+        ("dedupe = 3\n[pretrain]\nseed = 7", "dedupe"),  # a command's name, but not a table
+        ("[pretrain]\nseed = 7\n[bogus]\nx = 1", "bogus"),
+    ],
+)
+def test_bad_config_files_are_one_line_usage_errors(gpt2, trained, tmp_path: Path, toml: str, named: str):
+    path = tmp_path / "cfg.toml"
+    path.write_text(toml + "\n")
+    one_line_usage_error(gpt2("pretrain", "--config", str(path)), str(path), named)
+    assert trained == []
+
+
+def test_config_files_are_typed_and_may_be_a_whole_run_config(gpt2, trained, tmp_path: Path):
+    path = tmp_path / "cfg.toml"
+    path.write_text("learning_rate = 1\ncompile = true\nn_ctx = 64\n")
+    assert gpt2("pretrain", "--config", str(path)).code == 0
+    assert trained[-1].learning_rate == 1.0 and isinstance(trained[-1].learning_rate, float)
+    assert trained[-1].compile is True and trained[-1].n_ctx == 64
+    assert gpt2("pretrain", "--config", str(SAMPLE_RUN_CONFIG)).code == 0  # its other tables are other commands'
+    assert trained[-1].model_size == "mini" and trained[-1].max_steps == 300

@@ -416,7 +416,11 @@ def pretrain_command(
         raise typer.BadParameter("--resume and --restart exclude each other")
     opts = settings(ctx, home, as_json)
     flags = dict(locals())
-    cfg = load_config(config, {k: flags[k] for k in _PRETRAIN_FLAGS})
+    cfg = load_config(
+        config,
+        {k: flags[k] for k in _PRETRAIN_FLAGS},
+        commands=set(ctx.find_root().command.commands),  # type: ignore[attr-defined]
+    )
     mode = "require" if resume else "never" if restart else "auto"
     result = pretrain(Store(opts.home), tokens_ref=tokens, cfg=cfg, resume=mode, force=force, wait=wait)
     if result is not None:

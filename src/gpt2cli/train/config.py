@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from gpt2cli.errors import UsageError
 
@@ -100,24 +101,65 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def load_config(toml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < the TOML file (a [pretrain] table, or top-level keys) < flags that were given."""
+def load_config(
+    toml_path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    commands: Collection[str] = (),
+) -> TrainConfig:
+    """Defaults < the TOML file < flags that were given.
+
+    The file holds settings at the top level, or in a [pretrain] table; then it may be a whole run config
+    whose other tables are those of ``commands`` (ignored here), and anything else is an error, not a setting
+    silently dropped.
+    """
     values: dict[str, Any] = {}
-    known = {f.name for f in fields(TrainConfig)}
     if toml_path is not None:
-        try:
-            raw = tomllib.loads(Path(toml_path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UsageError(f"cannot read config {toml_path}: {e}") from None
-        table = raw.get("pretrain", raw)
-        unknown = sorted(set(k.replace("-", "_") for k in table) - known)
-        if unknown:
-            raise UsageError(f"{toml_path}: unknown settings {', '.join(unknown)}")
-        values.update({k.replace("-", "_"): v for k, v in table.items()})
+        values.update(_read_table(Path(toml_path), commands))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = TrainConfig(**values)
-    except TypeError as e:
-        raise UsageError(f"bad pretrain settings: {e}") from None
+    config = TrainConfig(**values)
     config.validate()
     return config
+
+
+def _read_table(path: Path, commands: Collection[str]) -> dict[str, Any]:
+    """The settings of a --config file, each checked against the type of its TrainConfig field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read config {path}: {e}") from None
+    table = raw
+    if "pretrain" in raw:
+        table = raw["pretrain"]
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: pretrain must be a table of settings, got {table!r}")
+        stray = sorted(k for k, v in raw.items() if k != "pretrain" and not (k in commands and isinstance(v, dict)))
+        if stray:
+            raise UsageError(f"{path}: {', '.join(stray)} outside the [pretrain] table (not a command's table)")
+    types = get_type_hints(TrainConfig)
+    unknown = sorted({k.replace("-", "_") for k in table} - set(types))
+    if unknown:
+        raise UsageError(f"{path}: unknown settings {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        values[name] = _typed(value, types[name], f"{path}: {key}")
+    return values
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if TOML gave it the field's type (a float field takes an integer too), else a usage error."""
+    allowed = set(get_args(hint)) - {type(None)} or {hint}
+    if bool in allowed:
+        ok = isinstance(value, bool)
+    elif int in allowed:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif float in allowed:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = " or ".join(sorted(t.__name__ for t in allowed))
+        raise UsageError(f"{where} must be of type {expected}, got {value!r}")
+    return value
