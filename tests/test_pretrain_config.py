@@ -90,3 +90,16 @@ def test_config_files_are_typed_and_may_be_a_whole_run_config(gpt2, trained, tmp
     assert trained[-1].compile is True and trained[-1].n_ctx == 64
     assert gpt2("pretrain", "--config", str(SAMPLE_RUN_CONFIG)).code == 0  # its other tables are other commands'
     assert trained[-1].model_size == "mini" and trained[-1].max_steps == 300
+
+
+def test_precedence_flags_then_config_then_run_config(gpt2, trained, tmp_path: Path):
+    run_config, config = tmp_path / "rc.toml", tmp_path / "cfg.toml"
+    run_config.write_text('[pretrain]\nmodel_size = "mini"\nseq_len = 64\nmax_steps = 9\n')
+    config.write_text('model_size = "tiny"\nmax_steps = 5\n')
+    assert gpt2("--run-config", str(run_config), "pretrain").code == 0
+    assert (trained[-1].model_size, trained[-1].seq_len, trained[-1].max_steps) == ("mini", 64, 9)
+    assert gpt2("--run-config", str(run_config), "pretrain", "--config", str(config)).code == 0
+    assert (trained[-1].model_size, trained[-1].seq_len, trained[-1].max_steps) == ("tiny", 64, 5)
+    result = gpt2("--run-config", str(run_config), "pretrain", "--config", str(config), "--max-steps", "2")
+    assert result.code == 0
+    assert (trained[-1].model_size, trained[-1].seq_len, trained[-1].max_steps) == ("tiny", 64, 2)

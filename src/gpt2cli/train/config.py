@@ -105,15 +105,16 @@ def load_config(
     toml_path: Path | None,
     overrides: dict[str, Any],
     *,
+    defaults: dict[str, Any] | None = None,
     commands: Collection[str] = (),
 ) -> TrainConfig:
-    """Defaults < the TOML file < flags that were given.
+    """Defaults < ``defaults`` (the run config's [pretrain] table) < the TOML file < flags that were given.
 
     The file holds settings at the top level, or in a [pretrain] table; then it may be a whole run config
     whose other tables are those of ``commands`` (ignored here), and anything else is an error, not a setting
     silently dropped.
     """
-    values: dict[str, Any] = {}
+    values = {k: v for k, v in (defaults or {}).items() if v is not None}
     if toml_path is not None:
         values.update(_read_table(Path(toml_path), commands))
     values.update({k: v for k, v in overrides.items() if v is not None})
