@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from gpt2cli.artifacts import Store
+from gpt2cli.artifacts import Store, artifact_input
+from gpt2cli.bpe.shards import HEADER, TokenShard
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.loop import learning_rate
@@ -72,12 +74,13 @@ def test_pretrain_publishes_a_model_that_learns(home: Path):
 
 
 def test_resume_is_bit_exact(home: Path, tmp_path: Path):
+    """With dropout, so that the RNG state must be carried over exactly too."""
     straight_home = tmp_path / "straight"
     shutil.copytree(home, straight_home)
-    assert run_cli(straight_home, "pretrain", *FAST, "--max-steps", "12").returncode == 0
-    first = run_cli(home, "pretrain", *FAST, "--max-steps", "6", "--lr-decay-steps", "12")
+    assert run_cli(straight_home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "12").returncode == 0
+    first = run_cli(home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "6", "--lr-decay-steps", "12")
     assert first.returncode == 0, first.stderr
-    second = run_cli(home, "pretrain", *FAST, "--max-steps", "12", "--resume")
+    second = run_cli(home, "pretrain", *FAST, "--dropout", "0.1", "--max-steps", "12", "--resume")
     assert second.returncode == 0, second.stderr
     assert "resuming from" in second.stderr
     assert losses(home, "model@v2") == losses(straight_home)  # identical, not merely close
@@ -86,7 +89,7 @@ def test_resume_is_bit_exact(home: Path, tmp_path: Path):
 def test_kill_9_mid_run_then_resume_is_bit_exact(home: Path, tmp_path: Path):
     straight_home = tmp_path / "straight"
     shutil.copytree(home, straight_home)
-    args = ["pretrain", *FAST, "--max-steps", "40"]
+    args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "40"]
     assert run_cli(straight_home, *args).returncode == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt2cli", *args],
@@ -169,8 +172,8 @@ def test_vocabulary_mismatch_is_refused(home: Path):
             shutil.copy(tokens.file(name), draft.dir / name)
         return tokens.summary
 
-    store.produce("tokens", params={"hand-made": True}, inputs=[{"ref": "tokenizer@v2", "manifest_sha256": "x"}],
-                  build=build)  # fmt: skip
+    recorded = artifact_input(store.resolve("tokenizer@v2"))
+    store.produce("tokens", params={"hand-made": True}, inputs=[recorded], build=build)
     result = run_cli(home, "pretrain", *FAST, "--max-steps", "2")
     assert result.returncode == 1
     assert "encoded with a 400-token vocabulary but its tokenizer tokenizer@v2 has 500" in result.stderr
@@ -236,3 +239,54 @@ def test_compiled_training_matches_eager(home: Path, tmp_path: Path):
     compiled = run_cli(home, "pretrain", *FAST, "--max-steps", "3", "--compile")
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert losses(home) == pytest.approx(losses(eager_home), rel=1e-4)
+
+
+def test_tokenizer_replaced_under_the_same_name_is_refused(home: Path, gpt2):
+    """The tokens name their tokenizer by version and manifest checksum: a different tokenizer@v1 (or none)
+    must not be published with a model trained on them."""
+    manifest = home / "tokenizer" / "v1" / "manifest.json"
+    replaced = json.loads(manifest.read_text())
+    replaced["created_at"] = "2000-01-01T00:00:00Z"
+    manifest.write_text(json.dumps(replaced))
+    result = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "gpt2: error: tokens@v1 was encoded with a different tokenizer@v1" in result.err
+    shutil.rmtree(home / "tokenizer" / "v1")
+    gone = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert gone.code == 1 and "gpt2: error: tokens@v1 was encoded with tokenizer@v1, which is gone" in gone.err
+    assert not (home / "model").exists() or not list((home / "model").glob("v*"))
+
+
+def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path, gpt2):
+    """A damaged newest checkpoint is skipped for the one before it (same losses, dropout included), and the
+    run directory's metrics.jsonl does not repeat the steps trained again; with none readable, one line."""
+    args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "10"]
+    assert run_cli(home, *args).returncode == 0
+    straight = losses(home)
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    state = run_dir / "step-00000010" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    again = run_cli(home, *args, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "step-00000010/state.pt is unreadable" in again.stderr and "(step 5)" in again.stderr
+    assert losses(home, "model@v2") == straight
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["loss"] for r in rows] == straight
+    for step in ("step-00000005", "step-00000010"):
+        (run_dir / step / "state.pt").write_bytes(b"not a checkpoint")
+    result = gpt2(*args, "--force")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "gpt2: error: no checkpoint of this run" in result.err and "--restart" in result.err
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(home: Path, gpt2):
+    train = Store(home).resolve("tokens").file("train.bin")
+    shard = TokenShard.open(train)
+    tokens = np.memmap(train, dtype=shard.dtype, mode="r+", offset=HEADER.size, shape=(shard.count,))
+    tokens[1234] = 450  # the vocabulary has 400 tokens
+    tokens.flush()
+    del tokens
+    result = gpt2("pretrain", *FAST, "--max-steps", "2")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert f"gpt2: error: {train}: token 1234 is id 450, outside the vocabulary of 400 tokens" in result.err

@@ -424,7 +424,15 @@ def pretrain_command(
         raise typer.BadParameter("--resume and --restart exclude each other")
     opts = settings(ctx, home, as_json)
     flags = dict(locals())
-    cfg = load_config(config, {k: flags[k] for k in _PRETRAIN_FLAGS})
+    # the run config's [pretrain] table arrives as option defaults, but ranks below an explicit --config file
+    # (compared by name: typer bundles its own click, whose ParameterSource is not click's)
+    from_run_config = {k for k in _PRETRAIN_FLAGS if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT_MAP"}
+    cfg = load_config(
+        config,
+        {k: flags[k] for k in _PRETRAIN_FLAGS if k not in from_run_config},
+        defaults={k: flags[k] for k in from_run_config},
+        commands=set(ctx.find_root().command.commands),  # type: ignore[attr-defined]
+    )
     mode = "require" if resume else "never" if restart else "auto"
     result = pretrain(Store(opts.home), tokens_ref=tokens, cfg=cfg, resume=mode, force=force, wait=wait)
     if result is not None:

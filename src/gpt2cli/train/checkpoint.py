@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from gpt2cli.errors import Gpt2Error
+
 _STEP = re.compile(r"^step-(\d{8})$")
 STATE = "state.pt"
 
@@ -50,10 +52,29 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if _STEP.match(p.name) and (p / STATE).is_file())
 
 
+def usable_checkpoints(run_dir: Path, max_step: int) -> list[Path]:
+    """Checkpoints at or before ``max_step``, newest first."""
+    return [p for p in reversed(checkpoints(run_dir)) if int(p.name[5:]) <= max_step]
+
+
 def latest_checkpoint(run_dir: Path, max_step: int) -> Path | None:
-    usable = [p for p in checkpoints(run_dir) if int(p.name[5:]) <= max_step]
-    return usable[-1] if usable else None
+    usable = usable_checkpoints(run_dir, max_step)
+    return usable[0] if usable else None
+
+
+class CheckpointError(Gpt2Error):
+    """A checkpoint that cannot be read back: truncated, corrupted, or not one of ours."""
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    return torch.load(path / STATE, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path / STATE, map_location=device, weights_only=True)
+    except Exception as e:  # a damaged file fails in many ways (zip, pickle, storage errors); all mean unreadable
+        first_line = next(iter(str(e).splitlines()), "")
+        raise CheckpointError(f"{path / STATE} is unreadable ({type(e).__name__}: {first_line})") from None
+    if not isinstance(state, dict) or not _KEYS <= state.keys():
+        raise CheckpointError(f"{path / STATE} is not a complete training checkpoint")
+    return state
+
+
+_KEYS = {"step", "model", "optimizer", "rng", "history"}

@@ -6,10 +6,13 @@ The paper gives no optimizer settings; the defaults are nanoGPT's GPT-2 reproduc
 
 from __future__ import annotations
 
+import math
+import re
 import sys
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from gpt2cli.errors import UsageError
 
@@ -61,35 +64,103 @@ class TrainConfig:
         return {k: v for k, v in asdict(self.resolved()).items() if k not in bookkeeping}
 
     def validate(self) -> None:
-        positive = ["micro_batch", "global_batch_tokens", "max_steps", "eval_every", "eval_batches",
-                    "checkpoint_every", "keep_checkpoints", "log_every"]  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or not 0 <= self.dropout < 1 or self.learning_rate <= 0:
-            raise UsageError("warmup-steps must be >= 0, dropout in [0, 1) and learning-rate > 0")
+        """Reject values that would otherwise crash deep inside training or silently mean something else."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{_flag(f.name)} must be a finite number, got {value}")
+        at_least = {"micro_batch": 1, "global_batch_tokens": 1, "max_steps": 1, "eval_every": 1, "eval_batches": 1,
+                    "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "warmup_steps": 0,
+                    "sample_tokens": 0, "seed": 0}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise UsageError(f"{_flag(name)} must be at least {low}, got {getattr(self, name)}")
+        for name in ("n_ctx", "seq_len", "lr_decay_steps"):  # None means the default; 0 must not mean it too
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.seed >= 2**63:
+            raise UsageError(f"seed must be below 2**63, got {self.seed}")
+        if self.learning_rate <= 0:
+            raise UsageError(f"learning-rate must be > 0, got {self.learning_rate}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise UsageError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not _DEVICE.match(self.device):
+            raise UsageError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
 
 
-def load_config(toml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < the TOML file (a [pretrain] table, or top-level keys) < flags that were given."""
-    values: dict[str, Any] = {}
-    known = {f.name for f in fields(TrainConfig)}
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def load_config(
+    toml_path: Path | None,
+    overrides: dict[str, Any],
+    *,
+    defaults: dict[str, Any] | None = None,
+    commands: Collection[str] = (),
+) -> TrainConfig:
+    """Defaults < ``defaults`` (the run config's [pretrain] table) < the TOML file < flags that were given.
+
+    The file holds settings at the top level, or in a [pretrain] table; then it may be a whole run config
+    whose other tables are those of ``commands`` (ignored here), and anything else is an error, not a setting
+    silently dropped.
+    """
+    values = {k: v for k, v in (defaults or {}).items() if v is not None}
     if toml_path is not None:
-        try:
-            raw = tomllib.loads(Path(toml_path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UsageError(f"cannot read config {toml_path}: {e}") from None
-        table = raw.get("pretrain", raw)
-        unknown = sorted(set(k.replace("-", "_") for k in table) - known)
-        if unknown:
-            raise UsageError(f"{toml_path}: unknown settings {', '.join(unknown)}")
-        values.update({k.replace("-", "_"): v for k, v in table.items()})
+        values.update(_read_table(Path(toml_path), commands))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = TrainConfig(**values)
-    except TypeError as e:
-        raise UsageError(f"bad pretrain settings: {e}") from None
+    config = TrainConfig(**values)
     config.validate()
     return config
+
+
+def _read_table(path: Path, commands: Collection[str]) -> dict[str, Any]:
+    """The settings of a --config file, each checked against the type of its TrainConfig field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read config {path}: {e}") from None
+    table = raw
+    if "pretrain" in raw:
+        table = raw["pretrain"]
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: pretrain must be a table of settings, got {table!r}")
+        stray = sorted(k for k, v in raw.items() if k != "pretrain" and not (k in commands and isinstance(v, dict)))
+        if stray:
+            raise UsageError(f"{path}: {', '.join(stray)} outside the [pretrain] table (not a command's table)")
+    types = get_type_hints(TrainConfig)
+    unknown = sorted({k.replace("-", "_") for k in table} - set(types))
+    if unknown:
+        raise UsageError(f"{path}: unknown settings {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        values[name] = _typed(value, types[name], f"{path}: {key}")
+    return values
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if TOML gave it the field's type (a float field takes an integer too), else a usage error."""
+    allowed = set(get_args(hint)) - {type(None)} or {hint}
+    if bool in allowed:
+        ok = isinstance(value, bool)
+    elif int in allowed:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif float in allowed:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = " or ".join(sorted(t.__name__ for t in allowed))
+        raise UsageError(f"{where} must be of type {expected}, got {value!r}")
+    return value

@@ -17,6 +17,19 @@ from gpt2cli.bpe.shards import TokenShard
 from gpt2cli.errors import Gpt2Error
 
 
+def check_token_ids(shard: TokenShard, vocab_size: int, chunk: int = 1 << 24) -> None:
+    """Fail on a token id outside the vocabulary before training: the embedding lookup would crash on it
+    (or, with a vocabulary padded for speed, silently train on a padding row). One pass over the shard."""
+    tokens = shard.tokens()
+    for start in range(0, shard.count, chunk):
+        block = np.asarray(tokens[start : start + chunk])
+        if int(block.max()) >= vocab_size:
+            at = int(np.argmax(block >= vocab_size))
+            raise Gpt2Error(
+                f"{shard.path}: token {start + at} is id {block[at]}, outside the vocabulary of {vocab_size} tokens"
+            )
+
+
 @dataclass
 class Batches:
     shard: TokenShard

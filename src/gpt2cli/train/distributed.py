@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gpt2cli.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -22,11 +24,22 @@ class Context:
 
 
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """The device to train on; one this machine lacks is a usage error, not a crash at the first tensor."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(preference)
+    try:
+        device = torch.device("cuda", local_rank) if preference == "cuda" else torch.device(preference)
+    except RuntimeError:
+        raise UsageError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {preference}: no CUDA device is available to this PyTorch ({torch.__version__})")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("device mps: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {preference}: pretrain runs on cpu, cuda or mps")
+    return device
 
 
 def setup(device_preference: str) -> Context:

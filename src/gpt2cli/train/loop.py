@@ -21,16 +21,22 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock, write_atomic
 from gpt2cli.bpe.shards import TokenShard
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, Terminated, UsageError
 from gpt2cli.model import GPT, GPTConfig, config_for, fast_dtype
 from gpt2cli.train import distributed
-from gpt2cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gpt2cli.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    usable_checkpoints,
+)
 from gpt2cli.train.config import TrainConfig
-from gpt2cli.train.data import Batches
+from gpt2cli.train.data import Batches, check_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
             if key in name:
                 return value
     n = 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(0)  # the global RNG drives dropout: leave it alone
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
     a @ b  # warm up
     start, reps = time.perf_counter(), 0
     while time.perf_counter() - start < 0.2:
@@ -95,10 +102,22 @@ def training_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def _tokenizer_of(store: Store, tokens: Artifact) -> Artifact:
-    refs = [i["ref"] for i in tokens.inputs if i.get("ref", "").startswith("tokenizer@")]
-    if not refs:
+    """The very tokenizer the tokens were encoded with (by manifest checksum, not just by version name: a
+    different tokenizer under the same name would publish a model with the wrong vocabulary files)."""
+    recorded = [i for i in tokens.inputs if i.get("ref", "").startswith("tokenizer@")]
+    if not recorded:
         raise Gpt2Error(f"{tokens.ref} does not record the tokenizer it was encoded with")
-    return store.resolve(refs[0])
+    ref, sha = recorded[0]["ref"], recorded[0].get("manifest_sha256")
+    try:
+        tokenizer = store.resolve(ref)
+    except UsageError:
+        raise Gpt2Error(f"{tokens.ref} was encoded with {ref}, which is gone from {store.home}") from None
+    if tokenizer.manifest_sha256 != sha:
+        raise Gpt2Error(
+            f"{tokens.ref} was encoded with a different {ref} (manifest sha256 {sha}, now "
+            f"{tokenizer.manifest_sha256}): re-tokenize with the current tokenizer"
+        )
+    return tokenizer
 
 
 class _Run:
@@ -237,11 +256,15 @@ def pretrain(
 
 def _train(run: _Run, resume: str) -> GPT:
     cfg, ctx = run.cfg, run.ctx
+    for shard in filter(None, (run.train_shard, run.val_shard)):
+        check_token_ids(shard, run.tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
     model = GPT(run.model_config).to(ctx.device)
     trained: torch.nn.Module = _wrap_distributed(model, run) if ctx.world > 1 else model
     optimizer = make_optimizer(model, cfg, ctx.device)
     start = _restore(run, model, optimizer, resume)
+    if ctx.is_main:
+        _restart_metrics(run)
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     batches = Batches(run.train_shard, run.seq_len, cfg.micro_batch, cfg.seed)
@@ -254,7 +277,7 @@ def _train(run: _Run, resume: str) -> GPT:
         cfg.model_size, f"{n_params:,}", ctx.device.type, ctx.world, run.dtype, tokens_per_step,
         cfg.micro_batch, run.seq_len, run.accum, start + 1, cfg.max_steps,
     )  # fmt: skip
-    writer = _tensorboard(run) if ctx.is_main else None
+    writer = _tensorboard(run, start) if ctx.is_main else None
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     try:
         with progress("pretraining", total=cfg.max_steps - start, unit="steps") as bar:
@@ -350,15 +373,27 @@ def _stop_requested(run: _Run) -> bool:
 
 
 def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
-    found = None
+    """Load the newest readable checkpoint; a damaged one (a truncated file) is skipped with a warning."""
+    candidates: list[Path] = []
     if run.ctx.is_main and resume != "never":
-        found = latest_checkpoint(run.run_dir, run.cfg.max_steps)
-    found = distributed.broadcast_object(found, run.ctx)  # type: ignore[assignment]
-    if found is None:
+        candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
+    candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
+    if not candidates:
         if resume == "require":
             raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
         return 0
-    state = load_checkpoint(found, run.ctx.device)
+    state = None
+    for found in candidates:
+        try:
+            state = load_checkpoint(found, run.ctx.device)
+            break
+        except CheckpointError as e:
+            log.warning("%s: skipping it", e)
+    if state is None:
+        raise Gpt2Error(
+            f"no checkpoint of this run in {run.run_dir} is readable (newest: {candidates[0].name}); "
+            "--restart trains from step 0"
+        )
     if run.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -409,12 +444,21 @@ def _full_state(
     return get_state_dict(model, optimizer, options=options)
 
 
-def _tensorboard(run: _Run) -> Any:
+def _tensorboard(run: _Run, start: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run.run_dir / "tensorboard"))
+    # events after the step training continues from were written by a run that was cut short: TensorBoard drops them
+    return SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=start + 1)
+
+
+def _restart_metrics(run: _Run) -> None:
+    """The run directory's metrics.jsonl holds the rows of the restored history only: a run killed after its
+    last checkpoint had written rows that the resumed run writes again."""
+    path = run.run_dir / "metrics.jsonl"
+    if path.exists():
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in run.history).encode())
 
 
 def _fmt(value: float | None) -> str:
