@@ -376,7 +376,12 @@ def tokenize_command(
 def pretrain_command(
     ctx: typer.Context,
     tokens: Annotated[str, _opt("Tokens artifact to train on \\[default: the latest].")] = "tokens",
-    config: Annotated[Optional[Path], typer.Option(help="TOML file of settings ([pretrain] table); flags win.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="TOML file of settings (its \\[pretrain] table, or top-level keys); flags win, the run config yields."
+        ),
+    ] = None,
     model_size: Annotated[
         Optional[str], _opt("tiny, mini, small, 124M, 355M, 774M, 1558M (or 117M ... 1542M).")
     ] = None,

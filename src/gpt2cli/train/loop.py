@@ -232,9 +232,7 @@ def pretrain(
     if cfg.fsdp and ctx.world == 1:
         log.warning("--fsdp needs several processes (torchrun); training unsharded")
     try:
-        tokens = store.resolve(tokens_ref)
-        if tokens.kind != "tokens":
-            raise UsageError(f"{tokens.ref} is a {tokens.kind} artifact; pretrain reads a tokens artifact")
+        tokens = store.resolve(tokens_ref, "tokens", option="--tokens")
         run = _Run(store, tokens, cfg.resolved(), ctx)
         params = {**asdict(run.cfg), "seq_len": run.seq_len, "model": asdict(run.model_config)}
         inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
