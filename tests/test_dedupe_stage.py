@@ -294,8 +294,8 @@ def test_overlap_files_are_checked_before_the_work(gpt2, home: Path, tmp_path: P
 @pytest.mark.parametrize(
     "option",
     [("--threshold", "0"), ("--threshold", "1.5"), ("--threshold", "nan"), ("--num-perm", "0"),
-     ("--language", "xx"), ("--val-fraction", "2"), ("--val-fraction", "-1"), ("--min-words", "-5"),
-     ("--workers", "-1"), ("--drop-overlap", "1.5")],
+     ("--num-perm", "100000"), ("--language", "xx"), ("--val-fraction", "2"), ("--val-fraction", "-1"),
+     ("--min-words", "-5"), ("--workers", "-1"), ("--drop-overlap", "1.5")],
 )  # fmt: skip
 def test_bad_option_values_are_usage_errors(gpt2, tmp_path: Path, option: tuple[str, str]):
     docs = tmp_path / "docs.jsonl"

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -188,60 +189,51 @@ def test_pending_rows_of_another_run_do_not_starve_new_links(home: Path, tmp_pat
         site.close()
 
 
-def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Path, tmp_path: Path):
-    """--replay marks what its archive lacks as not archived: a statement on the archive, not on the web."""
-    site = _Site(pages=3, delay=0)
-    try:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
-        replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(WARC), "--json")
-        assert replayed.returncode == 1 and "no document was extracted" in replayed.stderr
-        assert "3 links kept; 0 fetched; 3 failed (not_archived 3); 0 pending" in replayed.stderr
-        live = run_cli(home, "scrape-reddit", "--urls", str(urls), "--allow-private-network", "--per-host-interval",
-                       "0", "--json")  # fmt: skip
-        assert live.returncode == 0, live.stderr
-        summary = json.loads(live.stdout)["summary"]
-        assert summary["fetched"] == 3 and summary["frontier_failed"] == 0 and len(rows(home)) == 3
-    finally:
-        site.close()
-
-
 LIVE = ("--allow-private-network", "--per-host-interval", "0", "--json")
 
 
-def test_pages_a_replay_supplied_are_in_a_later_live_crawl(home: Path, tmp_path: Path):
+@pytest.fixture
+def three_pages(tmp_path: Path) -> Iterator[Path]:
+    """A URL list of three pages served on 127.0.0.1."""
+    site = _Site(pages=3, delay=0)
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
+    yield urls
+    site.close()
+
+
+def test_links_missing_from_a_replay_are_fetched_by_a_later_live_crawl(home: Path, three_pages: Path):
+    """--replay marks what its archive lacks as not archived: a statement on the archive, not on the web."""
+    replayed = run_cli(home, "scrape-reddit", "--urls", str(three_pages), "--replay", str(WARC), "--json")
+    assert replayed.returncode == 1 and "no document was extracted" in replayed.stderr
+    assert "3 links kept; 0 fetched; 3 failed (not_archived 3); 0 pending" in replayed.stderr
+    live = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE)
+    assert live.returncode == 0, live.stderr
+    summary = json.loads(live.stdout)["summary"]
+    assert summary["fetched"] == 3 and summary["frontier_failed"] == 0 and len(rows(home)) == 3
+
+
+def test_pages_a_replay_supplied_are_in_a_later_live_crawl(home: Path, three_pages: Path, tmp_path: Path):
     """A replay reads another archive; the live crawl's version must hold those pages too, so it fetches them."""
-    site = _Site(pages=3, delay=0)
-    try:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
-        archived = tmp_path / "archived"
-        assert run_cli(archived, "scrape-reddit", "--urls", str(urls), *LIVE).returncode == 0
-        (warc,) = (archived / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
-        replayed = run_cli(home, "scrape-reddit", "--urls", str(urls), "--replay", str(warc), "--json")
-        assert replayed.returncode == 0 and len(rows(home)) == 3, replayed.stderr
-        live = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE)
-        assert live.returncode == 0, live.stderr
-        assert json.loads(live.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
-    finally:
-        site.close()
+    archived = tmp_path / "archived"
+    assert run_cli(archived, "scrape-reddit", "--urls", str(three_pages), *LIVE).returncode == 0
+    (warc,) = (archived / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
+    replayed = run_cli(home, "scrape-reddit", "--urls", str(three_pages), "--replay", str(warc), "--json")
+    assert replayed.returncode == 0 and len(rows(home)) == 3, replayed.stderr
+    live = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE)
+    assert live.returncode == 0, live.stderr
+    assert json.loads(live.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
 
 
-def test_a_damaged_crawl_archive_is_fetched_again(home: Path, tmp_path: Path):
-    site = _Site(pages=3, delay=0)
-    try:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
-        assert run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE).returncode == 0
-        (warc,) = (home / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
-        warc.write_bytes(bytes(warc.stat().st_size))  # zeros where every record was
-        damaged = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE, "--force")
-        assert damaged.returncode == 1 and "3 pending" in damaged.stderr, damaged.stderr
-        again = run_cli(home, "scrape-reddit", "--urls", str(urls), *LIVE, "--force")
-        assert again.returncode == 0, again.stderr
-        assert json.loads(again.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
-    finally:
-        site.close()
+def test_a_damaged_crawl_archive_is_fetched_again(home: Path, three_pages: Path):
+    assert run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE).returncode == 0
+    (warc,) = (home / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
+    warc.write_bytes(bytes(warc.stat().st_size))  # zeros where every record was
+    damaged = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE, "--force")
+    assert damaged.returncode == 1 and "3 pending" in damaged.stderr, damaged.stderr
+    again = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE, "--force")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
 
 
 @pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])

@@ -83,7 +83,8 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A directory's entries (a rename, a new file) on disk, not only in the page cache."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -99,7 +100,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_manifest(directory: Path) -> dict[str, Any]:
@@ -522,7 +523,7 @@ class Store:
             write_atomic(partial / MANIFEST, json_utf8(manifest, indent=2) + b"\n")
             final = kind_dir / version
             os.rename(partial, final)  # the publish: atomic on one filesystem
-            _fsync_dir(kind_dir)
+            fsync_dir(kind_dir)
             write_atomic(kind_dir / _COUNTER, f"{version[1:]}\n".encode())
             log.info("published %s in %s", f"{kind}@{version}", final)
             return Published(Artifact.open(final), reused=False)

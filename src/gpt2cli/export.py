@@ -13,7 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from gpt2cli.artifacts import Artifact
+from gpt2cli.artifacts import Artifact, fsync_dir
 from gpt2cli.bpe.tokenizer import EOT
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.model import CONFIG_JSON, GPT, WEIGHTS
@@ -90,11 +90,7 @@ def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

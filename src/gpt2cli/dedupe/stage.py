@@ -62,6 +62,11 @@ RAW_DOCS_COLUMNS = {"url", "text"}
 EXAMPLES = 3
 
 
+# Beyond this, signatures cost 4 bytes per permutation per document and the LSH band search grows, for no
+# accuracy a corpus needs (the paper's dedupe is coarser still).
+MAX_NUM_PERM = 1024
+
+
 @dataclass(frozen=True)
 class DedupeConfig:
     near_threshold: float = 0.5  # Jaccard of word 5-gram sets; OpenWebText's value (see README)
@@ -81,7 +86,10 @@ class DedupeConfig:
         leaves no training documents), before any work."""
         problems = [
             (not 0 < self.near_threshold < 1, f"--threshold must be in (0, 1), got {self.near_threshold}"),
-            (self.num_perm < 1, f"--num-perm must be at least 1, got {self.num_perm}"),
+            (
+                not 1 <= self.num_perm <= MAX_NUM_PERM,
+                f"--num-perm must be in [1, {MAX_NUM_PERM}], got {self.num_perm}",
+            ),
             (not 0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (
                 self.language is not None and self.language not in LANGUAGES,
