@@ -460,7 +460,7 @@ class GPT(nn.Module):
         ``weights_only=True``: no pickled code is ever executed. Any other artifact is a usage error, and a damaged
         file a ``Gpt2Error`` naming it, so that every command loading a model fails with one line.
         """
-        directory = _model_directory(source)
+        directory = model_directory(source)
         config = _read_config(directory / CONFIG_JSON)
         model = cls(config)
         path, state = _read_weights(directory, map_location)
@@ -472,8 +472,9 @@ class GPT(nn.Module):
         return model.to(map_location)
 
 
-def _model_directory(source: Any) -> Path:
-    """The directory of a model: an artifact of kind ``model``, or a directory with a config.json."""
+def model_directory(source: Any, store: Any = None) -> Path:
+    """The directory of a model: an artifact of kind ``model`` (a reference resolved in ``store``, default the
+    environment's), or a directory with a config.json. Checked before anything loads."""
     from gpt2cli.artifacts import MANIFEST, Artifact, Store, load_manifest
 
     if isinstance(source, Artifact):
@@ -483,7 +484,7 @@ def _model_directory(source: Any) -> Path:
     elif isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / MANIFEST).is_file():
         raise UsageError(f"{source} is not a model: it has no {CONFIG_JSON}")
     else:
-        directory = Store().resolve(str(source)).path
+        directory = (store or Store()).resolve(str(source)).path
     if (directory / MANIFEST).is_file():
         manifest = load_manifest(directory)
         if manifest["kind"] != "model":

@@ -45,36 +45,65 @@ def log_to_file(path: Path, max_bytes: int, backups: int) -> None:
     logging.getLogger("gpt2cli").addHandler(handler)
 
 
+class _Stop:
+    """A SIGTERM during a refresh: passed on to the running stage, and no later stage starts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.child: subprocess.Popen[str] | None = None
+
+    def __call__(self, *_: Any) -> None:
+        self.requested = True
+        self._pass_on()
+
+    def watch(self, child: subprocess.Popen[str]) -> None:
+        self.child = child
+        if self.requested:  # the signal came while the stage was starting
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+
+
 def refresh(store: Store, run_config: Path | None, *, wait: bool = False) -> tuple[int, list[dict[str, Any]]]:
     """Run the stages; the exit status (0 done, 75 another run holds a lock: try at the next hour, 143 stopped
     by SIGTERM, else the failing stage's status) and each finished stage's result."""
     started = time.monotonic()
     results: list[dict[str, Any]] = []
-    with hold_lock(store.home / ".refresh.lock", "the refresh", wait=wait):
-        log.info("refresh of %s started", store.home)
-        for stage, args in STAGES:
-            if stage == "tokenize" and store.latest("tokenizer") is None:
-                log.warning("tokenize: skipped, no tokenizer yet (run `gpt2 train-bpe` once)")
-                continue
-            command = [sys.executable, "-m", "gpt2cli", "--home", str(store.home), "--json"]
-            command += ["--run-config", str(run_config)] if run_config else []
-            status, result = _run(stage, [*command, stage, *args])
-            if result is not None:
-                results.append({"stage": stage, **result})
-            if status == EXIT_LOCKED:
-                log.warning("%s: another run holds its lock; the next refresh finishes the work", stage)
-                return EXIT_LOCKED, results
-            if status == -signal.SIGTERM:
-                log.warning("%s: stopped by SIGTERM; the next refresh finishes the work", stage)
-                return EXIT_TERMINATED, results
-            if status != 0:
-                log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
-                return status, results
-        log.info("refresh done in %.1f s", time.monotonic() - started)
-    return 0, results
+    stop = _Stop()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with hold_lock(store.home / ".refresh.lock", "the refresh", wait=wait):
+            log.info("refresh of %s started", store.home)
+            for stage, args in STAGES:
+                if stop.requested:
+                    log.warning("stopped by SIGTERM before %s; the next refresh finishes the work", stage)
+                    return EXIT_TERMINATED, results
+                if stage == "tokenize" and store.latest("tokenizer") is None:
+                    log.warning("tokenize: skipped, no tokenizer yet (run `gpt2 train-bpe` once)")
+                    continue
+                command = [sys.executable, "-m", "gpt2cli", "--home", str(store.home), "--json"]
+                command += ["--run-config", str(run_config)] if run_config else []
+                status, result = _run(stage, [*command, stage, *args], stop)
+                if result is not None:
+                    results.append({"stage": stage, **result})
+                if stop.requested:
+                    log.warning("%s: stopped by SIGTERM; the next refresh finishes the work", stage)
+                    return EXIT_TERMINATED, results
+                if status == EXIT_LOCKED:
+                    log.warning("%s: another run holds its lock; the next refresh finishes the work", stage)
+                    return EXIT_LOCKED, results
+                if status != 0:
+                    log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
+                    return status, results
+            log.info("refresh done in %.1f s", time.monotonic() - started)
+        return 0, results
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _run(stage: str, command: list[str]) -> tuple[int, dict[str, Any] | None]:
+def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, Any] | None]:
     """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line. A SIGTERM
     to the refresh is passed on to the stage, and the stage dies with the refresh if that is killed."""
     log.info("%s: started", stage)
@@ -82,15 +111,12 @@ def _run(stage: str, command: list[str]) -> tuple[int, dict[str, Any] | None]:
         with subprocess.Popen(
             command, stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=functools.partial(die_with, os.getpid())
         ) as child:
-            previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
-            try:
-                assert child.stderr is not None
-                for line in child.stderr:
-                    if line.strip():
-                        log.info("%s | %s", stage, line.rstrip())
-                status = child.wait()
-            finally:
-                signal.signal(signal.SIGTERM, previous)
+            stop.watch(child)
+            assert child.stderr is not None
+            for line in child.stderr:
+                if line.strip():
+                    log.info("%s | %s", stage, line.rstrip())
+            status = child.wait()
         out.seek(0)
         try:
             result = json.loads(out.read())

@@ -21,7 +21,7 @@ import torch
 from gpt2cli.artifacts import Store
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
-from gpt2cli.model import GPT, fast_dtype
+from gpt2cli.model import GPT, fast_dtype, model_directory
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Sampler:
         options.validate()
         self.options = options
         path = Path(source).expanduser()
-        directory = path if path.is_dir() else store.resolve(str(source)).path
+        directory = model_directory(path if path.is_dir() else str(source), store)
         self.device = resolve_device(options.device)
         dtype = DTYPES[options.dtype] or fast_dtype(self.device)
         model, self.tokenizer = load_model(directory, self.device)

@@ -26,7 +26,7 @@ from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_i
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_bytes, read_text
-from gpt2cli.model import GPT, fast_dtype
+from gpt2cli.model import GPT, fast_dtype, model_directory
 from gpt2cli.sample import DTYPES, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -483,7 +483,7 @@ def zero_shot(
     options.validate()
     overlap = _overlap_bloom(store, options.overlap_with) if options.overlap_with else None
     source = Path(model_ref).expanduser()
-    model_dir = source if source.is_dir() else store.resolve(model_ref).path
+    model_dir = model_directory(source if source.is_dir() else model_ref, store)
     data_dir = resolve_data_dir(options)
     names = list(dict.fromkeys(options.tasks)) or available_tasks(options, store)  # a task named twice runs once
     if not names:
