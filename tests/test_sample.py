@@ -245,7 +245,10 @@ def test_what_is_not_a_model_or_is_damaged_is_one_line(gpt2, model_home: Path, t
         result = gpt2(*command, *home, str(model_home / "tokens" / "v1"))
         assert result.code == 2 and "tokens@v1 is a 'tokens' artifact, not a model" in result.err
     (tmp_path / "config.json").write_text("{}")
-    for command in (["sample", "--prompt", "x"], ["eval", "zero-shot"]):
+    (tmp_path / "data" / "ptb").mkdir(parents=True)
+    (tmp_path / "data" / "ptb" / "ptb.test.txt").write_text(" the cat sat on the mat \n")  # the model loads after
+    evaluate = ["eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path / "data"), "--source", "local"]
+    for command in (["sample", "--prompt", "x"], evaluate):
         result = gpt2(*command, *home, str(tmp_path))
         assert (
             result.code == 1 and result.err.strip() == f"gpt2: error: {tmp_path}/config.json: the config lacks 'n_embd'"
