@@ -53,7 +53,7 @@ def test_top_level_help_lists_stages_and_artifacts(gpt2):
     [
         ["scrape-reddit", "--concurrency", "0"],
         ["--bogus"],
-        ["artifacts", "verify"],
+        ["artifacts", "show"],
         ["pretrain", "--resume", "--restart"],
         ["sample", "--top-p", "abc"],
         ["artifacts", "gc", "--keep", "0"],
@@ -135,6 +135,37 @@ def test_a_damaged_version_does_not_hide_the_others(gpt2, populated):
     (populated.home / "corpus" / "v2" / "manifest.json").write_text("{")
     latest = gpt2("artifacts", "show", "corpus")  # never an older version in place of the damaged latest
     assert latest.code == 1 and "corpus/v2/manifest.json does not parse" in latest.err
+    assert gpt2("artifacts", "ls", "corpus").code == 0  # listing a kind skips its damaged versions too
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("files", None), ("inputs", "x"), ("created_at", 5), ("parent", [1]), ("kind", "../x")]
+)
+def test_a_manifest_with_a_field_of_the_wrong_shape_is_damaged(gpt2, populated, field: str, value: object):
+    path = populated.home / "corpus" / "v1" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    listed = gpt2("artifacts", "ls", "--json")
+    assert listed.code == 0 and [r["ref"] for r in json.loads(listed.out)] == ["tokenizer@v1"]
+    for args in (["artifacts", "verify", "corpus"], ["artifacts", "show", "corpus@v1"]):
+        result = gpt2(*args)
+        assert result.code == 1 and result.err.startswith("gpt2: error: manifest ") and "is damaged" in result.err
+        assert result.err.count("\n") == 1
+
+
+def test_verify_without_a_reference_checks_every_version(gpt2, populated):
+    assert gpt2("artifacts", "verify").out.splitlines() == ["corpus@v1: 1 files ok", "tokenizer@v1: 1 files ok"]
+    (populated.home / "corpus" / "v1" / "a").write_text("changed")
+    (populated.home / "tokenizer" / "v1" / "manifest.json").write_text("{")
+    result = gpt2("artifacts", "verify", "--json")
+    assert result.code == 1
+    assert [(r["ref"], r["ok"]) for r in json.loads(result.out)] == [("corpus@v1", False), ("tokenizer@v1", False)]
+    assert "tokenizer@v1: manifest" in result.err and "does not parse" in result.err
+
+
+def test_the_refresh_logs_folder_is_no_artifact_kind(gpt2, populated):
+    (populated.home / "logs").mkdir()
+    assert populated.kinds() == ["corpus", "tokenizer"]
+    assert gpt2("artifacts", "gc", "--keep", "1").code == 0 and not (populated.home / "logs" / ".lock").exists()
 
 
 def test_a_damaged_version_counter_is_numbered_past(store: Store):

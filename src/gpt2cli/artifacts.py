@@ -51,6 +51,7 @@ PRODUCERS = {
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+NOT_KINDS = frozenset({"logs"})  # folders of the home that hold no artifacts (`gpt2 refresh` logs there)
 _PARTIAL = ".partial-"
 _TRASH = ".trash-"
 _LOCK = ".lock"
@@ -113,7 +114,40 @@ def load_manifest(directory: Path) -> dict[str, Any]:
         raise Gpt2Error(f"manifest {path} does not parse: {e}") from None
     if not isinstance(manifest, dict) or not {"kind", "version", "files"} <= manifest.keys():
         raise Gpt2Error(f"manifest {path} lacks kind, version or files")
+    if problem := _manifest_problem(manifest):
+        raise Gpt2Error(f"manifest {path} is damaged: {problem}")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a parsed manifest unusable (a field of the wrong shape), or None: every reader may then trust
+    the fields it uses."""
+    if not (isinstance(manifest["kind"], str) and _KIND_RE.match(manifest["kind"])):
+        return f"kind {manifest['kind']!r}"
+    if not (isinstance(manifest["version"], str) and _VERSION_RE.match(manifest["version"])):
+        return f"version {manifest['version']!r}"
+    files = manifest["files"]
+    file_keys = {"path": str, "bytes": int, "sha256": str}
+    if not isinstance(files, list) or not all(_has(f, file_keys) for f in files):
+        return "files is not a list of {path, bytes, sha256}"
+    inputs = manifest.get("inputs", [])
+    if not isinstance(inputs, list) or not all(
+        _has(i, {"ref": str, "manifest_sha256": str}) or _has(i, file_keys) for i in inputs
+    ):
+        return "inputs is not a list of artifact or file inputs"
+    parent = manifest.get("parent")
+    if parent is not None and not _has(parent, {"ref": str, "manifest_sha256": str}):
+        return "parent is not an artifact input"
+    for name in ("params", "summary"):
+        if not isinstance(manifest.get(name, {}), dict):
+            return f"{name} is not an object"
+    if not isinstance(manifest.get("created_at", ""), str):
+        return "created_at is not a string"
+    return None
+
+
+def _has(entry: Any, fields: dict[str, type]) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in fields.items())
 
 
 @dataclass(frozen=True)
@@ -338,9 +372,11 @@ class Store:
     def kinds(self) -> list[str]:
         if not self.home.is_dir():
             return []
-        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and _KIND_RE.match(p.name))
+        return sorted(
+            p.name for p in self.home.iterdir() if p.is_dir() and _KIND_RE.match(p.name) and p.name not in NOT_KINDS
+        )
 
-    def _version_dirs(self, kind: str) -> list[Path]:
+    def version_dirs(self, kind: str) -> list[Path]:
         """Directories named like published versions, oldest first."""
         kind_dir = self.home / kind
         if not kind_dir.is_dir():
@@ -351,7 +387,7 @@ class Store:
     def versions(self, kind: str) -> list[Artifact]:
         """Published versions of a kind, oldest first; one with a damaged manifest is skipped with a warning."""
         versions = []
-        for p in self._version_dirs(kind):
+        for p in self.version_dirs(kind):
             try:
                 versions.append(Artifact.open(p))
             except Gpt2Error as e:  # one damaged version must not hide the others from listings
@@ -384,7 +420,7 @@ class Store:
         kind, at, version = text.partition("@")
         if not _KIND_RE.match(kind) or (at and version != "latest" and not _VERSION_RE.match(version)):
             raise UsageError(f"bad reference {text!r}: use KIND, KIND@vN, KIND@latest or a directory path")
-        dirs = self._version_dirs(kind)
+        dirs = self.version_dirs(kind)
         if not dirs:
             producer = PRODUCERS.get(kind)
             hint = f"; run `gpt2 {producer}` to make one" if producer else ""

@@ -765,7 +765,8 @@ def artifacts_ls(
     if kind:
         if "@" in kind or "/" in kind:
             raise UsageError(f"`artifacts ls` takes a kind, not {kind!r} (see `gpt2 artifacts show`)")
-        store.resolve(kind)  # an unknown kind: an error naming the kinds there
+        if kind not in store.kinds():
+            store.resolve(kind)  # an error naming the kinds there
     rows = [_row(a) for a in (store.versions(kind) if kind else store.all())]
     if opts.json:
         print_json(rows)
@@ -867,22 +868,40 @@ def _lineage_tree(tree: dict[str, Any]) -> Any:
 @artifacts_app.command("verify")
 def artifacts_verify(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="KIND, KIND@vN or a directory.")],
+    ref: Annotated[
+        Optional[str],
+        typer.Argument(help="KIND, KIND@vN or a directory \\[default: every version].", show_default=False),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Recompute every file's checksum; exit 1 naming each changed, truncated or missing file."""
+    """Recompute every file's checksum; exit 1 naming each changed, truncated or missing file, and each
+    version whose manifest is damaged."""
     opts = settings(ctx, home, as_json)
-    artifact = Store(opts.home).resolve(ref)
-    problems = artifact.verify()
+    store = Store(opts.home)
+    results = (
+        [_verified(store.resolve(ref))] if ref else [_verified(p) for k in store.kinds() for p in store.version_dirs(k)]
+    )
     if opts.json:
-        print_json({"ref": artifact.ref, "ok": not problems, "problems": problems})
-    elif not problems:
-        stdout_console().print(f"{artifact.ref}: {len(artifact.manifest['files'])} files ok")
-    if problems:
-        for line in problems:
-            stderr_console().print(f"{artifact.ref}: {line}", markup=False, highlight=False)
+        print_json(results[0] if ref else results)
+    for result in results:
+        if not result["problems"] and not opts.json:
+            stdout_console().print(f"{result['ref']}: {result['files']} files ok")
+        for line in result["problems"]:
+            stderr_console().print(f"{result['ref']}: {line}", markup=False, highlight=False)
+    if any(r["problems"] for r in results):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _verified(artifact_or_dir: Artifact | Path) -> dict[str, Any]:
+    """One version's check: its own problems, or that its manifest is damaged."""
+    try:
+        artifact = artifact_or_dir if isinstance(artifact_or_dir, Artifact) else Artifact.open(artifact_or_dir)
+    except Gpt2Error as e:
+        ref = f"{artifact_or_dir.parent.name}@{artifact_or_dir.name}"
+        return {"ref": ref, "ok": False, "files": 0, "problems": [str(e)]}
+    problems = artifact.verify()
+    return {"ref": artifact.ref, "ok": not problems, "files": len(artifact.manifest["files"]), "problems": problems}
 
 
 @artifacts_app.command("gc")
