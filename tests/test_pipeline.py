@@ -203,6 +203,24 @@ def test_sigterm_stops_the_refresh_and_its_stage(pipeline, tmp_path: Path):
     assert stages_done[1]["ref"] == "corpus@v2" and not stages_done[1]["reused"]
 
 
+def test_sigterm_stops_a_refresh_waiting_for_the_lock(tmp_path: Path):
+    home = tmp_path / "home"
+    env = {**os.environ, "GPT2_HOME": str(home)}
+    with hold_lock(home / ".refresh.lock", "a test's refresh"):
+        child = subprocess.Popen([sys.executable, "-m", "gpt2cli", "refresh", "--wait", "--json"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        log = home / "logs" / "refresh.log"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "waiting for the refresh" not in (
+            log.read_text() if log.exists() else ""
+        ):
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=30)  # while the lock is still held
+    assert child.returncode == 143 and json.loads(out) == {"status": 143, "stages": []}
+    assert "stopped by SIGTERM" in log.read_text()
+
+
 def test_refresh_log_rotates_by_size(tmp_path: Path):
     import logging
 

@@ -457,8 +457,8 @@ def refresh_command(
     log_file: Annotated[
         Optional[Path], typer.Option(help="Log file, rotated by size \\[default: HOME/logs/refresh.log].")
     ] = None,
-    log_max_mb: Annotated[int, typer.Option(help="Rotate the log file at this size.")] = 10,
-    log_backups: Annotated[int, typer.Option(help="Rotated log files to keep.")] = 5,
+    log_max_mb: Annotated[int, typer.Option(min=1, help="Rotate the log file at this size.")] = 10,
+    log_backups: Annotated[int, typer.Option(min=0, help="Rotated log files to keep.")] = 5,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for a running refresh instead of exiting 75.")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -466,7 +466,7 @@ def refresh_command(
     """The cron job: scrape new links (only URLs not fetched before), dedupe them into a new corpus version
     incrementally, and re-tokenize, with the run config's settings. Exit 75 when another refresh (or a stage
     it needs) is running; a killed refresh leaves the last good versions and the next one completes the work."""
-    from gpt2cli.errors import LockHeld
+    from gpt2cli.errors import LockHeld, Terminated
     from gpt2cli.refresh import log_to_file, refresh
 
     opts = settings(ctx, home, as_json)
@@ -476,6 +476,8 @@ def refresh_command(
         status, results = refresh(store, ctx.find_root().params.get("run_config"), wait=wait)
     except LockHeld as e:
         logging.getLogger("gpt2cli.refresh").warning("%s", e)
+        status, results = e.exit_code, []
+    except Terminated as e:  # before or between stages: the refresh log says so
         status, results = e.exit_code, []
     if opts.json:
         print_json({"status": status, "stages": results})

@@ -24,7 +24,7 @@ from typing import Any
 
 from gpt2cli.artifacts import Store, hold_lock
 from gpt2cli.console import UTCFormatter
-from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED
+from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, Terminated
 from gpt2cli.workers import die_with
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def log_to_file(path: Path, max_bytes: int, backups: int) -> None:
 
 
 class _Stop:
-    """A SIGTERM during a refresh: passed on to the running stage, and no later stage starts."""
+    """A SIGTERM during a refresh: passed on to the running stage, and no later stage starts; with no stage
+    running (waiting for the lock, say) the refresh stops at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -54,6 +55,9 @@ class _Stop:
 
     def __call__(self, *_: Any) -> None:
         self.requested = True
+        if self.child is None or self.child.poll() is not None:
+            log.warning("stopped by SIGTERM between stages; the next refresh does the work")
+            raise Terminated("stopped by SIGTERM; the next refresh does the work")
         self._pass_on()
 
     def watch(self, child: subprocess.Popen[str]) -> None:
