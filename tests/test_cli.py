@@ -10,7 +10,7 @@ import typer.main
 
 from gpt2cli.artifacts import Store, artifact_input
 from gpt2cli.cli import app
-from tests.conftest import run_module
+from tests.conftest import SAMPLE, run_module
 from tests.test_artifacts import wait_for, worker, write_files
 
 
@@ -160,6 +160,13 @@ def test_verify_without_a_reference_checks_every_version(gpt2, populated):
     assert result.code == 1
     assert [(r["ref"], r["ok"]) for r in json.loads(result.out)] == [("corpus@v1", False), ("tokenizer@v1", False)]
     assert "tokenizer@v1: manifest" in result.err and "does not parse" in result.err
+
+
+def test_a_stage_reports_its_version_and_path_on_one_line(gpt2, tmp_path: Path):
+    home = tmp_path / ("a-long-folder-name-" * 6) / "home"  # past 80 columns: no wrapping inside the path
+    result = gpt2("--home", str(home), "train-bpe", "--input", str(SAMPLE), "--vocab-size", "300")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0] == f"published tokenizer@v1 ({home / 'tokenizer' / 'v1'})"
 
 
 def test_the_refresh_logs_folder_is_no_artifact_kind(gpt2, populated):

@@ -125,10 +125,12 @@ def report(result: Published, opts: Settings) -> None:
     from rich.table import Table
 
     verb = "reused" if result.reused else "published"
-    table = Table("metric", "value", title=f"{verb} {artifact.ref}  ({artifact.path})", title_justify="left")
+    table = Table("metric", "value")
     for name, value in artifact.summary.items():
         table.add_row(name, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
-    stdout_console().print(table)
+    console = stdout_console()
+    console.print(f"{verb} {artifact.ref} ({artifact.path})", markup=False, soft_wrap=True)  # one line: greppable
+    console.print(table)
 
 
 # -- stages ------------------------------------------------------------------------------------
