@@ -325,3 +325,16 @@ def test_workers_help_shows_one_default(gpt2, monkeypatch: pytest.MonkeyPatch):
     help_text = gpt2("dedupe", "--help").out
     [line] = [line for line in help_text.splitlines() if "--workers" in line]
     assert "[default: all cores]" in line and "[default: 0]" not in line
+
+
+def test_incremental_refuses_a_damaged_newest_corpus(gpt2, home: Path):
+    """A newest corpus whose manifest is damaged is an error: continuing the one before would drop its documents
+    from the next version."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1").code == 0
+    (Store(home).resolve("corpus@v2").path / "manifest.json").write_text("{damaged")
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1")
+    assert result.code == 1
+    line = error_line(result.err)
+    assert "newest corpus, which is damaged" in line and "corpus/v2/manifest.json" in line
+    assert [a.ref for a in Store(home).versions("corpus")] == ["corpus@v1"]  # nothing published

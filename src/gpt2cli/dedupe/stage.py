@@ -270,7 +270,7 @@ def dedupe(
 
         return store.produce(SHARD_KIND, params=params, inputs=manifest_inputs, build=build_shard, force=force,
                              wait=wait)  # fmt: skip
-    base = store.latest("corpus") if incremental else None
+    base = _latest_corpus(store) if incremental else None
     if incremental and base is None:
         log.info("no previous corpus: --incremental starts a new one")
     if base is not None and all(_input_key(i) in _consumed(store, base) for i in manifest_inputs):
@@ -309,6 +309,23 @@ def _consumed(store: Store, corpus: Artifact) -> set[str]:
         parent = current.parent
         current = store.resolve(parent["ref"]) if parent else None
     return seen
+
+
+def _latest_corpus(store: Store) -> Artifact | None:
+    """The corpus --incremental continues: the newest version, or None when there is none. A newest version
+    whose manifest is damaged is an error, never a reason to continue an older one (its documents would be
+    lost from the next version)."""
+    try:
+        return store.resolve("corpus", "corpus", option="--incremental")
+    except UsageError:
+        if store.versions("corpus"):  # a corpus there, of another kind: not "no corpus yet"
+            raise
+        return None
+    except Gpt2Error as e:
+        raise Gpt2Error(
+            f"--incremental continues the newest corpus, which is damaged ({e}); restore it, or remove that version "
+            "to continue the one before"
+        ) from None
 
 
 def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:
