@@ -325,3 +325,113 @@ def test_workers_help_shows_one_default(gpt2, monkeypatch: pytest.MonkeyPatch):
     help_text = gpt2("dedupe", "--help").out
     [line] = [line for line in help_text.splitlines() if "--workers" in line]
     assert "[default: all cores]" in line and "[default: 0]" not in line
+
+
+def rows_key(rows: list[dict]) -> list[tuple]:
+    return sorted((r["url"], r["text"], r["split"], r["score"]) for r in rows)
+
+
+def test_incremental_with_other_settings_recomputes_every_input(gpt2, home: Path, tmp_path: Path):
+    """New settings on a corpus built incrementally, with nothing new to add: not "nothing new, reusing it" (the
+    settings would be ignored) nor an add under two configurations, but a full dedupe of every input the corpus
+    holds, equal to one run with those settings."""
+    full = tmp_path / "full"
+    shutil.copytree(home, full)
+    for raw_docs in ("raw-docs@v1", "raw-docs@v2"):
+        assert gpt2("dedupe", "--raw-docs", raw_docs, "--incremental", "--workers", "1").code == 0
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--threshold", "0.8", "--workers", "1",
+                  "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    out = json.loads(result.out)
+    assert out["ref"] == "corpus@v3" and not out["reused"]
+    rebuilt = Store(home).resolve("corpus@v3")
+    assert rebuilt.params["config"]["near_threshold"] == 0.8 and rebuilt.params["incremental"] is None
+    assert [i["ref"] for i in rebuilt.inputs] == ["raw-docs@v1", "raw-docs@v2"]
+    once = gpt2("--home", str(full), "dedupe", "--raw-docs", "raw-docs@v1", "--raw-docs", "raw-docs@v2",
+                "--threshold", "0.8", "--workers", "1")  # fmt: skip
+    assert once.code == 0, once.err
+    assert rows_key(corpus_rows(home)) == rows_key(corpus_rows(full))
+    again = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--threshold", "0.8", "--json")
+    assert again.code == 0 and json.loads(again.out) == {**out, "reused": True}  # the new settings' corpus: reused
+
+
+def test_refresh_takes_a_changed_dedupe_table(gpt2, home: Path, tmp_path: Path):
+    """`gpt2 refresh` runs `dedupe --incremental` with the run config's [dedupe] table: a change there is a new
+    corpus, and the same table again reuses it."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    config = tmp_path / "run.toml"
+    config.write_text('[dedupe]\nlanguage = "any"\nworkers = 1\n')
+    for reused in (False, True):
+        result = gpt2("--run-config", str(config), "--json", "dedupe", "--raw-docs", "raw-docs@v1", "--incremental")
+        assert result.code == 0, result.err
+        out = json.loads(result.out)
+        assert (out["ref"], out["reused"]) == ("corpus@v2", reused)
+    assert Store(home).resolve("corpus@v2").params["config"]["language"] is None
+
+
+def test_incremental_force_and_overlap_with_nothing_new(gpt2, home: Path, tmp_path: Path):
+    """--force recomputes and --overlap gets its Bloom filter, even when every input is already in the corpus."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    forced = gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--incremental", "--force", "--workers", "1", "--json")
+    assert forced.code == 0, forced.err
+    assert json.loads(forced.out)["ref"] == "corpus@v2" and not json.loads(forced.out)["reused"]
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text(corpus_rows(home)[0]["text"])
+    overlap = gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--incremental", "--overlap", str(eval_file), "--workers",
+                   "1", "--json")  # fmt: skip
+    assert overlap.code == 0, overlap.err
+    out = json.loads(overlap.out)
+    assert out["ref"] == "corpus@v3" and out["overlap"][0]["percent"] == 100.0
+    assert rows_key(corpus_rows(home, "corpus@v3")) == rows_key(corpus_rows(home, "corpus@v1"))
+
+
+def test_incremental_refuses_a_damaged_newest_corpus(gpt2, home: Path):
+    """A newest corpus whose manifest is damaged is an error: continuing the one before would drop its documents
+    from the next version."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1").code == 0
+    (Store(home).resolve("corpus@v2").path / "manifest.json").write_text("{damaged")
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1")
+    assert result.code == 1
+    line = error_line(result.err)
+    assert "newest corpus, which is damaged" in line and "corpus/v2/manifest.json" in line
+    assert [a.ref for a in Store(home).versions("corpus")] == ["corpus@v1"]  # nothing published
+
+
+def test_incremental_on_a_state_of_an_older_release_recomputes_first(
+    gpt2, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A corpus whose deduplication state an older release wrote cannot be continued: that is found before any
+    document is screened, and the run recomputes the corpus from every input (a refresh keeps working)."""
+    import gpt2cli.dedupe.stage as stage
+
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    (Store(home).resolve("corpus@v1").path / "dedupe-state" / "edges.npy").unlink()
+    screened: list[int] = []
+    screen = stage._screen_all
+    monkeypatch.setattr(stage, "_screen_all", lambda *a: screened.append(1) or screen(*a))
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    assert "corpus@v1 has no deduplication state of this version" in result.err and len(screened) == 1
+    full = tmp_path / "full"
+    shutil.copytree(home, full)
+    shutil.rmtree(full / "corpus")
+    assert gpt2("--home", str(full), "dedupe", "--raw-docs", "raw-docs@v1", "--raw-docs", "raw-docs@v2").code == 0
+    assert rows_key(corpus_rows(home)) == rows_key(corpus_rows(full))
+
+
+def test_a_recompute_never_reads_part_of_the_inputs(gpt2, home: Path, tmp_path: Path):
+    """A corpus to recompute whose input file is gone: a usage error that says what to do, not a corpus that
+    silently lacks that file's documents."""
+    first, later = tmp_path / "first.jsonl", tmp_path / "later.jsonl"
+    texts = articles(4)
+    first.write_text("".join(json.dumps({"text": t, "url": f"https://a{i}.example/x"}) + "\n"
+                             for i, t in enumerate(texts[:3])))  # fmt: skip
+    later.write_text(json.dumps({"text": texts[3], "url": "https://b.example/x"}) + "\n")
+    assert gpt2("dedupe", "--input", str(first), "--workers", "1").code == 0
+    first.unlink()
+    result = gpt2("dedupe", "--input", str(later), "--incremental", "--threshold", "0.8", "--workers", "1")
+    assert result.code == 2
+    line = error_line(result.err)
+    assert "corpus@v1 was made with other dedupe settings (near_threshold)" in line and str(first) in line
+    assert "without --incremental" in line and [a.ref for a in Store(home).versions("corpus")] == ["corpus@v1"]

@@ -8,7 +8,9 @@ one keeper per group: the highest Reddit score, then the earliest document.
 Incremental refresh: the corpus artifact carries the state of every document that passed the filters
 (signature, shingles, verified duplicate pairs). A run with `--incremental` loads it, adds only the new
 documents, verifies their candidate pairs, and recomputes the keepers over all groups — the same result as
-a full recompute on the union, without re-hashing the old documents.
+a full recompute on the union, without re-hashing the old documents. When it cannot continue the corpus (other
+settings, a state an older release wrote) or must not reuse it (--force, an --overlap filter it lacks), it makes
+that full recompute, from every input the corpus was built from and this run's.
 """
 
 from __future__ import annotations
@@ -258,9 +260,9 @@ def dedupe(
         shards = _check_shards([store.resolve(ref, SHARD_KIND, option="--merge") for ref in merge], identity)
         manifest_inputs = [artifact_input(a) for a in shards]
     else:
-        sources, manifest_inputs = _input_sources(store, raw_refs, inputs)
-        if config.drop_overlap is not None:
-            manifest_inputs = manifest_inputs + [file_input(p) for p in eval_files]
+        sources, data_inputs = _input_sources(store, raw_refs, inputs)
+        eval_inputs = [file_input(p) for p in eval_files] if config.drop_overlap is not None else []
+        manifest_inputs = data_inputs + eval_inputs
     if shard is not None:
         params = {"config": identity, "shards": shard.count, "shard_index": shard.index}
 
@@ -270,12 +272,22 @@ def dedupe(
 
         return store.produce(SHARD_KIND, params=params, inputs=manifest_inputs, build=build_shard, force=force,
                              wait=wait)  # fmt: skip
-    base = store.latest("corpus") if incremental else None
+    base = _latest_corpus(store) if incremental else None
     if incremental and base is None:
         log.info("no previous corpus: --incremental starts a new one")
-    if base is not None and all(_input_key(i) in _consumed(store, base) for i in manifest_inputs):
-        log.info("nothing new: %s already holds every input; reusing it", base.ref)
-        return Published(base, reused=True)
+    if base is not None:
+        consumed = _consumed(store, base)
+        nothing_new = all(_input_key(i) in consumed for i in manifest_inputs)
+        if why := _why_recompute(base, identity, config, force=force, nothing_new=nothing_new):
+            if merge:
+                raise UsageError(f"{why}; --merge cannot recompute it: merge without --incremental")
+            log.warning("%s: recomputing the corpus from every input of %s and this run's", why, base.ref)
+            sources, data_inputs = _all_inputs(store, base, why, sources, data_inputs)
+            manifest_inputs = data_inputs + eval_inputs
+            base = None
+        elif nothing_new:
+            log.info("nothing new: %s already holds every input; reusing it", base.ref)
+            return Published(base, reused=True)
     params = {"config": identity, "incremental": base.ref if base else None}
     if merge:
         params["shards"] = len(merge)
@@ -300,15 +312,122 @@ def _input_key(entry: dict[str, Any]) -> str:
     return str(entry.get("manifest_sha256") or entry.get("sha256") or entry.get("ref"))
 
 
+def _chain(store: Store, corpus: Artifact) -> list[Artifact]:
+    """A corpus and the versions it continues (incremental refreshes), newest first."""
+    chain = [corpus]
+    while parent := chain[-1].parent:
+        chain.append(store.resolve(parent["ref"]))
+    return chain
+
+
 def _consumed(store: Store, corpus: Artifact) -> set[str]:
-    """Every input a corpus and the versions it continues (incremental refreshes) were built from."""
+    """Every input a corpus and the versions it continues were built from."""
+    return {_input_key(i) for current in _chain(store, corpus) for i in current.inputs}
+
+
+def _latest_corpus(store: Store) -> Artifact | None:
+    """The corpus --incremental continues: the newest version, or None when there is none. A newest version
+    whose manifest is damaged is an error, never a reason to continue an older one (its documents would be
+    lost from the next version)."""
+    try:
+        return store.resolve("corpus", "corpus", option="--incremental")
+    except UsageError:
+        if store.versions("corpus"):  # a corpus there, of another kind: not "no corpus yet"
+            raise
+        return None
+    except Gpt2Error as e:
+        raise Gpt2Error(
+            f"--incremental continues the newest corpus, which is damaged ({e}); restore it, or remove that version "
+            "to continue the one before"
+        ) from None
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    """A corpus's dedupe settings as its manifest holds them (JSON), less the Bloom filter: an incremental run
+    builds that over the whole output, so asking for it or not never mixes two configurations."""
+    if not isinstance(config, dict):
+        return {}
+    return json.loads(json.dumps({k: v for k, v in config.items() if k != "bloom"}, sort_keys=True))
+
+
+def _why_recompute(
+    base: Artifact, identity: dict[str, Any], config: DedupeConfig, *, force: bool, nothing_new: bool
+) -> str | None:
+    """Why --incremental must recompute the corpus instead of adding to (or reusing) ``base``: other settings
+    (documents screened and grouped under two configurations make a corpus no full run makes), a state this
+    release cannot continue, --force, or an --overlap filter ``base`` lacks. None when it can add or reuse."""
+    old, new = _settings(base.params.get("config")), _settings(identity)
+    if old != new:
+        changed = ", ".join(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
+        return f"{base.ref} was made with other dedupe settings ({changed})"
+    if not _has_state(base.path / STATE):
+        return f"{base.ref} has no deduplication state of this version"
+    if nothing_new and force:
+        return "--force with nothing new"
+    if nothing_new and config.bloom and not (base.path / BLOOM).is_file():
+        return f"--overlap needs an 8-gram Bloom filter, which {base.ref} lacks"
+    return None
+
+
+def _all_inputs(
+    store: Store, base: Artifact, why: str, sources: list[tuple[Path, str]], data_inputs: list[dict[str, Any]]
+) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
+    """The documents' inputs of ``base`` and the versions it continues, oldest first, then this run's: what a
+    full recompute reads, as (file, provenance) pairs and manifest inputs. Each must still be there unchanged:
+    a recompute from part of the inputs would silently drop documents."""
+    out_sources: list[tuple[Path, str]] = []
+    out_inputs: list[dict[str, Any]] = []
     seen: set[str] = set()
-    current: Artifact | None = corpus
-    while current is not None:
-        seen |= {_input_key(i) for i in current.manifest.get("inputs", [])}
-        parent = current.parent
-        current = store.resolve(parent["ref"]) if parent else None
-    return seen
+    for corpus in reversed(_chain(store, base)):
+        for entry in _data_inputs(store, corpus, why):
+            if _input_key(entry) in seen:
+                continue
+            refs, paths = ([entry["ref"]], []) if "ref" in entry else ([], [Path(entry["path"])])
+            try:
+                found, [now] = _input_sources(store, refs, paths)
+            except Gpt2Error as e:
+                raise UsageError(_gone(why, corpus, entry, str(e))) from None
+            if _input_key(now) != _input_key(entry):
+                raise UsageError(_gone(why, corpus, entry, "it changed since"))
+            seen.add(_input_key(entry))
+            out_sources += found
+            out_inputs.append(now)
+    for source, entry in zip(sources, data_inputs, strict=True):
+        if _input_key(entry) not in seen:
+            seen.add(_input_key(entry))
+            out_sources.append(source)
+            out_inputs.append(entry)
+    return out_sources, out_inputs
+
+
+def _data_inputs(store: Store, artifact: Artifact, why: str) -> list[dict[str, Any]]:
+    """The inputs a corpus or dedupe-shard read documents from: a merge's shards expanded, --drop-overlap's
+    eval files left out (they follow the raw-docs; beside --input files they cannot be told apart)."""
+    entries = artifact.inputs
+    shards = [e for e in entries if str(e.get("ref", "")).startswith(f"{SHARD_KIND}@")]
+    if shards:
+        found = []
+        for entry in shards:
+            try:
+                shard = store.resolve(entry["ref"], SHARD_KIND)
+            except Gpt2Error as e:
+                raise UsageError(_gone(why, artifact, entry, str(e))) from None
+            if shard.manifest_sha256 != entry["manifest_sha256"]:
+                raise UsageError(_gone(why, artifact, entry, "it changed since"))
+            found += _data_inputs(store, shard, why)
+        return found
+    if artifact.params.get("config", {}).get("drop_overlap") is None:
+        return entries
+    if any("ref" in e for e in entries):
+        return [e for e in entries if "ref" in e]
+    raise UsageError(f"{why}, and {artifact.ref}'s --input files cannot be told from its --overlap files; "
+                     "run `gpt2 dedupe` without --incremental on every input the corpus should hold")  # fmt: skip
+
+
+def _gone(why: str, corpus: Artifact, entry: dict[str, Any], detail: str) -> str:
+    name = entry.get("ref") or entry.get("path")
+    return (f"{why}, and {corpus.ref}'s input {name} cannot be read again ({detail}); run `gpt2 dedupe` without "
+            "--incremental on every input the corpus should hold")  # fmt: skip
 
 
 def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:
@@ -463,10 +582,15 @@ class _State:
             yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
+def _has_state(directory: Path) -> bool:
+    """Whether ``directory`` holds a state this release reads (a release before it wrote other files)."""
+    return all((directory / name).is_file() for name in STATE_FILES)
+
+
 def _open_state(directory: Path, what: str) -> _State:
     import pyarrow.parquet as pq
 
-    if not all((directory / name).is_file() for name in STATE_FILES):
+    if not _has_state(directory):
         raise Gpt2Error(f"{what} has no deduplication state of this version; rebuild it without --incremental")
     path = directory / "shingles.u64"
     values = np.memmap(path, "<u8", mode="r") if path.stat().st_size else np.zeros(0, "<u8")
