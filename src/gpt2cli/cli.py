@@ -241,7 +241,12 @@ def dedupe_command(
     language: Annotated[str, typer.Option(help="Keep documents in this language; 'any' turns the filter off.")] = "en",
     min_words: Annotated[int, typer.Option(help="Drop documents shorter than this (OpenWebText: 128 tokens).")] = 100,
     incremental: Annotated[
-        bool, typer.Option("--incremental", help="Add to the latest corpus without recomputing it.")
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Add to the latest corpus without recomputing it (recomputed from every input when the settings "
+            "changed, or with --force).",
+        ),
     ] = False,
     overlap: Annotated[
         Optional[list[Path]],
