@@ -280,6 +280,20 @@ def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path
     assert "gpt2: error: no checkpoint of this run" in result.err and "--restart" in result.err
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_falls_back(home: Path):
+    args = ["pretrain", *FAST, "--max-steps", "10"]
+    assert run_cli(home, *args).returncode == 0
+    straight = losses(home)
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    path = run_dir / "step-00000010" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "model": {"x": torch.zeros(1)}}, path)  # a readable file of another model
+    again = run_cli(home, *args, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "does not fit this model and optimizer" in again.stderr and "(step 5)" in again.stderr
+    assert losses(home, "model@v2") == straight
+
+
 def test_token_ids_outside_the_vocabulary_are_refused(home: Path, gpt2):
     train = Store(home).resolve("tokens").file("train.bin")
     shard = TokenShard.open(train)

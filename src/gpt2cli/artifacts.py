@@ -264,6 +264,12 @@ class Published:
     reused: bool
 
 
+def is_path_reference(ref: str | Path) -> bool:
+    """Whether a reference names a directory (``./x``, ``/abs``, ``~/x``, ``a/b``) rather than ``KIND[@vN]``."""
+    text = str(ref)
+    return isinstance(ref, Path) or "/" in text or text.startswith((".", "~"))
+
+
 def artifact_input(artifact: Artifact) -> dict[str, Any]:
     return {"ref": artifact.ref, "manifest_sha256": artifact.manifest_sha256}
 
@@ -411,7 +417,7 @@ class Store:
 
     def _resolve(self, ref: str | Path) -> Artifact:
         text = str(ref)
-        if isinstance(ref, Path) or "/" in text or text.startswith((".", "~")):
+        if is_path_reference(ref):
             path = Path(text).expanduser()
             if not path.is_dir():
                 raise UsageError(f"no artifact directory at {path}")

@@ -454,7 +454,7 @@ class GPT(nn.Module):
 
     @classmethod
     def load(cls, source: Any, *, map_location: str | torch.device = "cpu") -> GPT:
-        """A model artifact (or a reference to one), or a Hugging Face GPT-2 directory.
+        """A model artifact (or a reference to one), or a Hugging Face GPT-2 directory; in eval mode (no dropout).
 
         Weights come from ``model.safetensors`` or, failing that, ``pytorch_model.bin`` read with
         ``weights_only=True``: no pickled code is ever executed. Any other artifact is a usage error, and a damaged
@@ -469,20 +469,23 @@ class GPT(nn.Module):
                 model.load_hf_state_dict(state)
         except Gpt2Error as e:
             raise Gpt2Error(f"{path}: {e}") from None
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
 
 def model_directory(source: Any, store: Any = None) -> Path:
     """The directory of a model: an artifact of kind ``model`` (a reference resolved in ``store``, default the
-    environment's), or a directory with a config.json. Checked before anything loads."""
-    from gpt2cli.artifacts import MANIFEST, Artifact, Store, load_manifest
+    environment's), or a directory with a config.json. ``model`` is a reference even beside a ``./model`` folder
+    (as in the artifact home itself); ``./model`` names the folder. Checked before anything loads."""
+    from gpt2cli.artifacts import MANIFEST, Artifact, Store, is_path_reference, load_manifest
 
     if isinstance(source, Artifact):
         directory = source.path
-    elif isinstance(source, (str, Path)) and (Path(source) / CONFIG_JSON).is_file():
-        directory = Path(source)
-    elif isinstance(source, (str, Path)) and Path(source).is_dir() and not (Path(source) / MANIFEST).is_file():
-        raise UsageError(f"{source} is not a model: it has no {CONFIG_JSON}")
+    elif is_path_reference(source) or (Path(source) / CONFIG_JSON).is_file():
+        directory = Path(source).expanduser()
+        if not directory.is_dir():
+            raise UsageError(f"no model directory at {directory}")
+        if not (directory / CONFIG_JSON).is_file() and not (directory / MANIFEST).is_file():
+            raise UsageError(f"{source} is not a model: it has no {CONFIG_JSON}")
     else:
         directory = (store or Store()).resolve(str(source)).path
     if (directory / MANIFEST).is_file():

@@ -154,8 +154,7 @@ class Sampler:
     def __init__(self, source: str | Path, store: Store, options: SampleOptions):
         options.validate()
         self.options = options
-        path = Path(source).expanduser()
-        directory = model_directory(path if path.is_dir() else str(source), store)
+        directory = model_directory(source, store)
         self.device = resolve_device(options.device)
         dtype = DTYPES[options.dtype] or fast_dtype(self.device)
         model, self.tokenizer = load_model(directory, self.device)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input
+from gpt2cli.artifacts import MANIFEST, Artifact, Published, Store, artifact_input, file_input
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_bytes, read_text
@@ -482,8 +482,7 @@ def zero_shot(
 ) -> Published:
     options.validate()
     overlap = _overlap_bloom(store, options.overlap_with) if options.overlap_with else None
-    source = Path(model_ref).expanduser()
-    model_dir = model_directory(source if source.is_dir() else model_ref, store)
+    model_dir = model_directory(model_ref, store)
     data_dir = resolve_data_dir(options)
     names = list(dict.fromkeys(options.tasks)) or available_tasks(options, store)  # a task named twice runs once
     if not names:
@@ -526,10 +525,10 @@ def zero_shot(
             runners[name] = _scored_task(name, path, data[name])
     if overlap and artifact_input(overlap[0]) not in inputs:
         inputs.append(artifact_input(overlap[0]))
-    if not source.is_dir():
-        inputs.insert(0, artifact_input(store.resolve(model_ref)))
+    if (model_dir / MANIFEST).is_file():
+        inputs.insert(0, artifact_input(store.resolve(model_dir)))
     else:
-        inputs.insert(0, {"path": str(source.resolve()), "bytes": 0, "sha256": _dir_digest(source)})
+        inputs.insert(0, {"path": str(model_dir.resolve()), "bytes": 0, "sha256": _dir_digest(model_dir)})
     device = resolve_device(options.device)
     dtype = DTYPES[options.dtype] or fast_dtype(device)
     model, tokenizer = load_model(model_dir, device)

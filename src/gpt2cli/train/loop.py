@@ -370,28 +370,7 @@ def _stop_requested(run: _Run) -> bool:
     return bool(distributed.all_reduce_sum(flag).item())
 
 
-def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
-    """Load the newest readable checkpoint; a damaged one (a truncated file) is skipped with a warning."""
-    candidates: list[Path] = []
-    if run.ctx.is_main and resume != "never":
-        candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
-    candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
-    if not candidates:
-        if resume == "require":
-            raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
-        return 0
-    state = None
-    for found in candidates:
-        try:
-            state = load_checkpoint(found, run.ctx.device)
-            break
-        except CheckpointError as e:
-            log.warning("%s: skipping it", e)
-    if state is None:
-        raise Gpt2Error(
-            f"no checkpoint of this run in {run.run_dir} is readable (newest: {candidates[0].name}); "
-            "--restart trains from step 0"
-        )
+def _load_weights(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     if run.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -405,6 +384,35 @@ def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: st
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+
+
+def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
+    """Load the newest readable checkpoint; a damaged one (a truncated file, or tensors that do not fit this model
+    and optimizer) is skipped with a warning: a later good one overwrites whatever it had begun to load."""
+    candidates: list[Path] = []
+    if run.ctx.is_main and resume != "never":
+        candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
+    candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
+    if not candidates:
+        if resume == "require":
+            raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
+        return 0
+    state = None
+    for found in candidates:
+        try:
+            state = load_checkpoint(found, run.ctx.device)
+            _load_weights(run, model, optimizer, state)
+            break
+        except CheckpointError as e:
+            log.warning("%s: skipping it", e)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # loads, but is not this run's model/optimizer
+            log.warning("%s does not fit this model and optimizer (%s): skipping it", found, str(e).splitlines()[0])
+        state = None
+    if state is None:
+        raise Gpt2Error(
+            f"no checkpoint of this run in {run.run_dir} is readable (newest: {candidates[0].name}); "
+            "--restart trains from step 0"
+        )
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if "cuda" in state["rng"] and run.ctx.device.type == "cuda":
         torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), run.ctx.device)
