@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gpt2cli.documents import expand_inputs, read_records
 
@@ -26,3 +30,11 @@ def test_folders_skip_hidden_files_and_folders(tmp_path: Path):
         (folder / name).write_text('{"text": "x"}\n')
     assert expand_inputs([folder]) == [folder / "a.txt", folder / "sub" / "b.jsonl"]
     assert expand_inputs([folder / "._a.txt"]) == [folder / "._a.txt"]
+
+
+def test_a_parquet_file_whose_name_is_not_utf8_is_read(tmp_path: Path):
+    """pyarrow takes no path that is not UTF-8; file names are bytes, so the reader hands it an open file."""
+    path = tmp_path / os.fsdecode(b"caf\xe9.parquet")
+    with open(path, "wb") as f:
+        pq.write_table(pa.table({"text": ["one", "two"]}), f)
+    assert [row for _, _, row in read_records([path])] == [{"text": "one"}, {"text": "two"}]

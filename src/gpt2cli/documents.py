@@ -152,24 +152,25 @@ def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int = 1
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a damaged file
-        raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
-    names = parquet.schema_arrow.names
-    if "text" not in names:
-        raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
-    batches = parquet.iter_batches(
-        batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
-    )
-    while True:
+    with _open(path) as f:  # a file object: pyarrow refuses a path whose name is not UTF-8
         try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as e:  # a damaged page is found only when it is read
-            raise Gpt2Error(f"{path}: damaged Parquet file ({e})") from None
-        if batch is None:
-            return
-        yield from batch.to_pylist()
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a damaged file
+            raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
+        names = parquet.schema_arrow.names
+        if "text" not in names:
+            raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
+        batches = parquet.iter_batches(
+            batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
+        )
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as e:  # a damaged page is found only when it is read
+                raise Gpt2Error(f"{path}: damaged Parquet file ({e})") from None
+            if batch is None:
+                return
+            yield from batch.to_pylist()
 
 
 @dataclass
