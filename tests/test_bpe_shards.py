@@ -188,3 +188,20 @@ def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
     tokens = store.resolve("tokens")
     assert [i["ref"] for i in tokens.inputs] == ["tokenizer@v1", "corpus@v1"]
     assert store.resolve("tokenizer").inputs[0]["ref"] == "corpus@v1"
+
+
+def test_input_typed_on_the_command_line_beats_the_run_configs_corpus(gpt2, tokenizer_ref: str, tmp_path: Path):
+    """The run config's ``corpus = "corpus"`` is a default: a typed --input wins over it (and a typed --corpus over
+    the run config's input); both typed is still a usage error."""
+    config = tmp_path / "run.toml"
+    config.write_text('[train-bpe]\ncorpus = "corpus"\n\n[tokenize]\ncorpus = "corpus"\n')
+    for args in (["train-bpe", "--vocab-size", "600"], ["tokenize"]):
+        result = gpt2("--run-config", str(config), *args, "--input", str(SAMPLE), "--json")
+        assert result.code == 0, result.err
+        if args[0] == "train-bpe":
+            assert json.loads(result.out)["ref"] == tokenizer_ref  # the same input as the fixture's: reused
+        both = gpt2("--run-config", str(config), *args, "--input", str(SAMPLE), "--corpus", "corpus")
+        assert both.code == 2 and both.err == "gpt2: error: give either --corpus or --input, not both\n"
+    config.write_text(f"[tokenize]\ninput = [{json.dumps(str(SAMPLE))}]\n")
+    typed_corpus = gpt2("--run-config", str(config), "tokenize", "--corpus", "corpus")
+    assert typed_corpus.code == 2 and typed_corpus.err.startswith("gpt2: error: no 'corpus' artifact in ")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -435,3 +436,23 @@ def test_a_recompute_never_reads_part_of_the_inputs(gpt2, home: Path, tmp_path: 
     line = error_line(result.err)
     assert "corpus@v1 was made with other dedupe settings (near_threshold)" in line and str(first) in line
     assert "without --incremental" in line and [a.ref for a in Store(home).versions("corpus")] == ["corpus@v1"]
+
+
+def test_names_that_are_not_utf8(tmp_path: Path):
+    """File names are bytes: an input named in Latin-1 is a ``\\xNN`` escape in the corpus's raw_docs column (a
+    Parquet string is UTF-8), and a --home named so holds the state and the corpus (pyarrow takes no such path)."""
+    texts = articles(3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    latin1 = folder / os.fsdecode(b"caf\xe9-latin1.txt")
+    latin1.write_text(texts[0])
+    with open(folder / os.fsdecode(b"more-\xe9.parquet"), "wb") as f:
+        pq.write_table(pa.table({"text": texts[1:]}), f)
+    home = tmp_path / os.fsdecode(b"h\xe9")
+    result = run_cli(home, "dedupe", "--input", str(folder), "--workers", "1", "--overlap", str(latin1), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summary"]["documents"] == 3
+    with open(Store(home).resolve("corpus").file("documents-00000.parquet"), "rb") as f:
+        provenance = sorted(pq.read_table(f, columns=["raw_docs"]).column(0).to_pylist())
+    parent = str(folder)
+    assert provenance == [f"{parent}/caf\\xe9-latin1.txt", *[f"{parent}/more-\\xe9.parquet"] * 2]

@@ -360,6 +360,21 @@ def test_directory_input(tmp_path: Path) -> None:
         list(iter_dumps([tmp_path / "missing"], Counter()))
 
 
+def test_a_folder_gives_only_its_submission_dumps(tmp_path: Path) -> None:
+    """A folder of dumps holds more than submissions (RC_* comment dumps, the WARC archive of the pages, other
+    NDJSON): only RS_* files are read from it; a file named explicitly is read whatever its name."""
+    (tmp_path / "RS_2005-06.gz").write_bytes(gzip.compress(_ndjson(_records(2))))
+    (tmp_path / "RC_2005-06.gz").write_bytes(gzip.compress(_ndjson(_records(3))))
+    (tmp_path / "RC_2005-07").write_bytes(_ndjson(_records(3)))
+    (tmp_path / "RS_2005-06.gz.md5").write_text("0" * 32 + "\n")
+    (tmp_path / "pages.warc.gz").write_bytes(gzip.compress(b"WARC/1.0\r\nWARC-Type: response\r\n\r\n"))
+    (tmp_path / "links.json").write_bytes(_ndjson(_records(4)))
+    stats: Counter[str] = Counter()
+    assert [s.source for s in iter_dumps([tmp_path], stats)] == ["RS_2005-06.gz"] * 2
+    assert stats["files"] == 1 and not stats["bad_json"]
+    assert [s.source for s in iter_dumps([tmp_path / "links.json"], Counter())] == ["links.json"] * 4
+
+
 def test_url_list(tmp_path: Path) -> None:
     path = tmp_path / "links.txt"
     path.write_text("# OpenWebText-style list\n\nhttp://a.com/x\n  https://b.org/y\tcomment\n# end\n")

@@ -267,6 +267,18 @@ def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
         site.close()
 
 
+def test_a_home_whose_name_is_not_utf8_publishes(three_pages: Path, tmp_path: Path):
+    """pyarrow takes no path that is not UTF-8: documents.parquet is written, and dedupe reads it, as a file."""
+    home = tmp_path / os.fsdecode(b"hh\xe9")
+    scraped = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE)
+    assert scraped.returncode == 0, scraped.stderr
+    with open(Store(home).resolve("raw-docs").file("documents.parquet"), "rb") as f:
+        assert pq.read_table(f).num_rows == 3
+    deduped = run_cli(home, "dedupe", "--workers", "1", "--json")
+    assert deduped.returncode == 0, deduped.stderr
+    assert json.loads(deduped.stdout)["summary"]["documents"] == 3
+
+
 def test_the_same_dump_named_another_way_is_reused(home: Path, tmp_path: Path):
     site = _Site(pages=2, delay=0)
     try:

@@ -77,6 +77,27 @@ def store_for(ctx: typer.Context, home: Optional[Path]) -> Store:
     return Store(settings(ctx, home).home)
 
 
+def _from_run_config(ctx: typer.Context, name: str) -> bool:
+    """Whether parameter ``name`` has its value from the run config (click's default_map), not the command line.
+
+    Compared by name: typer bundles its own click, whose ParameterSource is not click's.
+    """
+    return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT_MAP"
+
+
+def _corpus_or_inputs(
+    ctx: typer.Context, corpus: Optional[str], inputs: Optional[list[Path]]
+) -> tuple[Optional[str], list[Path]]:
+    """--corpus and --input exclude each other, but the one the run config gave yields to the other one typed on
+    the command line (the run config's ``corpus = "corpus"`` must not refuse ``--input``)."""
+    if corpus and inputs:
+        if _from_run_config(ctx, "corpus") and not _from_run_config(ctx, "inputs"):
+            corpus = None
+        elif _from_run_config(ctx, "inputs") and not _from_run_config(ctx, "corpus"):
+            inputs = None
+    return corpus, list(inputs or [])
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"gpt2cli {__version__}")
@@ -335,10 +356,11 @@ def train_bpe_command(
     from gpt2cli.bpe.stage import train_bpe
 
     opts = settings(ctx, home, as_json)
+    corpus, input_paths = _corpus_or_inputs(ctx, corpus, inputs)
     result = train_bpe(
         Store(opts.home),
         corpus=corpus,
-        inputs=inputs or [],
+        inputs=input_paths,
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         val_fraction=val_fraction,
@@ -366,11 +388,12 @@ def tokenize_command(
     from gpt2cli.bpe.shards import tokenize_corpus
 
     opts = settings(ctx, home, as_json)
+    corpus, input_paths = _corpus_or_inputs(ctx, corpus, inputs)
     result = tokenize_corpus(
         Store(opts.home),
         tokenizer_ref=tokenizer,
         corpus=corpus,
-        inputs=inputs or [],
+        inputs=input_paths,
         val_fraction=val_fraction,
         force=force,
         wait=wait,
@@ -437,12 +460,11 @@ def pretrain_command(
     opts = settings(ctx, home, as_json)
     flags = dict(locals())
     # the run config's [pretrain] table arrives as option defaults, but ranks below an explicit --config file
-    # (compared by name: typer bundles its own click, whose ParameterSource is not click's)
-    from_run_config = {k for k in _PRETRAIN_FLAGS if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT_MAP"}
+    run_config = {k for k in _PRETRAIN_FLAGS if _from_run_config(ctx, k)}
     cfg = load_config(
         config,
-        {k: flags[k] for k in _PRETRAIN_FLAGS if k not in from_run_config},
-        defaults={k: flags[k] for k in from_run_config},
+        {k: flags[k] for k in _PRETRAIN_FLAGS if k not in run_config},
+        defaults={k: flags[k] for k in run_config},
         commands=set(ctx.find_root().command.commands),  # type: ignore[attr-defined]
     )
     mode = "require" if resume else "never" if restart else "auto"

@@ -7,6 +7,7 @@ text falls below ``--val-fraction``, so a document keeps its split across runs a
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -44,12 +45,22 @@ def split_for(text: str, val_fraction: float) -> str:
 
 
 def expand_inputs(paths: Sequence[Path]) -> list[Path]:
-    """Files named directly, and the supported files under each directory, in a stable order."""
+    """Files named directly, and the supported files under each directory, in a stable order.
+
+    A directory's hidden files and folders (``.ipynb_checkpoints/``, macOS's ``._name`` AppleDouble files) are
+    not documents and are skipped; a hidden file named directly is read.
+    """
     supported = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in supported)
+            files += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in supported
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
         elif path.is_file():
             if path.suffix.lower() not in supported:
                 raise UsageError(f"{path}: unsupported input type; use .txt/.md, .jsonl/.ndjson or .parquet")
@@ -81,7 +92,8 @@ def read_records(
     The one reader of --input files, so that every stage takes the same inputs. Records are numbered across
     files from 0 (blank lines are not records); a record ``owns`` rejects is numbered but not parsed, so that
     the shards of an input agree on the numbers. A record that is not UTF-8 or not a JSON object comes as
-    :class:`Malformed`; a file that cannot be read at all is an error naming it.
+    :class:`Malformed`; a file that cannot be read at all is an error naming it. A UTF-8 byte order mark at
+    the start of a file (Windows editors write one) is not part of its first record.
     """
     record = -1
     for path in files:
@@ -89,6 +101,8 @@ def read_records(
         if suffix in JSONL_SUFFIXES:
             with _open(path) as f:
                 for lineno, raw in enumerate(f, 1):
+                    if lineno == 1:
+                        raw = raw.removeprefix(codecs.BOM_UTF8)
                     if not raw.strip():
                         continue
                     record += 1
@@ -103,7 +117,7 @@ def read_records(
             record += 1
             if owns(record):
                 with _open(path) as f:
-                    yield record, path, _text_record(f.read(), str(path))
+                    yield record, path, _text_record(f.read().removeprefix(codecs.BOM_UTF8), str(path))
 
 
 def _open(path: Path) -> BinaryIO:
@@ -138,24 +152,25 @@ def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int = 1
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a damaged file
-        raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
-    names = parquet.schema_arrow.names
-    if "text" not in names:
-        raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
-    batches = parquet.iter_batches(
-        batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
-    )
-    while True:
+    with _open(path) as f:  # a file object: pyarrow refuses a path whose name is not UTF-8
         try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as e:  # a damaged page is found only when it is read
-            raise Gpt2Error(f"{path}: damaged Parquet file ({e})") from None
-        if batch is None:
-            return
-        yield from batch.to_pylist()
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as e:  # pyarrow raises several types for a damaged file
+            raise Gpt2Error(f"{path}: not a readable Parquet file ({e})") from None
+        names = parquet.schema_arrow.names
+        if "text" not in names:
+            raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
+        batches = parquet.iter_batches(
+            batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
+        )
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as e:  # a damaged page is found only when it is read
+                raise Gpt2Error(f"{path}: damaged Parquet file ({e})") from None
+            if batch is None:
+                return
+            yield from batch.to_pylist()
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Small text helpers shared by stages."""
 
+from __future__ import annotations
+
+import os
+
 
 def valid_unicode(text: str) -> str:
     """``text`` with lone surrogates (from JSON ``\\ud800`` escapes, say) replaced by U+FFFD.
@@ -12,3 +16,9 @@ def valid_unicode(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def utf8_name(path: str | os.PathLike[str]) -> str:
+    """``path`` as valid UTF-8 text, for string columns (Parquet's): a file name's bytes that are not UTF-8, held
+    by Python as lone surrogates, become ``\\xNN`` escapes instead of failing the write."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -52,6 +52,7 @@ from gpt2cli.dedupe.minhash import (
 from gpt2cli.dedupe.normalize import normalize_text, text_key
 from gpt2cli.documents import JSONL_SUFFIXES, Malformed, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.textutil import utf8_name
 from gpt2cli.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def _input_sources(
         artifact = store.resolve(ref, "raw-docs", option="--raw-docs")
         path = artifact.file("documents.parquet")
         try:
-            missing = RAW_DOCS_COLUMNS - set(pq.read_schema(path).names)
+            with open(path, "rb") as f:  # a file object: pyarrow refuses a path that is not UTF-8
+                missing = RAW_DOCS_COLUMNS - set(pq.read_schema(f).names)
         except (pa.ArrowException, OSError) as e:
             raise Gpt2Error(f"{artifact.ref}: {path} is not a readable Parquet file ({e})") from None
         if missing:
@@ -212,7 +214,7 @@ def _input_sources(
 def _records(sources: Sequence[tuple[Path, str]], shard: Shard, stats: Counter[str]) -> Iterator[tuple[int, dict]]:
     """(record number, row) of the records this shard owns, streamed; malformed records it owns are counted
     in ``stats`` and skipped (every record is numbered, so the shards' counts add up to the whole)."""
-    provenance = dict(sources)
+    provenance = {path: utf8_name(source) for path, source in sources}  # a Parquet string column: valid UTF-8
     for record, path, row in read_records([path for path, _ in sources], owns=shard.owns):
         if isinstance(row, Malformed) or not _well_formed(row):
             stats[row.reason if isinstance(row, Malformed) else "malformed"] += 1
@@ -531,7 +533,9 @@ class _StateWriter:
         directory.mkdir(parents=True)
         self.directory, self.num_perm = directory, num_perm
         self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _DOC_SCHEMA_FIELDS])
-        self.docs = pq.ParquetWriter(directory / "docs.parquet", self.schema)
+        # a file object, not a path: pyarrow refuses a path that is not UTF-8 (a --home named so)
+        self.docs_file = open(directory / "docs.parquet", "wb")  # noqa: SIM115 (closed in close())
+        self.docs = pq.ParquetWriter(self.docs_file, self.schema)
         self.shingles = open(directory / "shingles.u64", "wb")  # noqa: SIM115 (closed in close())
         self.offsets, self.signatures, self.pending = [0], [], []
 
@@ -554,6 +558,7 @@ class _StateWriter:
     def close(self, edges: Sequence[tuple[int, int]], screen: dict[str, Any]) -> None:
         self._flush()
         self.docs.close()
+        self.docs_file.close()
         self.shingles.close()
         n = len(self.offsets) - 1
         np.save(self.directory / "shingle_offsets.npy", np.asarray(self.offsets, np.int64))
@@ -576,10 +581,9 @@ class _State:
         """(order, row JSON) of every document, in order, streamed from disk."""
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(self.directory / "docs.parquet").iter_batches(
-            batch_size=1024, columns=["order", "row"]
-        ):
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+        with open(self.directory / "docs.parquet", "rb") as f:  # a file object: the home's name may not be UTF-8
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["order", "row"]):
+                yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
 def _has_state(directory: Path) -> bool:
@@ -595,7 +599,8 @@ def _open_state(directory: Path, what: str) -> _State:
     path = directory / "shingles.u64"
     values = np.memmap(path, "<u8", mode="r") if path.stat().st_size else np.zeros(0, "<u8")
     offsets = np.load(directory / "shingle_offsets.npy")
-    meta = pq.read_table(directory / "docs.parquet", columns=["order", "score", "key", "url", "snippet"]).to_pydict()
+    with open(directory / "docs.parquet", "rb") as f:  # a file object: the home's name may not be UTF-8
+        meta = pq.read_table(f, columns=["order", "score", "key", "url", "snippet"]).to_pydict()
     docs = [
         Doc(order, score, key, url, snippet, values[offsets[i] : offsets[i + 1]])
         for i, (order, score, key, url, snippet) in enumerate(
@@ -824,7 +829,7 @@ class _CorpusWriter:
     def __init__(self, path: Path) -> None:
         import pyarrow as pa
 
-        self.path, self.rows, self.writer = path, [], None
+        self.path, self.rows, self.writer, self.file = path, [], None, None
         self.schema = pa.schema([("text", pa.string()), ("url", pa.string()), ("domain", pa.string()),
                                  ("title", pa.string()), ("score", pa.int64()), ("raw_docs", pa.string()),
                                  ("split", pa.string())])  # fmt: skip
@@ -832,7 +837,8 @@ class _CorpusWriter:
     def __enter__(self) -> _CorpusWriter:
         import pyarrow.parquet as pq
 
-        self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.file = open(self.path, "wb")  # a file object, closed in __exit__: pyarrow refuses non-UTF-8 paths
+        self.writer = pq.ParquetWriter(self.file, self.schema)
         return self
 
     def add(self, row: dict[str, Any], score: int | None, split: str) -> None:
@@ -853,6 +859,8 @@ class _CorpusWriter:
         self._flush()
         if self.writer is not None:
             self.writer.close()
+        if self.file is not None:
+            self.file.close()
 
 
 class _CorpusTexts:
@@ -864,8 +872,9 @@ class _CorpusTexts:
     def __iter__(self) -> Iterator[str]:
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(self.path).iter_batches(columns=["text"]):
-            yield from batch.column(0).to_pylist()
+        with open(self.path, "rb") as f:  # a file object: pyarrow refuses a path that is not UTF-8
+            for batch in pq.ParquetFile(f).iter_batches(columns=["text"]):
+                yield from batch.column(0).to_pylist()
 
 
 def _eval_texts(files: Sequence[Path]) -> list[str]:

@@ -34,9 +34,10 @@ from gpt2cli.errors import Gpt2Error, UsageError
 
 log = logging.getLogger(__name__)
 
-# File names read from a directory: compressed or plain NDJSON. Given explicitly, any file is read.
+# File names read from a directory: submission dumps (RS_*), compressed, plain NDJSON or without a suffix (Pushshift's
+# RS_2017-12). Given explicitly, any file is read.
+DUMP_PREFIX = "RS_"
 DUMP_SUFFIXES = (".zst", ".bz2", ".xz", ".gz", ".ndjson", ".jsonl", ".json")
-_DUMP_NAME = re.compile(r"R[SC]_.*")  # RS_2017-12 (no suffix), the names Pushshift gives its dumps
 _CHUNK = 1 << 16
 URL_LIST_SOURCE = "urls:"  # the source of a URL list's entries: links without karma, taken as given
 
@@ -266,7 +267,8 @@ def read_dump(path: Path, stats: Counter[str]) -> Iterator[Submission]:
 
 
 def dump_files(paths: Iterable[Path]) -> list[Path]:
-    """Files to read: each path given, or a directory's dump-like files (recursively, sorted by path).
+    """Files to read: each path given, whatever its name, or a directory's submission dumps (``RS_*`` files,
+    recursively, sorted by path): a folder of dumps also holds comment dumps (``RC_*``), WARC archives, notes.
 
     A path that does not exist is a usage error (exit 2): a typo must not silently yield no links.
     """
@@ -290,8 +292,7 @@ def dump_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _is_dump_name(name: str) -> bool:
-    lower = name.lower()
-    return lower.endswith(DUMP_SUFFIXES) or ("." not in name and bool(_DUMP_NAME.fullmatch(name)))
+    return name.startswith(DUMP_PREFIX) and (name.lower().endswith(DUMP_SUFFIXES) or "." not in name)
 
 
 def iter_dumps(paths: Iterable[Path], stats: Counter[str]) -> Iterator[Submission]:

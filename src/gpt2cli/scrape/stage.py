@@ -330,7 +330,8 @@ def _write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> int:
         ]
     )
     count = 0
-    with pq.ParquetWriter(path, schema) as writer:  # an empty file still has the schema
+    # an empty file still has the schema; a file object, as pyarrow refuses a path that is not UTF-8
+    with open(path, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         for batch in batched(rows, 256):
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
