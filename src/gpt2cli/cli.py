@@ -551,7 +551,7 @@ def report_command(
     console.print(f"\n[bold]validation loss[/bold] (nats/token) by step; plot: {summary['loss_png']}")
     console.print("\n".join(ascii_plot(summary["val_loss_curve"])), markup=False, highlight=False)
     console.print(f"\n[bold]learning:[/bold] {summary['learning'].get('statement', 'no validation loss recorded')}")
-    if "eval_rows" in summary:
+    if summary["eval"] is not None:
         table = Table("metric", "ours", "paper (same size)", title=summary["eval"], title_justify="left")
         for row in summary["eval_rows"]:
             table.add_row(*row)

@@ -82,13 +82,18 @@ def learning_check(store: Store, model: Artifact) -> dict[str, Any]:
     if val_loss is not None:
         out["below_unigram"] = round(entropy - val_loss, 4)
         out["learned"] = val_loss < entropy - 0.5  # at least 0.5 nats below: well below, not noise
-        out["statement"] = (
-            f"validation loss {val_loss:.3f} nats/token is {entropy - val_loss:.3f} below the unigram entropy "
-            f"{entropy:.3f} of the {shard.count:,} training tokens (perplexity {math.exp(val_loss):.1f} vs "
-            f"{math.exp(entropy):.1f}): the model "
-            + ("uses context, not only token frequencies" if out["learned"] else "has NOT learned beyond frequencies")
-        )
+        out["statement"] = learning_statement(val_loss, entropy, shard.count, out["learned"])
     return out
+
+
+def learning_statement(val_loss: float, entropy: float, tokens: int, learned: bool) -> str:
+    gap = entropy - val_loss
+    return (
+        f"validation loss {val_loss:.3f} nats/token is {abs(gap):.3f} {'below' if gap >= 0 else 'above'} the unigram "
+        f"entropy {entropy:.3f} of the {tokens:,} training tokens (perplexity {math.exp(val_loss):.1f} vs "
+        f"{math.exp(entropy):.1f}): the model "
+        + ("uses context, not only token frequencies" if learned else "has NOT learned beyond frequencies")
+    )
 
 
 def run_summary(store: Store, model_ref: str = "model", eval_ref: str | None = "eval") -> dict[str, Any]:
@@ -101,6 +106,7 @@ def run_summary(store: Store, model_ref: str = "model", eval_ref: str | None = "
     summary["loss_png"] = str(png) if png.is_file() else None
     summary["val_loss_curve"] = val_loss_curve(model)
     summary["learning"] = learning_check(store, model)
+    summary["eval"], summary["eval_rows"] = None, []  # the same keys whether or not the model was evaluated
     if eval_ref is not None and store.latest("eval") is not None:
         evaluation = store.resolve(eval_ref)
         if _input_ref(evaluation, "model@") == model.ref:
