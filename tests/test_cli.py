@@ -66,6 +66,20 @@ def test_parser_errors_are_one_line_with_exit_2(gpt2, args):
     assert "--help)" in result.err and not result.out
 
 
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_only_rank_0_says_a_torchrun_job_was_stopped(gpt2, monkeypatch: pytest.MonkeyPatch, rank: str, printed: bool):
+    from gpt2cli.errors import Terminated
+    from gpt2cli.train import loop
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Terminated("stopped by SIGTERM after step 7")
+
+    monkeypatch.setattr(loop, "pretrain", stopped)
+    monkeypatch.setenv("RANK", rank)
+    result = gpt2("pretrain")
+    assert result.code == 143 and ("stopped by SIGTERM" in result.err) == printed
+
+
 def test_no_arguments_print_the_help(gpt2):
     result = gpt2("artifacts")
     assert result.code == 2 and "Usage" in result.out and "Commands" in result.out

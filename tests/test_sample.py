@@ -308,6 +308,9 @@ def test_new_tokens_count_up_to_the_stop_of_each_row(model_home: Path, monkeypat
                 expected = next(n for n in range(1, len(row) + 1) if "." in tok.decode(row[:n]))
             assert sample.new_tokens == expected, (stop_at_eot, sample)
         assert len({s.new_tokens for s in samples}) > 1  # the rows did finish at different steps
+        by_length = sorted(samples, key=lambda s: s.new_tokens)  # each row's time runs to its own end, as its count
+        assert [s.seconds for s in by_length] == sorted(s.seconds for s in by_length)
+        assert by_length[0].seconds < by_length[-1].seconds
 
 
 def test_stop_reads_backslash_escapes(gpt2, monkeypatch: pytest.MonkeyPatch):

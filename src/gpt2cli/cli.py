@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from gpt2cli import __version__
 from gpt2cli.artifacts import Artifact, Published, Store, release_reads
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
-from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, UsageError
+from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, Terminated, UsageError
 
 app = typer.Typer(
     name="gpt2",
@@ -495,7 +496,7 @@ def refresh_command(
     """The cron job: scrape new links (only URLs not fetched before), dedupe them into a new corpus version
     incrementally, and re-tokenize, with the run config's settings. Exit 75 when another refresh (or a stage
     it needs) is running; a killed refresh leaves the last good versions and the next one completes the work."""
-    from gpt2cli.errors import LockHeld, Terminated
+    from gpt2cli.errors import LockHeld
     from gpt2cli.refresh import log_to_file, refresh
 
     opts = settings(ctx, home, as_json)
@@ -978,6 +979,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(e.exit_code)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         _fail(f"error: {' '.join(e.format_message().split())}{where}", e.exit_code)
+    except Terminated as e:  # every process of a torchrun job gets the SIGTERM; rank 0 speaks for them
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(e.exit_code)
+        _fail(f"error: {e}", e.exit_code)
     except Gpt2Error as e:
         _fail(f"error: {e}", e.exit_code)
     except OSError as e:  # the machine's: a path that is not there or not writable, a full disk

@@ -184,6 +184,7 @@ class Sampler:
         streams = [_TextStream(tok, stop_strings) for _ in range(opts.num_samples)]
         stopped = ["length"] * opts.num_samples
         produced = [0] * opts.num_samples  # up to and including the token that stopped the row, not its padding
+        finished_at: list[float | None] = [None] * opts.num_samples  # a row's tokens/s is over its own time
         stop_ids = [tok.eot_id] if opts.stop_at_eot else []
 
         def on_step(new_ids: torch.Tensor) -> torch.Tensor:
@@ -197,6 +198,8 @@ class Sampler:
                 elif stream.push(token):
                     stopped[row] = "stop"
                     finish[row] = True
+                if stopped[row] != "length":
+                    finished_at[row] = time.perf_counter()
             if on_text is not None and (delta := streams[0].pending()):
                 on_text(delta)
             return finish
@@ -214,9 +217,9 @@ class Sampler:
                 on_step=on_step,
                 forward=self.forward,
             )
-        seconds = time.perf_counter() - started
-        samples = [Sample(prompt, stream.finish(), len(ids), produced[row], seconds, stopped[row], seed)
-                   for row, stream in enumerate(streams)]  # fmt: skip
+        ended = time.perf_counter()
+        samples = [Sample(prompt, stream.finish(), len(ids), produced[row], (finished_at[row] or ended) - started,
+                          stopped[row], seed) for row, stream in enumerate(streams)]  # fmt: skip
         if on_text is not None and (rest := streams[0].pending(final=True)):
             on_text(rest)
         return samples
