@@ -25,10 +25,11 @@ webtext task (a corpus artifact), are local only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,20 @@ HUB_SPECS: dict[str, HubSpec] = {
 }
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only errors from these libraries' loggers while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def fetch(name: str, spec: HubSpec, cache: Path, relpath: str, *, local: Path) -> Path:
     """Load ``spec`` through ``datasets`` and write it as ``cache/<split>/relpath``; returns ``cache/<split>``.
 
@@ -183,7 +198,8 @@ def fetch(name: str, spec: HubSpec, cache: Path, relpath: str, *, local: Path) -
     try:
         import datasets
 
-        rows = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
+        with _quiet("huggingface_hub", "datasets"):  # their retry warnings; a failure ends in our one line
+            rows = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
     except Exception as e:  # `datasets` raises many types (connection, not found, bad config): all end here
         why = f"{type(e).__name__}: {_one_line(str(e))[:200]}"
         raise Gpt2Error(f"{name}: cannot load {spec} from the Hugging Face hub ({why}); put {local} there "
