@@ -126,6 +126,14 @@ def test_run_config_typos_are_usage_errors(tmp_path: Path):
     assert result.returncode == 2 and "[trian-bpe] is not a command" in result.stderr
 
 
+def test_a_run_config_may_give_one_value_for_a_repeatable_option(tmp_path: Path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'[train-bpe]\ninput = "{SAMPLE}"\nvocab_size = 300\n')  # not ["..."]
+    result = run_cli(tmp_path / "home", "--run-config", str(config), "--json", "train-bpe")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ref"] == "tokenizer@v1"
+
+
 def corpus_texts(home: Path) -> list[tuple[str, str]]:
     rows = pq.read_table(Store(home).resolve("corpus").file("documents-00000.parquet")).to_pylist()
     return sorted((r["url"], r["text"]) for r in rows)

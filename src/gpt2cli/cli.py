@@ -163,7 +163,10 @@ def scrape_reddit_command(
     ctx: typer.Context,
     dump: Annotated[
         Optional[list[Path]],
-        typer.Option(help="Pushshift/Arctic Shift dump (.zst/.bz2/.xz/.gz/NDJSON) or folder; repeatable."),
+        typer.Option(
+            help="Pushshift/Arctic Shift dump (.zst/.bz2/.xz/.gz/NDJSON), or a folder of them (its RS_* files); "
+            "repeatable."
+        ),
     ] = None,
     subreddit: Annotated[
         Optional[list[str]], typer.Option(help="Pull a subreddit listing from the Reddit API; repeatable.")

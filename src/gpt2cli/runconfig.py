@@ -48,15 +48,17 @@ def _tables(tables: dict[str, Any], command: Any, path: str, trail: list[str]) -
                 raise UsageError(f"{path}: {where} must be a table of options")
             out[name] = _tables(value, sub, path, [*trail, name])
             continue
-        options = {}  # the flag's name (--task -> task) or the parameter's (tasks) -> the parameter's
+        options = {}  # the flag's name (--task -> task) or the parameter's (tasks) -> the parameter
         for param in command.params:
             if param.param_type_name == "option":
-                options[param.name] = param.name
+                options[param.name] = param
                 for flag in param.opts:
-                    options.setdefault(flag.lstrip("-").replace("-", "_"), param.name)
+                    options.setdefault(flag.lstrip("-").replace("-", "_"), param)
         key = name.replace("-", "_")
         if key not in options:
             shown = sorted({n for n in options if not n.startswith("no_")} - {"home", "as_json"})
             raise UsageError(f"{path}: [{'.'.join(trail)}] has no option {name!r}; options: {', '.join(shown)}")
-        out[options[key]] = value
+        param = options[key]
+        repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
+        out[param.name] = [value] if repeatable and not isinstance(value, list) else value
     return out
