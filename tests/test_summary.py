@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from gpt2cli.summary import learning_statement
@@ -14,8 +15,10 @@ def test_the_learning_statement_says_below_or_above():
     assert "is 1.600 above the unigram entropy" in above and above.endswith("has NOT learned beyond frequencies")
 
 
-def test_report_json_has_the_same_keys_without_an_evaluation(gpt2, model_home: Path):
-    result = gpt2("report", "--home", str(model_home), "--json", "--num-samples", "1", "--max-new-tokens", "2")
+def test_report_json_has_the_same_keys_without_an_evaluation(gpt2, model_home: Path, tmp_path: Path):
+    home = tmp_path / "home"
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("eval"))  # other tests evaluate the model
+    result = gpt2("report", "--home", str(home), "--json", "--num-samples", "1", "--max-new-tokens", "2")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["eval"] is None and report["eval_rows"] == [] and len(report["samples"]) == 1

@@ -533,11 +533,12 @@ class Store:
             partial.mkdir(exist_ok=True)
             started = time.time()
             try:
-                summary = build(Draft(kind, partial, resumed)) or {}
+                summary = build(Draft(kind, partial, resumed))
             except BaseException:
                 if not resumable:  # nothing to resume: a failed build leaves no draft behind
                     shutil.rmtree(partial, ignore_errors=True)
                 raise
+            summary = summary if isinstance(summary, dict) else {}
             shutil.rmtree(partial / ".work", ignore_errors=True)
             version = f"v{self._next_number(kind_dir)}"
             manifest = {

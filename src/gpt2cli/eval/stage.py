@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import MANIFEST, Artifact, Published, Store, artifact_input, file_input
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input, is_path_reference
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_bytes, read_text
@@ -525,9 +525,9 @@ def zero_shot(
             runners[name] = _scored_task(name, path, data[name])
     if overlap and artifact_input(overlap[0]) not in inputs:
         inputs.append(artifact_input(overlap[0]))
-    if (model_dir / MANIFEST).is_file():
+    if not is_path_reference(model_ref):  # a version of the store: immutable, named by its manifest
         inputs.insert(0, artifact_input(store.resolve(model_dir)))
-    else:
+    else:  # a directory anyone may change: named by its files' contents
         inputs.insert(0, {"path": str(model_dir.resolve()), "bytes": 0, "sha256": _dir_digest(model_dir)})
     device = resolve_device(options.device)
     dtype = DTYPES[options.dtype] or fast_dtype(device)
