@@ -103,3 +103,19 @@ def test_precedence_flags_then_config_then_run_config(gpt2, trained, tmp_path: P
     result = gpt2("--run-config", str(run_config), "pretrain", "--config", str(config), "--max-steps", "2")
     assert result.code == 0
     assert (trained[-1].model_size, trained[-1].seq_len, trained[-1].max_steps) == ("tiny", 64, 2)
+
+
+def test_config_may_name_the_tokens_below_the_flag_and_above_the_run_config(
+    gpt2, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    chosen: list[str] = []
+    monkeypatch.setattr("gpt2cli.train.loop.pretrain", lambda store, *, tokens_ref, **_: chosen.append(tokens_ref))
+    run_config, config = tmp_path / "rc.toml", tmp_path / "cfg.toml"
+    run_config.write_text('[pretrain]\ntokens = "tokens@v1"\n')
+    config.write_text('[pretrain]\ntokens = "tokens@v2"\nmax_steps = 5\n')
+    assert gpt2("pretrain").code == 0 and gpt2("--run-config", str(run_config), "pretrain").code == 0
+    assert gpt2("--run-config", str(run_config), "pretrain", "--config", str(config)).code == 0
+    assert gpt2("pretrain", "--config", str(config), "--tokens", "tokens@v3").code == 0
+    assert chosen == ["tokens", "tokens@v1", "tokens@v2", "tokens@v3"]
+    config.write_text("tokens = 3\n")
+    one_line_usage_error(gpt2("pretrain", "--config", str(config)), "tokens")

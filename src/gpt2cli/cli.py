@@ -456,7 +456,7 @@ def pretrain_command(
 
     Many processes: `torchrun --nproc_per_node=K -m gpt2cli pretrain ...` (DDP; NCCL on GPUs, gloo on CPUs).
     """
-    from gpt2cli.train.config import load_config
+    from gpt2cli.train.config import config_tokens, load_config
     from gpt2cli.train.loop import pretrain
 
     if resume and restart:
@@ -465,12 +465,15 @@ def pretrain_command(
     flags = dict(locals())
     # the run config's [pretrain] table arrives as option defaults, but ranks below an explicit --config file
     run_config = {k for k in _PRETRAIN_FLAGS if _from_run_config(ctx, k)}
+    commands = set(ctx.find_root().command.commands)  # type: ignore[attr-defined]
     cfg = load_config(
         config,
         {k: flags[k] for k in _PRETRAIN_FLAGS if k not in run_config},
         defaults={k: flags[k] for k in run_config},
-        commands=set(ctx.find_root().command.commands),  # type: ignore[attr-defined]
+        commands=commands,
     )
+    if getattr(ctx.get_parameter_source("tokens"), "name", "") != "COMMANDLINE":  # --config ranks above the rest
+        tokens = config_tokens(config, commands) or tokens
     mode = "require" if resume else "never" if restart else "auto"
     result = pretrain(Store(opts.home), tokens_ref=tokens, cfg=cfg, resume=mode, force=force, wait=wait)
     if result is not None:

@@ -117,10 +117,19 @@ def load_config(
     values = {k: v for k, v in (defaults or {}).items() if v is not None}
     if toml_path is not None:
         values.update(_read_table(Path(toml_path), commands))
+        values.pop(TOKENS, None)  # what to train on, not how: see config_tokens
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**values)
     config.validate()
     return config
+
+
+TOKENS = "tokens"  # the one key of a --config file that is no TrainConfig field: the tokens artifact to train on
+
+
+def config_tokens(toml_path: Path | None, commands: Collection[str] = ()) -> str | None:
+    """The tokens artifact a --config file names, if any (as the run config's [pretrain] table may)."""
+    return None if toml_path is None else _read_table(Path(toml_path), commands).get(TOKENS)
 
 
 def _read_table(path: Path, commands: Collection[str]) -> dict[str, Any]:
@@ -137,7 +146,7 @@ def _read_table(path: Path, commands: Collection[str]) -> dict[str, Any]:
         stray = sorted(k for k, v in raw.items() if k != "pretrain" and not (k in commands and isinstance(v, dict)))
         if stray:
             raise UsageError(f"{path}: {', '.join(stray)} outside the [pretrain] table (not a command's table)")
-    types = get_type_hints(TrainConfig)
+    types = {**get_type_hints(TrainConfig), TOKENS: str}
     unknown = sorted({k.replace("-", "_") for k in table} - set(types))
     if unknown:
         raise UsageError(f"{path}: unknown settings {', '.join(unknown)}")
