@@ -65,8 +65,9 @@ demo: eval
 	$(GPT2) report
 
 # The hourly cron job: new links scraped, deduplicated incrementally, re-tokenized; exit 75 if one is running.
+# REFRESH_KEEP=N: then delete all but the newest N versions of each kind (`gpt2 artifacts gc`).
 refresh: install
-	$(GPT2) refresh
+	$(GPT2) refresh $(if $(REFRESH_KEEP),--keep $(REFRESH_KEEP))
 
 # Rebuild the embedded Reddit sample (dumps + WARC) from data/sample/articles and Python's docstrings.
 sample-data: install

@@ -273,6 +273,18 @@ def test_gc_keeps_newest_and_their_inputs(store: Store):
         store.gc(0)
 
 
+def test_gc_keeps_the_versions_a_kept_one_continues_only_when_asked(store: Store):
+    """Hourly incremental refreshes make a chain of versions, each continuing the one before: gc must not keep
+    the whole chain (disk would grow forever), unless told to keep the history."""
+    previous = None
+    for i in range(3):
+        previous = store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)), parent=previous)
+        previous = previous.artifact
+    assert [a.ref for a in store.gc(1, history=True, dry_run=True).removed] == []
+    assert [a.ref for a in store.gc(1).removed] == ["corpus@v1", "corpus@v2"]
+    assert store.lineage(store.resolve("corpus@v3"))["parent_status"] == "removed"
+
+
 def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
     for i in range(2):
         store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))

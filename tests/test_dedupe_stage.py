@@ -456,3 +456,50 @@ def test_names_that_are_not_utf8(tmp_path: Path):
         provenance = sorted(pq.read_table(f, columns=["raw_docs"]).column(0).to_pylist())
     parent = str(folder)
     assert provenance == [f"{parent}/caf\\xe9-latin1.txt", *[f"{parent}/more-\\xe9.parquet"] * 2]
+
+
+def test_a_corpus_stands_alone_after_gc_removes_the_versions_it_continues(gpt2, home: Path, tmp_path: Path):
+    """gc keeps the newest corpus, not the versions it continues: --incremental still knows every input it holds
+    (from its history), and a recompute after a settings change reads the inputs that history names, or, when gc
+    removed one, says which instead of publishing a corpus without its documents."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1").code == 0
+    kept, full = tmp_path / "kept", tmp_path / "full"
+    shutil.copytree(home, kept)
+    shutil.copytree(home, full)
+    collected = gpt2("artifacts", "gc", "--keep", "1", "--json")
+    assert collected.code == 0, collected.err
+    assert sorted(r["ref"] for r in json.loads(collected.out)["removed"]) == ["corpus@v1", "raw-docs@v1"]
+    assert "(continues corpus@v1, removed)" in gpt2("artifacts", "lineage", "corpus@v2").out
+    again = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--json")
+    assert again.code == 0 and json.loads(again.out)["reused"], again.err  # nothing new, without corpus@v1
+    history = json.loads((Store(home).resolve("corpus@v2").path / "dedupe-state" / "history.json").read_text())
+    assert [e["ref"] for e in history["documents"]] == ["raw-docs@v1", "raw-docs@v2"]
+    changed = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--threshold", "0.8", "--workers", "1")
+    line = error_line(changed.err)
+    assert changed.code == 2 and "corpus@v2's input raw-docs@v1 cannot be read again" in line, line
+    assert "without --incremental" in line and Store(home).latest("corpus").ref == "corpus@v2"
+    # with --keep-history the chain stays, and the recompute equals one run with the new settings
+    assert gpt2("--home", str(kept), "artifacts", "gc", "--keep", "1", "--keep-history", "--json").code == 0
+    assert [a.ref for a in Store(kept).versions("raw-docs")] == ["raw-docs@v1", "raw-docs@v2"]
+    recomputed = gpt2("--home", str(kept), "dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--threshold",
+                      "0.8", "--workers", "1")  # fmt: skip
+    assert recomputed.code == 0, recomputed.err
+    once = gpt2("--home", str(full), "dedupe", "--raw-docs", "raw-docs@v1", "--raw-docs", "raw-docs@v2",
+                "--threshold", "0.8", "--workers", "1")  # fmt: skip
+    assert once.code == 0 and rows_key(corpus_rows(kept)) == rows_key(corpus_rows(full))
+
+
+def test_a_corpus_without_a_history_reads_the_versions_it_continues(gpt2, home: Path):
+    """A corpus an older release made has no history file: what it holds comes from the versions it continues,
+    and when gc removed those, the error says to rebuild rather than guess."""
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1").code == 0
+    for version in ("v1", "v2"):
+        (home / "corpus" / version / "dedupe-state" / "history.json").unlink()
+    again = gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--incremental", "--json")
+    assert again.code == 0 and json.loads(again.out)["ref"] == "corpus@v2" and json.loads(again.out)["reused"]
+    assert gpt2("artifacts", "gc", "--keep", "1").code == 0
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1")
+    line = error_line(result.err)
+    assert result.code == 2 and "corpus@v2 was made by an older release, without a history" in line, line

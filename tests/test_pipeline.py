@@ -156,8 +156,12 @@ def test_refresh_adds_new_links_and_overlapping_runs_exit_75(pipeline, tmp_path:
     assert store.resolve("corpus@v2").parent["ref"] == "corpus@v1" and store.latest("tokens").ref == "tokens@v2"
     log = (target / "logs" / "refresh.log").read_text()
     assert "dedupe: published corpus@v2" in log and "another run holds the refresh" in log
-    quiet = run_cli(target, "--run-config", str(config), "refresh")  # nothing new: every stage reused
+    shutil.rmtree(target / "eval")
+    shutil.rmtree(target / "model")  # so that no kept version reads tokens@v1
+    quiet = run_cli(target, "--run-config", str(config), "refresh", "--keep", "1")  # nothing new: every stage reused
     assert quiet.returncode == 0 and store.latest("corpus").ref == "corpus@v2"
+    assert "gc: deleted 1 versions" in (target / "logs" / "refresh.log").read_text()
+    assert [a.ref for a in store.versions("tokens")] == ["tokens@v2"] and not store.gc(1, dry_run=True).removed
 
 
 def test_killed_refresh_leaves_good_versions_and_the_next_one_finishes(pipeline, tmp_path: Path):

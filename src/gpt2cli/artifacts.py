@@ -441,8 +441,9 @@ class Store:
         hold_for_reading(chosen)
         return Artifact.open(chosen)
 
-    def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
-        """Refs of ``roots`` and of every artifact they were built from, transitively."""
+    def dependents_closure(self, roots: Sequence[Artifact], *, history: bool = False) -> set[str]:
+        """Refs of ``roots`` and of every artifact they were built from, transitively; with ``history``, also of
+        the versions each continues (an incremental refresh's earlier versions)."""
         seen: set[str] = set()
         stack = [a.ref for a in roots]
         while stack:
@@ -453,7 +454,7 @@ class Store:
             with contextlib.suppress(Gpt2Error):
                 artifact = self.resolve(ref)
                 stack.extend(i["ref"] for i in artifact.inputs if "ref" in i)
-                if artifact.parent:
+                if history and artifact.parent:
                     stack.append(artifact.parent["ref"])
         return seen
 
@@ -462,6 +463,10 @@ class Store:
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
         if artifact.parent:
             node["parent"] = artifact.parent["ref"]
+            try:
+                self.resolve(artifact.parent["ref"])
+            except Gpt2Error:
+                node["parent_status"] = "removed"  # by gc: the version stands alone
         for entry in artifact.inputs:
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
@@ -603,10 +608,13 @@ class Store:
         shutil.rmtree(trash)
         return True
 
-    def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> Collected:
-        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one uses and
-        any version a running stage reads. Every kind's lock is taken first: while any stage publishes, gc
-        deletes nothing (exit 75, or waits)."""
+    def gc(self, keep: int, *, history: bool = False, dry_run: bool = False, wait: bool = False) -> Collected:
+        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one was built
+        from (with ``history``, also the versions it continues) and any version a running stage reads. Every
+        kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits).
+
+        A version stands alone without the versions it continues (a corpus keeps its own history), so by
+        default they go: hourly refreshes would otherwise keep every version ever made."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
         with contextlib.ExitStack() as locks:
@@ -614,7 +622,8 @@ class Store:
                 for kind in self.kinds():
                     locks.enter_context(self.lock(kind, wait=wait))
             by_kind = {kind: self.versions(kind) for kind in self.kinds()}
-            kept = self.dependents_closure([a for versions in by_kind.values() for a in versions[-keep:]])
+            newest = [a for versions in by_kind.values() for a in versions[-keep:]]
+            kept = self.dependents_closure(newest, history=history)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
                 return Collected(doomed, [])

@@ -496,6 +496,13 @@ def refresh_command(
     log_max_mb: Annotated[int, typer.Option(min=1, help="Rotate the log file at this size.")] = 10,
     log_backups: Annotated[int, typer.Option(min=0, help="Rotated log files to keep.")] = 5,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for a running refresh instead of exiting 75.")] = False,
+    keep: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Then delete all but the newest KEEP versions of each kind (`artifacts gc`) \\[default: keep all].",
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -509,7 +516,7 @@ def refresh_command(
     store = Store(opts.home)
     log_to_file(log_file or store.home / "logs" / "refresh.log", log_max_mb << 20, log_backups)
     try:
-        status, results = refresh(store, ctx.find_root().params.get("run_config"), wait=wait)
+        status, results = refresh(store, ctx.find_root().params.get("run_config"), wait=wait, keep=keep)
     except LockHeld as e:
         logging.getLogger("gpt2cli.refresh").warning("%s", e)
         status, results = e.exit_code, []
@@ -884,7 +891,8 @@ def _lineage_tree(tree: dict[str, Any]) -> Any:
         if "file" in node:
             return f"{node['file']}  ({human_bytes(node['bytes'])}, sha256 {node['sha256'][:12]})"
         status = f"  [red]{node['status']}[/red]" if "status" in node else ""
-        parent = f"  (continues {node['parent']})" if node.get("parent") else ""
+        gone = ", removed" if node.get("parent_status") else ""
+        parent = f"  (continues {node['parent']}{gone})" if node.get("parent") else ""
         return f"[bold]{node['ref']}[/bold]{parent}{status}"
 
     def grow(branch: Tree, node: dict[str, Any], shown_files: int = 3) -> None:
@@ -946,6 +954,14 @@ def _verified(artifact_or_dir: Artifact | Path) -> dict[str, Any]:
 def artifacts_gc(
     ctx: typer.Context,
     keep: Annotated[int, typer.Option("--keep", min=1, help="Versions to keep per kind.")] = 3,
+    keep_history: Annotated[
+        bool,
+        typer.Option(
+            "--keep-history",
+            help="Also keep the versions a kept one continues (incremental refreshes), so that a corpus recompute "
+            "after a settings change finds every raw-docs version it was built from.",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for running stages instead of exiting 75.")] = False,
     home: HomeOption = None,
@@ -953,7 +969,7 @@ def artifacts_gc(
 ) -> None:
     """Delete old versions, except the newest KEEP of each kind and anything a kept version was built from."""
     opts = settings(ctx, home, as_json)
-    collected = Store(opts.home).gc(keep, dry_run=dry_run, wait=wait)
+    collected = Store(opts.home).gc(keep, history=keep_history, dry_run=dry_run, wait=wait)
     removed = collected.removed
     if opts.json:
         print_json(

@@ -24,7 +24,7 @@ from typing import Any
 
 from gpt2cli.artifacts import Store, hold_lock
 from gpt2cli.console import UTCFormatter
-from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, Terminated
+from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, LockHeld, Terminated
 from gpt2cli.workers import die_with
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,12 @@ class _Stop:
             self.child.terminate()
 
 
-def refresh(store: Store, run_config: Path | None, *, wait: bool = False) -> tuple[int, list[dict[str, Any]]]:
-    """Run the stages; the exit status (0 done, 75 another run holds a lock: try at the next hour, 143 stopped
-    by SIGTERM, else the failing stage's status) and each finished stage's result."""
+def refresh(
+    store: Store, run_config: Path | None, *, wait: bool = False, keep: int | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run the stages, then, with ``keep``, delete all but the newest ``keep`` versions of each kind (gc); the
+    exit status (0 done, 75 another run holds a lock: try at the next hour, 143 stopped by SIGTERM, else the
+    failing stage's status) and each finished stage's result."""
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     stop = _Stop()
@@ -101,10 +104,25 @@ def refresh(store: Store, run_config: Path | None, *, wait: bool = False) -> tup
                 if status != 0:
                     log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
                     return status, results
+            if keep is not None:
+                _collect(store, keep)
             log.info("refresh done in %.1f s", time.monotonic() - started)
         return 0, results
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _collect(store: Store, keep: int) -> None:
+    """gc after a refresh. A stage publishing elsewhere (a pretrain, say) only postpones it to the next
+    refresh: the refresh itself succeeded."""
+    try:
+        collected = store.gc(keep)
+    except LockHeld as e:
+        log.warning("gc: skipped, %s; the next refresh collects", e)
+        return
+    freed = sum(a.size_bytes for a in collected.removed)
+    log.info("gc: deleted %d versions (%d bytes), kept the newest %d of each kind%s", len(collected.removed), freed,
+             keep, f"; {len(collected.in_use)} in use" if collected.in_use else "")  # fmt: skip
 
 
 def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, Any] | None]:

@@ -6,11 +6,12 @@ LSH over word 5-grams, every candidate verified by true Jaccard), grouped by con
 one keeper per group: the highest Reddit score, then the earliest document.
 
 Incremental refresh: the corpus artifact carries the state of every document that passed the filters
-(signature, shingles, verified duplicate pairs). A run with `--incremental` loads it, adds only the new
-documents, verifies their candidate pairs, and recomputes the keepers over all groups — the same result as
-a full recompute on the union, without re-hashing the old documents. When it cannot continue the corpus (other
-settings, a state an older release wrote) or must not reuse it (--force, an --overlap filter it lacks), it makes
-that full recompute, from every input the corpus was built from and this run's.
+(signature, shingles, verified duplicate pairs) and its history (every input added so far). A run with
+`--incremental` loads it, adds only the new documents, verifies their candidate pairs, and recomputes the keepers
+over all groups — the same result as a full recompute on the union, without re-hashing the old documents. When it
+cannot continue the corpus (other settings, a state an older release wrote) or must not reuse it (--force, an
+--overlap filter it lacks), it makes that full recompute, from every input the corpus was built from and this
+run's. The newest corpus alone is enough for either: `gpt2 artifacts gc` may remove the versions it continues.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gpt2cli.artifacts import Artifact, Draft, Published, Store, artifact_input, file_input
-from gpt2cli.console import progress
+from gpt2cli.console import json_utf8, progress
 from gpt2cli.dedupe.bloom import BloomFilter, build_ngram_bloom, ngram_items, overlap_report
 from gpt2cli.dedupe.filters import (
     LANGUAGES,
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 CORPUS = "documents-00000.parquet"
 STATE = "dedupe-state"
 REPORT = "report.json"
+HISTORY = "history.json"  # in STATE: what the corpus and the versions it continues were built from
 BLOOM = "bloom-8gram.npz"
 RAW_DOCS_COLUMNS = {"url", "text"}
 EXAMPLES = 3
@@ -277,19 +279,22 @@ def dedupe(
     base = _latest_corpus(store) if incremental else None
     if incremental and base is None:
         log.info("no previous corpus: --incremental starts a new one")
+    history = History()
     if base is not None:
-        consumed = _consumed(store, base)
+        history = _history(store, base)
+        consumed = set(history.consumed)
         nothing_new = all(_input_key(i) in consumed for i in manifest_inputs)
         if why := _why_recompute(base, identity, config, force=force, nothing_new=nothing_new):
             if merge:
                 raise UsageError(f"{why}; --merge cannot recompute it: merge without --incremental")
             log.warning("%s: recomputing the corpus from every input of %s and this run's", why, base.ref)
-            sources, data_inputs = _all_inputs(store, base, why, sources, data_inputs)
+            sources, data_inputs = _all_inputs(store, base, history, why, sources, data_inputs)
             manifest_inputs = data_inputs + eval_inputs
-            base = None
+            base, history = None, History()
         elif nothing_new:
             log.info("nothing new: %s already holds every input; reusing it", base.ref)
             return Published(base, reused=True)
+    history = history.adding(manifest_inputs, *(_shard_documents(store, shards) if merge else (data_inputs, "")))
     params = {"config": identity, "incremental": base.ref if base else None}
     if merge:
         params["shards"] = len(merge)
@@ -300,7 +305,9 @@ def dedupe(
         else:
             _screen_all(draft.work / STATE, sources, _run_config(config, eval_files, draft), Shard())
             parts = [draft.work / STATE]
-        return _deduplicate(draft.dir, parts, config, base)
+        summary = _deduplicate(draft.dir, parts, config, base)
+        (draft.dir / STATE / HISTORY).write_bytes(json_utf8(asdict(history)))
+        return summary
 
     return store.produce(
         "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base
@@ -314,17 +321,52 @@ def _input_key(entry: dict[str, Any]) -> str:
     return str(entry.get("manifest_sha256") or entry.get("sha256") or entry.get("ref"))
 
 
-def _chain(store: Store, corpus: Artifact) -> list[Artifact]:
-    """A corpus and the versions it continues (incremental refreshes), newest first."""
+@dataclass(frozen=True)
+class History:
+    """What a corpus and the versions it continues were built from, kept in the corpus so that it stands alone
+    once those versions are gone: the keys of every input added (--incremental skips them) and the inputs the
+    documents came from, oldest first (a full recompute reads them again); ``documents`` is None when they
+    cannot be known, and ``unknown`` says why."""
+
+    consumed: tuple[str, ...] = ()
+    documents: tuple[dict[str, Any], ...] | None = ()
+    unknown: str = ""
+
+    def adding(
+        self, inputs: Sequence[dict[str, Any]], documents: Sequence[dict[str, Any]] | None, unknown: str
+    ) -> History:
+        """This history with one more run's manifest inputs and the inputs its documents came from."""
+        consumed = (*self.consumed, *(k for k in map(_input_key, inputs) if k not in self.consumed))
+        if self.documents is None or documents is None:
+            return History(consumed, None, self.unknown or unknown)
+        keys = {_input_key(e) for e in self.documents}
+        return History(consumed, (*self.documents, *(e for e in documents if _input_key(e) not in keys)))
+
+
+def _history(store: Store, corpus: Artifact) -> History:
+    """A corpus's history: its history file, or, for a corpus an older release made, what the versions it
+    continues say (those must still be there)."""
+    path = corpus.path / STATE / HISTORY
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            documents = saved["documents"]
+            return History(tuple(saved["consumed"]), None if documents is None else tuple(documents), saved["unknown"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise Gpt2Error(f"{corpus.ref}: {path} is damaged ({type(e).__name__}: {e}); `gpt2 artifacts verify "
+                            f"{corpus.ref}` checks it") from None  # fmt: skip
     chain = [corpus]
     while parent := chain[-1].parent:
-        chain.append(store.resolve(parent["ref"]))
-    return chain
-
-
-def _consumed(store: Store, corpus: Artifact) -> set[str]:
-    """Every input a corpus and the versions it continues were built from."""
-    return {_input_key(i) for current in _chain(store, corpus) for i in current.inputs}
+        try:
+            chain.append(store.resolve(parent["ref"], "corpus"))
+        except Gpt2Error as e:
+            raise UsageError(f"{corpus.ref} was made by an older release, without a history, and the version it "
+                             f"continues is gone ({e}); run `gpt2 dedupe` without --incremental on every input the "
+                             "corpus should hold") from None  # fmt: skip
+    history = History()
+    for current in reversed(chain):
+        history = history.adding(current.inputs, *_documents_of(store, current))
+    return history
 
 
 def _latest_corpus(store: Store) -> Artifact | None:
@@ -372,28 +414,33 @@ def _why_recompute(
 
 
 def _all_inputs(
-    store: Store, base: Artifact, why: str, sources: list[tuple[Path, str]], data_inputs: list[dict[str, Any]]
+    store: Store,
+    base: Artifact,
+    history: History,
+    why: str,
+    sources: list[tuple[Path, str]],
+    data_inputs: list[dict[str, Any]],
 ) -> tuple[list[tuple[Path, str]], list[dict[str, Any]]]:
     """The documents' inputs of ``base`` and the versions it continues, oldest first, then this run's: what a
     full recompute reads, as (file, provenance) pairs and manifest inputs. Each must still be there unchanged:
     a recompute from part of the inputs would silently drop documents."""
+    if history.documents is None:
+        raise UsageError(_gone(why, history.unknown))
     out_sources: list[tuple[Path, str]] = []
     out_inputs: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for corpus in reversed(_chain(store, base)):
-        for entry in _data_inputs(store, corpus, why):
-            if _input_key(entry) in seen:
-                continue
-            refs, paths = ([entry["ref"]], []) if "ref" in entry else ([], [Path(entry["path"])])
-            try:
-                found, [now] = _input_sources(store, refs, paths)
-            except Gpt2Error as e:
-                raise UsageError(_gone(why, corpus, entry, str(e))) from None
-            if _input_key(now) != _input_key(entry):
-                raise UsageError(_gone(why, corpus, entry, "it changed since"))
-            seen.add(_input_key(entry))
-            out_sources += found
-            out_inputs.append(now)
+    for entry in history.documents:
+        refs, paths = ([entry["ref"]], []) if "ref" in entry else ([], [Path(entry["path"])])
+        name = entry.get("ref") or entry.get("path")
+        try:
+            found, [now] = _input_sources(store, refs, paths)
+        except Gpt2Error as e:
+            raise UsageError(_gone(why, f"{base.ref}'s input {name} cannot be read again ({e})")) from None
+        if _input_key(now) != _input_key(entry):
+            raise UsageError(_gone(why, f"{base.ref}'s input {name} cannot be read again (it changed since)"))
+        seen.add(_input_key(entry))
+        out_sources += found
+        out_inputs.append(now)
     for source, entry in zip(sources, data_inputs, strict=True):
         if _input_key(entry) not in seen:
             seen.add(_input_key(entry))
@@ -402,34 +449,43 @@ def _all_inputs(
     return out_sources, out_inputs
 
 
-def _data_inputs(store: Store, artifact: Artifact, why: str) -> list[dict[str, Any]]:
+def _documents_of(store: Store, artifact: Artifact) -> tuple[list[dict[str, Any]] | None, str]:
     """The inputs a corpus or dedupe-shard read documents from: a merge's shards expanded, --drop-overlap's
-    eval files left out (they follow the raw-docs; beside --input files they cannot be told apart)."""
+    eval files left out. None, and why, when they cannot be known: a shard is gone, or --input files sit beside
+    --overlap files (the manifest cannot tell them apart)."""
     entries = artifact.inputs
-    shards = [e for e in entries if str(e.get("ref", "")).startswith(f"{SHARD_KIND}@")]
-    if shards:
-        found = []
-        for entry in shards:
+    shard_entries = [e for e in entries if str(e.get("ref", "")).startswith(f"{SHARD_KIND}@")]
+    if shard_entries:
+        shards = []
+        for entry in shard_entries:
             try:
                 shard = store.resolve(entry["ref"], SHARD_KIND)
             except Gpt2Error as e:
-                raise UsageError(_gone(why, artifact, entry, str(e))) from None
+                return None, f"{artifact.ref}'s input {entry['ref']} cannot be read again ({e})"
             if shard.manifest_sha256 != entry["manifest_sha256"]:
-                raise UsageError(_gone(why, artifact, entry, "it changed since"))
-            found += _data_inputs(store, shard, why)
-        return found
+                return None, f"{artifact.ref}'s input {entry['ref']} cannot be read again (it changed since)"
+            shards.append(shard)
+        return _shard_documents(store, shards)
     if artifact.params.get("config", {}).get("drop_overlap") is None:
-        return entries
+        return entries, ""
     if any("ref" in e for e in entries):
-        return [e for e in entries if "ref" in e]
-    raise UsageError(f"{why}, and {artifact.ref}'s --input files cannot be told from its --overlap files; "
-                     "run `gpt2 dedupe` without --incremental on every input the corpus should hold")  # fmt: skip
+        return [e for e in entries if "ref" in e], ""
+    return None, f"{artifact.ref}'s --input files cannot be told from its --overlap files"
 
 
-def _gone(why: str, corpus: Artifact, entry: dict[str, Any], detail: str) -> str:
-    name = entry.get("ref") or entry.get("path")
-    return (f"{why}, and {corpus.ref}'s input {name} cannot be read again ({detail}); run `gpt2 dedupe` without "
-            "--incremental on every input the corpus should hold")  # fmt: skip
+def _shard_documents(store: Store, shards: Sequence[Artifact]) -> tuple[list[dict[str, Any]] | None, str]:
+    """The inputs a merge of ``shards`` read documents from (see _documents_of)."""
+    documents: list[dict[str, Any]] = []
+    for shard in shards:
+        found, unknown = _documents_of(store, shard)
+        if found is None:
+            return None, unknown
+        documents += found
+    return documents, ""
+
+
+def _gone(why: str, what: str) -> str:
+    return f"{why}, and {what}; run `gpt2 dedupe` without --incremental on every input the corpus should hold"
 
 
 def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:
