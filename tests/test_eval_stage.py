@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from gpt2cli.artifacts import Store
 from gpt2cli.dedupe.bloom import ngram_items
+from gpt2cli.errors import Gpt2Error
+from gpt2cli.eval import hub as hub_module
 from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, shared_data
 
 
@@ -186,6 +196,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 
     fake = FakeHub()
     monkeypatch.setattr(datasets, "load_dataset", fake.load_dataset)
+    monkeypatch.setattr(hub_module, "unreachable", lambda endpoint, timeout=0: None)  # no network in these tests
     return fake
 
 
@@ -254,6 +265,143 @@ def test_local_source_never_calls_the_hub_and_auto_prefers_local(
     only_local = gpt2(*base, "--task", "enwik8", "--source", "hub")
     assert only_local.code == 2 and "enwik8 has no pinned Hugging Face dataset" in only_local.err
     assert gpt2(*base, "--task", "ptb", "--source", "web").code == 2
+
+
+# -- offline: a hub that cannot be reached is known in seconds, and `datasets`' cache still serves -------------
+
+PTB = hub_module.HUB_SPECS["ptb"]
+PTB_README = "---\nconfigs:\n- config_name: penn_treebank\n  data_files:\n  - split: test\n    path: test.jsonl\n---\n"
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port bound but not listening: a connection to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """A real HTTP server on 127.0.0.1 for the length of the test."""
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def cache_ptb(hf_datasets: Path) -> None:
+    """ptb's hub split in `datasets`' cache at ``hf_datasets``, where a load of it online leaves it."""
+    import datasets
+
+    repo = hf_datasets.parent / "repo" / PTB.dataset  # a local copy of the repository, named as on the hub
+    repo.mkdir(parents=True)
+    (repo / "README.md").write_text(PTB_README)
+    (repo / "test.jsonl").write_text('{"sentence": "the cat sat"}\n')
+    datasets.load_dataset(str(repo), PTB.config, split=PTB.split, cache_dir=str(hf_datasets))
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, closed_port: int) -> Path:
+    """`datasets` pointed at a closed local port, as HF_ENDPOINT points it at import, and at an empty cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    return tmp_path / "hf" / "datasets"
+
+
+def test_an_unreachable_hub_fails_in_seconds_naming_the_local_file(no_hub: Path, tmp_path: Path):
+    start = time.monotonic()
+    with pytest.raises(Gpt2Error) as error:
+        hub_module.fetch("ptb", PTB, tmp_path / "eval-data", "ptb/ptb.test.txt", local=tmp_path / "ptb.test.txt")
+    assert time.monotonic() - start < 5  # the hub client's retries took about 25 s
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("ptb: cannot load ptb_text_only (penn_treebank, test)")
+    assert "the hub is unreachable: 127.0.0.1:" in message
+    assert f"put {tmp_path / 'ptb.test.txt'} there instead and use --source local" in message
+
+
+def test_an_unreachable_hub_still_loads_from_the_datasets_cache_in_seconds(no_hub: Path, tmp_path: Path):
+    cache_ptb(no_hub)
+    start = time.monotonic()
+    root = hub_module.fetch("ptb", PTB, tmp_path / "eval-data", "ptb/ptb.test.txt", local=tmp_path / "x")
+    assert time.monotonic() - start < 5
+    assert (root / "ptb" / "ptb.test.txt").read_text() == " the cat sat \n"
+    import datasets
+
+    assert datasets.config.HF_HUB_OFFLINE is False  # offline mode only while loading
+
+
+def test_the_probe_reaches_a_live_server_directly_or_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, http_port: int, closed_port: int
+):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        for variable in (name, name.upper()):
+            monkeypatch.delenv(variable, raising=False)
+    assert hub_module.unreachable(f"http://127.0.0.1:{http_port}") is None
+    assert "Connection refused" in (hub_module.unreachable(f"http://127.0.0.1:{closed_port}") or "")
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{http_port}")  # the hub only through the proxy
+    assert hub_module.unreachable("https://hub.invalid") is None
+    monkeypatch.setenv("no_proxy", "hub.invalid")
+    assert hub_module.unreachable("https://hub.invalid") is not None
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))  # a lookup that hangs
+    start = time.monotonic()
+    assert hub_module.unreachable("https://hub.invalid", timeout=0.2) == "no connection to hub.invalid:443 in 0.2 s"
+    assert time.monotonic() - start < 2
+
+
+def test_a_reachable_hub_is_loaded_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, http_port: int):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", f"http://127.0.0.1:{http_port}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    offline_when_loaded = []
+
+    def load_dataset(*args: object, **kwargs: object) -> datasets.Dataset:
+        offline_when_loaded.append(datasets.config.HF_HUB_OFFLINE)
+        return datasets.Dataset.from_list([{"sentence": "a dog ran"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    root = hub_module.fetch("ptb", PTB, tmp_path / "eval-data", "ptb/ptb.test.txt", local=tmp_path / "x")
+    assert offline_when_loaded == [False] and (root / "ptb" / "ptb.test.txt").read_text() == " a dog ran \n"
+
+
+OFFLINE_FETCH = """
+import sys
+from pathlib import Path
+from gpt2cli.eval import hub
+
+def probed(*args):
+    sys.exit("the hub was probed")
+
+hub.unreachable = probed
+root = hub.fetch("ptb", hub.HUB_SPECS["ptb"], Path(sys.argv[1]), "ptb/ptb.test.txt", local=Path("x"))
+print((root / "ptb" / "ptb.test.txt").read_text(), end="")
+"""
+
+
+def test_offline_mode_loads_from_the_datasets_cache_without_a_probe(tmp_path: Path, closed_port: int):
+    cache_ptb(tmp_path / "hf" / "datasets")
+    env = {
+        **os.environ,
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}",
+        "PYTHONPATH": str(Path(hub_module.__file__).parents[2]),
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", OFFLINE_FETCH, str(tmp_path / "eval-data")], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == " the cat sat \n"
 
 
 def test_wsc_rows_become_a_collection_the_reader_takes(tmp_path: Path):

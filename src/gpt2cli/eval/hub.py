@@ -29,6 +29,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,21 +191,82 @@ def _quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+PROBE_SECONDS = 3.0  # a connection to the hub (or its proxy) that takes longer counts as none
+
+
+def unreachable(endpoint: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why a TCP connection to ``endpoint``, or to the proxy the hub client would use for it, cannot be made;
+    None when it can.
+
+    Why: with no network the hub client retries for about 25 s before giving up; a connect, name lookup included,
+    tells in at most ``timeout``. It runs in a daemon thread because a name lookup has no timeout of its own.
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    target = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    proxies = urllib.request.getproxies()  # *_proxy and no_proxy, as requests and httpx read them
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(target[0]):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        target = (via.hostname or "", via.port or {"http": 80, "https": 443}.get(via.scheme, 1080))
+    why: list[str | None] = [f"no connection to {target[0]}:{target[1]} in {timeout:g} s"]
+
+    def connect() -> None:
+        try:
+            socket.create_connection(target, timeout=timeout).close()
+            why[0] = None
+        except OSError as e:
+            why[0] = f"{target[0]}:{target[1]}: {e}"
+
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return why[0]
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """`datasets` and the hub client in offline mode while the block runs (when ``on``): its cache only, at once.
+
+    Why: both read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE once, at import, into these flags.
+    """
+    import datasets
+    import huggingface_hub.constants
+
+    flags = [(m, m.HF_HUB_OFFLINE) for m in (datasets.config, huggingface_hub.constants) if on]
+    for module, _ in flags:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, before in flags:
+            module.HF_HUB_OFFLINE = before
+
+
 def fetch(name: str, spec: HubSpec, cache: Path, relpath: str, *, local: Path) -> Path:
     """Load ``spec`` through ``datasets`` and write it as ``cache/<split>/relpath``; returns ``cache/<split>``.
 
     Any failure to load (offline, unknown id or config) is one line naming the task, the dataset and ``local``,
-    the file that would do instead.
+    the file that would do instead. Unless offline mode is already set, the hub is probed first: when it is
+    unreachable, only `datasets`' cache is tried, so a machine without network fails (or loads) in seconds.
     """
     root = cache / spec.slug()
     log.info("%s: loading %s from the Hugging Face hub", name, spec)
+    down: str | None = None  # why the hub is unreachable, when probed and it is
     try:
         import datasets
 
-        with _quiet("huggingface_hub", "datasets"):  # their retry warnings; a failure ends in our one line
+        if not datasets.config.HF_HUB_OFFLINE:
+            down = unreachable(datasets.config.HF_ENDPOINT)
+            if down:
+                log.info("%s: the hub is unreachable (%s); trying the datasets cache", name, down)
+        with _quiet("huggingface_hub", "datasets"), _offline(down is not None):  # a failure ends in our one line
             rows = datasets.load_dataset(spec.dataset, spec.config, split=spec.split, revision=spec.revision)
     except Exception as e:  # `datasets` raises many types (connection, not found, bad config): all end here
-        why = f"{type(e).__name__}: {_one_line(str(e))[:200]}"
+        why = (
+            f"the hub is unreachable: {down}; no copy in the datasets cache"
+            if down
+            else f"{type(e).__name__}: {_one_line(str(e))[:200]}"
+        )
         raise Gpt2Error(f"{name}: cannot load {spec} from the Hugging Face hub ({why}); put {local} there "
                         "instead and use --source local") from None  # fmt: skip
     try:
