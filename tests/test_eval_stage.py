@@ -352,10 +352,19 @@ def test_the_probe_reaches_a_live_server_directly_or_through_a_proxy(
     assert hub_module.unreachable("https://hub.invalid") is None
     monkeypatch.setenv("no_proxy", "hub.invalid")
     assert hub_module.unreachable("https://hub.invalid") is not None
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))  # a lookup that hangs
+    released = threading.Event()
+
+    def hang(*args: object, **kwargs: object) -> socket.socket:  # a lookup that hangs until the test ends
+        released.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     start = time.monotonic()
-    assert hub_module.unreachable("https://hub.invalid", timeout=0.2) == "no connection to hub.invalid:443 in 0.2 s"
-    assert time.monotonic() - start < 2
+    try:
+        assert hub_module.unreachable("https://hub.invalid", timeout=0.2) == "no connection to hub.invalid:443 in 0.2 s"
+        assert time.monotonic() - start < 2
+    finally:
+        released.set()
 
 
 def test_a_reachable_hub_is_loaded_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, http_port: int):
