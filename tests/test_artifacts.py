@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -283,6 +284,26 @@ def test_gc_keeps_the_versions_a_kept_one_continues_only_when_asked(store: Store
     assert [a.ref for a in store.gc(1, history=True, dry_run=True).removed] == []
     assert [a.ref for a in store.gc(1).removed] == ["corpus@v1", "corpus@v2"]
     assert store.lineage(store.resolve("corpus@v3"))["parent_status"] == "removed"
+
+
+def test_a_bare_kind_means_the_version_last_published_or_reused(store: Store, caplog: pytest.LogCaptureFixture):
+    """The current version: after a reuse of an older one, that one, not the newest; gc keeps it; a pointer
+    that is damaged or names a removed version falls back to the newest, with a warning."""
+    for params in ({"i": 0}, {"i": 1}):
+        store.produce("corpus", params=params, inputs=[], build=write_files(f=str(params["i"])))
+    assert store.resolve("corpus").ref == "corpus@v2"
+    again = store.produce("corpus", params={"i": 0}, inputs=[], build=write_files(f="0"))
+    assert again.reused and again.artifact.ref == "corpus@v1"
+    assert store.resolve("corpus").ref == "corpus@v1" and store.resolve("corpus@latest").ref == "corpus@v2"
+    assert store.gc(1, dry_run=True).removed == []  # the newest and the current
+    store.produce("corpus", params={"i": 2}, inputs=[], build=write_files(f="2"))
+    assert [a.ref for a in store.gc(1).removed] == ["corpus@v1", "corpus@v2"]
+    (store.home / "corpus" / ".current").write_text("v1\n")  # a version gc removed (by hand: gc keeps it)
+    with caplog.at_level(logging.WARNING):
+        assert store.resolve("corpus").ref == "corpus@v3"
+    assert "not a version there" in caplog.text
+    (store.home / "corpus" / ".current").write_bytes(b"\xff\xfe")
+    assert store.resolve("corpus").ref == "corpus@v3"
 
 
 def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):

@@ -205,3 +205,18 @@ def test_input_typed_on_the_command_line_beats_the_run_configs_corpus(gpt2, toke
     config.write_text(f"[tokenize]\ninput = [{json.dumps(str(SAMPLE))}]\n")
     typed_corpus = gpt2("--run-config", str(config), "tokenize", "--corpus", "corpus")
     assert typed_corpus.code == 2 and typed_corpus.err.startswith("gpt2: error: no 'corpus' artifact in ")
+
+
+def test_a_reverted_setting_flows_on_with_the_version_it_reuses(gpt2, store: Store):
+    """train-bpe with a vocabulary size, another, then the first again (a reverted run config): the third run
+    reuses tokenizer@v1, and tokenize, reading the bare `tokenizer`, uses it too (tokens@v1), not the newest."""
+    refs = []
+    for vocab in ("300", "320", "300"):
+        assert gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", vocab).code == 0
+        result = gpt2("tokenize", "--input", str(SAMPLE), "--json")
+        assert result.code == 0, result.err
+        refs.append((json.loads(result.out)["ref"], json.loads(result.out)["reused"]))
+    assert refs == [("tokens@v1", False), ("tokens@v2", False), ("tokens@v1", True)]
+    assert store.resolve("tokenizer").ref == "tokenizer@v1" and store.resolve("tokenizer@latest").ref == "tokenizer@v2"
+    listed = {r["ref"]: r["current"] for r in json.loads(gpt2("artifacts", "ls", "tokens", "--json").out)}
+    assert listed == {"tokens@v1": True, "tokens@v2": False}

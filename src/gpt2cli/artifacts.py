@@ -56,6 +56,7 @@ _PARTIAL = ".partial-"
 _TRASH = ".trash-"
 _LOCK = ".lock"
 _COUNTER = ".last-version"
+_CURRENT = ".current"  # the version the kind's stage last published or reused: what a bare `kind` means
 _CHUNK = 1 << 20
 
 
@@ -407,9 +408,49 @@ class Store:
         versions = self.versions(kind)
         return versions[-1] if versions else None
 
+    def current(self, kind: str) -> Artifact | None:
+        """The version a bare ``kind`` reference means (see ``mark_current``); None when there is none or its
+        manifest is damaged."""
+        dirs = self.version_dirs(kind)
+        try:
+            return Artifact.open(self._current_dir(kind, dirs)) if dirs else None
+        except Gpt2Error:
+            return None
+
+    def mark_current(self, artifact: Artifact) -> None:
+        """Make ``artifact`` what a bare reference to its kind means. Every stage does this for the version it
+        publishes or reuses, so the next stage reads what this one produced: after a run config is reverted,
+        the older version it reuses, not the newest."""
+        pointer = self.home / artifact.kind / _CURRENT
+        for attempt in range(2):
+            try:
+                write_atomic(pointer, f"{artifact.version}\n".encode())
+                return
+            except FileNotFoundError:  # a run publishing this kind swept our temporary file: once more
+                if attempt:
+                    raise
+
+    def _current_dir(self, kind: str, dirs: list[Path]) -> Path:
+        """The directory of the current version among ``dirs`` (not empty): the marked one, else the newest."""
+        pointer = self.home / kind / _CURRENT
+        try:
+            name = pointer.read_text().strip()
+        except FileNotFoundError:
+            return dirs[-1]
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("ignoring %s (%s): %s means the newest version", pointer, e, kind)
+            return dirs[-1]
+        chosen = next((p for p in dirs if p.name == name), None)
+        if chosen is None:
+            log.warning("%s names %r, not a version there: %s means the newest, %s", pointer, name[:40], kind,
+                        dirs[-1].name)  # fmt: skip
+            return dirs[-1]
+        return chosen
+
     def resolve(self, ref: str | Path, kind: str | None = None, *, option: str = "this") -> Artifact:
-        """``kind`` (latest version), ``kind@v3``, ``kind@latest``, or a path to an artifact directory. With
-        ``kind``, another stage's artifact is a usage error that names what ``option`` needs."""
+        """``kind`` (the current version: see ``mark_current``), ``kind@v3``, ``kind@latest`` (the newest), or a
+        path to an artifact directory. With ``kind``, another stage's artifact is a usage error that names what
+        ``option`` needs."""
         artifact = self._resolve(ref)
         if kind is not None and artifact.kind != kind:
             raise UsageError(f"{artifact.ref} is a {artifact.kind!r} artifact; {option} needs a {kind!r} artifact")
@@ -432,9 +473,12 @@ class Store:
             hint = f"; run `gpt2 {producer}` to make one" if producer else ""
             known = ", ".join(self.kinds()) or "none"
             raise UsageError(f"no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
-        # the latest is the newest directory even when its manifest is damaged: that is an error, not a
-        # reason to read an older version instead
-        chosen = dirs[-1] if version in ("", "latest") else next((p for p in dirs if p.name == version), None)
+        # the newest (or current) is that directory even when its manifest is damaged: that is an error, not a
+        # reason to read another version instead
+        if version == "":
+            chosen: Path | None = self._current_dir(kind, dirs)
+        else:
+            chosen = dirs[-1] if version == "latest" else next((p for p in dirs if p.name == version), None)
         if chosen is None:
             existing = ", ".join(p.name for p in dirs)
             raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
@@ -531,6 +575,7 @@ class Store:
             self._remove_leftovers(kind_dir, keep=partial if resumable else None)
             if not force and (existing := self.reusable(kind, params_json, inputs)):
                 log.info("reusing %s: same inputs and parameters (--force recomputes)", existing.ref)
+                self.mark_current(existing)
                 return Published(existing, reused=True)
             resumed = partial.is_dir()
             if resumed:
@@ -574,7 +619,9 @@ class Store:
             fsync_dir(kind_dir)
             write_atomic(kind_dir / _COUNTER, f"{version[1:]}\n".encode())
             log.info("published %s in %s", f"{kind}@{version}", final)
-            return Published(Artifact.open(final), reused=False)
+            published = Artifact.open(final)
+            self.mark_current(published)
+            return Published(published, reused=False)
 
     def _next_number(self, kind_dir: Path) -> int:
         """One past the highest version ever published, so a deleted version's name never comes back."""
@@ -609,8 +656,9 @@ class Store:
         return True
 
     def gc(self, keep: int, *, history: bool = False, dry_run: bool = False, wait: bool = False) -> Collected:
-        """Delete all but the newest ``keep`` versions of each kind, sparing any version a kept one was built
-        from (with ``history``, also the versions it continues) and any version a running stage reads. Every
+        """Delete all but the newest ``keep`` versions and the current one of each kind, sparing any version a
+        kept one was built from (with ``history``, also the versions it continues) and any version a running
+        stage reads. Every
         kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits).
 
         A version stands alone without the versions it continues (a corpus keeps its own history), so by
@@ -622,8 +670,9 @@ class Store:
                 for kind in self.kinds():
                     locks.enter_context(self.lock(kind, wait=wait))
             by_kind = {kind: self.versions(kind) for kind in self.kinds()}
-            newest = [a for versions in by_kind.values() for a in versions[-keep:]]
-            kept = self.dependents_closure(newest, history=history)
+            roots = [a for versions in by_kind.values() for a in versions[-keep:]]
+            roots += [a for kind in by_kind if (a := self.current(kind)) is not None]
+            kept = self.dependents_closure(roots, history=history)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
                 return Collected(doomed, [])

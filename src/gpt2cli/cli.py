@@ -557,7 +557,7 @@ def report_command(
     from rich.table import Table
 
     console = stdout_console()
-    versions = Table("kind", "latest", "created", title="artifacts", title_justify="left")
+    versions = Table("kind", "current", "created", title="artifacts", title_justify="left")
     for row in summary["versions"]:
         versions.add_row(row["kind"], row["ref"], row["created_at"] or "")
     console.print(versions)
@@ -804,7 +804,7 @@ def artifacts_ls(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List artifacts: kind, version, size, creation time and parents."""
+    """List artifacts: kind, version (which one a bare KIND means: current), size, creation time and parents."""
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
     if kind:
@@ -812,7 +812,8 @@ def artifacts_ls(
             raise UsageError(f"`artifacts ls` takes a kind, not {kind!r} (see `gpt2 artifacts show`)")
         if kind not in store.kinds():
             store.resolve(kind)  # an error naming the kinds there
-    rows = [_row(a) for a in (store.versions(kind) if kind else store.all())]
+    current = {a.ref for k in ([kind] if kind else store.kinds()) if (a := store.current(k)) is not None}
+    rows = [{**_row(a), "current": a.ref in current} for a in (store.versions(kind) if kind else store.all())]
     if opts.json:
         print_json(rows)
         return
@@ -825,7 +826,8 @@ def artifacts_ls(
     for r in rows:
         files = [f"{r['input_files']} files"] if r["input_files"] else []
         parents = ", ".join([*r["parents"], *files])
-        table.add_row(r["kind"], r["version"], human_bytes(r["bytes"]), r["created_at"], parents)
+        version = f"{r['version']} (current)" if r["current"] else r["version"]
+        table.add_row(r["kind"], version, human_bytes(r["bytes"]), r["created_at"], parents)
     stdout_console().print(table)
 
 

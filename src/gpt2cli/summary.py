@@ -116,11 +116,11 @@ def run_summary(store: Store, model_ref: str = "model", eval_ref: str | None = "
 
 
 def list_versions(store: Store) -> list[dict[str, Any]]:
-    """The newest version of every kind in the store, oldest kind first."""
+    """The current version of every kind in the store (what a bare reference means), oldest kind first."""
     rows = []
     for kind in store.kinds():
-        latest = store.latest(kind)
-        if latest is not None:
-            rows.append({"kind": kind, "ref": latest.ref, "created_at": latest.manifest.get("created_at"),
-                         "path": str(Path(latest.path))})  # fmt: skip
+        current = store.current(kind)
+        if current is not None:
+            rows.append({"kind": kind, "ref": current.ref, "created_at": current.manifest.get("created_at"),
+                         "path": str(Path(current.path))})  # fmt: skip
     return sorted(rows, key=lambda r: r["created_at"] or "")

@@ -293,6 +293,7 @@ def dedupe(
             base, history = None, History()
         elif nothing_new:
             log.info("nothing new: %s already holds every input; reusing it", base.ref)
+            store.mark_current(base)
             return Published(base, reused=True)
     history = history.adding(manifest_inputs, *(_shard_documents(store, shards) if merge else (data_inputs, "")))
     params = {"config": identity, "incremental": base.ref if base else None}

@@ -239,7 +239,10 @@ def pretrain(
         existing = None if force else store.reusable("model", params, inputs)
         if existing is not None:
             log.info("reusing %s: same tokens and settings (--force retrains)", existing.ref)
-            return Published(existing, reused=True) if ctx.is_main else None
+            if not ctx.is_main:
+                return None
+            store.mark_current(existing)
+            return Published(existing, reused=True)
         lock = hold_lock(run.run_dir / ".lock", f"training run {run.run_id}", wait=wait)
         with lock if ctx.is_main else contextlib.nullcontext():
             model = _train(run, resume)
