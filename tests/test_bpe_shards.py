@@ -75,6 +75,23 @@ def test_empty_corpus_is_an_error(gpt2, tokenizer_ref: str, tmp_path: Path):
     assert result.code == 1 and "corpus is empty" in result.err
 
 
+def test_an_empty_validation_split_is_warned_about(gpt2, tokenizer_ref: str, home: Path):
+    """The sample's 40 documents at the default --val-fraction 0.01 hold none out: said once, with the way to
+    get a validation split; the tokens are still written (training needs only the train split)."""
+    result = gpt2("tokenize", "--input", str(SAMPLE), "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["summary"]["val_documents"] == 0
+    warnings = [line for line in result.err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, result.err
+    assert "tokens@v1 has no validation split (0 of 40 documents)" in warnings[0]
+    assert "--val-fraction 0.01, so fewer than about 100 documents (1/fraction) often give none" in warnings[0]
+    assert "computes no validation loss; raise --val-fraction" in warnings[0]
+    zero = gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "0")
+    assert zero.code == 0 and "tokens@v2 has no validation split" in zero.err and "--val-fraction is 0" in zero.err
+    held_out = gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "0.2")
+    assert held_out.code == 0 and "WARNING" not in held_out.err, held_out.err
+
+
 def test_tokenize_resumes_after_kill_9(gpt2, tokenizer_ref: str, home: Path, tmp_path: Path):
     texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))]
     big = tmp_path / "big.jsonl"
@@ -185,9 +202,18 @@ def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
     assert result.code == 0, result.err
     summary = json.loads(result.out)["summary"]
     assert summary["val_documents"] == 4 and summary["train_documents"] == 36
+    assert "no validation split" not in result.err  # the corpus's own split, whatever --val-fraction says
     tokens = store.resolve("tokens")
     assert [i["ref"] for i in tokens.inputs] == ["tokenizer@v1", "corpus@v1"]
     assert store.resolve("tokenizer").inputs[0]["ref"] == "corpus@v1"
+    # a corpus without `val` documents: tokenize's --val-fraction does not move them; the warning says so
+    splits = ["train"] * len(texts)
+    train_only = store.produce("corpus", params={"train_only": True}, inputs=[], build=build).artifact
+    result = gpt2("tokenize", "--corpus", train_only.ref, "--val-fraction", "0.5", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["summary"]["val_documents"] == 0
+    assert "tokens@v2 has no validation split (0 of 40 documents): corpus@v2 has no `val` documents" in result.err
+    assert "rebuild the corpus with a larger `dedupe --val-fraction`" in result.err
 
 
 def test_input_typed_on_the_command_line_beats_the_run_configs_corpus(gpt2, tokenizer_ref: str, tmp_path: Path):

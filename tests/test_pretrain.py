@@ -241,6 +241,23 @@ def test_compiled_training_matches_eager(home: Path, tmp_path: Path):
     assert losses(home) == pytest.approx(losses(eager_home), rel=1e-4)
 
 
+def test_tokens_without_a_validation_split_train_with_one_warning(home: Path, gpt2):
+    """Not an error: the run trains, says once at the start that it computes no validation loss, and the model
+    records none."""
+    assert gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "0").code == 0
+    result = gpt2("pretrain", *FAST, "--max-steps", "1", "--json")
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if "validation loss will not be computed" in line]
+    assert len(warnings) == 1, result.err
+    assert "tokens@v2 has no validation split (0 validation documents)" in warnings[0]
+    assert "re-tokenize with a larger --val-fraction" in warnings[0]
+    assert result.err.index("validation loss will not be computed") < result.err.index("step 1/1")  # at the start
+    summary = json.loads(result.out)["summary"]
+    assert summary["steps"] == 1 and summary["val_loss"] is None
+    with_val = gpt2("pretrain", "--tokens", "tokens@v1", *FAST, "--max-steps", "1")
+    assert with_val.code == 0 and "validation loss will not be computed" not in with_val.err, with_val.err
+
+
 def test_tokenizer_replaced_under_the_same_name_is_refused(home: Path, gpt2):
     """The tokens name their tokenizer by version and manifest checksum: a different tokenizer@v1 (or none)
     must not be published with a model trained on them."""

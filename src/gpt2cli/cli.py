@@ -541,7 +541,7 @@ def report_command(
     """One summary of a run: artifact versions and lineage, the validation-loss curve, whether the model
     learned (loss vs the unigram entropy of its tokens), the evaluation beside the paper, and samples."""
     from gpt2cli.sample import SampleOptions, Sampler, prompt_text
-    from gpt2cli.summary import ascii_plot, list_versions, run_summary
+    from gpt2cli.summary import ascii_plot, list_versions, loss_curve, run_summary
 
     opts = settings(ctx, home, as_json)
     prompt = prompt_text(prompt, "--prompt")
@@ -562,8 +562,12 @@ def report_command(
         versions.add_row(row["kind"], row["ref"], row["created_at"] or "")
     console.print(versions)
     console.print(_lineage_tree(summary["lineage"]))
-    console.print(f"\n[bold]validation loss[/bold] (nats/token) by step; plot: {summary['loss_png']}")
-    console.print("\n".join(ascii_plot(summary["val_loss_curve"])), markup=False, highlight=False)
+    curve, name, note = summary["val_loss_curve"], "validation loss", ""
+    if not curve:  # trained without validation: the training loss, said so
+        curve, name = loss_curve(store.resolve(summary["model"]), "loss"), "training loss"
+        note = " (no validation loss was computed)"
+    console.print(f"\n[bold]{name}[/bold] (nats/token) by step{note}; plot: {summary['loss_png']}")
+    console.print("\n".join(ascii_plot(curve)), markup=False, highlight=False)
     console.print(f"\n[bold]learning:[/bold] {summary['learning'].get('statement', 'no validation loss recorded')}")
     if summary["eval"] is not None:
         table = Table("metric", "ours", "paper (same size)", title=summary["eval"], title_justify="left")

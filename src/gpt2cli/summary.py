@@ -49,17 +49,23 @@ def ascii_plot(points: list[tuple[float, float]], width: int = 60, height: int =
     return lines
 
 
-def val_loss_curve(model: Artifact) -> list[tuple[float, float]]:
-    """(step, validation loss) of the training run, from the model's metrics.jsonl."""
+def loss_curve(model: Artifact, key: str = "val_loss") -> list[tuple[float, float]]:
+    """(step, ``key``) of the training run, from the model's metrics.jsonl; rows without a value are skipped
+    (a run on tokens without a validation split logs ``"val_loss": null``)."""
     path = model.path / "metrics.jsonl"
     if not path.is_file():
         return []
     points = []
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        if "val_loss" in row:
-            points.append((float(row["step"]), float(row["val_loss"])))
+        if row.get(key) is not None:
+            points.append((float(row["step"]), float(row[key])))
     return points
+
+
+def val_loss_curve(model: Artifact) -> list[tuple[float, float]]:
+    """(step, validation loss) of the training run, from the model's metrics.jsonl."""
+    return loss_curve(model, "val_loss")
 
 
 def _input_ref(artifact: Artifact, kind: str) -> str | None:
@@ -79,11 +85,24 @@ def learning_check(store: Store, model: Artifact) -> dict[str, Any]:
     entropy = unigram_entropy(counts)
     val_loss = model.summary.get("val_loss")
     out: dict[str, Any] = {"tokens": tokens.ref, "unigram_entropy": round(entropy, 4), "val_loss": val_loss}
-    if val_loss is not None:
-        out["below_unigram"] = round(entropy - val_loss, 4)
-        out["learned"] = val_loss < entropy - 0.5  # at least 0.5 nats below: well below, not noise
-        out["statement"] = learning_statement(val_loss, entropy, shard.count, out["learned"])
+    if val_loss is None:  # the same keys, with no verdict
+        out.update(below_unigram=None, learned=None, statement=no_validation_statement(tokens, model))
+        return out
+    out["below_unigram"] = round(entropy - val_loss, 4)
+    out["learned"] = val_loss < entropy - 0.5  # at least 0.5 nats below: well below, not noise
+    out["statement"] = learning_statement(val_loss, entropy, shard.count, out["learned"])
     return out
+
+
+def no_validation_statement(tokens: Artifact, model: Artifact) -> str:
+    """What the report says instead of a verdict when training computed no validation loss."""
+    from gpt2cli.bpe.shards import validation_gap
+
+    seq_len = model.params.get("seq_len")
+    gap = validation_gap(tokens, int(seq_len)) if isinstance(seq_len, int) else None
+    return "no validation loss, so whether the model learned beyond token frequencies is not measured: " + (
+        f"{gap}, and train again" if gap else "none was recorded in training"
+    )
 
 
 def learning_statement(val_loss: float, entropy: float, tokens: int, learned: bool) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from gpt2cli.artifacts import Published, Store, artifact_input, write_atomic
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, write_atomic
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS, open_documents
+from gpt2cli.documents import SPLITS, DocumentSource, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 
@@ -158,7 +159,7 @@ def tokenize_corpus(
             "empty_records": source.stats.get("empty", 0),
         }
 
-    return store.produce(
+    result = store.produce(
         "tokens",
         params=params,
         inputs=[artifact_input(tokenizer_artifact), *source.inputs],
@@ -167,3 +168,43 @@ def tokenize_corpus(
         wait=wait,
         resumable=True,
     )
+    if not result.artifact.summary.get("val_documents"):  # said again when the version is reused
+        log.warning("%s", _empty_validation_warning(result.artifact, source, val_fraction))
+    return result
+
+
+def _empty_validation_warning(tokens: Artifact, source: DocumentSource, val_fraction: float) -> str:
+    """Why the validation split came out empty, and how to get one; pretraining then has no validation loss."""
+    head = f"{tokens.ref} has no validation split (0 of {tokens.summary.get('train_documents', 0):,} documents)"
+    tail = "`gpt2 pretrain` on these tokens computes no validation loss"
+    if source.has_split_column:
+        corpus = source.inputs[0]["ref"]
+        return (
+            f"{head}: {corpus} has no `val` documents; {tail}; rebuild the corpus with a larger `dedupe --val-fraction`"
+        )
+    if val_fraction <= 0:
+        return f"{head}: --val-fraction is 0; {tail}; give a --val-fraction (e.g. 0.1) to hold documents out"
+    return (
+        f"{head}: a document is held out when the hash of its text falls under --val-fraction {val_fraction:g}, "
+        f"so fewer than about {math.ceil(1 / val_fraction):,} documents (1/fraction) often give none; {tail}; "
+        "raise --val-fraction (e.g. 0.1)"
+    )
+
+
+def validation_gap(tokens: Artifact, seq_len: int) -> str | None:
+    """Why training on ``tokens`` with ``seq_len``-token sequences yields no validation loss, and how to get one;
+    None when it yields one.
+
+    An evaluation batch needs ``seq_len + 1`` tokens for inputs and targets, and one more to choose a start.
+    """
+    val_tokens = int(tokens.summary.get("val_tokens") or 0)
+    if not val_tokens:
+        why = f"{tokens.ref} has no validation split (0 validation documents)"
+    elif val_tokens < seq_len + 2:
+        why = f"the {val_tokens:,} validation tokens of {tokens.ref} are too few for one {seq_len}-token sequence"
+    else:
+        return None
+    corpus = next((i["ref"] for i in tokens.inputs if str(i.get("ref", "")).startswith("corpus@")), None)
+    if corpus is not None:  # a corpus has its own split: tokenize's --val-fraction does not move its documents
+        return f"{why}; for one, rebuild {corpus} with a larger `gpt2 dedupe --val-fraction` and re-tokenize"
+    return f"{why}; for one, re-tokenize with a larger --val-fraction"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock, write_atomic
-from gpt2cli.bpe.shards import TokenShard
+from gpt2cli.bpe.shards import TokenShard, validation_gap
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, Terminated, UsageError
@@ -278,6 +278,8 @@ def _train(run: _Run, resume: str) -> GPT:
         cfg.model_size, f"{n_params:,}", ctx.device.type, ctx.world, run.dtype, tokens_per_step,
         cfg.micro_batch, run.seq_len, run.accum, start + 1, cfg.max_steps,
     )  # fmt: skip
+    if ctx.is_main and (gap := validation_gap(run.tokens, run.seq_len)) is not None:
+        log.warning("validation loss will not be computed (the run trains on without it): %s", gap)
     writer = _tensorboard(run, start) if ctx.is_main else None
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     try:
