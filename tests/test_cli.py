@@ -274,3 +274,118 @@ def test_log_lines_without_tty(monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO hello", err[0])
     assert re.fullmatch(r"\S+Z INFO encoding: 4/4 docs \([\d.]+ docs/s\)", err[-1])
+
+
+# -- the run config, the refresh's errors, and lines in pipes ----------------------------------
+
+
+def test_a_run_config_table_is_checked_by_its_own_command_only(gpt2, populated, tmp_path: Path, monkeypatch):
+    """A typo in [dedupe] fails `gpt2 dedupe`, not the commands that do not read that table; a file that does not
+    parse, or a table that names no command (no command would ever check it), fails every command."""
+    config = tmp_path / "run.toml"
+    config.write_text('[dedupe]\nbogus = 1\n\n[artifacts.gc]\nkepe = 2\n\n[sample]\nprompt = "Hi"\n')
+    monkeypatch.setenv("GPT2_RUN_CONFIG", str(config))
+    assert gpt2("artifacts", "ls").code == 0
+    assert gpt2("artifacts", "verify").code == 0
+    for args, table, key in ((["dedupe"], "dedupe", "bogus"), (["artifacts", "gc"], "artifacts.gc", "kepe")):
+        result = gpt2(*args)
+        assert result.code == 2 and result.err.startswith(f"gpt2: error: {config}: [{table}] has no option {key!r}")
+    for text, message in (("[dedupe\n", "not valid TOML"), ("[trian-bpe]\nvocab_size = 300\n", "is not a command")):
+        config.write_text(text)
+        result = gpt2("artifacts", "ls")
+        assert result.code == 2 and message in result.err and result.err.count("\n") == 1
+
+
+def test_a_bad_run_config_value_names_the_file_table_and_key(gpt2, populated, tmp_path: Path):
+    config = tmp_path / "run.toml"
+    config.write_text('[scrape-reddit]\nlimit = "x"\n\n[artifacts.gc]\nkeep = 0\n')
+    result = gpt2("--run-config", str(config), "scrape-reddit")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert result.err.startswith(f"gpt2: error: invalid value in {config} [scrape-reddit] limit: ")
+    assert "'--limit'" not in result.err
+    result = gpt2("--run-config", str(config), "artifacts", "gc")
+    assert result.code == 2 and f"invalid value in {config} [artifacts.gc] keep: " in result.err
+    assert gpt2("--run-config", str(config), "artifacts", "gc", "--keep", "2").code == 0  # typed: the table's unused
+    typed = gpt2("scrape-reddit", "--limit", "x")
+    assert typed.code == 2 and "Invalid value for '--limit'" in typed.err
+
+
+def test_an_unknown_run_config_key_lists_the_keys_the_table_takes(gpt2, tmp_path: Path):
+    """The list is what a table accepts, as users type it: long option names, not the parameters behind them
+    (inputs, as_json), and not how one invocation behaves (--home, --json, --force, --wait)."""
+    config = tmp_path / "run.toml"
+    config.write_text("[dedupe]\nbogus = 1\n")
+    result = gpt2("--run-config", str(config), "dedupe")
+    assert result.code == 2
+    listed = result.err.strip().split("its keys: ")[1].split(", ")
+    assert listed == ["drop_overlap", "incremental", "input", "keep_wikipedia", "language", "merge", "min_words",
+                      "num_perm", "overlap", "raw_docs", "shard_index", "shards", "threshold", "val_fraction",
+                      "workers"]  # fmt: skip
+    for key in ("inputs", "json", "as_json", "home"):  # not listed, so not taken either
+        config.write_text(f"[dedupe]\n{key} = 1\n")
+        assert gpt2("--run-config", str(config), "dedupe").code == 2
+    config.write_text("[dedupe]\nforce = true\n")
+    result = gpt2("--run-config", str(config), "dedupe")
+    assert result.code == 2 and "'force' is not a run setting; give --force on the command line" in result.err
+    config.write_text('[eval.zero-shot]\ntasks = ["lambada"]\n')
+    result = gpt2("--run-config", str(config), "eval", "zero-shot")
+    assert result.code == 2 and "has no option 'tasks'" in result.err and ", task\n" in result.err
+    config.write_text("[sample]\nn = 2\n")  # a short flag is no key
+    assert "has no option 'n'" in gpt2("--run-config", str(config), "sample").err
+
+
+def test_refresh_usage_errors_end_with_the_one_error_line(gpt2, home: Path, tmp_path: Path, monkeypatch):
+    """Each is logged (the refresh log) and also ends stderr with `gpt2: error: ...`, exit 2; a bad table of a
+    stage is found before the first stage runs."""
+    monkeypatch.delenv("GPT2_RUN_CONFIG", raising=False)
+    log = home / "logs" / "refresh.log"
+    result = gpt2("refresh")
+    assert result.code == 2 and result.err.splitlines()[-1].startswith("gpt2: error: refresh needs a run config")
+    assert "ERROR refresh needs a run config" in log.read_text()
+    config = tmp_path / "run.toml"
+    config.write_text("[dedupe]\nbogus = 1\n")
+    result = gpt2("--run-config", str(config), "refresh")
+    assert result.code == 2 and result.err.splitlines()[-1].startswith(f"gpt2: error: {config}: [dedupe] has no")
+    assert "started" not in log.read_text()
+    config.write_text('[tokenize]\ncorpus = "corpus"\n')  # no link source for the scrape-reddit stage
+    result = gpt2("--run-config", str(config), "--json", "refresh")
+    assert result.code == 2 and json.loads(result.out) == {"status": 2, "stages": []}
+    assert result.err.splitlines()[-1].startswith("gpt2: error: scrape-reddit failed (exit 2): no link source: ")
+    assert "ERROR scrape-reddit failed (exit 2)" in log.read_text()
+
+
+def test_another_refresh_running_is_one_warning_line(gpt2, home: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    config, marker = tmp_path / "run.toml", tmp_path / "locked"
+    config.write_text('[scrape-reddit]\nurls = ["urls.txt"]\n')
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, pathlib; from gpt2cli.artifacts import "
+                               "hold_lock\nwith hold_lock(pathlib.Path(sys.argv[1]), 'the refresh'):\n"
+                               "    pathlib.Path(sys.argv[2]).touch(); time.sleep(60)",
+                               str(home / ".refresh.lock"), str(marker)])  # fmt: skip
+    try:
+        wait_for(marker)
+        result = gpt2("--run-config", str(config), "refresh")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 75 and not result.out
+    assert re.fullmatch(
+        rf"\S+Z WARNING another run holds the refresh \(pid {holder.pid}\); retry later or pass --wait\n", result.err
+    )
+
+
+def test_lines_a_script_greps_are_not_wrapped_in_pipes(gpt2, tmp_path: Path):
+    """Off a terminal nothing is wrapped at 80 columns: a verify problem, `no artifacts in HOME`."""
+    home = tmp_path / ("a-long-folder-name-" * 6) / "home"
+    result = gpt2("--home", str(home), "artifacts", "ls")
+    assert result.code == 0 and result.err == f"no artifacts in {home}\n"
+    result = run_module("--home", str(home), "artifacts", "ls")  # a real pipe
+    assert result.returncode == 0 and result.stderr == f"no artifacts in {home}\n"
+    Store(home).produce("corpus", params={}, inputs=[], build=write_files(a="text"))
+    manifest = home / "corpus" / "v1" / "manifest.json"
+    manifest.write_text("{")
+    result = gpt2("--home", str(home), "artifacts", "verify")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert result.err.startswith(f"corpus@v1: manifest {manifest} does not parse: ")

@@ -119,7 +119,7 @@ def test_second_run_reuses_everything_and_a_changed_stage_recomputes_downstream(
 def test_run_config_typos_are_usage_errors(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train-bpe]\nvocab = 300\n")
-    result = run_cli(tmp_path, "--run-config", str(bad), "artifacts", "ls")
+    result = run_cli(tmp_path, "--run-config", str(bad), "train-bpe")  # its own table: `artifacts ls` ignores it
     assert result.returncode == 2 and "has no option 'vocab'" in result.stderr
     bad.write_text("[trian-bpe]\nvocab_size = 300\n")
     result = run_cli(tmp_path, "--run-config", str(bad), "artifacts", "ls")
@@ -216,8 +216,8 @@ def test_sigterm_stops_the_refresh_and_its_stage(pipeline, tmp_path: Path):
 
 
 def test_sigterm_stops_a_refresh_waiting_for_the_lock(tmp_path: Path):
-    home = tmp_path / "home"
-    env = {**os.environ, "GPT2_HOME": str(home)}
+    home, config = tmp_path / "home", run_config(tmp_path / "refresh.toml", [NOVEMBER])
+    env = {**os.environ, "GPT2_HOME": str(home), "GPT2_RUN_CONFIG": str(config)}  # without one: exit 2 at once
     with hold_lock(home / ".refresh.lock", "a test's refresh"):
         child = subprocess.Popen([sys.executable, "-m", "gpt2cli", "refresh", "--wait", "--json"], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip

@@ -515,15 +515,18 @@ def refresh_command(
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
     log_to_file(log_file or store.home / "logs" / "refresh.log", log_max_mb << 20, log_backups)
+    error = None
     try:
-        status, results = refresh(store, ctx.find_root().params.get("run_config"), wait=wait, keep=keep)
-    except LockHeld as e:
+        status, results, error = refresh(store, ctx.find_root().default_map, wait=wait, keep=keep)
+    except LockHeld as e:  # not an error: a warning line, in the log and on stderr
         logging.getLogger("gpt2cli.refresh").warning("%s", e)
         status, results = e.exit_code, []
     except Terminated as e:  # before or between stages: the refresh log says so
         status, results = e.exit_code, []
     if opts.json:
         print_json({"status": status, "stages": results})
+    if error:  # in the log already; on stderr also as the one line every failing command ends with
+        _fail(f"error: {error}", status)
     raise typer.Exit(status)
 
 
@@ -1006,7 +1009,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             typer.echo(ctx.get_help())
             sys.exit(e.exit_code)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        _fail(f"error: {' '.join(e.format_message().split())}{where}", e.exit_code)
+        message = e.format_message()
+        param = getattr(e, "param", None)
+        if ctx is not None and param is not None and _from_run_config(ctx, param.name):  # a run config's value
+            message = f"invalid value in {ctx.default_map.origin(param.name)}: {e.message}"
+        _fail(f"error: {' '.join(message.split())}{where}", e.exit_code)
     except Terminated as e:  # every process of a torchrun job gets the SIGTERM; rank 0 speaks for them
         if os.environ.get("RANK", "0") != "0":
             sys.exit(e.exit_code)

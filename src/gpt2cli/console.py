@@ -20,12 +20,20 @@ from rich.console import Console
 PLAIN_INTERVAL_S = 30.0
 
 
+def _console(**options: Any) -> Console:
+    """Off a terminal (a pipe, a log file) text is never wrapped at rich's default 80 columns: a line a script
+    greps (an error, a verify problem, `published X (PATH)`) stays one line. Tables still fit their width."""
+    console = Console(**options)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
 def stderr_console() -> Console:
-    return Console(stderr=True)
+    return _console(stderr=True)
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    return _console(highlight=False)
 
 
 def interactive() -> bool:

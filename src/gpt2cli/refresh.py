@@ -24,7 +24,8 @@ from typing import Any
 
 from gpt2cli.artifacts import Store, hold_lock
 from gpt2cli.console import UTCFormatter
-from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, LockHeld, Terminated
+from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, EXIT_USAGE, LockHeld, Terminated, UsageError
+from gpt2cli.runconfig import Tables
 from gpt2cli.workers import die_with
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,19 @@ class _Stop:
 
 
 def refresh(
-    store: Store, run_config: Path | None, *, wait: bool = False, keep: int | None = None
-) -> tuple[int, list[dict[str, Any]]]:
-    """Run the stages, then, with ``keep``, delete all but the newest ``keep`` versions of each kind (gc); the
-    exit status (0 done, 75 another run holds a lock: try at the next hour, 143 stopped by SIGTERM, else the
-    failing stage's status) and each finished stage's result."""
+    store: Store, run_config: Tables | None, *, wait: bool = False, keep: int | None = None
+) -> tuple[int, list[dict[str, Any]], str | None]:
+    """Run the stages with the run config's settings, then, with ``keep``, delete all but the newest ``keep``
+    versions of each kind (gc); the exit status (0 done, 75 another run holds a lock: try at the next hour, 143
+    stopped by SIGTERM, 2 no run config or a bad table of a stage, else the failing stage's status), each
+    finished stage's result, and the error (logged already) when it failed."""
+    if run_config is None:  # scrape-reddit has no link source but the run config's
+        return _refused("refresh needs a run config (--run-config FILE or $GPT2_RUN_CONFIG) naming the link sources")
+    try:
+        for stage, _ in STAGES:  # each stage's table, checked before the first stage runs, not an hour later
+            run_config.get(stage)
+    except UsageError as e:
+        return _refused(str(e))
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     stop = _Stop()
@@ -86,30 +95,35 @@ def refresh(
             for stage, args in STAGES:
                 if stop.requested:
                     log.warning("stopped by SIGTERM before %s; the next refresh finishes the work", stage)
-                    return EXIT_TERMINATED, results
+                    return EXIT_TERMINATED, results, None
                 if stage == "tokenize" and store.latest("tokenizer") is None:
                     log.warning("tokenize: skipped, no tokenizer yet (run `gpt2 train-bpe` once)")
                     continue
                 command = [sys.executable, "-m", "gpt2cli", "--home", str(store.home), "--json"]
-                command += ["--run-config", str(run_config)] if run_config else []
-                status, result = _run(stage, [*command, stage, *args], stop)
+                command += ["--run-config", run_config.path]
+                status, result, error = _run(stage, [*command, stage, *args], stop)
                 if result is not None:
                     results.append({"stage": stage, **result})
                 if stop.requested:
                     log.warning("%s: stopped by SIGTERM; the next refresh finishes the work", stage)
-                    return EXIT_TERMINATED, results
+                    return EXIT_TERMINATED, results, None
                 if status == EXIT_LOCKED:
                     log.warning("%s: another run holds its lock; the next refresh finishes the work", stage)
-                    return EXIT_LOCKED, results
+                    return EXIT_LOCKED, results, None
                 if status != 0:
                     log.error("%s failed (exit %d); the last good versions are untouched", stage, status)
-                    return status, results
+                    return status, results, f"{stage} failed (exit {status})" + (f": {error}" if error else "")
             if keep is not None:
                 _collect(store, keep)
             log.info("refresh done in %.1f s", time.monotonic() - started)
-        return 0, results
+        return 0, results, None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _refused(error: str) -> tuple[int, list[dict[str, Any]], str]:
+    log.error("%s", error)
+    return EXIT_USAGE, [], error
 
 
 def _collect(store: Store, keep: int) -> None:
@@ -125,10 +139,12 @@ def _collect(store: Store, keep: int) -> None:
              keep, f"; {len(collected.in_use)} in use" if collected.in_use else "")  # fmt: skip
 
 
-def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, Any] | None]:
-    """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line. A SIGTERM
-    to the refresh is passed on to the stage, and the stage dies with the refresh if that is killed."""
+def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, Any] | None, str | None]:
+    """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line, its last
+    `gpt2: error:` line is returned. A SIGTERM to the refresh is passed on to the stage, and the stage dies with
+    the refresh if that is killed."""
     log.info("%s: started", stage)
+    error = None
     with tempfile.TemporaryFile("w+") as out:
         with subprocess.Popen(
             command, stdout=out, stderr=subprocess.PIPE, text=True, preexec_fn=functools.partial(die_with, os.getpid())
@@ -138,12 +154,14 @@ def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, An
             for line in child.stderr:
                 if line.strip():
                     log.info("%s | %s", stage, line.rstrip())
+                if line.startswith("gpt2: error: "):
+                    error = line.removeprefix("gpt2: error: ").rstrip()
             status = child.wait()
         out.seek(0)
         try:
             result = json.loads(out.read())
         except ValueError:
-            return status, None
+            return status, None, error
     verb = "reused" if result.get("reused") else "published"
     log.info("%s: %s %s %s", stage, verb, result.get("ref"), json.dumps(result.get("summary", {}), default=str))
-    return status, result
+    return status, result, error

@@ -1,8 +1,11 @@
 """One TOML file per run: every stage's settings in one place, so a run is reproducible from that file.
 
 A table per command, named as on the command line (`[dedupe]`, `[train-bpe]`, `[eval.zero-shot]`), holds
-option values by option name (`vocab_size = 4096`, `vocab-size = 4096`, `task = [...]` for `--task`).
+option values by the option's long name (`vocab_size = 4096` or `vocab-size = 4096`, `task = [...]` for `--task`).
 They become the command's defaults (click's ``default_map``), so an option on the command line still wins.
+
+Every command that reads the file checks that it parses and that its tables name commands; the keys and values
+of a table are checked by its own command only (a typo in [dedupe] fails `gpt2 dedupe`, not `gpt2 artifacts ls`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# how one invocation behaves, not what the run computes: typed on the command line, never a run setting
+INVOCATION_OPTIONS = ("home", "json", "force", "wait")
+
 
 def read_run_config(path: Path) -> dict[str, Any]:
     try:
@@ -28,37 +34,70 @@ def read_run_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
 
 
-def default_map(path: Path, root: Any) -> dict[str, Any]:
-    """The ``default_map`` for ``root`` from the run config at ``path``; unknown commands or options are
-    usage errors (a typo must not silently fall back to a default)."""
-    return _tables(read_run_config(path), root, str(path), [])
+def default_map(path: Path, root: Any) -> Tables:
+    """The ``default_map`` for ``root`` (typer's click group) from the run config at ``path``; a table that names
+    no command is a usage error at once, a key or value its command does not take when that command runs."""
+    return Tables(read_run_config(path), root, str(path), ())
 
 
-def _tables(tables: dict[str, Any], command: Any, path: str, trail: list[str]) -> dict[str, Any]:
-    """``command`` is a click command or group (typer's own click); groups have ``commands``."""
-    out: dict[str, Any] = {}
-    for name, value in tables.items():
-        where = ".".join([*trail, name])
-        commands = getattr(command, "commands", None)
-        if commands is not None:
-            sub = commands.get(name)
+def settable_keys(command: Any) -> dict[str, Any]:
+    """The keys a command's table takes (its options' long names, ``-`` as ``_``) -> the parameter."""
+    keys = {}
+    for param in command.params:
+        if param.param_type_name == "option":
+            for flag in param.opts:
+                key = flag[2:].replace("-", "_")
+                if flag.startswith("--") and key not in INVOCATION_OPTIONS:
+                    keys[key] = param
+    return keys
+
+
+class Tables(dict):  # type: ignore[type-arg]
+    """click's ``default_map`` for a group: a table per subcommand. Click takes a subcommand's table with
+    ``parent.default_map.get(name)`` as it makes that subcommand's context, so a table is checked only when its
+    command runs."""
+
+    def __init__(self, tables: dict[str, Any], group: Any, path: str, trail: tuple[str, ...]):
+        self.path, self._group, self._trail = path, group, trail
+        checked: dict[str, Any] = {}
+        for name, value in tables.items():
+            where = ".".join([*trail, name])
+            sub = group.commands.get(name)
             if sub is None:
-                raise UsageError(f"{path}: [{where}] is not a command; commands: {', '.join(sorted(commands))}")
+                raise UsageError(f"{path}: [{where}] is not a command; commands: {', '.join(sorted(group.commands))}")
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: {where} must be a table of options")
-            out[name] = _tables(value, sub, path, [*trail, name])
-            continue
-        options = {}  # the flag's name (--task -> task) or the parameter's (tasks) -> the parameter
-        for param in command.params:
-            if param.param_type_name == "option":
-                options[param.name] = param
-                for flag in param.opts:
-                    options.setdefault(flag.lstrip("-").replace("-", "_"), param)
-        key = name.replace("-", "_")
-        if key not in options:
-            shown = sorted({n for n in options if not n.startswith("no_")} - {"home", "as_json"})
-            raise UsageError(f"{path}: [{'.'.join(trail)}] has no option {name!r}; options: {', '.join(shown)}")
-        param = options[key]
-        repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
-        out[param.name] = [value] if repeatable and not isinstance(value, list) else value
-    return out
+            checked[name] = Tables(value, sub, path, (*trail, name)) if hasattr(sub, "commands") else value
+        super().__init__(checked)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Subcommand ``name``'s table (a usage error if it has a key that command does not take)."""
+        if name not in self:
+            return default
+        value = self[name]
+        if not isinstance(value, (Tables, Table)):
+            value = self[name] = Table(value, self._group.commands[name], self.path, ".".join((*self._trail, name)))
+        return value
+
+
+class Table(dict):  # type: ignore[type-arg]
+    """One command's defaults by parameter name; ``origin`` names the file, table and key a value came from."""
+
+    def __init__(self, values: dict[str, Any], command: Any, path: str, name: str):
+        super().__init__()
+        self.path, self.name, self._keys = path, name, {}
+        settable = settable_keys(command)
+        for key, value in values.items():
+            param = settable.get(key.replace("-", "_"))
+            if param is None:
+                if key.replace("-", "_") in INVOCATION_OPTIONS:
+                    raise UsageError(f"{path}: [{name}] {key!r} is not a run setting; give --{key} on the command line")
+                raise UsageError(
+                    f"{path}: [{name}] has no option {key!r}; its keys: {', '.join(sorted(settable)) or 'none'}"
+                )
+            self._keys[param.name] = key
+            repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
+            self[param.name] = [value] if repeatable and not isinstance(value, list) else value
+
+    def origin(self, param_name: str) -> str:
+        return f"{self.path} [{self.name}] {self._keys[param_name]}"
