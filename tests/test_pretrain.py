@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2cli.artifacts import Store, artifact_input
+from gpt2cli.artifacts import Artifact, Store, artifact_input
 from gpt2cli.bpe.shards import HEADER, TokenShard
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
@@ -321,3 +322,152 @@ def test_token_ids_outside_the_vocabulary_are_refused(home: Path, gpt2):
     result = gpt2("pretrain", *FAST, "--max-steps", "2")
     assert result.code == 1 and "Traceback" not in result.err
     assert f"gpt2: error: {train}: token 1234 is id 450, outside the vocabulary of 400 tokens" in result.err
+
+
+# -- gc and training runs --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tokens_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tokens_home plus two 5-step runs: model@v1 from one, model@v2 from another (another seed)."""
+    home = tmp_path_factory.mktemp("two-runs") / "home"
+    shutil.copytree(tokens_home, home)
+    for seed in ("1", "2"):
+        result = run_cli(home, "pretrain", *FAST, "--max-steps", "5", "--lr-decay-steps", "10", "--seed", seed)
+        assert result.returncode == 0, result.stderr
+    return home
+
+
+def _runs_of(home: Path) -> tuple[Path, Path]:
+    """The run directories of model@v1 and model@v2 (by the run id their summaries record)."""
+    first, second = (Path(Artifact.open(home / "model" / v).summary["run_dir"]).name for v in ("v1", "v2"))
+    return home / "model" / ".runs" / first, home / "model" / ".runs" / second
+
+
+@pytest.fixture
+def runs_home(two_runs: Path, home: Path) -> Path:
+    shutil.copytree(two_runs, home, dirs_exist_ok=True)
+    return home
+
+
+def test_gc_deletes_the_training_run_of_models_that_are_gone(runs_home: Path, gpt2):
+    """A run's checkpoints, metrics and TensorBoard events go with its last model version; a kept model keeps its
+    run, and `report` still reads its curve."""
+    from gpt2cli.summary import run_summary
+
+    home = runs_home
+    old, new = _runs_of(home)
+    assert old != new and old.is_dir() and new.is_dir()
+    dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+    assert [r["ref"] for r in dry["removed"]] == ["model@v1"]
+    assert [(r["id"], r["models"]) for r in dry["runs"]["removed"]] == [(old.name, ["model@v1"])]
+    assert [(r["id"], r["reason"]) for r in dry["runs"]["kept"]] == [(new.name, "model")]
+    assert dry["runs"]["removed"][0]["bytes"] > 0 and old.is_dir()  # a dry run deletes nothing
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert result.code == 0, result.err
+    assert f"deleted training run {old.name} (" in result.out and "1 training runs" in result.out
+    assert not old.exists() and new.is_dir() and (new / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (home / "model" / ".runs").iterdir()) == [new.name]  # no trash left
+    summary = run_summary(Store(home))
+    assert summary["model"] == "model@v2" and [step for step, _ in summary["val_loss_curve"]] == [5.0]
+    again = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--json").out)
+    assert again["runs"]["removed"] == [] and new.is_dir()
+
+
+def test_gc_keeps_unfinished_runs_and_reports_them(runs_home: Path, gpt2, caplog: pytest.LogCaptureFixture):
+    """A run that published nothing yet, or went on past what it published, is resumable work: kept, and named
+    with its size; refresh's gc does the same. Once it is finished, it goes like any other."""
+    from gpt2cli.refresh import _collect
+
+    home = runs_home
+    old, _ = _runs_of(home)
+    extended = old / "step-00000010"  # extending the run to 10 steps was killed after its checkpoint at step 10
+    shutil.copytree(old / "step-00000005", extended)
+    never = old.with_name("0123456789abcdef")  # a run killed before it published anything
+    shutil.copytree(old, never, ignore=shutil.ignore_patterns("published.jsonl", ".lock"))
+    with caplog.at_level("INFO", logger="gpt2cli"):
+        _collect(Store(home), 1)
+    assert not (home / "model" / "v1").exists() and old.is_dir() and never.is_dir()
+    logged = caplog.text
+    assert f"kept training run {old.name} (" in logged and "unfinished (step 10), `gpt2 pretrain --resume`" in logged
+    assert f"kept training run {never.name} (" in logged
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert result.code == 0, result.err
+    for run in (old, never):
+        assert f"kept training run {run.name} (" in result.out and run.is_dir()
+    assert "unfinished (step 10), `gpt2 pretrain --resume` continues it" in result.out
+    kept = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--json").out)["runs"]["kept"]
+    assert {(r["id"], r["reason"], r["checkpoint_step"]) for r in kept if r["reason"] != "model"} == {
+        (old.name, "unfinished", 10),
+        (never.name, "unfinished", 10),
+    }
+    shutil.rmtree(extended)  # the run ends where it published model@v1, gone: nothing of it is needed any more
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert f"deleted training run {old.name} (" in result.out and not old.exists() and never.is_dir()
+
+
+def test_gc_keeps_a_run_whose_lock_another_process_holds(runs_home: Path, gpt2):
+    """A pretrain holds its run's lock while it trains: gc neither deletes that run nor waits for it."""
+    home = runs_home
+    old, _ = _runs_of(home)
+    args = ["pretrain", *FAST, "--max-steps", "100000", "--lr-decay-steps", "10", "--seed", "1"]  # model@v1's run, on
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args, "--checkpoint-every", "100000", "--eval-every", "100000"],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while (old / ".lock").read_text().split("\n")[0] != str(trainer.pid):
+            assert trainer.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+        assert dry["runs"]["removed"] == []
+        assert (old.name, "training") in {(r["id"], r["reason"]) for r in dry["runs"]["kept"]}
+        result = gpt2("artifacts", "gc", "--keep", "1")
+        assert result.code == 0, result.err
+        assert "deleted model@v1" in result.out and f"kept training run {old.name} (" in result.out
+        assert "a pretrain is training in it" in result.out and old.is_dir()
+        assert trainer.poll() is None  # it trains on
+    finally:
+        trainer.kill()
+        trainer.wait()
+    result = gpt2("artifacts", "gc", "--keep", "1")  # model@v1 went in the gc before; killed, the run saved nothing new
+    assert f"deleted training run {old.name} (" in result.out and not old.exists()
+
+
+def test_a_pretrain_that_waited_for_a_run_gc_deleted_locks_the_new_one(tmp_path: Path, caplog):
+    """gc deletes a run directory with its lock file while holding the lock: a pretrain waiting on that file then
+    gets the lock of a deleted file, and must lock the one at the path instead."""
+    from gpt2cli.train.runs import hold_run_lock
+
+    run_dir = tmp_path / "0123456789abcdef"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("")
+    gc = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, shutil, sys\nrun = sys.argv[1]\n"
+         "fd = os.open(run + '/.lock', os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
+         "sys.stdin.readline()\nos.rename(run, run + '-trash')\nshutil.rmtree(run + '-trash')", str(run_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert gc.stdin is not None and gc.stdout is not None and gc.stdout.readline() == "locked\n"
+    held = []
+
+    def pretrain() -> None:
+        with hold_run_lock(run_dir, "training run x", wait=True):
+            held.append((run_dir / ".lock").read_text().split("\n")[0])  # fcntl: reading it drops the lock; fine here
+
+    with caplog.at_level("INFO", logger="gpt2cli"):
+        waiter = threading.Thread(target=pretrain)
+        waiter.start()
+        deadline = time.time() + 30
+        while "waiting for training run x" not in caplog.text:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        gc.stdin.write("go\n")
+        gc.stdin.flush()
+        assert gc.wait(timeout=30) == 0
+        waiter.join(timeout=30)
+    assert not waiter.is_alive() and "deleted by `gpt2 artifacts gc`" in caplog.text
+    assert held == [str(os.getpid())]  # it locked (and wrote its pid into) the file at the path, not the deleted one

@@ -976,22 +976,40 @@ def artifacts_gc(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete old versions, except the newest KEEP of each kind and anything a kept version was built from."""
+    """Delete old versions, except the newest KEEP of each kind and anything a kept version was built from; then
+    the training runs (checkpoints, metrics) of models that are gone, unless unfinished or training."""
+    from gpt2cli.train.runs import collect_runs
+
     opts = settings(ctx, home, as_json)
-    collected = Store(opts.home).gc(keep, history=keep_history, dry_run=dry_run, wait=wait)
+    store = Store(opts.home)
+    collected = store.gc(keep, history=keep_history, dry_run=dry_run, wait=wait)
     removed = collected.removed
+    runs = collect_runs(store, removed, dry_run=dry_run)
     if opts.json:
         print_json(
-            {"dry_run": dry_run, "removed": [_row(a) for a in removed], "in_use": [_row(a) for a in collected.in_use]}
+            {
+                "dry_run": dry_run,
+                "removed": [_row(a) for a in removed],
+                "in_use": [_row(a) for a in collected.in_use],
+                "runs": {"removed": [r.row() for r in runs.removed], "kept": [r.row() for r in runs.kept]},
+            }
         )
         return
     verb = "would delete" if dry_run else "deleted"
+    out = stdout_console()
     for artifact in removed:
-        stdout_console().print(f"{verb} {artifact.ref} ({human_bytes(artifact.size_bytes)})")
+        out.print(f"{verb} {artifact.ref} ({human_bytes(artifact.size_bytes)})")
     for artifact in collected.in_use:
-        stdout_console().print(f"kept {artifact.ref}: a running stage reads it")
+        out.print(f"kept {artifact.ref}: a running stage reads it")
+    for run in runs.removed:
+        out.print(f"{verb} training run {run.id} ({human_bytes(run.bytes)})", markup=False, soft_wrap=True)
+    for run in runs.reported:
+        out.print(run.describe(human_bytes(run.bytes)), markup=False, soft_wrap=True)
     freed = human_bytes(sum(a.size_bytes for a in removed))
-    stdout_console().print(f"{verb} {len(removed)} versions, {freed}")
+    line = f"{verb} {len(removed)} versions, {freed}"
+    if runs.removed:
+        line += f"; {len(runs.removed)} training runs, {human_bytes(sum(r.bytes for r in runs.removed))}"
+    out.print(line)
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:

@@ -26,6 +26,7 @@ from gpt2cli.artifacts import Store, hold_lock
 from gpt2cli.console import UTCFormatter
 from gpt2cli.errors import EXIT_LOCKED, EXIT_TERMINATED, EXIT_USAGE, LockHeld, Terminated, UsageError
 from gpt2cli.runconfig import Tables
+from gpt2cli.train.runs import collect_runs
 from gpt2cli.workers import die_with
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,11 @@ def _collect(store: Store, keep: int) -> None:
     freed = sum(a.size_bytes for a in collected.removed)
     log.info("gc: deleted %d versions (%d bytes), kept the newest %d of each kind%s", len(collected.removed), freed,
              keep, f"; {len(collected.in_use)} in use" if collected.in_use else "")  # fmt: skip
+    runs = collect_runs(store, collected.removed)
+    if runs.removed:
+        log.info("gc: deleted %d training runs (%d bytes)", len(runs.removed), sum(r.bytes for r in runs.removed))
+    for run in runs.reported:
+        log.info("gc: %s", run.describe(f"{run.bytes} bytes"))
 
 
 def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, Any] | None, str | None]:

@@ -7,7 +7,6 @@ written and synced, so a kill -9 during a save leaves the previous checkpoints u
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 import torch
 
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.train.runs import STATE, STEP_DIR
 
-_STEP = re.compile(r"^step-(\d{8})$")
-STATE = "state.pt"
+_STEP = STEP_DIR
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock, write_atomic
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, write_atomic
 from gpt2cli.bpe.shards import TokenShard, validation_gap
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
@@ -37,6 +37,7 @@ from gpt2cli.train.checkpoint import (
 )
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.data import Batches, check_token_ids
+from gpt2cli.train.runs import hold_run_lock, record_published, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class _Run:
         self.accum = sequences // per_pass
         self.dtype = training_dtype(cfg, ctx.device)
         self.run_id = fingerprint("model-run", cfg.run_identity(), [artifact_input(tokens)])[:16]
-        self.run_dir = store.home / "model" / ".runs" / self.run_id
+        self.run_dir = run_directory(store, self.run_id)
         self.sharded = cfg.fsdp and ctx.world > 1
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
@@ -243,14 +244,16 @@ def pretrain(
                 return None
             store.mark_current(existing)
             return Published(existing, reused=True)
-        lock = hold_lock(run.run_dir / ".lock", f"training run {run.run_id}", wait=wait)
+        lock = hold_run_lock(run.run_dir, f"training run {run.run_id}", wait=wait)
         with lock if ctx.is_main else contextlib.nullcontext():
             model = _train(run, resume)
             if not ctx.is_main:
                 return None
-            return store.produce(
+            published = store.produce(
                 "model", params=params, inputs=inputs, build=lambda draft: _publish(run, model, draft.dir), force=True
             )
+            record_published(run.run_dir, published.artifact)  # gc deletes a finished run once its models are gone
+            return published
     finally:
         distributed.teardown()
 
