@@ -440,7 +440,7 @@ def test_gc_keeps_a_run_whose_lock_another_process_holds(runs_home: Path, gpt2):
 def test_a_pretrain_that_waited_for_a_run_gc_deleted_locks_the_new_one(tmp_path: Path, caplog):
     """gc deletes a run directory with its lock file while holding the lock: a pretrain waiting on that file then
     gets the lock of a deleted file, and must lock the one at the path instead."""
-    from gpt2cli.train.runs import hold_run_lock
+    from gpt2cli.artifacts import hold_lock
 
     run_dir = tmp_path / "0123456789abcdef"
     run_dir.mkdir()
@@ -455,7 +455,7 @@ def test_a_pretrain_that_waited_for_a_run_gc_deleted_locks_the_new_one(tmp_path:
     held = []
 
     def pretrain() -> None:
-        with hold_run_lock(run_dir, "training run x", wait=True):
+        with hold_lock(run_dir / ".lock", "training run x", wait=True):
             held.append((run_dir / ".lock").read_text().split("\n")[0])  # fcntl: reading it drops the lock; fine here
 
     with caplog.at_level("INFO", logger="gpt2cli"):
@@ -469,5 +469,5 @@ def test_a_pretrain_that_waited_for_a_run_gc_deleted_locks_the_new_one(tmp_path:
         gc.stdin.flush()
         assert gc.wait(timeout=30) == 0
         waiter.join(timeout=30)
-    assert not waiter.is_alive() and "deleted by `gpt2 artifacts gc`" in caplog.text
+    assert not waiter.is_alive() and "was deleted while this run waited for it" in caplog.text
     assert held == [str(os.getpid())]  # it locked (and wrote its pid into) the file at the path, not the deleted one

@@ -295,25 +295,46 @@ def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
     A POSIX record lock, not ``flock``: it belongs to this process alone, so the workers a stage forks do not
     hold it on after the stage is killed. Without ``wait``, a held lock raises LockHeld (exit 75) naming the
     holder's pid.
+
+    The file locked must still be the one at ``path`` (gc deletes a training run's directory, lock file included,
+    while holding its lock): else the one there now is locked instead.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
-            if not wait:
-                raise LockHeld(f"another run holds {what} (pid {holder}); retry later or pass --wait") from None
-            log.info("waiting for %s held by pid %s", what, holder)
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the directory was deleted just now
+            continue
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
+                if not wait:
+                    raise LockHeld(f"another run holds {what} (pid {holder}); retry later or pass --wait") from None
+                log.info("waiting for %s held by pid %s", what, holder)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            if is_open_at(fd, path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
+                yield
+                return
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+        log.info("%s was deleted while this run waited for it: locking the one there now", path)
+
+
+def is_open_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the one at ``path`` (by ``stat``: opening the path again and closing it
+    would drop a lock, which fcntl ties to the process, not the descriptor)."""
+    try:
+        at = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (at.st_dev, at.st_ino)
 
 
 _reading: dict[Path, int] = {}  # version directory -> descriptor holding its shared flock

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, write_atomic
+from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, fingerprint, hold_lock, write_atomic
 from gpt2cli.bpe.shards import TokenShard, validation_gap
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
@@ -37,7 +37,7 @@ from gpt2cli.train.checkpoint import (
 )
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.data import Batches, check_token_ids
-from gpt2cli.train.runs import hold_run_lock, record_published, run_directory
+from gpt2cli.train.runs import LOCK, record_published, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def pretrain(
                 return None
             store.mark_current(existing)
             return Published(existing, reused=True)
-        lock = hold_run_lock(run.run_dir, f"training run {run.run_id}", wait=wait)
+        lock = hold_lock(run.run_dir / LOCK, f"training run {run.run_id}", wait=wait)
         with lock if ctx.is_main else contextlib.nullcontext():
             model = _train(run, resume)
             if not ctx.is_main:

@@ -19,15 +19,13 @@ import logging
 import os
 import re
 import shutil
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Artifact, Store
-from gpt2cli.errors import LockHeld
+from gpt2cli.artifacts import Artifact, Store, is_open_at
 
 log = logging.getLogger(__name__)
 
@@ -46,53 +44,6 @@ def runs_home(store: Store) -> Path:
 
 def run_directory(store: Store, run_id: str) -> Path:
     return runs_home(store) / run_id
-
-
-@contextlib.contextmanager
-def hold_run_lock(run_dir: Path, what: str, *, wait: bool = False) -> Iterator[None]:
-    """The run's lock, held while a pretrain trains and publishes: ``hold_lock``'s exclusive fcntl lock on
-    ``.lock`` (LockHeld naming the holder's pid, or waiting), made safe against gc. A gc deletes a run directory,
-    lock file included, while it holds that lock; a pretrain that had opened the file (waiting, or about to lock)
-    would then hold the lock of a deleted file beside one at the path. So the file locked must still be the one at
-    the path, else the new one is locked. (Not a wrapper of ``hold_lock``: checking the file needs its descriptor;
-    opening the file again and closing it would drop the lock, which fcntl ties to the process, not the descriptor.)
-    """
-    path = run_dir / LOCK
-    while True:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # a gc deleted the directory just now
-            continue
-        try:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0] or "unknown"
-                if not wait:
-                    raise LockHeld(f"another run holds {what} (pid {holder}); retry later or pass --wait") from None
-                log.info("waiting for %s held by pid %s", what, holder)
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-            if _is_at(fd, path):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
-                yield
-                return
-        finally:
-            os.close(fd)  # releases the lock
-        log.info("%s was deleted by `gpt2 artifacts gc` while this run waited for its lock: starting it anew", run_dir)
-
-
-def _is_at(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is the one at ``path`` (by ``stat``: opening the path would drop the lock)."""
-    try:
-        at = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (at.st_dev, at.st_ino)
 
 
 def record_published(run_dir: Path, artifact: Artifact) -> None:
@@ -232,7 +183,7 @@ def _lock(run_dir: Path, *, create: bool) -> int | str:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return _HELD
         raise
-    if not _is_at(fd, path):  # another gc deleted the run after this one opened its lock file: what is there is new
+    if not is_open_at(fd, path):  # another gc deleted the run after this one opened its lock file: what is there is new
         os.close(fd)
         return _GONE
     return fd
