@@ -274,16 +274,19 @@ def test_gc_keeps_newest_and_their_inputs(store: Store):
         store.gc(0)
 
 
-def test_gc_keeps_the_versions_a_kept_one_continues_only_when_asked(store: Store):
+def test_gc_keeps_what_a_kept_version_retains_not_the_versions_it_continues(store: Store):
     """Hourly incremental refreshes make a chain of versions, each continuing the one before: gc must not keep
-    the whole chain (disk would grow forever), unless told to keep the history."""
+    the whole chain (disk would grow forever), only what the kept version retains (what rebuilding it reads)."""
+    raw = [
+        store.produce("raw-docs", params={"i": i}, inputs=[], build=write_files(f=str(i))).artifact for i in range(3)
+    ]
     previous = None
     for i in range(3):
-        previous = store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)), parent=previous)
-        previous = previous.artifact
-    assert [a.ref for a in store.gc(1, history=True, dry_run=True).removed] == []
-    assert [a.ref for a in store.gc(1).removed] == ["corpus@v1", "corpus@v2"]
+        previous = store.produce("corpus", params={"i": i}, inputs=[artifact_input(raw[i])], parent=previous,
+                                 retains=[artifact_input(raw[0])], build=write_files(f=str(i))).artifact  # fmt: skip
+    assert [a.ref for a in store.gc(1).removed] == ["corpus@v1", "corpus@v2", "raw-docs@v2"]
     assert store.lineage(store.resolve("corpus@v3"))["parent_status"] == "removed"
+    assert store.resolve("corpus@v3").retains == [artifact_input(raw[0])]
 
 
 def test_a_bare_kind_means_the_version_last_published_or_reused(store: Store, caplog: pytest.LogCaptureFixture):

@@ -139,6 +139,9 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     parent = manifest.get("parent")
     if parent is not None and not _has(parent, {"ref": str, "manifest_sha256": str}):
         return "parent is not an artifact input"
+    retains = manifest.get("retains", [])
+    if not isinstance(retains, list) or not all(_has(r, {"ref": str, "manifest_sha256": str}) for r in retains):
+        return "retains is not a list of artifact inputs"
     for name in ("params", "summary"):
         if not isinstance(manifest.get(name, {}), dict):
             return f"{name} is not an object"
@@ -189,6 +192,11 @@ class Artifact:
     @property
     def parent(self) -> dict[str, Any] | None:
         return self.manifest.get("parent")
+
+    @property
+    def retains(self) -> list[dict[str, Any]]:
+        """Versions this one needs kept beyond its inputs: what rebuilding it reads (see ``Store.produce``)."""
+        return self.manifest.get("retains", [])
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -506,9 +514,9 @@ class Store:
         hold_for_reading(chosen)
         return Artifact.open(chosen)
 
-    def dependents_closure(self, roots: Sequence[Artifact], *, history: bool = False) -> set[str]:
-        """Refs of ``roots`` and of every artifact they were built from, transitively; with ``history``, also of
-        the versions each continues (an incremental refresh's earlier versions)."""
+    def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
+        """Refs of ``roots`` and of every artifact they were built from or retain, transitively. Not the versions
+        they continue (``parent``): a version stands alone without them."""
         seen: set[str] = set()
         stack = [a.ref for a in roots]
         while stack:
@@ -518,9 +526,7 @@ class Store:
             seen.add(ref)
             with contextlib.suppress(Gpt2Error):
                 artifact = self.resolve(ref)
-                stack.extend(i["ref"] for i in artifact.inputs if "ref" in i)
-                if history and artifact.parent:
-                    stack.append(artifact.parent["ref"])
+                stack.extend(i["ref"] for i in [*artifact.inputs, *artifact.retains] if "ref" in i)
         return seen
 
     def lineage(self, artifact: Artifact) -> dict[str, Any]:
@@ -579,6 +585,7 @@ class Store:
         resumable: bool = False,
         command: Sequence[str] | None = None,
         parent: Artifact | None = None,
+        retains: Sequence[dict[str, Any]] = (),
     ) -> Published:
         """Build and publish a version of ``kind``, or reuse the version already built from the same things.
 
@@ -586,7 +593,8 @@ class Store:
         With ``resumable``, a draft left by a killed run of the same build is handed back (``draft.resumed``)
         instead of being discarded. ``parent`` names the version this one continues (an incremental refresh);
         it is recorded and shown in the lineage but is not part of the build's identity, so rerunning the
-        same refresh reuses its version.
+        same refresh reuses its version. ``retains`` names versions, beyond the inputs, that rebuilding this one
+        reads (an incremental corpus: the raw-docs of earlier runs): gc keeps them while it keeps this one.
         """
         params_json = json.loads(_canonical_json(params))  # what the manifest will hold, JSON-normalized
         key = fingerprint(kind, params_json, inputs)
@@ -622,6 +630,7 @@ class Store:
                 "params": params_json,
                 "inputs": list(inputs),
                 "parent": artifact_input(parent) if parent is not None else None,
+                "retains": list(retains),
                 "fingerprint": key,
                 "build_seconds": round(time.time() - started, 3),
                 "files": [
@@ -676,14 +685,12 @@ class Store:
         shutil.rmtree(trash)
         return True
 
-    def gc(self, keep: int, *, history: bool = False, dry_run: bool = False, wait: bool = False) -> Collected:
+    def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> Collected:
         """Delete all but the newest ``keep`` versions and the current one of each kind, sparing any version a
-        kept one was built from (with ``history``, also the versions it continues) and any version a running
-        stage reads. Every
-        kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits).
-
-        A version stands alone without the versions it continues (a corpus keeps its own history), so by
-        default they go: hourly refreshes would otherwise keep every version ever made."""
+        kept one was built from or retains and any version a running stage reads, but not the versions a kept
+        one continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever
+        made. Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or
+        waits)."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
         with contextlib.ExitStack() as locks:
@@ -693,7 +700,7 @@ class Store:
             by_kind = {kind: self.versions(kind) for kind in self.kinds()}
             roots = [a for versions in by_kind.values() for a in versions[-keep:]]
             roots += [a for kind in by_kind if (a := self.current(kind)) is not None]
-            kept = self.dependents_closure(roots, history=history)
+            kept = self.dependents_closure(roots)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
                 return Collected(doomed, [])

@@ -44,7 +44,7 @@ WaitOption = Annotated[
     bool, typer.Option("--wait", help="Wait for another run of the same stage instead of exiting 75.")
 ]
 CorpusOption = Annotated[
-    Optional[str], typer.Option("--corpus", help="Corpus artifact to read \\[default: the latest corpus].")
+    Optional[str], typer.Option("--corpus", help="Corpus artifact to read \\[default: the current corpus].")
 ]
 InputOption = Annotated[
     Optional[list[Path]],
@@ -245,7 +245,7 @@ def scrape_reddit_command(
 def dedupe_command(
     ctx: typer.Context,
     raw_docs: Annotated[
-        Optional[list[str]], typer.Option(help="raw-docs artifacts to read \\[default: the latest]; repeatable.")
+        Optional[list[str]], typer.Option(help="raw-docs artifacts to read \\[default: the current one]; repeatable.")
     ] = None,
     inputs: Annotated[
         Optional[list[Path]],
@@ -269,7 +269,7 @@ def dedupe_command(
         bool,
         typer.Option(
             "--incremental",
-            help="Add to the latest corpus without recomputing it (recomputed from every input when the settings "
+            help="Add to the current corpus without recomputing it (recomputed from every input when the settings "
             "changed, or with --force).",
         ),
     ] = False,
@@ -378,7 +378,7 @@ def train_bpe_command(
 @app.command("tokenize")
 def tokenize_command(
     ctx: typer.Context,
-    tokenizer: Annotated[str, _opt("Tokenizer artifact \\[default: the latest].")] = "tokenizer",
+    tokenizer: Annotated[str, _opt("Tokenizer artifact \\[default: the current one].")] = "tokenizer",
     corpus: CorpusOption = None,
     inputs: InputOption = None,
     val_fraction: ValFractionOption = 0.01,
@@ -409,7 +409,7 @@ def tokenize_command(
 @app.command("pretrain")
 def pretrain_command(
     ctx: typer.Context,
-    tokens: Annotated[str, _opt("Tokens artifact to train on \\[default: the latest].")] = "tokens",
+    tokens: Annotated[str, _opt("Tokens artifact to train on \\[default: the current one].")] = "tokens",
     config: Annotated[
         Optional[Path],
         typer.Option(
@@ -533,7 +533,9 @@ def refresh_command(
 @app.command("report")
 def report_command(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Model artifact \\[default: the latest].", show_default=False)] = "model",
+    model: Annotated[
+        str, typer.Argument(help="Model artifact \\[default: the current one].", show_default=False)
+    ] = "model",
     prompt: Annotated[str, typer.Option(help="Prompt of the samples.")] = "The city council",
     num_samples: Annotated[int, typer.Option(help="Samples to show.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample.")] = 60,
@@ -708,7 +710,8 @@ def eval_zero_shot_command(
         Optional[Path], typer.Option(help="Folder of the datasets \\[default: $GPT2_EVAL_DATA, else ../shared/data].")
     ] = None,
     corpus: Annotated[
-        Optional[str], typer.Option(help="Corpus whose held-out split is the webtext task \\[default: latest].")
+        Optional[str],
+        typer.Option(help="Corpus whose held-out split is the webtext task \\[default: the current one]."),
     ] = None,
     stride: Annotated[
         Optional[int], typer.Option(help="Sliding-window stride in tokens \\[default: half the context].")
@@ -963,14 +966,6 @@ def _verified(artifact_or_dir: Artifact | Path) -> dict[str, Any]:
 def artifacts_gc(
     ctx: typer.Context,
     keep: Annotated[int, typer.Option("--keep", min=1, help="Versions to keep per kind.")] = 3,
-    keep_history: Annotated[
-        bool,
-        typer.Option(
-            "--keep-history",
-            help="Also keep the versions a kept one continues (incremental refreshes), so that a corpus recompute "
-            "after a settings change finds every raw-docs version it was built from.",
-        ),
-    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for running stages instead of exiting 75.")] = False,
     home: HomeOption = None,
@@ -982,7 +977,7 @@ def artifacts_gc(
 
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
-    collected = store.gc(keep, history=keep_history, dry_run=dry_run, wait=wait)
+    collected = store.gc(keep, dry_run=dry_run, wait=wait)
     removed = collected.removed
     runs = collect_runs(store, removed, dry_run=dry_run)
     if opts.json:

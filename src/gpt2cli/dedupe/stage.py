@@ -59,6 +59,7 @@ from gpt2cli.workers import worker_pool
 log = logging.getLogger(__name__)
 
 CORPUS = "documents-00000.parquet"
+DOCUMENTS = "documents.parquet"  # a raw-docs version's file
 STATE = "dedupe-state"
 REPORT = "report.json"
 HISTORY = "history.json"  # in STATE: what the corpus and the versions it continues were built from
@@ -200,7 +201,7 @@ def _input_sources(
     sources, manifest_inputs = [], []
     for ref in list(raw_refs) or ["raw-docs"]:
         artifact = store.resolve(ref, "raw-docs", option="--raw-docs")
-        path = artifact.file("documents.parquet")
+        path = artifact.file(DOCUMENTS)
         try:
             with open(path, "rb") as f:  # a file object: pyarrow refuses a path that is not UTF-8
                 missing = RAW_DOCS_COLUMNS - set(pq.read_schema(f).names)
@@ -295,7 +296,8 @@ def dedupe(
             log.info("nothing new: %s already holds every input; reusing it", base.ref)
             store.mark_current(base)
             return Published(base, reused=True)
-    history = history.adding(manifest_inputs, *(_shard_documents(store, shards) if merge else (data_inputs, "")))
+    documents, unknown = _shard_documents(store, shards) if merge else (data_inputs, "")
+    history = _without_superseded(store, history.adding(manifest_inputs, documents, unknown), documents or [])
     params = {"config": identity, "incremental": base.ref if base else None}
     if merge:
         params["shards"] = len(merge)
@@ -310,9 +312,11 @@ def dedupe(
         (draft.dir / STATE / HISTORY).write_bytes(json_utf8(asdict(history)))
         return summary
 
+    retains = [e for e in history.documents or () if "ref" in e]  # what a recompute reads: gc keeps them
     return store.produce(
-        "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base
-    )
+        "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base,
+        retains=retains,
+    )  # fmt: skip
 
 
 SHARD_KIND = "dedupe-shard"
@@ -368,6 +372,49 @@ def _history(store: Store, corpus: Artifact) -> History:
     for current in reversed(chain):
         history = history.adding(current.inputs, *_documents_of(store, current))
     return history
+
+
+def _without_superseded(store: Store, history: History, new: Sequence[dict[str, Any]]) -> History:
+    """``history`` less the earlier raw-docs versions whose every URL a raw-docs version of this run also holds.
+    A scrape of the same links (the same dumps again, next month's added) holds the same pages, read back from
+    the crawl's archive: a recompute then reads the newest alone, and gc may remove the others, which hourly
+    refreshes would otherwise pile up (each holding every page). Checked newest first, up to the first one that
+    is not covered; a version that cannot be read stays."""
+    new_refs = [e for e in new if "ref" in e]
+    if history.documents is None or not new_refs:
+        return history
+    covering: set[str] = set()
+    for entry in new_refs:
+        if (urls := _urls(store, entry)) is None:
+            return history
+        covering |= urls
+    new_keys = {_input_key(e) for e in new_refs}
+    superseded = set()
+    for entry in reversed(history.documents):
+        if "ref" not in entry or _input_key(entry) in new_keys:
+            continue
+        urls = _urls(store, entry)
+        if urls is None or not urls <= covering:
+            break
+        superseded.add(_input_key(entry))
+    return replace(history, documents=tuple(e for e in history.documents if _input_key(e) not in superseded))
+
+
+def _urls(store: Store, entry: dict[str, Any]) -> set[str] | None:
+    """The URLs of the raw-docs version ``entry`` names, as it was when used; None when it is gone, changed, or
+    holds a document without a URL (which no other version can be shown to hold)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        artifact = store.resolve(entry["ref"], "raw-docs")
+        if artifact.manifest_sha256 != entry["manifest_sha256"]:
+            return None
+        with open(artifact.file(DOCUMENTS), "rb") as f:  # a file object: the home's name may not be UTF-8
+            urls = pq.read_table(f, columns=["url"]).column("url").to_pylist()
+    except (Gpt2Error, pa.ArrowException, OSError, KeyError):
+        return None
+    return None if None in urls else set(urls)
 
 
 def _latest_corpus(store: Store) -> Artifact | None:
