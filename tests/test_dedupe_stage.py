@@ -492,6 +492,10 @@ def test_gc_keeps_the_raw_docs_a_recompute_needs(gpt2, home: Path):
     corpus = Store(home).resolve("corpus")
     assert [i["ref"] for i in corpus.inputs] == ["raw-docs@v1"] and corpus.ref == "corpus@v2"
     assert [r["ref"] for r in corpus.manifest["retains"]] == ["raw-docs@v2", "raw-docs@v1"]
+    lineage = json.loads(gpt2("artifacts", "lineage", "corpus", "--json").out)
+    assert [(i["ref"], i.get("retained", False)) for i in lineage["inputs"]] == [("raw-docs@v1", False),
+                                                                                 ("raw-docs@v2", True)]  # fmt: skip
+    assert "raw-docs@v2  (documents of earlier runs)" in gpt2("artifacts", "lineage", "corpus").out
     assert gpt2("artifacts", "gc", "--keep", "1").code == 0
     assert [a.ref for a in Store(home).versions("raw-docs")] == ["raw-docs@v1", "raw-docs@v2"]
     assert [a.ref for a in Store(home).versions("corpus")] == ["corpus@v2"]

@@ -538,7 +538,9 @@ class Store:
                 self.resolve(artifact.parent["ref"])
             except Gpt2Error:
                 node["parent_status"] = "removed"  # by gc: the version stands alone
-        for entry in artifact.inputs:
+        read = {i.get("ref") for i in artifact.inputs}
+        retained = [{**r, "retained": True} for r in artifact.retains if r["ref"] not in read]
+        for entry in [*artifact.inputs, *retained]:  # retained: an incremental corpus's earlier raw-docs
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
                 continue
@@ -550,6 +552,8 @@ class Store:
             child = self.lineage(parent)
             if parent.manifest_sha256 != entry["manifest_sha256"]:
                 child["status"] = "changed since use"
+            if entry.get("retained"):
+                child["retained"] = True
             node["inputs"].append(child)
         return node
 

@@ -905,7 +905,8 @@ def _lineage_tree(tree: dict[str, Any]) -> Any:
         status = f"  [red]{node['status']}[/red]" if "status" in node else ""
         gone = ", removed" if node.get("parent_status") else ""
         parent = f"  (continues {node['parent']}{gone})" if node.get("parent") else ""
-        return f"[bold]{node['ref']}[/bold]{parent}{status}"
+        retained = "  (documents of earlier runs)" if node.get("retained") else ""
+        return f"[bold]{node['ref']}[/bold]{retained}{parent}{status}"
 
     def grow(branch: Tree, node: dict[str, Any], shown_files: int = 3) -> None:
         children = node.get("inputs", [])
