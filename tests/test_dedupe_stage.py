@@ -86,6 +86,8 @@ def test_incremental_equals_full_recompute(home: Path, tmp_path: Path):
     assert incremental.returncode == 0, incremental.stderr
     out = json.loads(incremental.stdout)
     assert out["ref"] == "corpus@v2" and Store(home).resolve("corpus@v2").parent["ref"] == "corpus@v1"
+    before = Store(home).resolve("corpus@v1").summary["documents"]
+    assert out["summary"]["documents_added"] == out["summary"]["documents"] - before > 0
 
     def key(rows):
         return sorted((r["url"], r["text"], r["split"], r["score"]) for r in rows)

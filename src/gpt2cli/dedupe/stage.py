@@ -862,9 +862,11 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
         build_ngram_bloom(_CorpusTexts(out / CORPUS), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    before = base.summary.get("documents", 0) if base is not None else 0
     return {
         "documents_in": n_rows,
         "documents": n_written,
+        "documents_added": n_written - before if isinstance(before, int) else None,
         "train_documents": splits["train"],
         "val_documents": splits["val"],
         **{f"removed_{name}": e["removed"] for name, e in report.steps.items()},
