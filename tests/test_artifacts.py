@@ -309,6 +309,18 @@ def test_a_bare_kind_means_the_version_last_published_or_reused(store: Store, ca
     assert store.resolve("corpus").ref == "corpus@v3"
 
 
+def test_a_reused_version_is_held_against_gc(store: Store, home: Path):
+    """A stage that reuses a version outside the kind's lock (pretrain) holds it, as a read: a gc running at that
+    moment spares it instead of deleting what the stage is about to hand on."""
+    for i in range(2):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    assert store.reusable("corpus", {"i": 0}, []).ref == "corpus@v1"
+    gc = subprocess.run([sys.executable, "-c", f"from gpt2cli.artifacts import Store; c = Store({str(home)!r}).gc(1); "
+                         "print([a.ref for a in c.removed], [a.ref for a in c.in_use])"],
+                        capture_output=True, text=True, check=True)  # fmt: skip
+    assert gc.stdout.split() == ["[]", "['corpus@v1']"]
+
+
 def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
     for i in range(2):
         store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))

@@ -389,3 +389,18 @@ def test_lines_a_script_greps_are_not_wrapped_in_pipes(gpt2, tmp_path: Path):
     result = gpt2("--home", str(home), "artifacts", "verify")
     assert result.code == 1 and result.err.count("\n") == 1
     assert result.err.startswith(f"corpus@v1: manifest {manifest} does not parse: ")
+
+
+def test_tables_and_trees_keep_whole_paths_in_pipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Off a terminal, `ls` and `lineage` are not cut at 80 columns: whole paths, hashes and times."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    home, source = tmp_path / "home", tmp_path / ("a-long-folder-name-" * 6) / "input.txt"
+    source.parent.mkdir()
+    source.write_text("text")
+    from gpt2cli.artifacts import file_input
+
+    made = Store(home).produce("corpus", params={}, inputs=[file_input(source)], build=write_files(a="text"))
+    listed = run_module("--home", str(home), "artifacts", "ls")
+    assert made.artifact.manifest["created_at"] in listed.stdout
+    tree = run_module("--home", str(home), "artifacts", "lineage", "corpus")
+    assert tree.returncode == 0 and f"{source}  (4 B, sha256 {made.artifact.inputs[0]['sha256'][:12]})" in tree.stdout

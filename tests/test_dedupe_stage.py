@@ -516,3 +516,29 @@ def test_a_corpus_without_a_history_reads_the_versions_it_continues(gpt2, home: 
     result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1")
     line = error_line(result.err)
     assert result.code == 2 and "corpus@v2 was made by an older release, without a history" in line, line
+
+
+def test_incremental_with_a_changed_drop_overlap_file_recomputes(gpt2, home: Path, tmp_path: Path):
+    """--drop-overlap removes what the eval files hold: new eval files filter the documents already in the corpus
+    too (a recompute), as one run with them would, instead of only the new records."""
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("nothing of the corpus here\n")
+    args = ["--overlap", str(eval_file), "--drop-overlap", "0.5", "--workers", "1", "--json"]
+    assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", *args).code == 0
+    texts = [r["text"] for r in corpus_rows(home)][:3]
+    eval_file.write_text("\n\n".join(texts) + "\n")
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--incremental", *args)
+    assert result.code == 0, result.err
+    assert "other dedupe settings (drop_overlap_files)" in result.err and not json.loads(result.out)["reused"]
+    assert not set(texts) & {r["text"] for r in corpus_rows(home)}
+
+
+def test_a_merge_records_each_raw_docs_version_once(gpt2, home: Path):
+    for index in ("0", "1"):
+        assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--shards", "2", "--shard-index", index).code == 0
+    merged = gpt2("dedupe", "--merge", "dedupe-shard@v1", "--merge", "dedupe-shard@v2", "--incremental", "--json")
+    assert merged.code == 0, merged.err
+    corpus = Store(home).resolve("corpus")
+    history = json.loads((corpus.path / "dedupe-state" / "history.json").read_text())
+    assert [e["ref"] for e in history["documents"]] == ["raw-docs@v1"]
+    assert [r["ref"] for r in corpus.manifest["retains"]] == ["raw-docs@v1"]

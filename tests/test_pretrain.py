@@ -374,6 +374,18 @@ def test_gc_deletes_the_training_run_of_models_that_are_gone(runs_home: Path, gp
     assert again["runs"]["removed"] == [] and new.is_dir()
 
 
+def test_gc_keeps_every_run_while_a_model_manifest_is_damaged(runs_home: Path, gpt2):
+    """A model version whose manifest does not read may come from any run: none is deleted, and gc says why."""
+    old, new = _runs_of(runs_home)
+    (runs_home / "model" / "v2" / "manifest.json").write_text("{")
+    dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+    assert dry["runs"]["removed"] == []  # model@v1 is now the newest that reads: its run stays as a model's
+    assert sorted((r["id"], r["reason"]) for r in dry["runs"]["kept"]) == sorted([(old.name, "model"),
+                                                                                  (new.name, "damaged")])  # fmt: skip
+    assert "a model version whose manifest is damaged" in gpt2("artifacts", "gc", "--keep", "1").out
+    assert old.is_dir() and new.is_dir()
+
+
 def test_gc_keeps_unfinished_runs_and_reports_them(runs_home: Path, gpt2, caplog: pytest.LogCaptureFixture):
     """A run that published nothing yet, or went on past what it published, is resumable work: kept, and named
     with its size; refresh's gc does the same. Once it is finished, it goes like any other."""

@@ -574,7 +574,12 @@ class Store:
             if problems := existing.verify(quick=True):
                 log.warning("not reusing %s: %s", existing.ref, "; ".join(problems))
                 continue
-            return existing
+            try:  # held, so a gc running now cannot delete it once this run hands it on (outside the kind's lock)
+                hold_for_reading(existing.path)
+            except Gpt2Error:
+                continue
+            if existing.path.is_dir():
+                return existing
         return None
 
     def produce(

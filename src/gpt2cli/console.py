@@ -20,11 +20,18 @@ from rich.console import Console
 PLAIN_INTERVAL_S = 30.0
 
 
+OFF_TERMINAL_WIDTH = 1000  # columns off a terminal, unless $COLUMNS says otherwise
+
+
 def _console(**options: Any) -> Console:
-    """Off a terminal (a pipe, a log file) text is never wrapped at rich's default 80 columns: a line a script
-    greps (an error, a verify problem, `published X (PATH)`) stays one line. Tables still fit their width."""
+    """Off a terminal (a pipe, a log file) nothing is wrapped or cut at rich's default 80 columns: a line a script
+    greps (an error, a verify problem, `published X (PATH)`) stays one line, and tables and lineage trees keep
+    whole paths, hashes and times."""
     console = Console(**options)
-    console.soft_wrap = not console.is_terminal
+    if not console.is_terminal:
+        console.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            console.width = OFF_TERMINAL_WIDTH
     return console
 
 

@@ -258,7 +258,9 @@ def dedupe(
     if config.drop_overlap is not None and not eval_files:
         raise UsageError("--drop-overlap needs the evaluation files (--overlap FILE)")
     _eval_texts(eval_files)  # a bad eval file fails now, not after the corpus is published
-    identity = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
+    identity: dict[str, Any] = {k: v for k, v in asdict(config).items() if k not in ("eval_bloom", "workers")}
+    if config.drop_overlap is not None:  # the contamination filter removes what these files hold: a setting
+        identity["drop_overlap_files"] = sorted(file_input(p)["sha256"] for p in eval_files)
     if merge:
         if raw_refs or inputs or shard:
             raise UsageError("--merge takes dedupe-shard artifacts only: no --raw-docs, --input or --shards with it")
@@ -341,11 +343,12 @@ class History:
         self, inputs: Sequence[dict[str, Any]], documents: Sequence[dict[str, Any]] | None, unknown: str
     ) -> History:
         """This history with one more run's manifest inputs and the inputs its documents came from."""
-        consumed = (*self.consumed, *(k for k in map(_input_key, inputs) if k not in self.consumed))
+        consumed = tuple(dict.fromkeys([*self.consumed, *map(_input_key, inputs)]))
         if self.documents is None or documents is None:
             return History(consumed, None, self.unknown or unknown)
         keys = {_input_key(e) for e in self.documents}
-        return History(consumed, (*self.documents, *(e for e in documents if _input_key(e) not in keys)))
+        fresh = {k: e for e in documents if (k := _input_key(e)) not in keys}  # a merge's shards name the same
+        return History(consumed, (*self.documents, *fresh.values()))  # raw-docs each: once here
 
 
 def _history(store: Store, corpus: Artifact) -> History:

@@ -21,7 +21,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,8 @@ def run_id_of(model: Artifact) -> str | None:
 @dataclass(frozen=True)
 class RunDir:
     """A run directory gc deleted (or would delete) or kept. ``reason`` says why it was kept: ``model`` (a
-    remaining model version was trained in it), ``training`` (a pretrain holds its lock) or ``unfinished``."""
+    remaining model version was trained in it), ``training`` (a pretrain holds its lock), ``unfinished``, or
+    ``damaged`` (a model version's manifest does not read, so what it was trained in is unknown)."""
 
     id: str
     path: Path
@@ -100,6 +101,8 @@ class RunDir:
             return f"{head}: {', '.join(self.models)} remains"
         if self.reason == "training":
             return f"{head}: a pretrain is training in it"
+        if self.reason == "damaged":
+            return f"{head}: a model version whose manifest is damaged may come from it (`gpt2 artifacts verify model`)"
         if self.checkpoint_step is None:
             return f"{head}: unfinished, with no checkpoint to resume from; delete {self.path} if it is not needed"
         return f"{head}: unfinished (step {self.checkpoint_step}), `gpt2 pretrain --resume` continues it"
@@ -147,6 +150,8 @@ def collect_runs(store: Store, gone: Sequence[Artifact] = (), *, dry_run: bool =
                 listed, models = store.version_dirs("model"), store.versions("model")
             remaining = [a for a in models if a.ref not in gone_refs]
             decided = _decide(run_dir, remaining, gone_models)
+            if decided.reason is None and len(models) < len(listed):  # a model whose run cannot be read
+                decided = replace(decided, reason="damaged")
             if decided.reason is not None:
                 kept.append(decided)
                 continue
