@@ -404,3 +404,56 @@ def test_tables_and_trees_keep_whole_paths_in_pipes(tmp_path: Path, monkeypatch:
     assert made.artifact.manifest["created_at"] in listed.stdout
     tree = run_module("--home", str(home), "artifacts", "lineage", "corpus")
     assert tree.returncode == 0 and f"{source}  (4 B, sha256 {made.artifact.inputs[0]['sha256'][:12]})" in tree.stdout
+
+
+def test_raw_docs_and_input_typed_together_are_a_usage_error(gpt2, home: Path, tmp_path: Path):
+    """Both typed: refused (the stage would read only the --input files); one from the run config's [dedupe]
+    table and the other typed: the typed one wins."""
+    result = gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--input", str(tmp_path / "extra.jsonl"))
+    assert result.code == 2 and result.err == "gpt2: error: give --raw-docs or --input, not both\n"
+    config, missing = tmp_path / "run.toml", tmp_path / "missing.jsonl"
+    config.write_text('[dedupe]\nraw_docs = ["raw-docs@v1"]\n')
+    result = gpt2("--run-config", str(config), "dedupe", "--input", str(missing))  # the --input file is read
+    assert result.code == 2 and result.err == f"gpt2: error: input {missing} does not exist\n"
+    config.write_text(f'[dedupe]\ninput = ["{missing}"]\n')
+    result = gpt2("--run-config", str(config), "dedupe", "--raw-docs", "raw-docs@v1")  # the raw-docs are read
+    assert result.code == 2 and result.err.startswith("gpt2: error: no 'raw-docs' artifact in ")
+
+
+def test_a_stage_usage_error_names_the_run_config_key_it_came_from(gpt2, populated, tmp_path: Path):
+    """A usage error the stage itself raises (a range, a missing file, a reference) about a value the run config
+    gave ends with where it came from; the same value typed says nothing of the run config."""
+    config = tmp_path / "run.toml"
+    config.write_text("[dedupe]\nthreshold = 1.5\n")
+    result = gpt2("--run-config", str(config), "dedupe")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert result.err.endswith(f"got 1.5 (from {config} [dedupe] threshold)\n")
+    typed = gpt2("--run-config", str(config), "dedupe", "--threshold", "1.5")
+    assert typed.code == 2 and typed.err == "gpt2: error: --threshold must be in (0, 1), got 1.5\n"
+    config.write_text('[dedupe]\nthreshold = 0.5\ninput = "nonexist.jsonl"\n')
+    result = gpt2("--run-config", str(config), "dedupe")
+    assert result.code == 2
+    assert result.err == f"gpt2: error: input nonexist.jsonl does not exist (from {config} [dedupe] input)\n"
+    typed = gpt2("--run-config", str(config), "dedupe", "--input", "nonexist.jsonl")
+    assert typed.code == 2 and typed.err == "gpt2: error: input nonexist.jsonl does not exist\n"
+    config.write_text('[tokenize]\ncorpus = "corpus@v99"\n')
+    result = gpt2("--run-config", str(config), "tokenize")
+    assert result.code == 2 and result.err.startswith("gpt2: error: no corpus@v99")
+    assert result.err.endswith(f" (from {config} [tokenize] corpus)\n") and result.err.count("\n") == 1
+    config.write_text("[eval]\nlimit = 3\n")  # eval's options belong in its commands' tables
+    result = gpt2("--run-config", str(config), "artifacts", "ls")
+    assert result.code == 2 and result.err == (
+        f"gpt2: error: {config}: [eval] holds subcommand tables ([eval.zero-shot]), not options; "
+        "put limit under [eval.zero-shot]\n"
+    )
+
+
+def test_refresh_checks_each_stage_value_type_before_the_first_stage(gpt2, home: Path, tmp_path: Path, monkeypatch):
+    """A value of the wrong type in a later stage's table fails at once, not after an hour of scraping."""
+    monkeypatch.delenv("GPT2_RUN_CONFIG", raising=False)
+    config = tmp_path / "run.toml"
+    config.write_text('[scrape-reddit]\nurls = ["urls.txt"]\n\n[dedupe]\nthreshold = "abc"\n')
+    result = gpt2("--run-config", str(config), "refresh")
+    assert result.code == 2
+    assert result.err.splitlines()[-1].startswith(f"gpt2: error: invalid value in {config} [dedupe] threshold: ")
+    assert "started" not in (home / "logs" / "refresh.log").read_text()

@@ -86,16 +86,23 @@ def _from_run_config(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT_MAP"
 
 
+def _either(ctx: typer.Context, first: str, a: Any, second: str, b: Any) -> tuple[Any, Any]:
+    """Parameters ``first`` and ``second`` (values ``a``, ``b``) exclude each other, but the one the run config
+    gave yields to the other one typed on the command line (the run config's ``corpus = "corpus"`` must not refuse
+    ``--input``); both typed, or both from the run config, stay both for the caller to refuse."""
+    if a and b:
+        if _from_run_config(ctx, first) and not _from_run_config(ctx, second):
+            a = None
+        elif _from_run_config(ctx, second) and not _from_run_config(ctx, first):
+            b = None
+    return a, b
+
+
 def _corpus_or_inputs(
     ctx: typer.Context, corpus: Optional[str], inputs: Optional[list[Path]]
 ) -> tuple[Optional[str], list[Path]]:
-    """--corpus and --input exclude each other, but the one the run config gave yields to the other one typed on
-    the command line (the run config's ``corpus = "corpus"`` must not refuse ``--input``)."""
-    if corpus and inputs:
-        if _from_run_config(ctx, "corpus") and not _from_run_config(ctx, "inputs"):
-            corpus = None
-        elif _from_run_config(ctx, "inputs") and not _from_run_config(ctx, "corpus"):
-            inputs = None
+    """--corpus and --input exclude each other (see `_either`)."""
+    corpus, inputs = _either(ctx, "corpus", corpus, "inputs", inputs)
     return corpus, list(inputs or [])
 
 
@@ -321,6 +328,9 @@ def dedupe_command(
         workers=workers,
     )
     store = Store(opts.home)
+    raw_docs, inputs = _either(ctx, "raw_docs", raw_docs, "inputs", inputs)
+    if raw_docs and inputs:  # the stage would read only the --input files
+        raise UsageError("give --raw-docs or --input, not both")
     if shard_index is None and shards != 1:
         raise UsageError("--shards needs --shard-index (then --merge the shards)")
     shard = Shard(shard_index, shards) if shard_index is not None else None
@@ -1013,6 +1023,42 @@ def _fail(message: str, exit_code: int) -> NoReturn:
     sys.exit(exit_code)
 
 
+def _failing_context(error: BaseException) -> Any:
+    """The context of the command that raised ``error``: the innermost ``ctx`` in its traceback (click's
+    ``Command.invoke(ctx)`` and every command function have one), or None."""
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        ctx = tb.tb_frame.f_locals.get("ctx")
+        if hasattr(ctx, "get_parameter_source") and hasattr(ctx, "command"):
+            found = ctx
+        tb = tb.tb_next
+    return found
+
+
+def _run_config_origin(ctx: Any, message: str) -> str:
+    """`` (from FILE [table] key)`` when ``message`` names an option whose value the failing command took from the
+    run config (its long flag, or a string the table gave it); an option typed on the command line is never one."""
+    import re
+
+    table = getattr(ctx, "default_map", None)
+    if ctx is None or not hasattr(table, "origin") or table.path in message:
+        return ""
+    by_flag, by_value = [], []
+    for param in ctx.command.params:
+        if param.name not in table or not _from_run_config(ctx, param.name):
+            continue
+        flags = [flag for flag in param.opts if flag.startswith("--")]
+        if any(re.search(rf"{re.escape(flag)}(?![\w-])", message) for flag in flags):
+            by_flag.append(param.name)
+            continue
+        values = table[param.name] if isinstance(table[param.name], list) else [table[param.name]]
+        strings = [v for v in values if isinstance(v, str) and v.strip()]  # a number could match anything
+        if any(re.search(rf"(?<![\w@/.-]){re.escape(v)}(?![\w@/-])", message) for v in strings):
+            by_value.append(param.name)
+    named = by_flag or by_value
+    return f" (from {table.origin(*named)})" if named else ""
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script: user-facing errors become one line on stderr and an exit code."""
     try:
@@ -1033,7 +1079,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(e.exit_code)
         _fail(f"error: {e}", e.exit_code)
     except Gpt2Error as e:
-        _fail(f"error: {e}", e.exit_code)
+        where = _run_config_origin(_failing_context(e), str(e)) if e.exit_code == UsageError.exit_code else ""
+        _fail(f"error: {e}{where}", e.exit_code)
     except OSError as e:  # the machine's: a path that is not there or not writable, a full disk
         if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):
             raise  # -v: the traceback

@@ -82,8 +82,8 @@ def refresh(
     if run_config is None:  # scrape-reddit has no link source but the run config's
         return _refused("refresh needs a run config (--run-config FILE or $GPT2_RUN_CONFIG) naming the link sources")
     try:
-        for stage, _ in STAGES:  # each stage's table, checked before the first stage runs, not an hour later
-            run_config.get(stage)
+        for stage, args in STAGES:  # each stage's table (keys, and values by type), before the first stage runs
+            run_config.check(stage, args)
     except UsageError as e:
         return _refused(str(e))
     started = time.monotonic()

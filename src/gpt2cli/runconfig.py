@@ -5,7 +5,8 @@ option values by the option's long name (`vocab_size = 4096` or `vocab-size = 40
 They become the command's defaults (click's ``default_map``), so an option on the command line still wins.
 
 Every command that reads the file checks that it parses and that its tables name commands; the keys and values
-of a table are checked by its own command only (a typo in [dedupe] fails `gpt2 dedupe`, not `gpt2 artifacts ls`).
+of a table are checked by its own command only (a typo in [dedupe] fails `gpt2 dedupe`, not `gpt2 artifacts ls`),
+and by `gpt2 refresh` for its stages' tables before its first stage (``Tables.check``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def settable_keys(command: Any) -> dict[str, Any]:
     return keys
 
 
+def _misplaced(trail: tuple[str, ...], key: str, group: Any) -> str:
+    """What to say of option ``key`` set in the table of group ``trail`` (which holds its commands' tables)."""
+    group_name = ".".join(trail)
+    tables = [f"[{group_name}.{name}]" for name in sorted(group.commands)]
+    takers = [f"[{group_name}.{name}]" for name, command in sorted(group.commands.items())
+              if key.replace("-", "_") in settable_keys(command)]  # fmt: skip
+    where = f"put {key} under {' or '.join(takers)}" if takers else f"no {group_name} command takes {key!r}"
+    return f"[{group_name}] holds subcommand tables ({', '.join(tables)}), not options; {where}"
+
+
 class Tables(dict):  # type: ignore[type-arg]
     """click's ``default_map`` for a group: a table per subcommand. Click takes a subcommand's table with
     ``parent.default_map.get(name)`` as it makes that subcommand's context, so a table is checked only when its
@@ -63,6 +74,8 @@ class Tables(dict):  # type: ignore[type-arg]
         for name, value in tables.items():
             where = ".".join([*trail, name])
             sub = group.commands.get(name)
+            if sub is None and trail and not isinstance(value, dict):  # `[eval] limit = 3`: a key, not a table
+                raise UsageError(f"{path}: {_misplaced(trail, name, group)}")
             if sub is None:
                 raise UsageError(f"{path}: [{where}] is not a command; commands: {', '.join(sorted(group.commands))}")
             if not isinstance(value, dict):
@@ -78,6 +91,26 @@ class Tables(dict):  # type: ignore[type-arg]
         if not isinstance(value, (Tables, Table)):
             value = self[name] = Table(value, self._group.commands[name], self.path, ".".join((*self._trail, name)))
         return value
+
+    def check(self, name: str, args: tuple[str, ...] = ()) -> None:
+        """Check subcommand ``name``'s table without running the command: its keys (as ``get``), and its values
+        parsed with ``args`` as click parses them when the command runs (each option's type, and the ranges click
+        checks); a value that does not convert is the usage error that command would end with. Range checks in the
+        stage's own code are not run."""
+        import typer
+
+        table = self.get(name)
+        try:
+            self._group.commands[name].make_context(name, list(args), default_map=table).close()
+        except typer.TyperException as e:  # click's own errors, as `gpt2 <name>` would report them
+            param, ctx = getattr(e, "param", None), getattr(e, "ctx", None)
+            from_table = (
+                param is not None
+                and ctx is not None
+                and getattr(ctx.get_parameter_source(param.name), "name", "") == "DEFAULT_MAP"
+            )
+            message = f"invalid value in {table.origin(param.name)}: {e.message}" if from_table else e.format_message()
+            raise UsageError(" ".join(message.split())) from None
 
 
 class Table(dict):  # type: ignore[type-arg]
@@ -99,5 +132,6 @@ class Table(dict):  # type: ignore[type-arg]
             repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
             self[param.name] = [value] if repeatable and not isinstance(value, list) else value
 
-    def origin(self, param_name: str) -> str:
-        return f"{self.path} [{self.name}] {self._keys[param_name]}"
+    def origin(self, *param_names: str) -> str:
+        """``FILE [table] key`` (keys joined by ``, `` for several parameters)."""
+        return f"{self.path} [{self.name}] {', '.join(self._keys[name] for name in param_names)}"
