@@ -417,7 +417,7 @@ def test_raw_docs_and_input_typed_together_are_a_usage_error(gpt2, home: Path, t
     assert result.code == 2 and result.err == f"gpt2: error: input {missing} does not exist\n"
     config.write_text(f'[dedupe]\ninput = ["{missing}"]\n')
     result = gpt2("--run-config", str(config), "dedupe", "--raw-docs", "raw-docs@v1")  # the raw-docs are read
-    assert result.code == 2 and result.err.startswith("gpt2: error: no 'raw-docs' artifact in ")
+    assert result.code == 2 and result.err.startswith("gpt2: error: no raw-docs@v1: no 'raw-docs' artifact in ")
 
 
 def test_a_stage_usage_error_names_the_run_config_key_it_came_from(gpt2, populated, tmp_path: Path):
@@ -436,6 +436,10 @@ def test_a_stage_usage_error_names_the_run_config_key_it_came_from(gpt2, populat
     assert result.err == f"gpt2: error: input nonexist.jsonl does not exist (from {config} [dedupe] input)\n"
     typed = gpt2("--run-config", str(config), "dedupe", "--input", "nonexist.jsonl")
     assert typed.code == 2 and typed.err == "gpt2: error: input nonexist.jsonl does not exist\n"
+    config.write_text('[dedupe]\nraw_docs = ["raw-docs@v99"]\n')  # in a home without any raw-docs
+    result = gpt2("--home", str(tmp_path / "empty"), "--run-config", str(config), "dedupe")
+    assert result.code == 2 and result.err.startswith("gpt2: error: no raw-docs@v99: no 'raw-docs' artifact in ")
+    assert result.err.endswith(f" (from {config} [dedupe] raw_docs)\n") and result.err.count("\n") == 1
     config.write_text('[tokenize]\ncorpus = "corpus@v99"\n')
     result = gpt2("--run-config", str(config), "tokenize")
     assert result.code == 2 and result.err.startswith("gpt2: error: no corpus@v99")

@@ -501,7 +501,8 @@ class Store:
             producer = PRODUCERS.get(kind)
             hint = f"; run `gpt2 {producer}` to make one" if producer else ""
             known = ", ".join(self.kinds()) or "none"
-            raise UsageError(f"no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
+            asked = f"no {text}: " if at else ""  # the reference as given, so the message names it
+            raise UsageError(f"{asked}no {kind!r} artifact in {self.home} (kinds there: {known}){hint}")
         # the newest (or current) is that directory even when its manifest is damaged: that is an error, not a
         # reason to read another version instead
         if version == "":
