@@ -53,17 +53,20 @@ class _Stop:
 
     def __init__(self) -> None:
         self.requested = False
+        self.starting = False  # a stage is being started: ``watch`` passes the signal on
         self.child: subprocess.Popen[str] | None = None
 
     def __call__(self, *_: Any) -> None:
         self.requested = True
+        if self.starting:
+            return
         if self.child is None or self.child.poll() is not None:
             log.warning("stopped by SIGTERM between stages; the next refresh does the work")
             raise Terminated("stopped by SIGTERM; the next refresh does the work")
         self._pass_on()
 
     def watch(self, child: subprocess.Popen[str]) -> None:
-        self.child = child
+        self.child, self.starting = child, False
         if self.requested:  # the signal came while the stage was starting
             self._pass_on()
 
@@ -149,6 +152,7 @@ def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, An
     """One stage as a child process: its log lines go to the log, its result (JSON) becomes one line, its last
     `gpt2: error:` line is returned. A SIGTERM to the refresh is passed on to the stage, and the stage dies with
     the refresh if that is killed."""
+    stop.starting = True  # from here a SIGTERM waits for the stage's process, to pass it on
     log.info("%s: started", stage)
     error = None
     with tempfile.TemporaryFile("w+") as out:
