@@ -343,15 +343,16 @@ def test_refresh_usage_errors_end_with_the_one_error_line(gpt2, home: Path, tmp_
     assert result.code == 2 and result.err.splitlines()[-1].startswith("gpt2: error: refresh needs a run config")
     assert "ERROR refresh needs a run config" in log.read_text()
     config = tmp_path / "run.toml"
-    config.write_text("[dedupe]\nbogus = 1\n")
+    (tmp_path / "urls.txt").write_text("https://example.com/a\n")
+    config.write_text(f'[scrape-reddit]\nurls = ["{tmp_path / "urls.txt"}"]\n\n[dedupe]\nbogus = 1\n')
     result = gpt2("--run-config", str(config), "refresh")
     assert result.code == 2 and result.err.splitlines()[-1].startswith(f"gpt2: error: {config}: [dedupe] has no")
     assert "started" not in log.read_text()
     config.write_text('[tokenize]\ncorpus = "corpus"\n')  # no link source for the scrape-reddit stage
     result = gpt2("--run-config", str(config), "--json", "refresh")
     assert result.code == 2 and json.loads(result.out) == {"status": 2, "stages": []}
-    assert result.err.splitlines()[-1].startswith("gpt2: error: scrape-reddit failed (exit 2): no link source: ")
-    assert "ERROR scrape-reddit failed (exit 2)" in log.read_text()
+    assert result.err.splitlines()[-1].startswith("gpt2: error: no link source: ")
+    assert "ERROR no link source" in log.read_text() and "started" not in log.read_text()
 
 
 def test_another_refresh_running_is_one_warning_line(gpt2, home: Path, tmp_path: Path):
@@ -359,7 +360,8 @@ def test_another_refresh_running_is_one_warning_line(gpt2, home: Path, tmp_path:
     import sys
 
     config, marker = tmp_path / "run.toml", tmp_path / "locked"
-    config.write_text('[scrape-reddit]\nurls = ["urls.txt"]\n')
+    (tmp_path / "urls.txt").write_text("https://example.com/a\n")
+    config.write_text(f'[scrape-reddit]\nurls = ["{tmp_path / "urls.txt"}"]\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time, pathlib; from gpt2cli.artifacts import "
                                "hold_lock\nwith hold_lock(pathlib.Path(sys.argv[1]), 'the refresh'):\n"
                                "    pathlib.Path(sys.argv[2]).touch(); time.sleep(60)",
@@ -456,8 +458,41 @@ def test_refresh_checks_each_stage_value_type_before_the_first_stage(gpt2, home:
     """A value of the wrong type in a later stage's table fails at once, not after an hour of scraping."""
     monkeypatch.delenv("GPT2_RUN_CONFIG", raising=False)
     config = tmp_path / "run.toml"
-    config.write_text('[scrape-reddit]\nurls = ["urls.txt"]\n\n[dedupe]\nthreshold = "abc"\n')
+    (tmp_path / "urls.txt").write_text("https://example.com/a\n")
+    config.write_text(f'[scrape-reddit]\nurls = ["{tmp_path / "urls.txt"}"]\n\n[dedupe]\nthreshold = "abc"\n')
     result = gpt2("--run-config", str(config), "refresh")
     assert result.code == 2
     assert result.err.splitlines()[-1].startswith(f"gpt2: error: invalid value in {config} [dedupe] threshold: ")
     assert "started" not in (home / "logs" / "refresh.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ("[dedupe]\nthreshold = 1.5\n", "--threshold must be in (0, 1), got 1.5 (from {config} [dedupe] threshold)"),
+        (
+            "[tokenize]\nbatch-docs = 0\n",
+            "--batch-docs must be at least 1, got 0 (from {config} [tokenize] batch-docs)",
+        ),
+        ("[scrape-reddit]\nper_host_interval = -1.0\n", "--per-host-interval must be a number of seconds >= 0"),
+        ('[scrape-reddit]\nsince = "2018-01-01"\nuntil = "2017-01-01"\n', "--since 2018-01-01 is after --until"),
+    ],
+)
+def test_refresh_checks_each_stage_value_range_before_the_first_stage(
+    gpt2, home: Path, tmp_path: Path, monkeypatch, tables: str, message: str
+):
+    """The stage's own checks of its settings (ranges, dates) run on every stage's table before the first stage
+    starts: a bad value in [dedupe] fails the refresh at once, not after the crawl, and names its key."""
+    monkeypatch.delenv("GPT2_RUN_CONFIG", raising=False)
+    (tmp_path / "urls.txt").write_text("https://example.com/a\n")
+    config = tmp_path / "run.toml"
+    link_source = f'urls = ["{tmp_path / "urls.txt"}"]\n'
+    if tables.startswith("[scrape-reddit]"):
+        config.write_text(tables + link_source)
+    else:
+        config.write_text(f"[scrape-reddit]\n{link_source}\n{tables}")
+    result = gpt2("--run-config", str(config), "refresh")
+    assert result.code == 2, result.err
+    assert result.err.splitlines()[-1].startswith(f"gpt2: error: {message.format(config=config)}"), result.err
+    assert "started" not in (home / "logs" / "refresh.log").read_text()
+    assert not [p for p in home.iterdir() if p.name != "logs"]  # no stage ran

@@ -17,6 +17,7 @@ from gpt2cli import __version__
 from gpt2cli.artifacts import Artifact, Published, Store, release_reads
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, Terminated, UsageError
+from gpt2cli.runconfig import from_run_config, run_config_origin
 
 app = typer.Typer(
     name="gpt2",
@@ -78,22 +79,14 @@ def store_for(ctx: typer.Context, home: Optional[Path]) -> Store:
     return Store(settings(ctx, home).home)
 
 
-def _from_run_config(ctx: typer.Context, name: str) -> bool:
-    """Whether parameter ``name`` has its value from the run config (click's default_map), not the command line.
-
-    Compared by name: typer bundles its own click, whose ParameterSource is not click's.
-    """
-    return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT_MAP"
-
-
 def _either(ctx: typer.Context, first: str, a: Any, second: str, b: Any) -> tuple[Any, Any]:
     """Parameters ``first`` and ``second`` (values ``a``, ``b``) exclude each other, but the one the run config
     gave yields to the other one typed on the command line (the run config's ``corpus = "corpus"`` must not refuse
     ``--input``); both typed, or both from the run config, stay both for the caller to refuse."""
     if a and b:
-        if _from_run_config(ctx, first) and not _from_run_config(ctx, second):
+        if from_run_config(ctx, first) and not from_run_config(ctx, second):
             a = None
-        elif _from_run_config(ctx, second) and not _from_run_config(ctx, first):
+        elif from_run_config(ctx, second) and not from_run_config(ctx, first):
             b = None
     return a, b
 
@@ -210,42 +203,48 @@ def scrape_reddit_command(
     as_json: JsonOption = False,
 ) -> None:
     """Collect WebText-style links from Reddit, fetch the pages politely, extract their main text; writes `raw-docs`."""
-    from dataclasses import replace
-
-    from gpt2cli.scrape.fetch import FetchConfig
-    from gpt2cli.scrape.filters import LinkFilters, parse_day
-    from gpt2cli.scrape.stage import LinkSources, scrape_reddit
+    from gpt2cli.scrape.stage import scrape_reddit
 
     opts = settings(ctx, home, as_json)
-    defaults = LinkFilters()
-    filters = LinkFilters(
-        min_score=min_score,
-        drop_self=not keep_self,
-        drop_over_18=not keep_nsfw,
-        subreddit_blocklist=defaults.subreddit_blocklist | {s.lower() for s in block_subreddit or ()},
-        domain_blocklist=defaults.domain_blocklist | {d.lower() for d in block_domain or ()},
-        since=parse_day(since) if since else None,
-        until=parse_day(until) if until else None,
-    )
-    sources = LinkSources(
-        dumps=tuple(dump or ()),
-        subreddits=tuple(subreddit or ()),
-        url_files=tuple(urls or ()),
-        replays=tuple(replay or ()),
-        api_sort=sort,
-        api_time_filter=time_filter,
-        api_limit=limit,
-    )
-    if user_agent:
-        sources = replace(sources, user_agent=user_agent)
-    fetch = FetchConfig(
-        concurrency=concurrency,
-        per_host_interval_s=per_host_interval,
-        allow_private_network=allow_private_network,
-        **({"user_agent": user_agent} if user_agent else {}),
-    )
+    sources, filters, fetch = _scrape_settings(ctx.params)
     result = scrape_reddit(Store(opts.home), sources=sources, filters=filters, fetch=fetch, force=force, wait=wait)
     report(result, opts)
+
+
+def _scrape_settings(p: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """scrape-reddit's options (by parameter name) as the stage's LinkSources, LinkFilters and FetchConfig."""
+    from gpt2cli.scrape.fetch import FetchConfig
+    from gpt2cli.scrape.filters import LinkFilters, parse_day
+    from gpt2cli.scrape.stage import LinkSources
+
+    defaults = LinkFilters()
+    agent = {"user_agent": p["user_agent"]} if p["user_agent"] else {}
+    filters = LinkFilters(
+        min_score=p["min_score"],
+        drop_self=not p["keep_self"],
+        drop_over_18=not p["keep_nsfw"],
+        subreddit_blocklist=defaults.subreddit_blocklist | {s.lower() for s in p["block_subreddit"] or ()},
+        domain_blocklist=defaults.domain_blocklist | {d.lower() for d in p["block_domain"] or ()},
+        since=parse_day(p["since"]) if p["since"] else None,
+        until=parse_day(p["until"]) if p["until"] else None,
+    )
+    sources = LinkSources(
+        dumps=tuple(p["dump"] or ()),
+        subreddits=tuple(p["subreddit"] or ()),
+        url_files=tuple(p["urls"] or ()),
+        replays=tuple(p["replay"] or ()),
+        api_sort=p["sort"],
+        api_time_filter=p["time_filter"],
+        api_limit=p["limit"],
+        **agent,
+    )
+    fetch = FetchConfig(
+        concurrency=p["concurrency"],
+        per_host_interval_s=p["per_host_interval"],
+        allow_private_network=p["allow_private_network"],
+        **agent,
+    )
+    return sources, filters, fetch
 
 
 @app.command("dedupe")
@@ -310,23 +309,10 @@ def dedupe_command(
 
     At scale, run `--shards N --shard-index i` for each i (any processes or machines), then `--merge` the N
     dedupe-shard artifacts with the same options: the corpus equals a single run's."""
-    from dataclasses import replace
-
-    from gpt2cli.dedupe.filters import QualityConfig
-    from gpt2cli.dedupe.stage import DedupeConfig, Shard, dedupe, overlap_table
+    from gpt2cli.dedupe.stage import Shard, dedupe, overlap_table
 
     opts = settings(ctx, home, as_json)
-    config = DedupeConfig(
-        near_threshold=threshold,
-        num_perm=num_perm,
-        val_fraction=val_fraction,
-        remove_wikipedia=not keep_wikipedia,
-        language=None if language == "any" else language,
-        quality=replace(QualityConfig(), min_words=min_words),
-        bloom=bool(overlap),
-        drop_overlap=drop_overlap,
-        workers=workers,
-    )
+    config = _dedupe_config(ctx.params)
     store = Store(opts.home)
     raw_docs, inputs = _either(ctx, "raw_docs", raw_docs, "inputs", inputs)
     if raw_docs and inputs:  # the stage would read only the --input files
@@ -350,6 +336,26 @@ def dedupe_command(
         for r in rows:
             table.add_row(r["file"], f"{r['ngrams']:,}", f"{r['found']:,}", f"{r['percent']:.2f}%")
         stdout_console().print(table)
+
+
+def _dedupe_config(p: dict[str, Any]) -> Any:
+    """dedupe's options (by parameter name) as the stage's DedupeConfig."""
+    from dataclasses import replace
+
+    from gpt2cli.dedupe.filters import QualityConfig
+    from gpt2cli.dedupe.stage import DedupeConfig
+
+    return DedupeConfig(
+        near_threshold=p["threshold"],
+        num_perm=p["num_perm"],
+        val_fraction=p["val_fraction"],
+        remove_wikipedia=not p["keep_wikipedia"],
+        language=None if p["language"] == "any" else p["language"],
+        quality=replace(QualityConfig(), min_words=p["min_words"]),
+        bloom=bool(p["overlap"]),
+        drop_overlap=p["drop_overlap"],
+        workers=p["workers"],
+    )
 
 
 @app.command("train-bpe")
@@ -474,7 +480,7 @@ def pretrain_command(
     opts = settings(ctx, home, as_json)
     flags = dict(locals())
     # the run config's [pretrain] table arrives as option defaults, but ranks below an explicit --config file
-    run_config = {k for k in _PRETRAIN_FLAGS if _from_run_config(ctx, k)}
+    run_config = {k for k in _PRETRAIN_FLAGS if from_run_config(ctx, k)}
     commands = set(ctx.find_root().command.commands)  # type: ignore[attr-defined]
     cfg = load_config(
         config,
@@ -495,6 +501,27 @@ _PRETRAIN_FLAGS = [
     "learning_rate", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "seed", "dtype", "device",
     "compile", "fsdp", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
 ]  # fmt: skip
+
+
+def _check_scrape(p: dict[str, Any]) -> None:
+    sources, _, fetch = _scrape_settings(p)
+    sources.validate()
+    fetch.validate()
+
+
+def _check_tokenize(p: dict[str, Any]) -> None:
+    from gpt2cli.bpe.shards import check_tokenize_options
+
+    check_tokenize_options(p["batch_docs"], p["val_fraction"])
+
+
+# what each stage of `gpt2 refresh` checks of its settings as it starts, run on them before the first stage, so a
+# bad value in the run config's third table does not wait for a crawl to finish
+STAGE_CHECKS = {
+    "scrape-reddit": _check_scrape,
+    "dedupe": lambda p: _dedupe_config(p).validate(),
+    "tokenize": _check_tokenize,
+}
 
 
 @app.command("refresh")
@@ -527,7 +554,7 @@ def refresh_command(
     log_to_file(log_file or store.home / "logs" / "refresh.log", log_max_mb << 20, log_backups)
     error = None
     try:
-        status, results, error = refresh(store, ctx.find_root().default_map, wait=wait, keep=keep)
+        status, results, error = refresh(store, ctx.find_root().default_map, wait=wait, keep=keep, checks=STAGE_CHECKS)
     except LockHeld as e:  # not an error: a warning line, in the log and on stderr
         logging.getLogger("gpt2cli.refresh").warning("%s", e)
         status, results = e.exit_code, []
@@ -1035,30 +1062,6 @@ def _failing_context(error: BaseException) -> Any:
     return found
 
 
-def _run_config_origin(ctx: Any, message: str) -> str:
-    """`` (from FILE [table] key)`` when ``message`` names an option whose value the failing command took from the
-    run config (its long flag, or a string the table gave it); an option typed on the command line is never one."""
-    import re
-
-    table = getattr(ctx, "default_map", None)
-    if ctx is None or not hasattr(table, "origin") or table.path in message:
-        return ""
-    by_flag, by_value = [], []
-    for param in ctx.command.params:
-        if param.name not in table or not _from_run_config(ctx, param.name):
-            continue
-        flags = [flag for flag in param.opts if flag.startswith("--")]
-        if any(re.search(rf"{re.escape(flag)}(?![\w-])", message) for flag in flags):
-            by_flag.append(param.name)
-            continue
-        values = table[param.name] if isinstance(table[param.name], list) else [table[param.name]]
-        strings = [v for v in values if isinstance(v, str) and v.strip()]  # a number could match anything
-        if any(re.search(rf"(?<![\w@/.-]){re.escape(v)}(?![\w@/-])", message) for v in strings):
-            by_value.append(param.name)
-    named = by_flag or by_value
-    return f" (from {table.origin(*named)})" if named else ""
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script: user-facing errors become one line on stderr and an exit code."""
     try:
@@ -1071,7 +1074,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         message = e.format_message()
         param = getattr(e, "param", None)
-        if ctx is not None and param is not None and _from_run_config(ctx, param.name):  # a run config's value
+        if ctx is not None and param is not None and from_run_config(ctx, param.name):  # a run config's value
             message = f"invalid value in {ctx.default_map.origin(param.name)}: {e.message}"
         _fail(f"error: {' '.join(message.split())}{where}", e.exit_code)
     except Terminated as e:  # every process of a torchrun job gets the SIGTERM; rank 0 speaks for them
@@ -1079,7 +1082,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(e.exit_code)
         _fail(f"error: {e}", e.exit_code)
     except Gpt2Error as e:
-        where = _run_config_origin(_failing_context(e), str(e)) if e.exit_code == UsageError.exit_code else ""
+        where = run_config_origin(_failing_context(e), str(e)) if e.exit_code == UsageError.exit_code else ""
         _fail(f"error: {e}{where}", e.exit_code)
     except OSError as e:  # the machine's: a path that is not there or not writable, a full disk
         if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):

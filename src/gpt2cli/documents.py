@@ -201,12 +201,16 @@ class DocumentSource:
             yield Document(text, split)
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+
+
 def open_documents(
     store: Store, corpus_ref: str | None, input_paths: Sequence[Path], val_fraction: float
 ) -> DocumentSource:
     """The documents a stage reads: ``--input`` files if given, else the corpus artifact (default: the current one)."""
-    if not 0 <= val_fraction < 1:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if input_paths and corpus_ref:
         raise UsageError("give either --corpus or --input, not both")
     if input_paths:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -76,17 +77,23 @@ class _Stop:
 
 
 def refresh(
-    store: Store, run_config: Tables | None, *, wait: bool = False, keep: int | None = None
+    store: Store,
+    run_config: Tables | None,
+    *,
+    wait: bool = False,
+    keep: int | None = None,
+    checks: Mapping[str, Callable[[dict[str, Any]], object]] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str | None]:
     """Run the stages with the run config's settings, then, with ``keep``, delete all but the newest ``keep``
     versions of each kind (gc); the exit status (0 done, 75 another run holds a lock: try at the next hour, 143
-    stopped by SIGTERM, 2 no run config or a bad table of a stage, else the failing stage's status), each
-    finished stage's result, and the error (logged already) when it failed."""
+    stopped by SIGTERM, 2 no run config or a bad setting of a stage, else the failing stage's status), each
+    finished stage's result, and the error (logged already) when it failed. ``checks``: each stage's checks of
+    its parsed options, run on every stage's settings before the first stage starts."""
     if run_config is None:  # scrape-reddit has no link source but the run config's
         return _refused("refresh needs a run config (--run-config FILE or $GPT2_RUN_CONFIG) naming the link sources")
     try:
-        for stage, args in STAGES:  # each stage's table (keys, and values by type), before the first stage runs
-            run_config.check(stage, args)
+        for stage, args in STAGES:  # each stage's settings, before the first stage runs
+            run_config.check(stage, args, (checks or {}).get(stage))
     except UsageError as e:
         return _refused(str(e))
     started = time.monotonic()

@@ -11,7 +11,9 @@ and by `gpt2 refresh` for its stages' tables before its first stage (``Tables.ch
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,34 @@ def _misplaced(trail: tuple[str, ...], key: str, group: Any) -> str:
     return f"[{group_name}] holds subcommand tables ({', '.join(tables)}), not options; {where}"
 
 
+def from_run_config(ctx: Any, name: str) -> bool:
+    """Whether parameter ``name`` of click context ``ctx`` has its value from the run config (the default_map),
+    not the command line. Compared by name: typer bundles its own click, whose ParameterSource is not click's."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "DEFAULT_MAP"
+
+
+def run_config_origin(ctx: Any, message: str) -> str:
+    """`` (from FILE [table] key)`` when ``message`` names an option whose value the failing command took from the
+    run config (its long flag, or a string the table gave it); an option typed on the command line is never one."""
+    table = getattr(ctx, "default_map", None)
+    if ctx is None or not hasattr(table, "origin") or table.path in message:
+        return ""
+    by_flag, by_value = [], []
+    for param in ctx.command.params:
+        if param.name not in table or not from_run_config(ctx, param.name):
+            continue
+        flags = [flag for flag in param.opts if flag.startswith("--")]
+        if any(re.search(rf"{re.escape(flag)}(?![\w-])", message) for flag in flags):
+            by_flag.append(param.name)
+            continue
+        values = table[param.name] if isinstance(table[param.name], list) else [table[param.name]]
+        strings = [v for v in values if isinstance(v, str) and v.strip()]  # a number could match anything
+        if any(re.search(rf"(?<![\w@/.-]){re.escape(v)}(?![\w@/-])", message) for v in strings):
+            by_value.append(param.name)
+    named = by_flag or by_value
+    return f" (from {table.origin(*named)})" if named else ""
+
+
 class Tables(dict):  # type: ignore[type-arg]
     """click's ``default_map`` for a group: a table per subcommand. Click takes a subcommand's table with
     ``parent.default_map.get(name)`` as it makes that subcommand's context, so a table is checked only when its
@@ -92,16 +122,23 @@ class Tables(dict):  # type: ignore[type-arg]
             value = self[name] = Table(value, self._group.commands[name], self.path, ".".join((*self._trail, name)))
         return value
 
-    def check(self, name: str, args: tuple[str, ...] = ()) -> None:
-        """Check subcommand ``name``'s table without running the command: its keys (as ``get``), and its values
+    def check(
+        self, name: str, args: tuple[str, ...] = (), validate: Callable[[dict[str, Any]], object] | None = None
+    ) -> None:
+        """Check subcommand ``name``'s table without running the command: its keys (as ``get``), its values
         parsed with ``args`` as click parses them when the command runs (each option's type, and the ranges click
-        checks); a value that does not convert is the usage error that command would end with. Range checks in the
-        stage's own code are not run."""
+        checks), then ``validate`` on the parsed values (the stage's own checks of its settings); a bad value is
+        the usage error that command would end with."""
         import typer
 
         table = self.get(name)
         try:
-            self._group.commands[name].make_context(name, list(args), default_map=table).close()
+            with self._group.commands[name].make_context(name, list(args), default_map=table) as ctx:
+                if validate is not None:
+                    try:
+                        validate(ctx.params)
+                    except UsageError as e:
+                        raise UsageError(f"{e}{run_config_origin(ctx, str(e))}") from None
         except typer.TyperException as e:  # click's own errors, as `gpt2 <name>` would report them
             param, ctx = getattr(e, "param", None), getattr(e, "ctx", None)
             from_table = (

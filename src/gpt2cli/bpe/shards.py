@@ -23,7 +23,7 @@ import numpy as np
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, write_atomic
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.documents import SPLITS, DocumentSource, open_documents
+from gpt2cli.documents import SPLITS, DocumentSource, check_val_fraction, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 
@@ -95,6 +95,12 @@ class _ShardWriter:
         self.file.close()
 
 
+def check_tokenize_options(batch_docs: int, val_fraction: float) -> None:
+    if batch_docs < 1:
+        raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
+    check_val_fraction(val_fraction)
+
+
 def tokenize_corpus(
     store: Store,
     *,
@@ -111,8 +117,7 @@ def tokenize_corpus(
     Progress is checkpointed after every ``batch_docs`` documents, so a killed run resumes where it stopped.
     The checkpoint counts documents, not batches, so a resumed run may use another ``batch_docs``.
     """
-    if batch_docs < 1:
-        raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
+    check_tokenize_options(batch_docs, val_fraction)
     tokenizer_artifact = store.resolve(tokenizer_ref, "tokenizer", option="--tokenizer")
     source = open_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)
