@@ -103,16 +103,17 @@ def test_second_run_reuses_everything_and_a_changed_stage_recomputes_downstream(
     home_copy = tmp_path / "home"
     shutil.copytree(home, home_copy)
     again = chain(home_copy, config)
-    assert all(o["reused"] for o in again)
+    assert all(o["reused"] for o in again), again
     # one table changed: that stage runs again, everything upstream is reused (a mid-chain change is the same
     # mechanism: each stage's identity is its settings plus its inputs' versions)
     changed = tmp_path / "changed.toml"
     changed.write_text(config.read_text().replace('task = ["webtext"]', 'task = ["webtext"]\nstride = 32'))
     after = chain(home_copy, changed)
-    assert [o["reused"] for o in after] == [True, True, True, True, True, False]
+    assert [o["reused"] for o in after] == [True, True, True, True, True, False], after
     assert after[-1]["ref"] == "eval@v2"
     tokenizer = run_cli(home_copy, "--json", "train-bpe", "--corpus", "corpus", "--vocab-size", "600")
     tokens = run_cli(home_copy, "--json", "tokenize", "--corpus", "corpus")
+    assert tokenizer.returncode == 0 and tokens.returncode == 0, tokenizer.stderr + tokens.stderr
     assert json.loads(tokenizer.stdout)["ref"] == "tokenizer@v2" and json.loads(tokens.stdout)["ref"] == "tokens@v2"
 
 
