@@ -11,7 +11,15 @@ import pytest
 
 from gpt2cli.scrape import extract as extract_from_package
 from gpt2cli.scrape import extract_text as extract_text_from_package
-from gpt2cli.scrape.extract import EXTRACTOR_VERSION, Extracted, decode_html, extract, extract_text, word_f1
+from gpt2cli.scrape.extract import (
+    EXTRACTOR_VERSION,
+    Extracted,
+    decode_html,
+    extract,
+    extract_plain,
+    extract_text,
+    word_f1,
+)
 from tests.conftest import shared_data
 
 # Measured on the 45 extraction-dev pages: mean F1 0.984 (trafilatura 0.962, readability 0.969, same metric).
@@ -185,6 +193,27 @@ def test_bytes_undeclared_legacy_charset_detected() -> None:
     text, encoding = decode_html(html.encode("cp1252"))
     assert "réseau" in text and "\ufffd" not in text, encoding
     assert extract_text(html.encode("cp1252")).startswith(FRENCH)
+
+
+def test_the_http_charset_comes_before_meta_and_guessing() -> None:
+    """The HTML Standard's order: a Latin-1 page labelled so by its Content-Type header, with no <meta>, is
+    decoded as Latin-1 (WHATWG: windows-1252), not guessed; a header that the bytes contradict is not trusted."""
+    html = "<html><head><title>Café crème</title></head><body><p>Déjà vu à la française, naïve.</p></body></html>"
+    page = extract(html.encode("latin-1"), charset="iso-8859-1")
+    assert (page.title, page.text, page.encoding) == ("Café crème", "Déjà vu à la française, naïve.", "cp1252")
+    assert decode_html(html.encode("utf-8"), "iso-8859-1") != decode_html(html.encode("utf-8"))  # the header counts
+    text, encoding = decode_html(html.encode("utf-8"), "shift_jis")  # contradicted by the bytes: not trusted
+    assert (text, encoding) == (html, "utf-8")
+    assert decode_html(html.encode("utf-8"), "utf-16")[1] == "utf-8"  # no NUL byte: not UTF-16
+    assert decode_html(html.encode("utf-8"), "no-such-charset") == (html, "utf-8")
+
+
+def test_plain_text_pages_are_text_not_markup() -> None:
+    wrapped = P1.replace(" ", "\n", 5)  # hard line breaks inside the paragraph
+    body = f"{wrapped}\r\n\r\nA <value> in angle brackets & an ampersand, kept as sent.\n\n\n"
+    page = extract_plain(body.encode("latin-1", "replace"), charset="iso-8859-1")
+    assert page.text == f"{P1}\n\nA <value> in angle brackets & an ampersand, kept as sent."
+    assert page.title == "" and extract_plain(bytes(range(256)) * 4).text == ""
 
 
 def test_wrong_declaration_does_not_win_over_valid_utf8() -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,27 @@ class Handler(BaseHTTPRequestHandler):
             srv.log.append((time.monotonic(), self.headers.get("Host", "").split(":")[0], path))
             n = srv.hits[path]
         try:
+            host = self.headers.get("Host", "").split(":")[0]
             if path == "/robots.txt":
-                self._send(200, b"User-agent: *\nDisallow: /private\n", "text/plain")
+                self._send(200, ROBOTS.get(host.split(".")[0], b"User-agent: *\nDisallow: /private\n"), "text/plain")
+            elif path == "/ok/caf%C3%A9" or path.startswith("/rfc/"):
+                self._send(200, page_html(path))
+            elif path == "/utf8-redirect":  # the Location's bytes are UTF-8, as servers send them
+                self._raw(b"HTTP/1.1 302 Found\r\nLocation: /ok/caf\xc3\xa9#top\r\nContent-Length: 0\r\n\r\n")
+            elif path == "/odd-reason":
+                self.send_response(200, "\u00d6K")  # the status line is Latin-1 on the wire
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page_html(path))))
+                self.end_headers()
+                self.wfile.write(page_html(path))
+            elif path == "/http10":
+                self._raw(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n" + page_html(path))
+            elif path == "/untyped":  # no Content-Type: sniffed
+                self._raw(b"HTTP/1.1 200 OK\r\nContent-Length: 31\r\n\r\n<!DOCTYPE html><p>untyped page.")
+            elif path == "/untyped-binary":
+                self._raw(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n\x89PNG\r\n\x1a\n")
+            elif path == "/brotli":  # not asked for, not decodable here
+                self._send(200, b"\x1b\x03\x00\xf8\xa5", Content_Encoding="br")
             elif path.startswith("/page/"):
                 with srv.lock:
                     srv.active += 1
@@ -111,6 +131,20 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(404, b"not found")
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _raw(self, response: bytes) -> None:
+        self.wfile.write(response)
+        self.close_connection = True
+
+
+# robots.txt by the first label of the host name
+ROBOTS = {
+    # RFC 9309: the longest match wins, whatever the order; `*` and `$` patterns
+    "rfc": b"User-agent: *\nAllow: /\nDisallow: /rfc/private\nDisallow: /*.php$\nDisallow: /*?session=\n",
+    # over robots_max_bytes: the rules in its first part still count (RFC 9309 section 2.5)
+    "big": b"User-agent: *\nDisallow: /rfc/private\n" + b"# padding\n" * 70_000,
+    "slow": b"User-agent: *\nCrawl-delay: 0.6\n",
+}
 
 
 class Server(ThreadingHTTPServer):
@@ -373,6 +407,61 @@ def test_politeness(server: Server) -> None:
     assert time.monotonic() - start < 2.0  # one host after the other would take > 2.2 s
 
 
+def test_robots_rules_as_rfc_9309_reads_them(server: Server) -> None:
+    base = f"http://rfc.test:{server.port}"
+    paths = ["/rfc/private/x", "/rfc/page.php", "/rfc/page.php5", "/rfc/list?session=1", "/rfc/list?page=1"]
+    res = many(fetcher(obey_robots=True), [base + p for p in paths])
+    assert [res[base + p].error for p in paths] == ["robots", "robots", None, "robots", None]
+    big = fetcher(obey_robots=True, robots_max_bytes=64 * 1024)
+    assert big.fetch(f"http://big.test:{server.port}/rfc/private/y").error == "robots"
+    assert big.fetch(f"http://big.test:{server.port}/rfc/open").ok
+    assert server.hits["/rfc/private/x"] == server.hits["/rfc/private/y"] == 0
+
+
+def test_crawl_delay_spaces_the_first_page_after_robots_txt(server: Server) -> None:
+    urls = [f"http://slow.test:{server.port}/page/{i}" for i in range(2)]
+    assert all(r.ok for r in many(fetcher(obey_robots=True), urls).values())
+    times = [t for t, host, _ in server.log if host == "slow.test"]
+    assert len(times) == 3 and min(b - a for a, b in pairwise(times)) >= 0.55, times
+
+
+def test_redirect_hops_are_spaced_like_requests(server: Server) -> None:
+    assert fetcher(per_host_interval_s=0.3).fetch(f"http://site.test:{server.port}/hop").ok
+    (first, _, _), (second, _, _) = server.log
+    assert second - first >= 0.28
+
+
+def test_links_that_are_iris_and_utf8_locations(server: Server) -> None:
+    """Dumps hold IRIs (non-ASCII paths) and servers send Location headers in UTF-8: what goes on the wire and
+    into the archive is the percent-encoded URI, without its fragment."""
+    base = f"http://site.test:{server.port}"
+    for url in (f"{base}/ok/café", f"{base}/ok/caf%C3%A9#section", f"{base}/utf8-redirect"):
+        r = fetcher().fetch(url)
+        assert r.ok and r.final_url == f"{base}/ok/caf%C3%A9", (url, r.error, r.final_url)
+    assert server.hits["/ok/caf%C3%A9"] == 3 and list(server.hits) == ["/ok/caf%C3%A9", "/utf8-redirect"]
+
+
+def test_responses_without_or_with_odd_heads(server: Server, tmp_path: Path) -> None:
+    base = f"http://site.test:{server.port}"
+    res = many(fetcher(), [f"{base}/{p}" for p in ("untyped", "untyped-binary", "brotli", "http10", "odd-reason")])
+    untyped = res[f"{base}/untyped"]
+    assert untyped.ok and untyped.content_type == "text/html"
+    assert res[f"{base}/untyped-binary"].error == "not_html"
+    assert res[f"{base}/brotli"].error == "bad_encoding"  # stored compressed, it would be extracted as junk
+    assert res[f"{base}/http10"].protocol == "HTTP/1.0" and res[f"{base}/odd-reason"].reason == "\u00d6K"
+    with WarcArchive(tmp_path, prefix="t") as archive:
+        for path in ("http10", "odd-reason"):
+            r = res[f"{base}/{path}"]
+            archive.write_response(url=r.final_url, status=200, reason=r.reason, headers=r.headers, body=r.body,
+                                   protocol=r.protocol)  # fmt: skip
+    stats: Counter[str] = Counter()
+    back = list(iter_responses(sorted(tmp_path.glob("*.warc.gz")), stats))
+    assert [(b.url, b.status, b.body) for b in back] == [(r.final_url, 200, r.body) for r in res.values()][-2:]
+    assert not stats["errors"]
+    raw = gzip.decompress(next(tmp_path.glob("*.warc.gz")).read_bytes())
+    assert b"\r\nHTTP/1.0 200 OK\r\n" in raw and b"\r\nHTTP/1.1 200 K\r\n" in raw
+
+
 # -- frontier -----------------------------------------------------------------------------------------------
 
 
@@ -394,7 +483,10 @@ def test_frontier_cycle(tmp_path: Path) -> None:
     fr = Frontier(tmp_path / "frontier.sqlite")  # a new process: nothing in flight, the retry not yet due
     assert [r.url for r in fr.claim(10, now=time.time())] == [f"http://x.test/{i}" for i in range(3, 6)]
     assert rows[2].url in [r.url for r in fr.claim(10, now=time.time() + 7200)]
-    assert fr.failures_by_reason() == Counter({"http_404": 1})
+    urls = [f"http://x.test/{i}" for i in range(6)]
+    assert fr.tally(urls) == Counter({"pending": 4, "pending_timeout": 1, "done": 1, "failed": 1, "failed_http_404": 1})
+    assert fr.next_due(urls) == 0.0 and fr.next_due([rows[2].url]) > time.time() + 3000
+    assert fr.next_due([rows[0].url]) is None  # done: nothing to retry
     done = list(fr.done_rows())
     assert len(done) == 1 and done[0].http_status == 200 and done[0].attempts == 1
     assert fr.get(rows[2].url).attempts == 1 and fr.get(rows[2].url).last_error == "timeout"

@@ -78,6 +78,8 @@ def test_bad_input(home: Path, tmp_path: Path):
         ["--per-host-interval", "-5"],
         ["--per-host-interval", "nan"],
         ["--per-host-interval", "inf"],
+        ["--per-host-interval", "1e308"],  # finite, and past any sleep the OS takes
+        ["--user-agent", "bot\r\nX-Injected: 1"],
         ["--limit", "-3"],
         ["--time-filter", "decade"],  # without --subreddit, as with it
         ["--subreddit", "science", "--time-filter", "decade"],
@@ -303,3 +305,100 @@ def test_real_dump_links(home: Path, name: str, tmp_path: Path):
     # nothing is archived, so no document: a clear failure, with the link counts in the log
     assert result.returncode == 1 and "no document was extracted" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class _TrickySite:
+    """Pages that tested the crawl's edges: a non-ASCII path, a Latin-1 page labelled only by its header, a
+    text/plain page, and pages that fail with 503 (``/down`` always, ``/flaky`` the first ``flaky`` times)."""
+
+    def __init__(self, flaky: int = 0):
+        self.hits: Counter[str] = Counter()
+        site = self
+        article = " ".join(["The council heard the residents' case for a new cycle lane along the river."] * 6)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site.hits[self.path] += 1
+                ctype, body = "text/html; charset=utf-8", f"<html><body><p>{article}</p></body></html>".encode()
+                if self.path == "/latin1":
+                    ctype, body = "text/html; charset=iso-8859-1", f"<p>Café. {article}</p>".encode("latin-1")
+                elif self.path == "/notes.txt":
+                    ctype, body = "text/plain", f"A <note>.\n\n{article}".encode()
+                elif self.path == "/down" or (self.path == "/flaky" and site.hits["/flaky"] <= flaky):
+                    self.send_response(503, "\u00c9chec")  # a Latin-1 reason phrase as well
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                elif self.path not in ("/caf%C3%A9", "/flaky", "/robots.txt"):
+                    ctype, body = "text/html", b"missing"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_iri_links_charsets_and_plain_text_pages(home: Path, tmp_path: Path):
+    """An IRI link (as dumps hold them) is fetched, archived and extracted, in this run and the next; a page's
+    charset comes from its Content-Type header; a text/plain page is text."""
+    site = _TrickySite()
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{site.base}/café\n{site.base}/latin1\n{site.base}/notes.txt\n", encoding="utf-8")
+        for _ in range(2):
+            result = run_cli(home, "scrape-reddit", "--urls", str(urls), "--min-score", "0", *LIVE, "--force")
+            assert result.returncode == 0, result.stderr
+        docs = {d["final_url"]: d for d in rows(home)}
+        assert set(docs) == {f"{site.base}/caf%C3%A9", f"{site.base}/latin1", f"{site.base}/notes.txt"}
+        assert docs[f"{site.base}/latin1"]["text"].startswith("Café. The council")
+        assert docs[f"{site.base}/notes.txt"]["text"].startswith("A <note>.\n\nThe council")
+        assert site.hits["/caf%C3%A9"] == 1  # archived once, read back from the WARC by the second run
+    finally:
+        site.close()
+
+
+def test_pending_links_are_retried_when_due_then_given_up(home: Path, tmp_path: Path, monkeypatch):
+    """A rerun with the same inputs rebuilds while links it left pending are due (it would otherwise reuse its
+    version and never retry them), and a link that keeps failing is failed for good after MAX_RUNS_PER_URL runs."""
+    from gpt2cli.scrape import stage
+    from gpt2cli.scrape.fetch import FetchConfig
+    from gpt2cli.scrape.filters import LinkFilters
+
+    monkeypatch.setattr(stage, "RETRY_BASE_S", 0.0)  # due at once, instead of 10 minutes later
+    monkeypatch.setattr(stage, "MAX_RUNS_PER_URL", 3)
+    site = _TrickySite(flaky=1)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{site.base}/{p}\n" for p in ("latin1", "flaky", "down")))
+        store = Store(home)
+
+        def run() -> tuple[str, bool, dict]:
+            published = stage.scrape_reddit(
+                store,
+                sources=stage.LinkSources(url_files=(urls,)),
+                filters=LinkFilters(min_score=0),
+                fetch=FetchConfig(retries=0, per_host_interval_s=0, allow_private_network=True),
+            )
+            return published.artifact.ref, published.reused, published.artifact.summary
+
+        ref, reused, summary = run()
+        assert (ref, summary["documents"], summary["links_pending"]) == ("raw-docs@v1", 1, 2)
+        ref, reused, summary = run()  # /flaky now answers; /down still fails (2 runs of 3)
+        assert (ref, reused, summary["documents"], summary["links_pending"]) == ("raw-docs@v2", False, 2, 1)
+        ref, reused, summary = run()  # /down's third run: failed for good
+        assert (ref, summary["links_pending"], summary["failed_http_503"]) == ("raw-docs@v3", 0, 1)
+        assert "retry_due_at" not in summary
+        ref, reused, _ = run()
+        assert (ref, reused) == ("raw-docs@v3", True) and site.hits["/down"] == 3 and site.hits["/flaky"] == 2
+    finally:
+        site.close()

@@ -596,6 +596,7 @@ class Store:
         command: Sequence[str] | None = None,
         parent: Artifact | None = None,
         retains: Sequence[dict[str, Any]] = (),
+        stale: Callable[[Artifact], str | None] | None = None,
     ) -> Published:
         """Build and publish a version of ``kind``, or reuse the version already built from the same things.
 
@@ -605,6 +606,8 @@ class Store:
         it is recorded and shown in the lineage but is not part of the build's identity, so rerunning the
         same refresh reuses its version. ``retains`` names versions, beyond the inputs, that rebuilding this one
         reads (an incremental corpus: the raw-docs of earlier runs): gc keeps them while it keeps this one.
+        ``stale`` says why a version built from the same things must be built again all the same (work it left
+        for later is due), or None.
         """
         params_json = json.loads(_canonical_json(params))  # what the manifest will hold, JSON-normalized
         key = fingerprint(kind, params_json, inputs)
@@ -612,7 +615,11 @@ class Store:
             kind_dir = self.home / kind
             partial = kind_dir / f"{_PARTIAL}{key[:20]}"
             self._remove_leftovers(kind_dir, keep=partial if resumable else None)
-            if not force and (existing := self.reusable(kind, params_json, inputs)):
+            existing = None if force else self.reusable(kind, params_json, inputs)
+            if existing and stale and (why := stale(existing)):
+                log.info("not reusing %s: %s", existing.ref, why)
+                existing = None
+            if existing:
                 log.info("reusing %s: same inputs and parameters (--force recomputes)", existing.ref)
                 self.mark_current(existing)
                 return Published(existing, reused=True)

@@ -32,9 +32,18 @@ import lxml.etree
 
 Element = lxml.etree._Element
 
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # 2: the HTTP header's charset first; text/plain pages as text
 
-__all__ = ["EXTRACTOR_VERSION", "Extracted", "decode_html", "extract", "extract_text", "guess_language", "word_f1"]
+__all__ = [
+    "EXTRACTOR_VERSION",
+    "Extracted",
+    "decode_html",
+    "extract",
+    "extract_plain",
+    "extract_text",
+    "guess_language",
+    "word_f1",
+]
 
 
 @dataclass(frozen=True)
@@ -74,24 +83,26 @@ def _codec(label: bytes | str) -> str | None:
         return None
 
 
-def decode_html(data: bytes) -> tuple[str, str]:
-    """Decode a page's bytes; returns (text, codec used).
+def decode_html(data: bytes, charset: str | None = None) -> tuple[str, str]:
+    """Decode a page's bytes; returns (text, codec used). ``charset``: the HTTP Content-Type header's.
 
-    A declared charset wins when the bytes decode cleanly with it (pages often declare one thing and send
-    another, so a declaration that fails is not trusted); then charset-normalizer's guess; then UTF-8 with
-    replacement characters, which never fails.
+    In the HTML Standard's order, a byte-order mark, then the header's charset, then a ``<meta>`` one; a declared
+    charset is used when the bytes decode cleanly with it (pages often declare one thing and send another, so a
+    declaration that fails is not trusted); then UTF-8; then charset-normalizer's guess; then the first
+    declaration, or UTF-8, with replacement characters, which never fails.
     """
     for bom, name in _BOMS:
         if data.startswith(bom):
             return data.decode(name, "replace"), name
     match = _META_CHARSET.search(data[:8192])
-    declared = _codec(match.group(1)) if match else None
-    if declared and declared.startswith("utf-16"):
-        declared = "utf-8"  # a <meta> readable as ASCII means the bytes are not UTF-16
-    if declared:
+    declarations = [_codec(label) for label in (charset, match.group(1) if match else None) if label]
+    # a UTF-16 label on bytes without NULs (ASCII-readable markup) is wrong: they are ASCII-compatible
+    utf16 = b"\x00" in data[:256]
+    declared = [c if utf16 or not c.startswith("utf-16") else "utf-8" for c in declarations if c]
+    for codec in declared:
         try:
-            return data.decode(declared), declared
-        except (UnicodeDecodeError, LookupError):
+            return data.decode(codec), codec
+        except UnicodeDecodeError:
             pass
     try:
         return data.decode("utf-8"), "utf-8"
@@ -105,9 +116,8 @@ def decode_html(data: bytes) -> tuple[str, str]:
             return data.decode(best.encoding, "replace"), _codec(best.encoding) or best.encoding
     except Exception:  # detection is best effort: any failure falls through to UTF-8
         pass
-    if declared:
-        return data.decode(declared, "replace"), declared
-    return data.decode("utf-8", "replace"), "utf-8"
+    fallback = declared[0] if declared else "utf-8"
+    return data.decode(fallback, "replace"), fallback
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -699,11 +709,12 @@ def guess_language(text: str) -> str | None:
 # --------------------------------------------------------------------------------------------- public API
 
 
-def extract(html: str | bytes, url: str | None = None) -> Extracted:
-    """Title, main text and language of a page. Never raises on bad input: it yields empty text instead."""
+def extract(html: str | bytes, url: str | None = None, charset: str | None = None) -> Extracted:
+    """Title, main text and language of a page (``charset``: the HTTP header's, for bytes). Never raises on bad
+    input: it yields empty text instead."""
     encoding = None
     if isinstance(html, bytes):
-        html, encoding = decode_html(html)
+        html, encoding = decode_html(html, charset)
     if not isinstance(html, str):
         return Extracted("", "", None, url, encoding)
     root = _parse(html)
@@ -741,6 +752,20 @@ def _looks_like_text(text: str) -> bool:
         return False
     letters = len(_LETTER.findall(text))
     return letters >= 0.5 * chars and text.count("\ufffd") <= 0.02 * chars
+
+
+def extract_plain(data: bytes, url: str | None = None, charset: str | None = None) -> Extracted:
+    """A ``text/plain`` page: its text as sent, a paragraph per blank-line-separated block with its hard line
+    breaks joined (there is no markup: a ``<`` is text, and no boilerplate can be told from content)."""
+    text, encoding = decode_html(data, charset)
+    blocks = (" ".join(block.split()) for block in _BLANK_LINES.split(_CONTROL.sub("", text)))
+    text = "\n\n".join(b for b in blocks if b)
+    if not _looks_like_text(text):
+        text = ""
+    return Extracted("", text, guess_language(text), url, encoding)
+
+
+_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 def extract_text(html: str | bytes, url: str | None = None) -> str:

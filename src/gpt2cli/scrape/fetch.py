@@ -17,7 +17,8 @@ connecting for a DNS-rebinding server to exploit, and every redirect hop and rob
 through the same path. Proxies from the environment are ignored (`trust_env = False`) as they would
 connect on our behalf unchecked.
 
-robots.txt (RFC 9309): fetched once per origin and cached for the Fetcher's life. 2xx: parsed; 4xx
+robots.txt (RFC 9309): fetched once per origin and cached for the Fetcher's life. 2xx: parsed (protego: the
+longest matching rule wins, `*` and `$` patterns; a file over `robots_max_bytes` is parsed up to there); 4xx
 (including 401/403): no rules, all allowed; 5xx, 429, timeouts and connection errors: the site is treated
 as fully disallowed for this run (error "robots_unreachable", retryable, so the frontier tries the URL in
 a later run).
@@ -25,13 +26,14 @@ a later run).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ipaddress
 import math
+import re
 import socket
 import threading
 import time
-import urllib.robotparser
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,16 +43,22 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+from protego import Protego
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import create_connection
+from urllib3.util.request import ACCEPT_ENCODING
 
 from gpt2cli import __version__
 from gpt2cli.errors import UsageError
 
 MIB = 1 << 20
+# the content codings urllib3 decodes here: it offers those it can (br and zstd when their modules are installed)
+_DECODED_CODINGS = frozenset({"identity", "x-gzip", *ACCEPT_ENCODING.split(",")})
+MAX_INTERVAL_S = 86_400.0  # a day between two requests to one host: beyond that no crawl finishes
 ACCEPTED_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
 USER_AGENT = (
     f"gpt2cli/{__version__} (WebText reproduction crawler for research; fetches each linked page once; "
@@ -83,9 +91,15 @@ class FetchConfig:
     robots_max_bytes: int = 512 * 1024
 
     def validate(self) -> None:
-        """The settings a user types: a NaN or negative interval would silently drop the politeness delay."""
-        if not (math.isfinite(self.per_host_interval_s) and self.per_host_interval_s >= 0):
-            raise UsageError(f"--per-host-interval must be a number of seconds >= 0, got {self.per_host_interval_s}")
+        """The settings a user types: a NaN or negative interval would silently drop the politeness delay, a
+        line break in the User-Agent would make every request fail as if the sites were down."""
+        if not (math.isfinite(self.per_host_interval_s) and 0 <= self.per_host_interval_s <= MAX_INTERVAL_S):
+            raise UsageError(
+                f"--per-host-interval must be a number of seconds in [0, {MAX_INTERVAL_S:g}], "
+                f"got {self.per_host_interval_s}"
+            )
+        if not self.user_agent.strip() or not all(" " <= c <= "~" for c in self.user_agent):
+            raise UsageError(f"--user-agent must be printable ASCII on one line, got {self.user_agent!r}")
 
 
 @dataclass
@@ -106,6 +120,7 @@ class FetchResult:
     fetched_at: float = 0.0
     charset: str | None = None
     attempts: int = 1
+    protocol: str = "HTTP/1.1"  # the response's HTTP version, as the archive records it
 
     @property
     def ok(self) -> bool:
@@ -353,7 +368,7 @@ def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException
 
 @dataclass
 class _Robots:
-    parser: urllib.robotparser.RobotFileParser | None  # None: no rules (allow all) or unreachable
+    parser: Protego | None  # None: no rules (allow all) or unreachable
     unreachable: str | None = None  # error key when the site is disallowed for this run
 
 
@@ -389,9 +404,8 @@ class RobotsCache:
     def _load(self, origin: str) -> _Robots:
         result = self._fetch_text(origin + "/robots.txt")
         if result.error is None and result.body is not None and result.status and 200 <= result.status < 300:
-            parser = urllib.robotparser.RobotFileParser()
-            parser.parse(result.body.decode(result.charset or "utf-8", errors="replace").splitlines())
-            return _Robots(parser)
+            text = result.body.decode(_codec_or_utf8(result.charset), errors="replace")
+            return _Robots(Protego.parse(text))
         if result.status is not None and 400 <= result.status < 500 and result.status != 429:
             return _Robots(None)  # RFC 9309 "unavailable": no restrictions
         key = "private_address" if result.error == "private_address" else "robots_unreachable"
@@ -402,7 +416,7 @@ class RobotsCache:
         entry = self.ensure(url)
         if entry.unreachable:
             return entry.unreachable
-        if entry.parser is not None and not entry.parser.can_fetch(self._user_agent, url):
+        if entry.parser is not None and not entry.parser.can_fetch(url, self._user_agent):
             return "robots"
         return None
 
@@ -460,9 +474,14 @@ class Fetcher:
         return self._attempt(url, robots=self.config.obey_robots, accept_any_type=False)
 
     def _fetch_robots(self, url: str) -> FetchResult:
-        return self._attempt(url, robots=False, accept_any_type=True, max_bytes=self.config.robots_max_bytes)
+        """robots.txt, cut at ``robots_max_bytes`` rather than refused: RFC 9309 has crawlers parse at least 500
+        KiB of a longer file, not treat the site as unreachable."""
+        return self._attempt(url, robots=False, accept_any_type=True, max_bytes=self.config.robots_max_bytes,
+                             cut=True)  # fmt: skip
 
-    def _attempt(self, url: str, *, robots: bool, accept_any_type: bool, max_bytes: int | None = None) -> FetchResult:
+    def _attempt(
+        self, url: str, *, robots: bool, accept_any_type: bool, max_bytes: int | None = None, cut: bool = False
+    ) -> FetchResult:
         cfg = self.config
         attempt = _Attempt(self._resolver, cfg.allow_private_network, time.monotonic() + cfg.page_deadline_s)
         previous = getattr(_current, "attempt", None)
@@ -472,7 +491,7 @@ class Fetcher:
         watchdog.start()
         result = FetchResult(url=url)
         try:
-            self._follow(result, attempt, robots, accept_any_type, max_bytes or cfg.max_bytes)
+            self._follow(result, attempt, robots, accept_any_type, max_bytes or cfg.max_bytes, cut)
         except Exception as e:  # a worker must report, never die
             self._classify(result, e, attempt)
         finally:
@@ -484,11 +503,15 @@ class Fetcher:
             result.fetched_at = time.time()
         return result
 
-    def _follow(self, result: FetchResult, attempt: _Attempt, robots: bool, any_type: bool, max_bytes: int) -> None:
+    def _follow(
+        self, result: FetchResult, attempt: _Attempt, robots: bool, any_type: bool, max_bytes: int, cut: bool
+    ) -> None:
         cfg = self.config
-        current = result.url
-        seen = {_strip_fragment(current)}
-        for _hop in range(cfg.max_redirects + 1):
+        current = wire_url(result.url)
+        seen = {current}
+        for hop in range(cfg.max_redirects + 1):
+            if hop:  # a redirect is another request to a host: spaced like any other
+                time.sleep(max(0.0, min(self._interval(current), attempt.deadline - time.monotonic())))
             result.final_url = current
             parts = urlsplit(current)
             if parts.scheme.lower() not in ("http", "https"):
@@ -509,7 +532,7 @@ class Fetcher:
             headers = {
                 "User-Agent": cfg.user_agent,
                 "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
-                "Accept-Encoding": "gzip, deflate",
+                "Accept-Encoding": ACCEPT_ENCODING,
                 "Connection": "close",  # a fresh, checked and watched connection for every request
             }
             response = self._session().get(
@@ -522,25 +545,31 @@ class Fetcher:
             with response:
                 result.status = response.status_code
                 result.reason = response.reason or ""
+                result.protocol = "HTTP/1.0" if getattr(response.raw, "version", 11) == 10 else "HTTP/1.1"
                 result.headers = dict(response.headers)
                 result.request_headers = dict(response.request.headers)
                 result.fetched_at = time.time()
                 location = response.headers.get("Location")
                 if response.status_code in REDIRECT_CODES and location:
-                    target = urljoin(current, location.strip())
-                    key = _strip_fragment(target)
-                    if key in seen:
+                    target = wire_url(urljoin(current, _utf8_location(location.strip())))
+                    if target in seen:
                         result.error = "redirect_loop"
                         return
-                    seen.add(key)
+                    seen.add(target)
                     current = target
                     continue
-                self._read(result, response, attempt, any_type, max_bytes)
+                self._read(result, response, attempt, any_type, max_bytes, cut)
                 return
         result.error = "too_many_redirects"
 
     def _read(
-        self, result: FetchResult, response: requests.Response, attempt: _Attempt, any_type: bool, max_bytes: int
+        self,
+        result: FetchResult,
+        response: requests.Response,
+        attempt: _Attempt,
+        any_type: bool,
+        max_bytes: int,
+        cut: bool,
     ) -> None:
         status = response.status_code
         if not 200 <= status < 300:
@@ -551,17 +580,24 @@ class Fetcher:
             return
         media, charset = split_content_type(response.headers.get("Content-Type"))
         result.content_type, result.charset = media, charset
-        if not any_type and media not in self.config.accepted_types:
+        if not any_type and media is not None and media not in self.config.accepted_types:
             result.error = "not_html"
             return
+        codings = {c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")} - {""}
+        if codings - _DECODED_CODINGS:  # sent anyway, and not decoded: the body would be stored compressed
+            result.error = "bad_encoding"
+            return
         declared = response.headers.get("Content-Length")
-        if declared and declared.strip().isdigit() and int(declared) > max_bytes:
+        if not cut and declared and declared.strip().isdigit() and int(declared) > max_bytes:
             result.error = "too_large"
             return
         chunks: list[bytes] = []
         total = 0
         for chunk in response.iter_content(64 * 1024):
             total += len(chunk)
+            if total > max_bytes and cut:
+                chunks.append(chunk[: len(chunk) - (total - max_bytes)])
+                break
             if total > max_bytes:
                 result.error = "too_large"
                 return
@@ -573,6 +609,11 @@ class Fetcher:
             result.error = "deadline"
             return
         result.body = b"".join(chunks)
+        if media is None and not any_type:  # no Content-Type: a browser sniffs; so do we, for HTML alone
+            if not _looks_like_html(result.body):
+                result.error, result.body = "not_html", None
+                return
+            result.content_type = "text/html"
 
     @staticmethod
     def _classify(result: FetchResult, e: Exception, attempt: _Attempt) -> None:
@@ -619,7 +660,8 @@ class Fetcher:
         busy: set[str] = set()
         queued = 0
         with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="fetch") as pool:
-            inflight: dict[Future[Any], tuple[str, _Task | None]] = {}
+            inflight: dict[Future[Any], tuple[str, _Task]] = {}
+            robots_for: set[Future[Any]] = set()
             while True:
                 while not exhausted and queued < window:
                     try:
@@ -637,7 +679,9 @@ class Fetcher:
                         continue
                     head = queues[host][0]
                     if cfg.obey_robots and not self.robots.cached(head.url):
-                        inflight[pool.submit(self.robots.ensure, head.url)] = (host, None)
+                        future = pool.submit(self.robots.ensure, head.url)
+                        inflight[future] = (host, head)
+                        robots_for.add(future)
                     else:
                         queues[host].popleft()
                         queued -= 1
@@ -657,8 +701,10 @@ class Fetcher:
                 for future in done:
                     host, task = inflight.pop(future)
                     busy.discard(host)
-                    if task is None:
+                    if future in robots_for:  # now the host's Crawl-delay is known: it spaces the next request too
+                        robots_for.discard(future)
                         future.result()
+                        ready_at[host] = max(ready_at[host], time.monotonic() + self._interval(task.url))
                         continue
                     result: FetchResult = future.result()
                     result.attempts = task.attempts + 1
@@ -674,5 +720,34 @@ class Fetcher:
                     on_result(result)
 
 
-def _strip_fragment(url: str) -> str:
-    return url.split("#", 1)[0]
+def wire_url(url: str) -> str:
+    """``url`` as it goes on the wire and into the archive: without its fragment, and with what a URI cannot hold
+    (non-ASCII, spaces: links in dumps are often IRIs) percent-encoded as UTF-8, existing escapes kept."""
+    return requote_uri(url.split("#", 1)[0])
+
+
+def _utf8_location(location: str) -> str:
+    """A Location header as the server meant it: http.client decodes header bytes as Latin-1, and servers send
+    UTF-8; bytes that are not UTF-8 stay as decoded."""
+    try:
+        return location.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return location
+
+
+_HTML_START = re.compile(
+    rb"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|title|meta|p|div|h1|table)[\s>/]", re.I | re.S
+)
+
+
+def _looks_like_html(body: bytes) -> bool:
+    """The HTML Standard's sniffing of a body sent without a Content-Type, reduced to its HTML patterns."""
+    return _HTML_START.match(body[:1024].removeprefix(b"\xef\xbb\xbf")) is not None
+
+
+def _codec_or_utf8(charset: str | None) -> str:
+    """The codec a declared charset names, UTF-8 when it names none Python knows."""
+    try:
+        return codecs.lookup(charset).name if charset else "utf-8"
+    except LookupError:
+        return "utf-8"

@@ -226,10 +226,11 @@ class Frontier:
         out["total"] = sum(out[s] for s in STATUSES)
         return out
 
-    def next_due(self) -> float | None:
-        """When the earliest pending URL becomes due (None when nothing is pending)."""
-        (due,) = self._db.execute("SELECT MIN(next_attempt_at) FROM urls WHERE status = 'pending'").fetchone()
-        return due
+    def next_due(self, among: Collection[str]) -> float | None:
+        """When the earliest of the pending ``among`` URLs becomes due (None when none is pending)."""
+        dues = [due for (due,) in self._among("SELECT next_attempt_at FROM urls WHERE status = 'pending' AND url IN",
+                                              (), among)]  # fmt: skip
+        return min(dues, default=None)
 
     def done_rows(self) -> Iterator[Row]:
         """Every fetched URL, in the order they were added (streamed, not loaded at once)."""
@@ -237,16 +238,6 @@ class Frontier:
         cur.execute(f"SELECT {', '.join(_COLUMNS)} FROM urls WHERE status = 'done' ORDER BY rowid")
         for row in cur:
             yield _row(row)
-
-    def failures_by_reason(self) -> Counter[str]:
-        """How many URLs failed for good, per error key ("robots", "http_404", ...)."""
-        return Counter(
-            dict(
-                self._db.execute(
-                    "SELECT COALESCE(last_error, 'unknown'), COUNT(*) FROM urls WHERE status = 'failed' GROUP BY 1"
-                ).fetchall()
-            )
-        )
 
     def tally(self, urls: Collection[str]) -> Counter[str]:
         """What became of `urls`: how many are in each status, and "<status>_<error>" per last error."""

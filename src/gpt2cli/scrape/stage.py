@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Draft, Published, Store, file_input
+from gpt2cli.artifacts import Artifact, Draft, Published, Store, file_input
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
-from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract
-from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult
+from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract, extract_plain
+from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult, split_content_type, wire_url
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
 from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, iter_dumps, read_url_list
@@ -34,6 +34,11 @@ from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at, unr
 log = logging.getLogger(__name__)
 
 DOCUMENTS = "documents.parquet"
+# A page that failed in a way that may pass (timeouts, 5xx, robots.txt unreachable) is tried again by later runs,
+# 10 minutes after the first, then 20, 40, ... (or its Retry-After), and failed for good after this many runs.
+MAX_RUNS_PER_URL = 8
+RETRY_BASE_S = 600.0
+RETRY_DUE = "retry_due_at"  # summary key: when the version's earliest pending link may be tried again
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,16 @@ def scrape_reddit(
     def build(draft: Draft) -> dict[str, Any]:
         return _build(store, draft.dir, sources, filters, fetch)
 
-    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent)
+    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent,
+                         stale=_retries_due)  # fmt: skip
+
+
+def _retries_due(existing: Artifact) -> str | None:
+    """Why a version built from the same inputs is not the answer: links it left pending may be tried now."""
+    due = existing.summary.get(RETRY_DUE)
+    if due is None or dt.datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp() > time.time():
+        return None
+    return f"{existing.summary.get('links_pending', 'some')} of its links are due for another try"
 
 
 def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
@@ -134,14 +148,16 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
                 archive.close()
             documents = _archived_documents(frontier, crawl / "warc", links, stats)
         n_docs = _write_parquet(out / DOCUMENTS, documents)
-        counts = frontier.counts()
-        failures = frontier.failures_by_reason()
+        counts, tally, due = frontier.counts(), frontier.tally(links), frontier.next_due(links)
         if not n_docs:
-            raise Gpt2Error(f"no document was extracted: {_why_no_documents(stats, frontier.tally(links))}")
+            raise Gpt2Error(f"no document was extracted: {_why_no_documents(stats, tally)}")
     stats["documents"] = n_docs
     summary: dict[str, Any] = dict(sorted(stats.items()))
-    summary.update({f"frontier_{k}": v for k, v in counts.items()})
-    summary.update({f"failed_{k}": v for k, v in sorted(failures.items())})
+    summary.update({f"frontier_{k}": v for k, v in counts.items()})  # the whole crawl's, every run's links
+    summary.update({k: v for k, v in sorted(tally.items()) if k.startswith("failed_")})  # this run's links
+    summary["links_pending"] = tally["pending"]
+    if due is not None:
+        summary[RETRY_DUE] = _iso(due)
     return summary
 
 
@@ -185,15 +201,19 @@ def _crawl(
     pending = frontier.claim(len(links), time.time(), among=links)
     if not pending:
         return
-    by_requested = {row.original_url: row.url for row in pending}
+    by_requested = {row.original_url: row for row in pending}
     with progress("fetching", total=len(pending), unit="pages") as bar:
 
         def on_result(result: FetchResult) -> None:
-            url = by_requested.get(result.url) or normalize_url(result.url) or result.url
+            row = by_requested.get(result.url)
+            url = row.url if row else normalize_url(result.url) or result.url
             bar.advance()
             if not result.ok:
                 stats[f"fetch_{result.error}"] += 1
-                retry_at = time.time() + max(result.retry_after or 0.0, 600.0) if result.retryable else None
+                runs = (row.attempts if row else 0) + 1  # runs that have tried it, this one included
+                retry_at = None
+                if result.retryable and runs < MAX_RUNS_PER_URL:  # later runs, further and further apart
+                    retry_at = time.time() + max(result.retry_after or 0.0, RETRY_BASE_S * 2 ** (runs - 1))
                 frontier.mark_failed(url, result.error or "unknown", retry_at)
                 return
             body = result.body or b""
@@ -204,7 +224,8 @@ def _crawl(
                 headers=result.headers,
                 body=body,
                 request_headers=result.request_headers,
-                requested_url=result.url,
+                requested_url=wire_url(result.url),
+                protocol=result.protocol,
             )
             frontier.mark_done(
                 url,
@@ -276,7 +297,7 @@ def _archived_documents(
             log.warning("%s: archived record unreadable (%s); it is fetched again in the next run", row.url, e)
             damaged.append(row.url)
             continue
-        doc = _document(link, row.final_url or row.url, row.http_status, row.content_type, row.fetched_at,
+        doc = _document(link, row.final_url or row.url, row.http_status, response.content_type, row.fetched_at,
                         response.body, stats)  # fmt: skip
         if doc is not None:
             yield doc
@@ -285,7 +306,10 @@ def _archived_documents(
 
 def _document(link: Link, final_url: str, status: int | None, content_type: str | None, fetched_at: str | None,
               body: bytes, stats: Counter[str]) -> dict[str, Any] | None:  # fmt: skip
-    page = extract(body, url=final_url)
+    """The row of one archived page; ``content_type``: the response's Content-Type header (its charset counts)."""
+    media, charset = split_content_type(content_type)
+    read = extract_plain if media == "text/plain" else extract
+    page = read(body, url=final_url, charset=charset)
     if not page.text.strip():
         stats["empty_text"] += 1
         return None
@@ -299,7 +323,7 @@ def _document(link: Link, final_url: str, status: int | None, content_type: str 
         "created_utc": link.created_utc,
         "fetched_at": fetched_at,
         "http_status": status,
-        "content_type": content_type,
+        "content_type": media,
         "title": page.title,
         "text": page.text,
         "language": page.language,

@@ -71,6 +71,10 @@ def _archive_headers(headers: Iterable[tuple[str, str]], body_length: int) -> li
     return out
 
 
+def _ascii(text: str) -> str:
+    return "".join(c for c in text if " " <= c <= "~")
+
+
 class WarcArchive:
     """Append-only, crash-safe WARC writer over numbered files in one directory."""
 
@@ -161,8 +165,11 @@ class WarcArchive:
         body: bytes,
         request_headers: Iterable[tuple[str, str]] | Mapping[str, str] = (),
         requested_url: str | None = None,
+        protocol: str = "HTTP/1.1",
     ) -> WarcLocation:
-        """Append a request + response record pair and fsync them; returns the response record's place."""
+        """Append a request + response record pair and fsync them; returns the response record's place. ``url``
+        is the URI requested on the wire (ASCII); a status line's reason phrase is kept in its ASCII characters
+        (a WARC's HTTP head is ASCII; the phrase means nothing to a reader)."""
         f = self._open_current()
         start = f.tell()
         writer = WARCWriter(f, gzip=True, warc_version="1.1")
@@ -193,7 +200,7 @@ class WarcArchive:
                     **extra,
                 },
                 http_headers=StatusAndHeaders(
-                    f"{status} {reason}".strip(), _archive_headers(resp_list, len(body)), protocol="HTTP/1.1"
+                    f"{status} {_ascii(reason)}".strip(), _archive_headers(resp_list, len(body)), protocol=protocol
                 ),
             )
             writer.write_record(response)
