@@ -238,6 +238,20 @@ def test_a_damaged_crawl_archive_is_fetched_again(home: Path, three_pages: Path)
     assert json.loads(again.stdout)["summary"]["fetched"] == 3 and len(rows(home, "raw-docs@v2")) == 3
 
 
+def test_a_crawl_archive_cut_short_loses_only_its_tail(home: Path, three_pages: Path):
+    """A WARC shorter than its committed records (a bad copy, a disk fault) used to stop every later run: the pages
+    whose records it lost are fetched again, the others read back, and new records never take the lost offsets."""
+    assert run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE).returncode == 0
+    (warc,) = (home / "raw-docs" / ".crawl" / "warc").glob("*.warc.gz")
+    warc.write_bytes(warc.read_bytes()[:-100])  # the last record's tail
+    again = run_cli(home, "scrape-reddit", "--urls", str(three_pages), *LIVE, "--force")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert (summary["warc_lost"], summary["fetched"]) == (1, 1), summary
+    assert sorted(d["final_url"] for d in rows(home, "raw-docs@v2")) == sorted(three_pages.read_text().split())
+    assert [d["text"] for d in rows(home, "raw-docs@v2")] == [d["text"] for d in rows(home, "raw-docs@v1")]
+
+
 @pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])
 def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path, tmp_path: Path, kind: str):
     """A wrong --replay path must not mark every link of the run as not archived."""

@@ -253,6 +253,13 @@ class Frontier:
         for chunk in batched(urls, _IN_CHUNK):
             yield from self._db.execute(f"{query} ({', '.join('?' * len(chunk))})", (*params, *chunk))
 
+    def done_beyond(self, warc_file: str, end: int) -> list[str]:
+        """The done URLs whose record in ``warc_file`` does not lie wholly within its first ``end`` bytes."""
+        return [url for (url,) in self._db.execute(
+            "SELECT url FROM urls WHERE status = 'done' AND warc_file = ? AND warc_offset + warc_length > ?",
+            (warc_file, end),
+        )]  # fmt: skip
+
     def warc_committed_ends(self) -> dict[str, int]:
         """Per WARC file, the end of the last record a done row points at: the file's committed length.
 

@@ -29,7 +29,7 @@ from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
 from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
-from gpt2cli.scrape.warc import WarcArchive, iter_responses, read_record_at, unreadable_reason
+from gpt2cli.scrape.warc import WarcArchive, complete_length, iter_responses, read_record_at, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
         else:
             frontier.requeue("not_archived")  # a replay's verdict; the live web may well have the page
             frontier.reopen()  # pages a replay supplied from an archive that is not this crawl's
+            stats["warc_lost"] += _reopen_lost(frontier, crawl / "warc")
             archive = WarcArchive(crawl / "warc", prefix="crawl", committed=frontier.warc_committed_ends())
             try:
                 _crawl(frontier, archive, Fetcher(fetch), links, stats)
@@ -241,6 +242,22 @@ def _crawl(
             stats["fetched"] += 1
 
         fetcher.fetch_many([row.original_url for row in pending], on_result)
+
+
+def _reopen_lost(frontier: Frontier, warc_dir: Path) -> int:
+    """Put back to pending the pages whose records a crawl WARC lost (the file cut short or gone: a disk fault, a
+    bad copy), before anything is appended: a new record would take their offsets, and be read back as theirs.
+    The file is then cut after its last complete record, and those pages are fetched again."""
+    lost: list[str] = []
+    for name, end in frontier.warc_committed_ends().items():
+        path = warc_dir / name
+        size = path.stat().st_size if path.exists() else 0
+        if size < end:
+            intact = complete_length(path) if path.exists() else 0
+            log.warning("%s lost records past byte %d (%d bytes of %d committed): fetching them again",
+                        path, intact, size, end)  # fmt: skip
+            lost += frontier.done_beyond(name, intact)
+    return frontier.reopen(lost)
 
 
 def _iso(timestamp: float) -> str:
