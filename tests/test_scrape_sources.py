@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import lzma
+import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -272,6 +273,75 @@ def test_corrupt_file_is_counted(tmp_path: Path) -> None:
     assert stats["corrupt_files"] == 1
 
 
+def _zstd_frames(*parts: bytes) -> bytes:
+    """One real zstd frame (content checksum included) per part, concatenated."""
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    return b"".join(compressor.compress(part) for part in parts)
+
+
+_JUNK = b"\x00" * 16 + bytes(range(1, 256)) * 4  # zero bytes, then what no compressor starts a stream with
+_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    ".zst": _zstd_frames,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".gz": gzip.compress,
+}
+
+
+@pytest.mark.parametrize("suffix", list(_COMPRESSORS))
+def test_junk_after_the_last_stream_is_counted_and_what_precedes_it_kept(tmp_path: Path, suffix: str) -> None:
+    """Junk after a complete stream is damage like any other: counted as a corrupt file, every record before it
+    kept (bz2 and xz used to drop it silently, zstd to drop the records of the chunk that held it)."""
+    records = _records(300)
+    path = tmp_path / f"RS_junk{suffix}"
+    path.write_bytes(_COMPRESSORS[suffix](_ndjson(records)) + _JUNK)
+    stats: Counter[str] = Counter()
+    assert [s.id for s in read_dump(path, stats)] == [r["id"] for r in records]
+    assert stats["corrupt_files"] == 1 and "truncated_files" not in stats
+
+
+@pytest.mark.parametrize("suffix", list(_COMPRESSORS))
+def test_concatenated_streams_and_zero_padding_are_read_whole(tmp_path: Path, suffix: str) -> None:
+    """Several streams in one file (pbzip2, pixz, zstd's frames) are one dump; NUL padding between or after them
+    (xz's stream padding, a file rounded up to a block) is no damage."""
+    records = _records(90)
+    compress = _COMPRESSORS[suffix]
+    parts = [compress(_ndjson(records[i : i + 30])) for i in range(0, 90, 30)]
+    path = tmp_path / f"RS_multi{suffix}"
+    path.write_bytes(parts[0] + parts[1] + b"\x00" * 8 + parts[2] + b"\x00" * 12)
+    stats: Counter[str] = Counter()
+    assert [s.id for s in read_dump(path, stats)] == [r["id"] for r in records]
+    assert stats == Counter(files=1, lines=90, records=90)
+
+
+def test_zstd_complete_frames_before_damage_are_kept(tmp_path: Path) -> None:
+    """Small frames share one read of the file: the damaged one must not take the good ones before it along."""
+    records = _records(400)
+    frames = [_ndjson(records[i : i + 100]) for i in range(0, 400, 100)]
+    damaged = bytearray(_zstd_frames(frames[2]))
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 40] = bytes(range(1, 41))
+    path = tmp_path / "RS_damaged.zst"
+    path.write_bytes(_zstd_frames(frames[0], frames[1]) + bytes(damaged) + _zstd_frames(frames[3]))
+    assert path.stat().st_size < 1 << 16  # all four frames in one read
+    stats: Counter[str] = Counter()
+    ids = [s.id for s in read_dump(path, stats)]
+    assert ids[:200] == [r["id"] for r in records[:200]]
+    assert not set(ids) & {r["id"] for r in records[300:]}  # nothing after the damage
+    assert stats["corrupt_files"] == 1
+
+
+def test_zstd_one_big_frame_then_junk_keeps_all_its_records(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    records = [{**r, "title": rng.randbytes(16).hex()} for r in _records(20_000)]  # titles zstd cannot shrink
+    blob = _zstd_frames(_ndjson(records))
+    assert len(blob) > 3 << 16  # the frame spans several reads; its end shares the last one with the junk
+    path = tmp_path / "RS_big.zst"
+    path.write_bytes(blob + _JUNK)
+    stats: Counter[str] = Counter()
+    assert [s.id for s in read_dump(path, stats)] == [r["id"] for r in records]
+    assert stats["corrupt_files"] == 1
+
+
 def test_malformed_records_are_counted_never_fatal(tmp_path: Path) -> None:
     lines = [
         '{"id": "a", "url": "http://a.com/", "score": 10, "created_utc": 1500000000}',
@@ -334,6 +404,35 @@ def test_pathological_records_are_counted_never_fatal(tmp_path: Path) -> None:
     assert subs["t"].subreddit is None and (subs["k"].score, subs["k"].created_utc) == (4, 1_500_000_000)
     assert stats["bad_json"] == 3 and stats["missing_url"] == 1
     assert stats["score_invalid"] == 3 and stats["created_utc_invalid"] == 3
+
+
+def test_lone_surrogates_are_counted_never_stored(tmp_path: Path) -> None:
+    """JSON's lone-surrogate escapes decode to text no UTF-8 store accepts (SQLite, Parquet): a record that
+    would carry one into the frontier or documents.parquet is skipped as ``bad_unicode``; one in a field the
+    stage never stores (title, domain) only loses that field; one in a field never read does not matter."""
+    lines = [
+        r'{"id": "a", "url": "http://a.com/\ud800", "score": 5}',
+        r'{"id": "b\udc80", "url": "http://b.com/", "score": 5}',
+        r'{"id": "c", "url": "http://c.com/", "subreddit": "news\ud83d", "score": 5}',
+        r'{"id": "d", "url": "http://d.com/", "title": "caf\udce9", "domain": "d\ud800.com", "score": 5}',
+        r'{"id": "e", "url": "http://e.com/", "selftext": "\udfff", "author": "\ud800", "score": 5}',
+        r'{"id": "f", "url": "http://f.com/\ud83d\ude00", "title": "\ud83d\ude00", "score": 5}',
+    ]
+    path = tmp_path / "RS_surrogates.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    stats: Counter[str] = Counter()
+    subs = {s.id: s for s in read_dump(path, stats)}
+    assert list(subs) == ["d", "e", "f"]
+    assert (subs["d"].title, subs["d"].domain) == (None, None)
+    assert subs["f"].url == "http://f.com/\U0001f600" and subs["f"].title == "\U0001f600"  # a valid pair
+    assert stats["bad_unicode"] == 3 and stats["records"] == 3
+    assert stats["title_invalid"] == 1 and stats["domain_invalid"] == 1
+    for sub in subs.values():
+        for value in vars(sub).values():
+            if isinstance(value, str):
+                value.encode("utf-8")
+    listing = {"kind": "t3", "data": {"id": "x", "url": "http://x.com/\ud800"}}
+    assert parse_listing({"kind": "Listing", "data": {"children": [listing], "after": None}}) == ([], None)
 
 
 def test_summed_score_stays_in_int64() -> None:

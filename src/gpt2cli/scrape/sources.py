@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import requests
 import zstandard
@@ -67,21 +67,30 @@ def submission_from_record(obj: dict[str, Any], source: str, stats: Counter[str]
     Numbers arrive as ints, floats or strings (old dumps), or null; a string that parses is used, one that
     does not becomes None. Each case is counted as ``{field}_from_string``, ``{field}_invalid`` or
     ``{field}_missing`` (missing or null) so a run's summary shows how clean its input was.
+
+    JSON's lone-surrogate escapes (``"\\ud800"``) decode to text that no UTF-8 store takes: the url, id and
+    subreddit go into the frontier and documents.parquet, so a record with one there is skipped (``bad_unicode``);
+    the title and domain are never stored, so one there only makes that field None (``{field}_invalid``).
+    Fields a Submission does not carry are never read, so they do not matter.
     """
     url = obj.get("url")
     if not isinstance(url, str) or not url.strip():
         stats["missing_url"] += 1
         return None
+    id_, subreddit = _text(obj.get("id")), _text(obj.get("subreddit"))
+    if not all(_encodable(text) for text in (url, id_, subreddit)):
+        stats["bad_unicode"] += 1
+        return None
     return Submission(
-        id=_text(obj.get("id")),
+        id=id_,
         url=url.strip(),
         score=_number(obj, "score", stats),
-        subreddit=_text(obj.get("subreddit")),
+        subreddit=subreddit,
         created_utc=_number(obj, "created_utc", stats),
         is_self=_flag(obj.get("is_self")),
         over_18=_flag(obj.get("over_18")),
-        domain=_text(obj.get("domain")),
-        title=_text(obj.get("title")),
+        domain=_unstored_text(obj, "domain", stats),
+        title=_unstored_text(obj, "title", stats),
         source=source,
     )
 
@@ -135,6 +144,25 @@ def _text(value: Any) -> str | None:
     return None
 
 
+def _encodable(text: str | None) -> bool:
+    """Whether ``text`` encodes as UTF-8, i.e. holds no lone surrogate."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unstored_text(obj: dict[str, Any], field: str, stats: Counter[str]) -> str | None:
+    """The text of a field the stage reads but never stores; None (counted) when it would not encode, so that
+    every string of a Submission is safe to store wherever a later use takes it."""
+    text = _text(obj.get(field))
+    if _encodable(text):
+        return text
+    stats[f"{field}_invalid"] += 1
+    return None
+
+
 def _flag(value: Any) -> bool:
     """Booleans as the dumps spell them: true/false, 1/0, "true"/"false"; missing or null is False."""
     if isinstance(value, str):
@@ -145,19 +173,59 @@ def _flag(value: Any) -> bool:
 # ------------------------------------------------------------------------------------------------ dumps
 
 
-class _ZstdFrames(io.RawIOBase):
-    """A zstd stream (any number of frames, long windows allowed) that raises EOFError when it ends
-    inside a frame.
+class _Decoder(Protocol):
+    """One compressed stream's decoder, as ``bz2.BZ2Decompressor`` and ``lzma.LZMADecompressor`` offer it."""
 
-    ``ZstdDecompressor.stream_reader`` silently returns end-of-file on a truncated file (zstandard 0.25),
-    which would hide a half-downloaded month; a ``decompressobj`` per frame reports whether the frame ended.
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+
+
+class _ZstdFrame:
+    """One zstd frame's decoder behind the stdlib's interface. zstandard's ``decompressobj`` takes no output
+    bound, so it decodes all the input it is given and never holds output back (``needs_input`` stays true)."""
+
+    needs_input = True
+
+    def __init__(self, dctx: zstandard.ZstdDecompressor) -> None:
+        self._obj = dctx.decompressobj()
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        return self._obj.decompress(data)
+
+
+class _Streams(io.RawIOBase):
+    """Concatenated compressed streams (zstd frames, bz2 or xz streams) read as one, with every kind of damage
+    raised, and raised only once all the output decoded before it has been read.
+
+    The stdlib's bz2 and lzma readers silently drop junk after the last stream (and a stream after xz's NUL
+    padding); ``ZstdDecompressor.stream_reader`` silently ends a truncated file (zstandard 0.25). Here a file
+    that ends inside a stream raises EOFError, and bytes after a stream that do not start another raise the
+    codec's error. Each step makes one decoder call on at most one chunk, so the output of complete streams is
+    handed out before the decoder sees what follows them. NUL bytes between or after streams are padding, as
+    gzip and xz allow: no stream starts with one.
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], new_decoder: Callable[[], _Decoder]) -> None:
         self._raw = raw
-        self._dctx = zstandard.ZstdDecompressor(max_window_size=2**31)  # Pushshift uses --long=31
-        self._dobj = self._dctx.decompressobj()
-        self._in_frame = False
+        self._new_decoder = new_decoder
+        self._decoder: _Decoder | None = None  # None between streams
+        self._input = b""  # read from the file, not yet given to a decoder
         self._out = b""
         self._pos = 0
         self._eof = False
@@ -169,34 +237,56 @@ class _ZstdFrames(io.RawIOBase):
         while self._pos >= len(self._out):
             if self._eof:
                 return 0
-            chunk = self._raw.read(_CHUNK)
-            if not chunk:
-                self._eof = True
-                if self._in_frame:
-                    raise EOFError("zstd stream ends inside a frame (truncated file)")
-                return 0
-            self._out, self._pos = self._decompress(chunk), 0
+            self._out, self._pos = self._decode(), 0
         view = memoryview(buffer).cast("B")
         n = min(len(view), len(self._out) - self._pos)
         view[:n] = self._out[self._pos : self._pos + n]
         self._pos += n
         return n
 
-    def _decompress(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        while data:
-            self._in_frame = True
-            out.append(self._dobj.decompress(data))
-            data = b""
-            if self._dobj.eof:  # frame complete: the rest (if any) starts the next frame
-                data = self._dobj.unused_data
-                self._dobj = self._dctx.decompressobj()
-                self._in_frame = False
-        return b"".join(out)
+    def _decode(self) -> bytes:
+        """The next piece of output, maybe empty; sets ``_eof`` after the last stream."""
+        decoder = self._decoder or self._next_stream()
+        if decoder is None:
+            self._eof = True
+            return b""
+        data = b""
+        if decoder.needs_input:
+            data, self._input = self._input or self._raw.read(_CHUNK), b""
+            if not data:
+                raise EOFError("the file ends inside a compressed stream (truncated)")
+        out = decoder.decompress(data, _CHUNK)  # the bound keeps a decompression bomb out of memory
+        if decoder.eof:
+            self._input, self._decoder = decoder.unused_data, None
+        return out
+
+    def _next_stream(self) -> _Decoder | None:
+        """A decoder for the next stream; None when nothing but padding follows the last one."""
+        data = self._input.lstrip(b"\0")
+        while not data:
+            data = self._raw.read(_CHUNK)
+            if not data:
+                return None
+            data = data.lstrip(b"\0")
+        self._input, self._decoder = data, self._new_decoder()
+        return self._decoder
 
     def close(self) -> None:
         self._raw.close()
         super().close()
+
+
+def _stream_decoders(suffix: str) -> Callable[[], _Decoder] | None:
+    """A maker of one decoder per stream for a file with ``suffix``; None for the formats :class:`_Streams` does
+    not read (gzip's reader already counts junk after its last member as damage)."""
+    if suffix == ".bz2":
+        return bz2.BZ2Decompressor
+    if suffix == ".xz":
+        return lzma.LZMADecompressor
+    if suffix == ".zst":
+        dctx = zstandard.ZstdDecompressor(max_window_size=2**31)  # Pushshift uses --long=31
+        return lambda: _ZstdFrame(dctx)
+    return None
 
 
 def open_text(path: Path) -> IO[str]:
@@ -205,14 +295,11 @@ def open_text(path: Path) -> IO[str]:
     Undecodable bytes become U+FFFD instead of failing: the JSON parser then sees them as text.
     """
     suffix = path.suffix.lower()
+    new_decoder = _stream_decoders(suffix)
     try:
-        if suffix == ".zst":
-            raw = open(path, "rb")  # noqa: SIM115 (closed by the returned stream)
-            return io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), _CHUNK), encoding="utf-8", errors="replace")
-        if suffix == ".bz2":
-            return bz2.open(path, "rt", encoding="utf-8", errors="replace")
-        if suffix == ".xz":
-            return lzma.open(path, "rt", encoding="utf-8", errors="replace")
+        if new_decoder is not None:
+            streams = _Streams(open(path, "rb"), new_decoder)  # noqa: SIM115 (closed by the returned stream)
+            return io.TextIOWrapper(io.BufferedReader(streams, _CHUNK), encoding="utf-8", errors="replace")
         if suffix == ".gz":
             return gzip.open(path, "rt", encoding="utf-8", errors="replace")
         return open(path, encoding="utf-8", errors="replace")
@@ -228,8 +315,8 @@ _STREAM_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error, zstandard.ZstdE
 def read_dump(path: Path, stats: Counter[str]) -> Iterator[Submission]:
     """The submissions of one NDJSON dump (Pushshift, Arctic Shift), streamed.
 
-    Counts ``files``, ``lines``, ``bad_json``, ``not_object``, ``missing_url`` and the number problems of
-    :func:`submission_from_record`; ``records`` are the submissions yielded. A compressed file that ends
+    Counts ``files``, ``lines``, ``bad_json``, ``not_object``, ``missing_url``, ``bad_unicode`` and the field
+    problems of :func:`submission_from_record`; ``records`` are the submissions yielded. A compressed file that ends
     early (``truncated_files``) or turns corrupt (``corrupt_files``) keeps what was read before the damage.
     """
     path = Path(path)
