@@ -164,7 +164,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
 
 def _why_no_documents(stats: Counter[str], tally: Counter[str]) -> str:
     """The counts that explain an empty result, for its one-line error (no summary is printed then)."""
-    malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url"))
+    malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url", "bad_unicode"))
     filtered = _reasons(stats, "filtered")
     parts = [
         f"{stats['submissions_seen']} submissions" + (f" ({malformed} malformed records skipped)" if malformed else "")
