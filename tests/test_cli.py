@@ -474,7 +474,10 @@ def test_refresh_checks_each_stage_value_type_before_the_first_stage(gpt2, home:
             "[tokenize]\nbatch-docs = 0\n",
             "--batch-docs must be at least 1, got 0 (from {config} [tokenize] batch-docs)",
         ),
-        ("[scrape-reddit]\nper_host_interval = -1.0\n", "--per-host-interval must be a number of seconds >= 0"),
+        (
+            "[scrape-reddit]\nper_host_interval = -1.0\n",
+            "--per-host-interval must be a number of seconds in [0, 86400], got -1.0 (from {config}",
+        ),
         ('[scrape-reddit]\nsince = "2018-01-01"\nuntil = "2017-01-01"\n', "--since 2018-01-01 is after --until"),
     ],
 )
