@@ -209,6 +209,23 @@ def test_load_from_directory(gpt2: Tokenizer, tmp_path: Path):
     assert Tokenizer.load(tmp_path).encode("Hello world") == [15496, 995]
 
 
+def test_load_from_a_tokenizer_json_alone(gpt2: Tokenizer, tmp_path: Path):
+    """What recent transformers save: tokenizer.json only, its merges as strings or (newer) as pairs."""
+    gpt2.save(tmp_path)
+    for name in ("encoder.json", "vocab.bpe"):
+        (tmp_path / name).unlink()
+    loaded = Tokenizer.load(tmp_path)
+    assert (loaded.vocab, loaded.merges, loaded.special_tokens) == (gpt2.vocab, gpt2.merges, gpt2.special_tokens)
+    raw = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    raw["model"]["merges"] = [m.split(" ") for m in raw["model"]["merges"]]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(raw), encoding="utf-8")
+    assert Tokenizer.load(tmp_path).encode("Hello world<|endoftext|>", allowed_special="all") == [15496, 995, 50256]
+    raw["model"] = {"type": "WordPiece", "vocab": {}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(Gpt2Error, match=r"tokenizer.json: its model is 'WordPiece', not a byte-level BPE"):
+        Tokenizer.load(tmp_path)
+
+
 def test_mismatched_vocab_bpe_is_a_clear_error(tmp_path: Path, gpt2_files):
     encoder = json.loads(gpt2_files[0].read_text())
     order = [t for t in sorted(encoder, key=encoder.get) if t != "Ġthe"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2cli.artifacts import Artifact, Store, artifact_input
+from gpt2cli.artifacts import Artifact, Store, artifact_input, sha256_file
 from gpt2cli.bpe.shards import HEADER, TokenShard
 from gpt2cli.model import GPT
 from gpt2cli.train.config import TrainConfig
@@ -227,6 +227,11 @@ def test_export_hf_loads_in_transformers(home: Path, tmp_path: Path):
     text = (SAMPLE / "002-pork-and-chive-dumplings.txt").read_text(encoding="utf-8")
     assert hf_tok(text)["input_ids"] == tok.encode(text)
     assert hf_tok.eos_token_id == tok.eot_id
+    saved = tmp_path / "saved"  # what transformers writes back (recent versions: tokenizer.json alone) samples too
+    hf.save_pretrained(saved)
+    hf_tok.save_pretrained(saved)
+    assert Tokenizer.load(saved).encode(text) == tok.encode(text)
+    assert run_cli(home, "sample", str(saved), "--prompt", "The", "--max-new-tokens", "3").returncode == 0
     again = run_cli(home, "export", "model", "--out", str(out))
     assert again.returncode == 2 and "pass --force" in again.stderr
     assert run_cli(home, "export", "model", "--out", str(out), "--format", "onnx").returncode == 2
@@ -286,7 +291,7 @@ def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     again = run_cli(home, *args, "--force")
     assert again.returncode == 0, again.stderr
-    assert "step-00000010/state.pt is unreadable" in again.stderr and "(step 5)" in again.stderr
+    assert "step-00000010/state.pt is damaged" in again.stderr and "(step 5)" in again.stderr
     assert losses(home, "model@v2") == straight
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 11))
@@ -298,6 +303,70 @@ def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path
     assert "gpt2: error: no checkpoint of this run" in result.err and "--restart" in result.err
 
 
+def test_a_checkpoint_with_a_flipped_byte_is_skipped(home: Path):
+    """torch.load reads a flipped byte in a tensor as a different model: the checkpoint's sha256 catches it."""
+    args = ["pretrain", *FAST, "--max-steps", "10"]
+    assert run_cli(home, *args).returncode == 0
+    straight = losses(home)
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    path = run_dir / "step-00000010" / "state.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) * 3 // 5] ^= 0x40  # inside the tensors' data, which the zip format does not check
+    path.write_bytes(bytes(data))
+    again = run_cli(home, *args, "--force")
+    assert again.returncode == 0, again.stderr
+    assert "state.pt is damaged (its sha256 differs" in again.stderr and "(step 5)" in again.stderr
+    assert losses(home, "model@v2") == straight
+
+
+def test_a_non_finite_gradient_never_reaches_the_weights(home: Path, gpt2, monkeypatch: pytest.MonkeyPatch):
+    """A finite loss can come with an overflowing gradient: the run stops before the optimizer applies it, so the
+    checkpoint it names as the last good one is good, and the same command continues from it."""
+    straight_home = home.parent / "straight"
+    shutil.copytree(home, straight_home)
+    args = ["pretrain", *FAST, "--max-steps", "6", "--checkpoint-every", "1"]
+    assert run_cli(straight_home, *args).returncode == 0
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def poisoned(parameters, *rest, **kw):
+        parameters = list(parameters)
+        calls.append(len(calls) + 1)
+        if len(calls) == 4:  # step 4's gradient overflows
+            parameters[0].grad.fill_(float("inf"))
+        return real(parameters, *rest, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    result = gpt2(*args)
+    assert result.code == 1 and "gradient norm is inf at step 4: stopped" in result.err, result.err
+    assert "the last good checkpoint (step-00000003) is kept" in result.err
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    state = torch.load(run_dir / "step-00000003" / "state.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (run_dir / "step-00000004").exists()
+    monkeypatch.undo()
+    again = run_cli(home, *args)
+    assert again.returncode == 0 and "(step 3)" in again.stderr, again.stderr
+    assert losses(home) == losses(straight_home)
+
+
+def test_restart_deletes_the_runs_checkpoints_and_rotation_keeps_later_steps(home: Path):
+    """--restart's checkpoints are never rotated away in favour of the discarded ones (whose higher step numbers
+    would win), and a rerun with an earlier --max-steps keeps the later checkpoints of the same run."""
+    args = ["pretrain", *FAST, "--lr-decay-steps", "10"]  # one schedule: one run, however far each goes
+    assert run_cli(home, *args, "--max-steps", "10").returncode == 0
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    steps = lambda: sorted(p.name for p in run_dir.glob("step-*"))  # noqa: E731
+    assert steps() == ["step-00000005", "step-00000010"]
+    short = run_cli(home, *args, "--max-steps", "4", "--checkpoint-every", "2")
+    assert short.returncode == 0, short.stderr
+    assert steps() == ["step-00000002", "step-00000004", "step-00000005", "step-00000010"]
+    restarted = run_cli(home, *args, "--max-steps", "3", "--checkpoint-every", "1", "--restart")
+    assert restarted.returncode == 0 and "deleted the run's 4 checkpoints" in restarted.stderr, restarted.stderr
+    assert steps() == ["step-00000002", "step-00000003"]
+    resumed = run_cli(home, *args, "--max-steps", "10", "--force")
+    assert resumed.returncode == 0 and "(step 3)" in resumed.stderr, resumed.stderr
+
+
 def test_a_checkpoint_that_does_not_fit_the_model_falls_back(home: Path):
     args = ["pretrain", *FAST, "--max-steps", "10"]
     assert run_cli(home, *args).returncode == 0
@@ -306,6 +375,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_falls_back(home: Path):
     path = run_dir / "step-00000010" / "state.pt"
     state = torch.load(path, weights_only=True)
     torch.save({**state, "model": {"x": torch.zeros(1)}}, path)  # a readable file of another model
+    (path.parent / "state.pt.sha256").write_text(sha256_file(path))
     again = run_cli(home, *args, "--force")
     assert again.returncode == 0, again.stderr
     assert "does not fit this model and optimizer" in again.stderr and "(step 5)" in again.stderr

@@ -49,6 +49,10 @@ def one_line_usage_error(result: Any, *words: str) -> None:
         ["--sample-tokens", "-1"],
         ["--seed", "-1"],
         ["--device", "tpu"],
+        ["--learning-rate", "1e39"],  # finite, but no float32: the optimizer's tensor would overflow
+        ["--min-lr", "1e39"],
+        ["--min-lr", "0.01", "--learning-rate", "0.001"],  # the decay would rise
+        ["--n-ctx", "99999999999999999"],
     ],
 )
 def test_bad_values_are_one_line_usage_errors(gpt2, flags: list[str]):
@@ -73,6 +77,7 @@ def test_a_missing_cuda_is_a_usage_error(gpt2, monkeypatch: pytest.MonkeyPatch):
         ("max_steps = 3\n[pretrain]\nseed = 7", "max_steps"),  # a top-level key beside [pretrain]
         ("dedupe = 3\n[pretrain]\nseed = 7", "dedupe"),  # a command's name, but not a table
         ("[pretrain]\nseed = 7\n[bogus]\nx = 1", "bogus"),
+        ("max_steps = 3\nmax-steps = 4", "max_steps is set twice"),
     ],
 )
 def test_bad_config_files_are_one_line_usage_errors(gpt2, trained, tmp_path: Path, toml: str, named: str):

@@ -173,6 +173,13 @@ def bpe_merge(piece: bytes, merge_ranks: dict[Merge, int]) -> list[bytes]:
     return [p for p in parts if p is not None]
 
 
+def _merge(line: str, where: str) -> Merge:
+    pair = line.split(" ")
+    if len(pair) != 2:
+        raise Gpt2Error(f"{where}: a merge is two tokens separated by one space: {line!r}")
+    return str_to_token(pair[0]), str_to_token(pair[1])
+
+
 class Tokenizer:
     """A byte-level BPE vocabulary: 256 byte tokens, merges in rank order, special tokens last."""
 
@@ -216,21 +223,39 @@ class Tokenizer:
         for lineno, line in enumerate(lines, 1):
             if (lineno == 1 and line.startswith("#version")) or not line.strip():
                 continue
-            pair = line.split(" ")
-            if len(pair) != 2:
-                raise Gpt2Error(f"{vocab_bpe}:{lineno}: a merge is two tokens separated by one space: {line!r}")
-            merges.append((str_to_token(pair[0]), str_to_token(pair[1])))
-        special = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
-        vocab = {str_to_token(t): i for t, i in encoder.items() if t not in special}
+            merges.append(_merge(line, f"{vocab_bpe}:{lineno}"))
+        return cls._from_encoder(encoder, merges, f"{vocab_bpe} does not match {encoder_json}")
+
+    @classmethod
+    def from_tokenizer_json(cls, path: Path | str) -> Tokenizer:
+        """Read a Hugging Face ``tokenizer.json`` of a byte-level BPE (all recent transformers save of GPT-2)."""
         try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            model, added = raw["model"], raw.get("added_tokens") or []
+            if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+                raise ValueError(f"its model is {model.get('type')!r}, not a byte-level BPE")
+            encoder = {**model["vocab"], **{t["content"]: t["id"] for t in added}}
+            merges = [_merge(m if isinstance(m, str) else " ".join(m), f"{path}: merge {k}")
+                      for k, m in enumerate(model.get("merges") or [])]  # fmt: skip
+        except Gpt2Error:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise Gpt2Error(f"cannot read {path}: {e}") from None
+        return cls._from_encoder(encoder, merges, f"{path}")
+
+    @classmethod
+    def _from_encoder(cls, encoder: dict[str, int], merges: list[Merge], where: str) -> Tokenizer:
+        special = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
+        try:
+            vocab = {str_to_token(t): i for t, i in encoder.items() if t not in special}
             return cls(vocab, merges, special)
         except Gpt2Error as e:
-            raise Gpt2Error(f"{vocab_bpe} does not match {encoder_json}: {e}") from None
+            raise Gpt2Error(f"{where}: {e}") from None
 
     @classmethod
     def load(cls, source: Any) -> Tokenizer:
         """From an artifact that carries a tokenizer (tokenizer, model), a reference to one, or a directory
-        with GPT-2's encoder.json + vocab.bpe or Hugging Face's vocab.json + merges.txt."""
+        with GPT-2's encoder.json + vocab.bpe, or Hugging Face's vocab.json + merges.txt or tokenizer.json."""
         from gpt2cli.artifacts import Artifact, Store
 
         if isinstance(source, Artifact):
@@ -242,7 +267,11 @@ class Tokenizer:
         for encoder, merges in ((ENCODER_JSON, VOCAB_BPE), ("vocab.json", "merges.txt")):
             if (directory / encoder).is_file() and (directory / merges).is_file():
                 return cls.from_files(directory / encoder, directory / merges)
-        raise Gpt2Error(f"{directory} has no tokenizer files (encoder.json + vocab.bpe, or vocab.json + merges.txt)")
+        if (directory / TOKENIZER_JSON).is_file():
+            return cls.from_tokenizer_json(directory / TOKENIZER_JSON)
+        raise Gpt2Error(
+            f"{directory} has no tokenizer files (encoder.json + vocab.bpe, vocab.json + merges.txt, or tokenizer.json)"
+        )
 
     def _check(self) -> None:
         ids = [*self.vocab.values(), *self.special_tokens.values()]

@@ -1,7 +1,8 @@
 """Training checkpoints: everything a run needs to continue bit-exactly, written atomically.
 
 A checkpoint is a directory ``step-00000100/state.pt`` that appears by ``rename`` only once it is fully
-written and synced, so a kill -9 during a save leaves the previous checkpoints untouched.
+written and synced, so a kill -9 during a save leaves the previous checkpoints untouched. ``state.pt.sha256``
+beside it catches damage torch.load would not notice (a flipped byte in a tensor loads as a different model).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from gpt2cli.artifacts import sha256_file
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.train.runs import STATE, STEP_DIR
 
@@ -29,6 +31,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    with open(tmp / _CHECKSUM, "w") as f:
+        f.write(sha256_file(tmp / STATE) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     if final.exists():  # an earlier attempt reached this step: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -37,9 +43,28 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
         os.fsync(fd)
     finally:
         os.close(fd)
-    for old in checkpoints(run_dir)[:-keep]:
+    # the newest `keep` up to this step stay; later steps stay too (a rerun with an earlier --max-steps makes
+    # the same ones again), and so do directories a kill left half deleted, removed here
+    earlier = [p for p in checkpoints(run_dir) if _step_of(p) < step]
+    for old in earlier[: max(0, len(earlier) - (keep - 1))] + _half_deleted(run_dir):
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def discard_checkpoints(run_dir: Path) -> int:
+    """Delete every checkpoint of a run (``--restart``: they must not be resumed from later); how many."""
+    found = checkpoints(run_dir)
+    for path in found + _half_deleted(run_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    return len(found)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name[5:])
+
+
+def _half_deleted(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if _STEP.match(p.name) and not (p / STATE).is_file()]
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -53,7 +78,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def usable_checkpoints(run_dir: Path, max_step: int) -> list[Path]:
     """Checkpoints at or before ``max_step``, newest first."""
-    return [p for p in reversed(checkpoints(run_dir)) if int(p.name[5:]) <= max_step]
+    return [p for p in reversed(checkpoints(run_dir)) if _step_of(p) <= max_step]
 
 
 def latest_checkpoint(run_dir: Path, max_step: int) -> Path | None:
@@ -66,6 +91,11 @@ class CheckpointError(Gpt2Error):
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    checksum = path / _CHECKSUM
+    if checksum.is_file():  # checkpoints of earlier releases have none
+        expected = checksum.read_text().strip()
+        if sha256_file(path / STATE) != expected:
+            raise CheckpointError(f"{path / STATE} is damaged (its sha256 differs from {checksum.name})")
     try:
         state = torch.load(path / STATE, map_location=device, weights_only=True)
     except Exception as e:  # a damaged file fails in many ways (zip, pickle, storage errors); all mean unreadable
@@ -77,3 +107,4 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 
 _KEYS = {"step", "model", "optimizer", "rng", "history"}
+_CHECKSUM = STATE + ".sha256"

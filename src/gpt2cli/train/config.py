@@ -67,8 +67,8 @@ class TrainConfig:
         """Reject values that would otherwise crash deep inside training or silently mean something else."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"{_flag(f.name)} must be a finite number, got {value}")
+            if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+                raise UsageError(f"{_flag(f.name)} must be a finite number within float32's range, got {value}")
         at_least = {"micro_batch": 1, "global_batch_tokens": 1, "max_steps": 1, "eval_every": 1, "eval_batches": 1,
                     "checkpoint_every": 1, "keep_checkpoints": 1, "log_every": 1, "warmup_steps": 0,
                     "sample_tokens": 0, "seed": 0}  # fmt: skip
@@ -78,10 +78,15 @@ class TrainConfig:
         for name in ("n_ctx", "seq_len", "lr_decay_steps"):  # None means the default; 0 must not mean it too
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_ctx", "seq_len"):  # a context's position table and attention must fit in memory
+            if (getattr(self, name) or 0) > MAX_CONTEXT:
+                raise UsageError(f"{_flag(name)} must be at most {MAX_CONTEXT:,}, got {getattr(self, name):,}")
         if self.seed >= 2**63:
             raise UsageError(f"seed must be below 2**63, got {self.seed}")
         if self.learning_rate <= 0:
             raise UsageError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if self.min_lr > self.learning_rate:
+            raise UsageError(f"min-lr {self.min_lr} is above learning-rate {self.learning_rate}: the decay would rise")
         for name in ("min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -95,6 +100,8 @@ class TrainConfig:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_FLOAT32_MAX = 3.4028234663852886e38  # settings become float32 tensors (the optimizer's learning rate)
+MAX_CONTEXT = 1 << 20
 
 
 def _flag(name: str) -> str:
@@ -153,6 +160,8 @@ def _read_table(path: Path, commands: Collection[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
+        if name in values:
+            raise UsageError(f"{path}: {name} is set twice (as {name.replace('_', '-')} and {name})")
         values[name] = _typed(value, types[name], f"{path}: {key}")
     return values
 

@@ -17,7 +17,7 @@ import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -30,6 +30,7 @@ from gpt2cli.model import GPT, GPTConfig, config_for, fast_dtype
 from gpt2cli.train import distributed
 from gpt2cli.train.checkpoint import (
     CheckpointError,
+    discard_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -291,6 +292,7 @@ def _train(run: _Run, resume: str) -> GPT:
                 row = _step(run, trained, optimizer, batches, step, flops_step, peak)
                 done = step + 1
                 if done % cfg.eval_every == 0 or done == cfg.max_steps:
+                    _check_weights(run, model, done)
                     row["val_loss"] = run.evaluate(trained)
                     if run.sharded or ctx.is_main:  # a sharded model needs every process for a forward pass
                         sample = run.sample(model, done)
@@ -301,6 +303,7 @@ def _train(run: _Run, resume: str) -> GPT:
                 bar.advance()
                 stop = _stop_requested(run)
                 if done % cfg.checkpoint_every == 0 or done == cfg.max_steps or stop:
+                    _check_weights(run, model, done)
                     run.checkpoint(done, model, optimizer)
                 if stop:
                     raise Terminated(
@@ -347,14 +350,12 @@ def _step(
     distributed.all_reduce_sum(loss_sum)
     mean_loss = loss_sum.item() / ctx.world
     if not math.isfinite(mean_loss):
-        last = latest_checkpoint(run.run_dir, step)
-        kept = f"the last good checkpoint ({last.name}) is kept in {run.run_dir}" if last else "no checkpoint yet"
-        raise Gpt2Error(
-            f"loss is {mean_loss} at step {step + 1}: stopped; {kept}; lower the learning rate or check the data"
-        )
+        _diverged(run, step + 1, f"loss is {mean_loss}")
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
+    if not math.isfinite(grad_norm):  # a finite loss can have an overflowing gradient: it must not reach the weights
+        _diverged(run, step + 1, f"gradient norm is {grad_norm}")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ctx.device.type == "cuda":
@@ -370,6 +371,22 @@ def _step(
         "mfu": flops_step / seconds / peak,
         "tokens_seen": (step + 1) * tokens,
     }
+
+
+def _diverged(run: _Run, step: int, what: str) -> NoReturn:
+    last = latest_checkpoint(run.run_dir, step - 1)
+    kept = f"the last good checkpoint ({last.name}) is kept in {run.run_dir}" if last else "no checkpoint yet"
+    raise Gpt2Error(f"{what} at step {step}: stopped; {kept}; lower the learning rate or check the data")
+
+
+def _check_weights(run: _Run, model: torch.nn.Module, step: int) -> None:
+    """Weights that overflowed are never sampled from or saved as a good checkpoint."""
+    finite = torch.ones((), device=run.ctx.device)
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # a shard of each under FSDP
+        finite = finite * torch.isfinite(local).all()
+    if distributed.all_reduce_sum(1 - finite).item():
+        _diverged(run, step, "the weights are no longer finite")
 
 
 def _stop_requested(run: _Run) -> bool:
@@ -398,6 +415,8 @@ def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: st
     """Load the newest readable checkpoint; a damaged one (a truncated file, or tensors that do not fit this model
     and optimizer) is skipped with a warning: a later good one overwrites whatever it had begun to load."""
     candidates: list[Path] = []
+    if run.ctx.is_main and resume == "never" and (discarded := discard_checkpoints(run.run_dir)):
+        log.info("--restart: deleted the run's %d checkpoints; training from step 0", discarded)
     if run.ctx.is_main and resume != "never":
         candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
     candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
