@@ -146,7 +146,8 @@ def test_tokenize_resumes_with_another_batch_size(
         real_write(path, data)
 
     monkeypatch.setattr(shards, "write_atomic", interrupt_at_the_fourth_checkpoint)
-    assert gpt2(*args, "--batch-docs", str(first)).code == 130
+    interrupted = gpt2(*args, "--batch-docs", str(first))
+    assert interrupted.code == 130 and interrupted.err.endswith("gpt2: interrupted\n"), interrupted.err
     monkeypatch.setattr(shards, "write_atomic", real_write)
     resumed = gpt2(*args, "--batch-docs", str(then))
     assert resumed.code == 0, resumed.err

@@ -334,6 +334,24 @@ def test_an_unknown_run_config_key_lists_the_keys_the_table_takes(gpt2, tmp_path
     assert "has no option 'n'" in gpt2("--run-config", str(config), "sample").err
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[pretrain]\nmax_steps = true\n", "[pretrain] max_steps must be a number, got True"),
+        ('[pretrain]\ncompile = "yes"\n', "[pretrain] compile must be true or false, got 'yes'"),
+        ("[dedupe]\nkeep_wikipedia = 1\n", "[dedupe] keep_wikipedia must be true or false, got 1"),
+        ("[pretrain]\nmax_steps = 3\nmax-steps = 4\n", "[pretrain] sets max-steps twice (as max_steps and max-steps)"),
+    ],
+)
+def test_run_config_values_are_taken_as_toml_typed_them(gpt2, tmp_path: Path, table: str, message: str):
+    """click would read `true` as 1 and "yes" as a flag's true: a TOML file says what it means."""
+    config = tmp_path / "run.toml"
+    config.write_text(table)
+    command = table[1:].split("]")[0]
+    result = gpt2("--run-config", str(config), command)
+    assert result.code == 2 and result.err == f"gpt2: error: {config}: {message}\n"
+
+
 def test_refresh_usage_errors_end_with_the_one_error_line(gpt2, home: Path, tmp_path: Path, monkeypatch):
     """Each is logged (the refresh log) and also ends stderr with `gpt2: error: ...`, exit 2; a bad table of a
     stage is found before the first stage runs."""

@@ -233,6 +233,16 @@ def test_prompt_bytes_that_are_not_utf8_are_usage_errors(gpt2, model_home: Path,
     assert result.err.strip() == "gpt2: error: the prompt in input line 2 is not UTF-8 (byte 3: b'\\xe9')"
 
 
+def test_a_batch_that_does_not_fit_in_memory_is_one_line(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: ...")
+
+    monkeypatch.setattr(GPT, "generate", out_of_memory)
+    result = gpt2("sample", "--home", str(model_home), "-n", "3000000", "--max-new-tokens", "2", "--prompt", "A")
+    assert result.code == 1 and result.err.startswith("gpt2: error: not enough memory for 3,000,000 samples")
+    assert result.err.strip().endswith("ask for fewer with --num-samples") and result.err.count("\n") == 1
+
+
 def test_what_is_not_a_model_or_is_damaged_is_one_line(gpt2, model_home: Path, tmp_path: Path):
     """`sample` and `eval zero-shot` load through GPT.load: another kind is a usage error, a damaged file exit 1."""
     home = ["--home", str(model_home)]

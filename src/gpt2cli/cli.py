@@ -16,7 +16,7 @@ import typer
 from gpt2cli import __version__
 from gpt2cli.artifacts import Artifact, Published, Store, release_reads
 from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
-from gpt2cli.errors import EXIT_FAILURE, Gpt2Error, Terminated, UsageError
+from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Gpt2Error, Terminated, UsageError
 from gpt2cli.runconfig import from_run_config, run_config_origin
 
 app = typer.Typer(
@@ -1089,8 +1089,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise  # -v: the traceback
         _fail(f"error: {e}", EXIT_FAILURE)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        _fail("interrupted", EXIT_INTERRUPTED)
     finally:
         release_reads()
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) before we see it
+        _fail("interrupted", EXIT_INTERRUPTED)
     if isinstance(code, int) and code:  # typer.Exit(code) from a command
         sys.exit(code)

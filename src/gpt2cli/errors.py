@@ -9,6 +9,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C)
 
 
 class Gpt2Error(Exception):

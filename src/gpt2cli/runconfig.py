@@ -150,6 +150,18 @@ class Tables(dict):  # type: ignore[type-arg]
             raise UsageError(" ".join(message.split())) from None
 
 
+def _toml_type_problem(param: Any, value: Any) -> str | None:
+    """What a TOML value must be where click's conversion is lenient: a flag takes ``true``/``false`` (not
+    ``"yes"``), a number is no boolean (``max_steps = true`` is not 1). None when ``value`` is fine."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    values = value if isinstance(value, list) else [value]
+    if annotation is bool and not all(isinstance(v, bool) for v in values):
+        return "true or false"
+    if annotation in (int, float) and any(isinstance(v, bool) for v in values):
+        return "a number"
+    return None
+
+
 class Table(dict):  # type: ignore[type-arg]
     """One command's defaults by parameter name; ``origin`` names the file, table and key a value came from."""
 
@@ -165,7 +177,11 @@ class Table(dict):  # type: ignore[type-arg]
                 raise UsageError(
                     f"{path}: [{name}] has no option {key!r}; its keys: {', '.join(sorted(settable)) or 'none'}"
                 )
+            if param.name in self._keys:
+                raise UsageError(f"{path}: [{name}] sets {key} twice (as {self._keys[param.name]} and {key})")
             self._keys[param.name] = key
+            if (expected := _toml_type_problem(param, value)) is not None:
+                raise UsageError(f"{path}: [{name}] {key} must be {expected}, got {value!r}")
             repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
             self[param.name] = [value] if repeatable and not isinstance(value, list) else value
 

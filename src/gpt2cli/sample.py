@@ -205,18 +205,26 @@ class Sampler:
             return finish
 
         started = time.perf_counter()
-        with torch.inference_mode():
-            self.model.generate(
-                idx,
-                opts.max_new_tokens,
-                temperature=opts.temperature,
-                top_k=opts.top_k,
-                top_p=opts.top_p,
-                generator=generator,
-                stop_ids=stop_ids,
-                on_step=on_step,
-                forward=self.forward,
-            )
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    idx,
+                    opts.max_new_tokens,
+                    temperature=opts.temperature,
+                    top_k=opts.top_k,
+                    top_p=opts.top_p,
+                    generator=generator,
+                    stop_ids=stop_ids,
+                    on_step=on_step,
+                    forward=self.forward,
+                )
+        except RuntimeError as e:  # the batch's cache does not fit (torch.OutOfMemoryError on GPUs)
+            if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+                raise
+            raise Gpt2Error(
+                f"not enough memory for {opts.num_samples:,} samples generated at once on {self.device} "
+                f"({str(e).splitlines()[0]}): ask for fewer with --num-samples"
+            ) from None
         ended = time.perf_counter()
         samples = [Sample(prompt, stream.finish(), len(ids), produced[row], (finished_at[row] or ended) - started,
                           stopped[row], seed) for row, stream in enumerate(streams)]  # fmt: skip
