@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -263,6 +264,22 @@ def test_what_is_not_a_model_or_is_damaged_is_one_line(gpt2, model_home: Path, t
         assert (
             result.code == 1 and result.err.strip() == f"gpt2: error: {tmp_path}/config.json: the config lacks 'n_embd'"
         )
+
+
+def test_a_model_artifact_whose_weights_changed_is_not_loaded(gpt2, model_home: Path, tmp_path: Path):
+    """A flipped byte in a tensor loads as another model: sample, eval and export check the manifest first."""
+    home = tmp_path / "home"
+    shutil.copytree(model_home, home)
+    weights = home / "model" / "v1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor
+    weights.write_bytes(bytes(data))
+    for command in (["sample", "--prompt", "x"], ["export", "model", "--out", str(tmp_path / "hf")]):
+        result = gpt2(*command, "--home", str(home))
+        assert result.code == 1, result.err
+        assert result.err.strip() == f"gpt2: error: {weights} is damaged: its sha256 differs from the artifact's " \
+            "manifest (`gpt2 artifacts verify` checks every file)"  # fmt: skip
+    assert not (tmp_path / "hf").exists()
 
 
 def test_option_values_without_a_meaning_are_usage_errors(gpt2, model_home: Path, monkeypatch: pytest.MonkeyPatch):

@@ -461,6 +461,7 @@ class GPT(nn.Module):
         file a ``Gpt2Error`` naming it, so that every command loading a model fails with one line.
         """
         directory = model_directory(source)
+        _check_checksums(directory, (CONFIG_JSON, WEIGHTS))
         config = _read_config(directory / CONFIG_JSON)
         model = cls(config)
         path, state = _read_weights(directory, map_location)
@@ -497,6 +498,23 @@ def model_directory(source: Any, store: Any = None) -> Path:
         if not (directory / CONFIG_JSON).is_file():
             raise Gpt2Error(f"model artifact {directory} lacks its {CONFIG_JSON}")
     return directory
+
+
+def _check_checksums(directory: Path, names: tuple[str, ...]) -> None:
+    """A model artifact's files as its manifest recorded them: a flipped byte in the weights loads as another
+    model without complaint, so sampling, evaluating or exporting one checks them first (a Hugging Face
+    directory has no manifest to check against)."""
+    from gpt2cli.artifacts import MANIFEST, load_manifest, sha256_file
+
+    if not (directory / MANIFEST).is_file():
+        return
+    recorded = {f["path"]: f["sha256"] for f in load_manifest(directory)["files"]}
+    for name in names:
+        if name in recorded and (directory / name).is_file() and sha256_file(directory / name) != recorded[name]:
+            raise Gpt2Error(
+                f"{directory / name} is damaged: its sha256 differs from the artifact's manifest "
+                "(`gpt2 artifacts verify` checks every file)"
+            )
 
 
 def _read_config(path: Path) -> GPTConfig:
