@@ -154,6 +154,18 @@ def test_bad_settings_are_usage_errors(home: Path, tmp_path: Path):
     assert run_cli(home, "pretrain", "--tokens", "tokenizer").returncode == 2
 
 
+def test_a_finished_run_rerun_with_other_bookkeeping_reuses_its_model(home: Path):
+    """Evaluating, saving or logging more often changes nothing a finished run computed: no new version claims
+    settings its metrics were not made with."""
+    assert run_cli(home, "pretrain", *FAST, "--max-steps", "10").returncode == 0
+    again = run_cli(home, "pretrain", *FAST, "--max-steps", "10", "--eval-every", "2", "--log-every", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["ref"] == "model@v1" and json.loads(again.stdout)["reused"] is True
+    assert Store(home).resolve("model").params["eval_every"] == 5
+    longer = run_cli(home, "pretrain", *FAST, "--max-steps", "12", "--lr-decay-steps", "10", "--json")
+    assert longer.returncode == 0 and json.loads(longer.stdout)["ref"] == "model@v2", longer.stderr
+
+
 def test_toml_config_and_flags(home: Path, tmp_path: Path):
     toml = tmp_path / "run.toml"
     toml.write_text("[pretrain]\nmax_steps = 4\nseed = 7\n")

@@ -38,7 +38,7 @@ from gpt2cli.train.checkpoint import (
 )
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.data import Batches, check_token_ids
-from gpt2cli.train.runs import LOCK, record_published, run_directory
+from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,10 @@ def pretrain(
         run = _Run(store, tokens, cfg.resolved(), ctx)
         params = {**asdict(run.cfg), "seq_len": run.seq_len, "model": asdict(run.model_config)}
         inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
-        existing = None if force else store.reusable("model", params, inputs)
+        existing = None if force else store.reusable("model", params, inputs) or _finished(store, run)
         if existing is not None:
-            log.info("reusing %s: same tokens and settings (--force retrains)", existing.ref)
+            log.info("reusing %s: same tokens and settings, trained to step %s (--force publishes anew)",
+                     existing.ref, existing.summary.get("steps"))  # fmt: skip
             if not ctx.is_main:
                 return None
             store.mark_current(existing)
@@ -257,6 +258,20 @@ def pretrain(
             return published
     finally:
         distributed.teardown()
+
+
+def _finished(store: Store, run: _Run) -> Artifact | None:
+    """The model this run already published at this --max-steps. With only bookkeeping settings changed (how often
+    it evaluated, saved or logged) a rerun trains nothing: it would publish the same weights again, under
+    settings that did not make them."""
+    for ref, steps in reversed(published_models(run.run_dir).items()):
+        if steps != run.cfg.max_steps:
+            continue
+        with contextlib.suppress(Gpt2Error):
+            artifact = store.resolve(ref, "model")
+            if artifact.summary.get("run_dir") == str(run.run_dir) and artifact.summary.get("steps") == steps:
+                return artifact
+    return None
 
 
 def _train(run: _Run, resume: str) -> GPT:

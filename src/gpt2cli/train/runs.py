@@ -200,7 +200,7 @@ def _decide(run_dir: Path, remaining: Sequence[Artifact], gone: Sequence[Artifac
     if trained_here:
         return _describe(run_dir, [a.ref for a in trained_here], reason="model")
     published = {a.ref: a.summary.get("steps") for a in gone if run_id_of(a) == run_id}
-    published |= _recorded(run_dir)
+    published |= published_models(run_dir)
     steps = checkpoint_steps(run_dir)
     newest = steps[-1] if steps else None
     last_published = max((s for s in published.values() if isinstance(s, int)), default=None)
@@ -208,7 +208,8 @@ def _decide(run_dir: Path, remaining: Sequence[Artifact], gone: Sequence[Artifac
     return _describe(run_dir, sorted(published, key=_version_order), reason=None if finished else "unfinished")
 
 
-def _recorded(run_dir: Path) -> dict[str, Any]:
+def published_models(run_dir: Path) -> dict[str, Any]:
+    """The model versions published from a run (gone or not) and the step each reached, oldest first."""
     try:
         lines = (run_dir / PUBLISHED).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
