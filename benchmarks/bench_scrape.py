@@ -82,10 +82,11 @@ def main() -> None:
     words = sum(len(extract(b).text.split()) for b in bodies)
     extract_s = time.perf_counter() - started
     server.shutdown()
-    # each host also serves its robots.txt, which counts against the host's interval
+    # each host also serves its robots.txt, which counts against the host's interval; the first page waits the
+    # interval from robots.txt's answer, since only then is the host's Crawl-delay known
     bound = min(args.hosts / args.interval, args.concurrency / args.latency)
     per_host = args.pages / args.hosts + 1
-    ideal_s = max((per_host - 1) * args.interval + args.latency, args.pages / (args.concurrency / args.latency))
+    ideal_s = max((per_host - 1) * args.interval + 2 * args.latency, args.pages / (args.concurrency / args.latency))
     print(f"{args.pages} pages on {args.hosts} hosts, latency {args.latency}s, interval {args.interval}s, "
           f"concurrency {args.concurrency}")  # fmt: skip
     print(f"fetched {len(bodies)} ok, {len(errors)} failed in {fetch_s:.1f} s: {len(bodies) / fetch_s:.1f} pages/s "

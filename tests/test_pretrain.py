@@ -37,6 +37,13 @@ def losses(home: Path, ref: str = "model") -> list[float]:
     return [r["loss"] for r in rows]
 
 
+def trained_to_10(home: Path, args: list[str]) -> tuple[list[float], Path]:
+    """Train with ``args`` (to step 10): the losses, and the last checkpoint's state file."""
+    assert run_cli(home, *args).returncode == 0
+    (run_dir,) = (home / "model" / ".runs").iterdir()
+    return losses(home), run_dir / "step-00000010" / "state.pt"
+
+
 def test_schedule_warmup_then_cosine():
     cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=100)
     assert learning_rate(0, cfg) == pytest.approx(0.1) and learning_rate(9, cfg) == pytest.approx(1.0)
@@ -296,10 +303,8 @@ def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path
     """A damaged newest checkpoint is skipped for the one before it (same losses, dropout included), and the
     run directory's metrics.jsonl does not repeat the steps trained again; with none readable, one line."""
     args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "10"]
-    assert run_cli(home, *args).returncode == 0
-    straight = losses(home)
-    (run_dir,) = (home / "model" / ".runs").iterdir()
-    state = run_dir / "step-00000010" / "state.pt"
+    straight, state = trained_to_10(home, args)
+    run_dir = state.parent.parent
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     again = run_cli(home, *args, "--force")
     assert again.returncode == 0, again.stderr
@@ -318,10 +323,7 @@ def test_truncated_checkpoint_falls_back_and_run_metrics_are_cut_back(home: Path
 def test_a_checkpoint_with_a_flipped_byte_is_skipped(home: Path):
     """torch.load reads a flipped byte in a tensor as a different model: the checkpoint's sha256 catches it."""
     args = ["pretrain", *FAST, "--max-steps", "10"]
-    assert run_cli(home, *args).returncode == 0
-    straight = losses(home)
-    (run_dir,) = (home / "model" / ".runs").iterdir()
-    path = run_dir / "step-00000010" / "state.pt"
+    straight, path = trained_to_10(home, args)
     data = bytearray(path.read_bytes())
     data[len(data) * 3 // 5] ^= 0x40  # inside the tensors' data, which the zip format does not check
     path.write_bytes(bytes(data))
@@ -381,10 +383,7 @@ def test_restart_deletes_the_runs_checkpoints_and_rotation_keeps_later_steps(hom
 
 def test_a_checkpoint_that_does_not_fit_the_model_falls_back(home: Path):
     args = ["pretrain", *FAST, "--max-steps", "10"]
-    assert run_cli(home, *args).returncode == 0
-    straight = losses(home)
-    (run_dir,) = (home / "model" / ".runs").iterdir()
-    path = run_dir / "step-00000010" / "state.pt"
+    straight, path = trained_to_10(home, args)
     state = torch.load(path, weights_only=True)
     torch.save({**state, "model": {"x": torch.zeros(1)}}, path)  # a readable file of another model
     (path.parent / "state.pt.sha256").write_text(sha256_file(path))

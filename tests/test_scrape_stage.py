@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -100,26 +100,18 @@ def test_no_document_error_carries_its_counts(gpt2):
 
 
 class _Site:
-    """Article pages on 127.0.0.1, each answered slowly, with a count of hits per path."""
+    """Pages on 127.0.0.1, each answered by ``answer(path, hits)`` as (status, reason phrase or None, content type,
+    body), with a count of hits per path."""
 
-    def __init__(self, pages: int, delay: float):
+    def __init__(self, answer: Callable[[str, Counter[str]], tuple[int, str | None, str, bytes]]):
         self.hits: Counter[str] = Counter()
-        texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))]
         site = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 site.hits[self.path] += 1
-                if self.path == "/robots.txt":
-                    body, ctype = b"User-agent: *\nDisallow: /private/\n", "text/plain"
-                else:
-                    time.sleep(delay)
-                    k = int(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/page/") else 0
-                    paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in texts[k % len(texts)].split("\n\n"))
-                    body = (f"<html><body><nav><a href='/'>Home</a></nav><article><h1>Page {k}</h1>{paragraphs}"
-                            f"</article><footer>Footer</footer></body></html>").encode()  # fmt: skip
-                    ctype = "text/html; charset=utf-8"
-                self.send_response(200)
+                status, reason, ctype, body = answer(self.path, site.hits)
+                self.send_response(status, reason)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -136,8 +128,25 @@ class _Site:
         self.server.shutdown()
 
 
+def _articles(delay: float) -> _Site:
+    """Article pages (/page/K, the sample's texts), each answered after ``delay``; /private/ is disallowed."""
+    texts = [p.read_text(encoding="utf-8").split("\n", 3)[3] for p in sorted(SAMPLE.glob("*.txt"))]
+
+    def answer(path: str, hits: Counter[str]) -> tuple[int, str | None, str, bytes]:
+        if path == "/robots.txt":
+            return 200, None, "text/plain", b"User-agent: *\nDisallow: /private/\n"
+        time.sleep(delay)
+        k = int(path.rsplit("/", 1)[-1]) if path.startswith("/page/") else 0
+        paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in texts[k % len(texts)].split("\n\n"))
+        body = (f"<html><body><nav><a href='/'>Home</a></nav><article><h1>Page {k}</h1>{paragraphs}"
+                f"</article><footer>Footer</footer></body></html>").encode()  # fmt: skip
+        return 200, None, "text/html; charset=utf-8", body
+
+    return _Site(answer)
+
+
 def test_live_crawl_survives_kill_9(home: Path, tmp_path: Path):
-    site = _Site(pages=40, delay=0.05)
+    site = _articles(0.05)
     try:
         urls = tmp_path / "urls.txt"
         urls.write_text("\n".join([f"{site.base}/page/{i}" for i in range(40)] + [f"{site.base}/private/x"]) + "\n")
@@ -171,7 +180,7 @@ def test_live_crawl_survives_kill_9(home: Path, tmp_path: Path):
 
 def test_pending_rows_of_another_run_do_not_starve_new_links(home: Path, tmp_path: Path):
     """A killed run leaves its links pending; a later run with other links still fetches every one of its own."""
-    site = _Site(pages=15, delay=0)
+    site = _articles(0)
     try:
         with Frontier(home / "raw-docs" / ".crawl" / "frontier.sqlite") as frontier:  # what the killed run left
             frontier.add((u, u, {}) for u in [f"{site.base}/page/{i}" for i in range(5, 15)])
@@ -197,7 +206,7 @@ LIVE = ("--allow-private-network", "--per-host-interval", "0", "--json")
 @pytest.fixture
 def three_pages(tmp_path: Path) -> Iterator[Path]:
     """A URL list of three pages served on 127.0.0.1."""
-    site = _Site(pages=3, delay=0)
+    site = _articles(0)
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(f"{site.base}/page/{i}\n" for i in range(3)))
     yield urls
@@ -266,7 +275,7 @@ def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path
 def test_a_dump_whose_name_is_not_utf8_publishes(home: Path, tmp_path: Path):
     """File names are bytes; the manifest is UTF-8 JSON: the stray byte is a \\u escape that reads back as the
     same name."""
-    site = _Site(pages=2, delay=0)
+    site = _articles(0)
     try:
         dump = tmp_path / os.fsdecode(b"RS_\xff.ndjson")
         dump.write_text("".join(json.dumps({"id": str(i), "url": f"{site.base}/page/{i}", "score": 5}) + "\n"
@@ -296,7 +305,7 @@ def test_a_home_whose_name_is_not_utf8_publishes(three_pages: Path, tmp_path: Pa
 
 
 def test_the_same_dump_named_another_way_is_reused(home: Path, tmp_path: Path):
-    site = _Site(pages=2, delay=0)
+    site = _articles(0)
     try:
         lines = [json.dumps({"id": str(i), "url": f"{site.base}/page/{i}", "score": 5}) + "\n" for i in range(2)]
         (tmp_path / "RS.ndjson").write_text("".join(lines))
@@ -321,51 +330,29 @@ def test_real_dump_links(home: Path, name: str, tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-class _TrickySite:
-    """Pages that tested the crawl's edges: a non-ASCII path, a Latin-1 page labelled only by its header, a
+def _tricky(flaky: int = 0) -> _Site:
+    """Pages that test the crawl's edges: a non-ASCII path, a Latin-1 page labelled only by its header, a
     text/plain page, and pages that fail with 503 (``/down`` always, ``/flaky`` the first ``flaky`` times)."""
+    article = " ".join(["The council heard the residents' case for a new cycle lane along the river."] * 6)
 
-    def __init__(self, flaky: int = 0):
-        self.hits: Counter[str] = Counter()
-        site = self
-        article = " ".join(["The council heard the residents' case for a new cycle lane along the river."] * 6)
+    def answer(path: str, hits: Counter[str]) -> tuple[int, str | None, str, bytes]:
+        if path == "/latin1":
+            return 200, None, "text/html; charset=iso-8859-1", f"<p>Café. {article}</p>".encode("latin-1")
+        if path == "/notes.txt":
+            return 200, None, "text/plain", f"A <note>.\n\n{article}".encode()
+        if path == "/down" or (path == "/flaky" and hits["/flaky"] <= flaky):
+            return 503, "\u00c9chec", "text/html", b""  # a Latin-1 reason phrase as well
+        if path not in ("/caf%C3%A9", "/flaky"):
+            return 404, None, "text/html", b"missing"
+        return 200, None, "text/html; charset=utf-8", f"<html><body><p>{article}</p></body></html>".encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                site.hits[self.path] += 1
-                ctype, body = "text/html; charset=utf-8", f"<html><body><p>{article}</p></body></html>".encode()
-                if self.path == "/latin1":
-                    ctype, body = "text/html; charset=iso-8859-1", f"<p>Café. {article}</p>".encode("latin-1")
-                elif self.path == "/notes.txt":
-                    ctype, body = "text/plain", f"A <note>.\n\n{article}".encode()
-                elif self.path == "/down" or (self.path == "/flaky" and site.hits["/flaky"] <= flaky):
-                    self.send_response(503, "\u00c9chec")  # a Latin-1 reason phrase as well
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                elif self.path not in ("/caf%C3%A9", "/flaky", "/robots.txt"):
-                    ctype, body = "text/html", b"missing"
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+    return _Site(answer)
 
 
 def test_iri_links_charsets_and_plain_text_pages(home: Path, tmp_path: Path):
     """An IRI link (as dumps hold them) is fetched, archived and extracted, in this run and the next; a page's
     charset comes from its Content-Type header; a text/plain page is text."""
-    site = _TrickySite()
+    site = _tricky()
     try:
         urls = tmp_path / "urls.txt"
         urls.write_text(f"{site.base}/café\n{site.base}/latin1\n{site.base}/notes.txt\n", encoding="utf-8")
@@ -390,7 +377,7 @@ def test_pending_links_are_retried_when_due_then_given_up(home: Path, tmp_path: 
 
     monkeypatch.setattr(stage, "RETRY_BASE_S", 0.0)  # due at once, instead of 10 minutes later
     monkeypatch.setattr(stage, "MAX_RUNS_PER_URL", 3)
-    site = _TrickySite(flaky=1)
+    site = _tricky(flaky=1)
     try:
         urls = tmp_path / "urls.txt"
         urls.write_text("".join(f"{site.base}/{p}\n" for p in ("latin1", "flaky", "down")))
