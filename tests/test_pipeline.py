@@ -200,9 +200,12 @@ def test_sigterm_stops_the_refresh_and_its_stage(pipeline, tmp_path: Path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     log = target / "logs" / "refresh.log"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "dedupe: started" not in (log.read_text() if log.exists() else ""):
+    children = Path(f"/proc/{child.pid}/task/{child.pid}/children")
+    stages: list[int] = []
+    while time.monotonic() < deadline and not stages:  # the log says "started" just before the stage's fork
+        if "dedupe: started" in (log.read_text() if log.exists() else ""):
+            stages = [int(pid) for pid in children.read_text().split()]
         time.sleep(0.05)
-    stages = [int(pid) for pid in Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()]
     assert stages, "the dedupe stage was not running"
     child.send_signal(signal.SIGTERM)  # the refresh alone, as a scheduler stopping the job does
     assert child.wait(timeout=60) == 143
