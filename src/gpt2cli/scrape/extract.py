@@ -37,6 +37,7 @@ EXTRACTOR_VERSION = "2"  # 2: the HTTP header's charset first; text/plain pages 
 __all__ = [
     "EXTRACTOR_VERSION",
     "Extracted",
+    "codec_for",
     "decode_html",
     "extract",
     "extract_plain",
@@ -73,7 +74,7 @@ _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp12
                     "gbk": "gb18030", "utf8": "utf-8", "unicode": "utf-8"}  # fmt: skip
 
 
-def _codec(label: bytes | str) -> str | None:
+def codec_for(label: bytes | str) -> str | None:
     """A Python codec name for a charset label, or None when Python does not know it."""
     name = (label.decode("ascii", "ignore") if isinstance(label, bytes) else label).strip().lower()
     name = _CHARSET_ALIASES.get(name, name)
@@ -95,7 +96,7 @@ def decode_html(data: bytes, charset: str | None = None) -> tuple[str, str]:
         if data.startswith(bom):
             return data.decode(name, "replace"), name
     match = _META_CHARSET.search(data[:8192])
-    declarations = [_codec(label) for label in (charset, match.group(1) if match else None) if label]
+    declarations = [codec_for(label) for label in (charset, match.group(1) if match else None) if label]
     # a UTF-16 label on bytes without NULs (ASCII-readable markup) is wrong: they are ASCII-compatible
     utf16 = b"\x00" in data[:256]
     declared = [c if utf16 or not c.startswith("utf-16") else "utf-8" for c in declarations if c]
@@ -113,7 +114,7 @@ def decode_html(data: bytes, charset: str | None = None) -> tuple[str, str]:
 
         best = from_bytes(data[:200_000]).best()
         if best is not None and best.encoding:
-            return data.decode(best.encoding, "replace"), _codec(best.encoding) or best.encoding
+            return data.decode(best.encoding, "replace"), codec_for(best.encoding) or best.encoding
     except Exception:  # detection is best effort: any failure falls through to UTF-8
         pass
     fallback = declared[0] if declared else "utf-8"

@@ -26,7 +26,6 @@ a later run).
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ipaddress
 import math
@@ -54,6 +53,7 @@ from urllib3.util.request import ACCEPT_ENCODING
 
 from gpt2cli import __version__
 from gpt2cli.errors import UsageError
+from gpt2cli.scrape.extract import codec_for
 
 MIB = 1 << 20
 # the content codings urllib3 decodes here: it offers those it can (br and zstd when their modules are installed)
@@ -404,7 +404,7 @@ class RobotsCache:
     def _load(self, origin: str) -> _Robots:
         result = self._fetch_text(origin + "/robots.txt")
         if result.error is None and result.body is not None and result.status and 200 <= result.status < 300:
-            text = result.body.decode(_codec_or_utf8(result.charset), errors="replace")
+            text = result.body.decode(codec_for(result.charset or "utf-8") or "utf-8", errors="replace")
             return _Robots(Protego.parse(text))
         if result.status is not None and 400 <= result.status < 500 and result.status != 429:
             return _Robots(None)  # RFC 9309 "unavailable": no restrictions
@@ -743,11 +743,3 @@ _HTML_START = re.compile(
 def _looks_like_html(body: bytes) -> bool:
     """The HTML Standard's sniffing of a body sent without a Content-Type, reduced to its HTML patterns."""
     return _HTML_START.match(body[:1024].removeprefix(b"\xef\xbb\xbf")) is not None
-
-
-def _codec_or_utf8(charset: str | None) -> str:
-    """The codec a declared charset names, UTF-8 when it names none Python knows."""
-    try:
-        return codecs.lookup(charset).name if charset else "utf-8"
-    except LookupError:
-        return "utf-8"
