@@ -252,6 +252,22 @@ def test_input_takes_text_files_whole_beside_jsonl(gpt2, home: Path, tmp_path: P
     assert [r["text"].split()[:5] for r in corpus_rows(home)] == [texts[0].split()[:5]]
 
 
+def test_lone_surrogates_in_any_field_are_replaced(gpt2, home: Path, tmp_path: Path):
+    """JSON escapes of lone surrogates have no UTF-8 form: in a url, a title, a field the stage only carries, or
+    the url of a document it removes (shown in the report), they become U+FFFD instead of crashing the run."""
+    texts = articles(3)
+    lines = [
+        '{"text": ' + json.dumps(texts[0]) + ', "url": "https://a.example/\\ud800"}',
+        '{"text": ' + json.dumps(texts[1]) + ', "url": "https://b.example/", "title": "\\udc00", "x": ["\\ud801"]}',
+        '{"text": "too short", "url": "https://c.example/\\udfff"}',
+    ]
+    path = tmp_path / "surrogates.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = gpt2("dedupe", "--input", str(path), "--workers", "1", "--language", "any", "--json")
+    assert result.code == 0, result.err
+    assert sorted(r["url"] for r in corpus_rows(home)) == ["https://a.example/\ufffd", "https://b.example/"]
+
+
 def test_malformed_records_are_counted_and_skipped(gpt2, home: Path, tmp_path: Path):
     """Records that break a JSON parser, or hold the wrong types, are counted as malformed; a score past int64
     is unknown; a damaged Parquet file is one line naming it."""

@@ -10,6 +10,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
+from gpt2cli.eval.files import jsonl_rows
 from gpt2cli.eval.generation import exact_match, f1
 from gpt2cli.eval.qa import (
     CoqaTurn,
@@ -216,6 +217,12 @@ def test_read_coqa_errors_name_file_and_place(tmp_path: Path, texts: list[str]):
     (tmp_path / "bad.json").write_text('{"version": "1.0"}')
     with pytest.raises(Gpt2Error, match=r"bad\.json: not a CoQA file"):
         read_coqa(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than the parser goes
+    with pytest.raises(Gpt2Error, match=r"bad\.json: not JSON \(maximum recursion depth"):
+        read_coqa(tmp_path / "bad.json")
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(Gpt2Error, match=r"bad\.jsonl:2: not JSON \(maximum recursion depth"):
+        list(jsonl_rows(tmp_path / "bad.jsonl"))
 
 
 def test_coqa_official_f1():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def valid_unicode(text: str) -> str:
@@ -16,6 +17,17 @@ def valid_unicode(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def valid_unicode_in(value: Any) -> Any:
+    """A record parsed from JSON with ``valid_unicode`` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return valid_unicode(value)
+    if isinstance(value, list):
+        return [valid_unicode_in(v) for v in value]
+    if isinstance(value, dict):
+        return {valid_unicode_in(k): valid_unicode_in(v) for k, v in value.items()}
+    return value
 
 
 def utf8_name(path: str | os.PathLike[str]) -> str:

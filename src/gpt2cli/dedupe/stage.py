@@ -53,7 +53,7 @@ from gpt2cli.dedupe.minhash import (
 from gpt2cli.dedupe.normalize import normalize_text, text_key
 from gpt2cli.documents import JSONL_SUFFIXES, Malformed, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
-from gpt2cli.textutil import utf8_name
+from gpt2cli.textutil import utf8_name, valid_unicode_in
 from gpt2cli.workers import worker_pool
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,11 @@ def _records(sources: Sequence[tuple[Path, str]], shard: Shard, stats: Counter[s
     for record, path, row in read_records([path for path, _ in sources], owns=shard.owns):
         if isinstance(row, Malformed) or not _well_formed(row):
             stats[row.reason if isinstance(row, Malformed) else "malformed"] += 1
+            continue
+        try:  # lone surrogates (JSON escapes) in any field: no UTF-8 column or report could hold them
+            row = valid_unicode_in(row)
+        except RecursionError:
+            stats["malformed"] += 1
             continue
         yield record, {**row, "raw_docs": provenance[path]}
 

@@ -37,5 +37,5 @@ def jsonl_rows(path: Path | str) -> Iterator[tuple[str, Any]]:
             continue
         try:
             yield f"{path}:{lineno}", json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
             raise Gpt2Error(f"{path}:{lineno}: not JSON ({e})") from None

@@ -116,6 +116,8 @@ def read_coqa(path: Path | str) -> list[CoqaTurn]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise Gpt2Error(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    except RecursionError as e:
+        raise Gpt2Error(f"{path}: not JSON ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise Gpt2Error(f"cannot read {path}: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
