@@ -98,6 +98,8 @@ def test_nq_prompt_uses_a_fixed_selection_without_the_question():
     outside = next(item for item in pool if item not in candidates)
     expected = "".join(f"Q: {c.question}\nA: {c.answers[0]}\n" for c in candidates[:3])
     assert nq_prompt(outside, candidates, 3) == expected + f"Q: {outside.question}\nA:"
+    with pytest.raises(Gpt2Error, match=r"nq-open: 3 pairs, but 8 example pairs per prompt need 9"):
+        nq_shots(pool[:3], 8, seed=5)  # a short file: never prompts with fewer examples than the run records
     inside = candidates[1]
     prompt = nq_prompt(inside, candidates, 3)
     assert prompt.count("Q: ") == 4 and prompt.count(inside.question) == 1 and prompt.endswith(f"{inside.question}\nA:")

@@ -79,8 +79,10 @@ def write_task_files(root: Path) -> None:
     rows = [{"article": "The cat sat on the mat. " * 8, "highlights": "A cat sat.", "id": str(i)} for i in range(3)]
     (root / "cnn-dm" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "wmt14").mkdir()
-    (root / "wmt14" / "newstest2014.en").write_text("The cat sat.\nThe dog ran.\nA bird sang.\nThe sun rose.\n")
-    (root / "wmt14" / "newstest2014.fr").write_text("Le chat.\nLe chien.\nUn oiseau.\nLe soleil.\n")
+    english = ["The cat sat.", "The dog ran.", "A bird sang.", "The sun rose.", "The rain fell.", "A boat sank."]
+    french = ["Le chat.", "Le chien.", "Un oiseau.", "Le soleil.", "La pluie.", "Un bateau."]  # 5 shots + 1
+    (root / "wmt14" / "newstest2014.en").write_text("".join(f"{line}\n" for line in english))
+    (root / "wmt14" / "newstest2014.fr").write_text("".join(f"{line}\n" for line in french))
     (root / "nq-open").mkdir()
     qa = [{"question": f"who sat on mat {i}", "answer": ["the cat"]} for i in range(10)]
     (root / "nq-open" / "NQ-open.dev.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa))
@@ -125,7 +127,8 @@ SENTENCES = [f"The {CANDIDATES[i % 10]} sat on the {CANDIDATES[(i + 3) % 10]} ."
 STORY = "The cat sat on the mat. The dog ran to the park."
 QUESTIONS, ANSWERS = ["Where did the cat sit?", "Who ran?"], ["on the mat", "the dog"]
 PASSAGES = ["The cat sat on the mat and looked at the dog", "A bird sang in the tree near the park"]
-PAIRS = [("The cat sat.", "Le chat."), ("The dog ran.", "Le chien."), ("A bird sang.", "Un oiseau.")]
+PAIRS = [("The cat sat.", "Le chat."), ("The dog ran.", "Le chien."), ("A bird sang.", "Un oiseau."),
+         ("The sun rose.", "Le soleil."), ("The rain fell.", "La pluie."), ("A boat sank.", "Un bateau.")]  # fmt: skip
 
 # Each task's rows as its pinned hub split holds them (the layouts of the `datasets` versions of these sets).
 HUB_ROWS: dict[tuple[str, str | None, str], list[dict]] = {
@@ -143,7 +146,7 @@ HUB_ROWS: dict[tuple[str, str | None, str], list[dict]] = {
                                                  "highlights": "A cat sat.", "id": str(i)} for i in range(2)],
     ("wmt/wmt14", "fr-en", "test"): [{"translation": {"en": en, "fr": fr}} for en, fr in PAIRS],
     ("google-research-datasets/nq_open", "nq_open", "validation"): [{"question": f"who sat on mat {i}",
-                                                                     "answer": ["the cat"]} for i in range(4)],
+                                                                     "answer": ["the cat"]} for i in range(9)],
 }  # fmt: skip
 
 
@@ -164,7 +167,7 @@ def write_local_files(root: Path) -> None:
         "wmt14/newstest2014.en": "".join(en + "\n" for en, _ in PAIRS),
         "wmt14/newstest2014.fr": "".join(fr + "\n" for _, fr in PAIRS),
         "nq-open/NQ-open.dev.jsonl": "".join(json.dumps({"question": f"who sat on mat {i}", "answer": ["the cat"]})
-                                             + "\n" for i in range(4)),
+                                             + "\n" for i in range(9)),  # 8 shots + 1
     }  # fmt: skip
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -25,17 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
-from gpt2cli.errors import UsageError
+from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.model import GPT, KVCache, logits_needed, sample_next
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,18 @@ class _RowSampler:
 def row_seed(seed: int, index: int) -> int:
     """The seed of prompt ``index``'s generator: a hash of both, 32 bits (CPU generators use only 32)."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest(), "little")
+
+
+def fixed_examples(pool: Sequence[T], shots: int, seed: int, what: str) -> list[T]:
+    """The few-shot example pairs of a whole run: ``shots + 1`` entries of ``pool`` drawn with ``seed``, so that
+    ``shots`` remain without an item's own pair. A pool too small for that is an error, not a prompt with fewer
+    examples than the run records."""
+    if len(pool) < shots + 1:
+        raise Gpt2Error(
+            f"{what}: {len(pool)} pairs, but {shots} example pairs per prompt need {shots + 1} "
+            "(a question's own pair is never its example)"
+        )
+    return [pool[i] for i in random.Random(seed).sample(range(len(pool)), shots + 1)]
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -31,7 +31,6 @@ Long prompts keep their last tokens (``generation``): a CoQA story longer than t
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.files import jsonl_rows
-from gpt2cli.eval.generation import exact_match, f1, generate_continuations
+from gpt2cli.eval.generation import exact_match, f1, fixed_examples, generate_continuations
 from gpt2cli.model import GPT
 
 NQ_SHOTS = 8
@@ -166,8 +165,7 @@ def _coqa_story(story: Any, where: str) -> list[CoqaTurn]:
 
 def nq_shots(pool: Sequence[NQItem], shots: int, seed: int) -> list[NQItem]:
     """The fixed candidate pairs: ``shots + 1`` of ``pool``, so that ``shots`` remain without any one question."""
-    picks = random.Random(seed).sample(range(len(pool)), min(shots + 1, len(pool)))
-    return [pool[i] for i in picks]
+    return fixed_examples(pool, shots, seed, "nq-open")
 
 
 def nq_prompt(item: NQItem, candidates: Sequence[NQItem], shots: int) -> str:

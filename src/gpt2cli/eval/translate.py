@@ -26,7 +26,6 @@ then ``"source sentence ="``; greedy decoding; the first generated sentence. Dec
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_lines
-from gpt2cli.eval.generation import generate_continuations
+from gpt2cli.eval.generation import fixed_examples, generate_continuations
 from gpt2cli.model import GPT
 
 WMT_SHOTS = 5
@@ -119,8 +118,7 @@ def read_wmt14(english: Path | str, french: Path | str) -> list[SentencePair]:
 
 def translation_shots(pool: Sequence[SentencePair], shots: int, seed: int) -> list[SentencePair]:
     """The fixed candidate pairs: ``shots + 1`` of ``pool``, so that ``shots`` remain without any one segment."""
-    picks = random.Random(seed).sample(range(len(pool)), min(shots + 1, len(pool)))
-    return [pool[i] for i in picks]
+    return fixed_examples(pool, shots, seed, "wmt14")
 
 
 def translation_prompt(item: SentencePair, candidates: Sequence[SentencePair], shots: int, direction: str) -> str:
