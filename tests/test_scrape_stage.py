@@ -261,11 +261,13 @@ def test_a_crawl_archive_cut_short_loses_only_its_tail(home: Path, three_pages: 
     assert [d["text"] for d in rows(home, "raw-docs@v2")] == [d["text"] for d in rows(home, "raw-docs@v1")]
 
 
-@pytest.mark.parametrize("kind", ["garbage", "directory", "dump"])
+@pytest.mark.parametrize("kind", ["garbage", "text", "blank", "directory", "dump"])
 def test_unreadable_replay_is_a_usage_error_before_anything_is_marked(home: Path, tmp_path: Path, kind: str):
-    """A wrong --replay path must not mark every link of the run as not archived."""
-    replay = {"garbage": tmp_path / "pages.warc.gz", "directory": tmp_path, "dump": NOVEMBER}[kind]
-    (tmp_path / "pages.warc.gz").write_bytes(os.urandom(4096))
+    """A wrong --replay path must not mark every link of the run as not archived. warcio reads text as a record
+    of the old ARC format (and random bytes often so): that is no WARC either."""
+    replay = {"directory": tmp_path, "dump": NOVEMBER}.get(kind, tmp_path / "pages.warc.gz")
+    content = {"garbage": bytes(range(256)) * 16, "text": b"garbage " * 512, "blank": b"\r\n" * 8}
+    (tmp_path / "pages.warc.gz").write_bytes(content.get(kind, b"x"))
     result = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(replay))
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("gpt2: error: --replay ") and result.stderr.count("\n") == 1

@@ -293,10 +293,13 @@ def unreadable_reason(path: Path) -> str | None:
         return "not a file"
     try:
         with open(path, "rb") as f:
-            next(iter(ArchiveIterator(f)), None)
+            first = next(iter(ArchiveIterator(f)), None)
     except OSError as e:
         return e.strerror or str(e)
     except Exception:  # warcio's ArchiveLoadFailed, or a codec error of a broken first gzip member
+        return "not a WARC file"
+    # warcio reads a text file as a record of the old ARC format, and blank lines as a record of no type
+    if first is not None and (not str(first.format).startswith("warc") or not first.rec_type):
         return "not a WARC file"
     return None
 
