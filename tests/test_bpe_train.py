@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from gpt2cli.bpe import Tokenizer
 from gpt2cli.bpe.tokenizer import pretokenize
 from gpt2cli.bpe.train import count_corpus, learn_merges
+from gpt2cli.documents import split_for
 from tests.bpe_oracle import brute_force_merges
 from tests.conftest import shared_data
 
@@ -55,6 +57,20 @@ def test_sample_articles_merges_equal_brute_force():
     texts = [p.read_text(encoding="utf-8") for p in sorted(SAMPLE.glob("*.txt"))[:8]]
     counts = count_corpus(texts, workers=1)
     assert learn_merges(counts, 120) == brute_force_merges(counts, 120)
+
+
+def test_long_runs_in_one_word_equal_brute_force():
+    word_counts = {b"xy" * 5_000 + b"x" * 9_001 + b"yx" * 3_000: 2, b"xxy": 3}
+    assert learn_merges(word_counts, 25, min_frequency=1) == brute_force_merges(word_counts, 25, 1)
+
+
+def test_one_enormous_pre_token_trains_in_seconds():
+    # Two million characters without a space are one pre-token; merging used to shift the word once per
+    # occurrence (quadratic: past two minutes). Each merge now copies the word once.
+    started = time.perf_counter()
+    merges = learn_merges({b"x" * 2_000_000: 1}, 40, min_frequency=1)
+    assert time.perf_counter() - started < 30
+    assert merges[:3] == [(b"x", b"x"), (b"xx", b"xx"), (b"xxxx", b"xxxx")]
 
 
 def test_tie_rule_prefers_smallest_bytes():
@@ -138,6 +154,14 @@ def test_train_bpe_bad_input(gpt2, tmp_path: Path):
     assert small.code == 2 and "at least 257" in small.err
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     assert gpt2("train-bpe", "--input", str(tmp_path / "image.png")).code == 2
+
+
+def test_train_bpe_says_when_every_document_went_to_validation(gpt2, tmp_path: Path):
+    text = next(t for t in (f"document {i}" for i in range(1000)) if split_for(t, 0.5) == "val")
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    result = gpt2("train-bpe", "--input", str(tmp_path / "one.jsonl"), "--val-fraction", "0.5")
+    assert result.code == 1 and result.err.splitlines()[-1].startswith("gpt2: error: ")
+    assert "--val-fraction 0.5 puts all 1 documents in the validation split" in result.err
 
 
 @pytest.mark.parametrize(

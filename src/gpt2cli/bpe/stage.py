@@ -53,6 +53,9 @@ def _train(out: Path, source: DocumentSource, vocab_size: int, min_frequency: in
     stats = dict(source.stats)
     if not counts:
         skipped = f"{stats.get('malformed', 0)} malformed, {stats.get('empty', 0)} empty records"
+        if stats.get("val"):
+            how = "the corpus puts" if source.has_split_column else f"--val-fraction {source.val_fraction} puts"
+            skipped += f"; {how} all {stats['val']} documents in the validation split"
         raise Gpt2Error(f"the corpus has no training text ({skipped})")
     counted = time.time()
     num_merges = vocab_size - 257

@@ -88,31 +88,45 @@ def _merge_word(
     Adds to ``delta`` the change of every pair count other than (a, b) itself, weighted by the word's count
     ``n``, looking only at the neighbours of each merge, and indexes the word under the pairs it gains.
     """
+    last = len(word) - 1
+    starts: list[int] = []
     i = 0
     while True:
         try:
-            i = word.index(a, i, len(word) - 1)  # an (a, b) starts before the last token
+            i = word.index(a, i, last)  # an (a, b) starts before the last token
         except ValueError:
-            return
+            break
         if word[i + 1] != b:
             i += 1
             continue
         if i:
-            prev = word[i - 1]
-            if prev != new:  # else (b, a) already went as the right neighbour of the previous merge
+            merged_before = bool(starts) and starts[-1] == i - 2
+            prev = new if merged_before else word[i - 1]
+            if not merged_before:  # else (b, a) already went as the right neighbour of the previous merge
                 delta[prev << _SHIFT | a] -= n
             key = prev << _SHIFT | new
             delta[key] += n
             _index(where, key, w)
-        if i + 2 < len(word):
+        if i + 2 <= last:
             after = word[i + 2]
             delta[b << _SHIFT | after] -= n
-            if not (after == a and i + 3 < len(word) and word[i + 3] == b):  # else the next merge pairs with us
+            if not (after == a and i + 3 <= last and word[i + 3] == b):  # else the next merge pairs with us
                 key = new << _SHIFT | after
                 delta[key] += n
                 _index(where, key, w)
-        word[i : i + 2] = (new,)
-        i += 1
+        starts.append(i)
+        i += 2
+    if len(starts) == 1:
+        word[starts[0] : starts[0] + 2] = (new,)
+    elif starts:  # one pass over the word: a shift per merge would be quadratic in a run of a million
+        merged: list[int] = []
+        kept = 0
+        for i in starts:
+            merged += word[kept:i]
+            merged.append(new)
+            kept = i + 2
+        merged += word[kept:]
+        word[:] = merged
 
 
 def _index(where: dict[int, list[int]], key: int, w: int) -> None:
