@@ -132,6 +132,11 @@ def _corrupt(tmp_path: Path, texts: list[str], edit) -> Path:
         (lambda ls: ls.__setitem__(20, ls[20].replace("\t\t", "\t\tzebra|")), 21, "expected 10 non-empty"),
         (lambda ls: ls.__setitem__(20, ls[20].replace("|", "||", 1)), 21, "expected 10 non-empty"),
         (lambda ls: ls.__setitem__(20, re.sub("\t[a-z]+\t", "\tunicorn\t", ls[20])), 21, "not among"),
+        (
+            lambda ls: ls.__setitem__(20, re.sub(r"\|[^|]+$", "|" + ls[20].split("\t")[-1].split("|")[0], ls[20])),
+            21,
+            "listed twice",
+        ),
         (lambda ls: ls.__setitem__(20, ls[20].replace("XXXXX", "thing")), 21, "no XXXXX"),
         (lambda ls: ls.__setitem__(20, ls[20].split("\t")[0]), 21, "tab-separated"),
         (lambda ls: ls.__setitem__(10, ""), 11, "ends after 10 lines"),

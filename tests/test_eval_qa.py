@@ -84,7 +84,14 @@ def test_read_nq_open(tmp_path: Path):
     path = tmp_path / "nq.jsonl"
     path.write_text('{"question": "who is it", "answer": ["me", "you"]}\n\n{"question": "b", "answer": ["c"]}\n')
     assert read_nq_open(path) == [NQItem("who is it", ("me", "you")), NQItem("b", ("c",))]
-    for bad in ('{"question": "b", "answer": "c"}', '{"question": "b"}', '{"question": "", "answer": ["c"]}', "{"):
+    for bad in (
+        '{"question": "b", "answer": "c"}',
+        '{"question": "b"}',
+        '{"question": "", "answer": ["c"]}',
+        '{"question": "b", "answer": ["c", ""]}',  # an empty answer would match every empty prediction
+        '{"question": "b", "answer": [" "]}',
+        "{",
+    ):
         path.write_text('{"question": "a", "answer": ["b"]}\n' + bad + "\n")
         with pytest.raises(Gpt2Error, match=r"nq\.jsonl:2:"):
             read_nq_open(path)

@@ -49,6 +49,12 @@ def test_bad_tasks_and_missing_data(model_home: Path, tmp_path: Path):
     assert "(or use --source hub: ptb_text_only)" in missing.stderr
     nothing = run_cli(model_home, "eval", "zero-shot", "--data-dir", str(tmp_path))
     assert nothing.returncode == 2 and "no task has its data" in nothing.stderr
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_bytes(b" the cat\n" + b"\0" * 4096)  # a damaged copy
+    nul = run_cli(model_home, "eval", "zero-shot", "--task", "ptb", "--data-dir", str(tmp_path), "--source", "local")
+    assert nul.returncode == 1 and nul.stderr.splitlines()[-1] == (
+        f"gpt2: error: cannot read {tmp_path}/ptb/ptb.test.txt: a NUL byte at offset 9 (not a text file)"
+    )
 
 
 def write_task_files(root: Path) -> None:

@@ -155,6 +155,7 @@ def test_real_pieces_tokenize_like_whole_sentences():
         ("<correctAnswer> B  </correctAnswer>", "<correctAnswer></correctAnswer>", 26, "not one of the answer"),
         ("<pron> He </pron>", "<pron> </pron>", 24, "<pron> is empty"),
         ("<pron> He </pron>", "", 24, "<text> has no <pron>"),
+        ("<txt2>.</txt2>", "<txt2> </txt2>", 30, "<txt2> is empty"),
         ("<answer> Bob </answer>", "", 23, "has 1 <answer>"),
         ("<answer> Bob </answer>", "<answer> </answer>", 25, "empty <answer>"),
         ("<txt2>.</txt2>", "<txt2>.</txt2><txt2/>", 30, "has 2 <txt2>"),

@@ -129,6 +129,8 @@ def _question(path: Path, lineno: int, sentences: list[str], text: str) -> CBTEx
         raise Gpt2Error(f"{path}:{lineno}: the question has no {BLANK} blank")
     if len(candidates) != CANDIDATES or not all(candidates):
         raise Gpt2Error(f"{path}:{lineno}: expected {CANDIDATES} non-empty candidates, got {options!r}")
+    if len(set(candidates)) != CANDIDATES:
+        raise Gpt2Error(f"{path}:{lineno}: a candidate is listed twice in {options!r}")
     if answer not in candidates:
         raise Gpt2Error(f"{path}:{lineno}: the answer {answer!r} is not among the candidates")
     return CBTExample(tuple(sentences), question, answer, candidates)

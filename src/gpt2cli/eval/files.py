@@ -19,9 +19,14 @@ def read_bytes(path: Path | str) -> bytes:
 
 
 def read_text(path: Path | str) -> str:
-    """The whole file as UTF-8; an undecodable byte is an error naming the file and offset, not a traceback."""
+    """The whole file as UTF-8; an undecodable byte is an error naming the file and offset, not a traceback.
+    So is a NUL byte: no test set holds one, and a file of them (a preallocated or damaged copy) would
+    otherwise be scored as text."""
+    data = read_bytes(path)
+    if (nul := data.find(b"\0")) >= 0:
+        raise Gpt2Error(f"cannot read {path}: a NUL byte at offset {nul} (not a text file)")
     try:
-        return read_bytes(path).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Gpt2Error(f"cannot read {path}: {e}") from None
 

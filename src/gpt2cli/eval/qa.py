@@ -101,8 +101,8 @@ def read_nq_open(path: Path | str) -> list[NQItem]:
         answers = row.get("answer") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise Gpt2Error(f"{where}: not a JSON object with a non-empty 'question' string")
-        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-            raise Gpt2Error(f"{where}: 'answer' is not a non-empty list of strings")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise Gpt2Error(f"{where}: 'answer' is not a non-empty list of non-blank strings")
         items.append(NQItem(question.strip(), tuple(answers)))
     return items
 

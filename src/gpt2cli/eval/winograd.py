@@ -153,6 +153,8 @@ def _schema(path: Path, element: _Element) -> WSCSchema:
     text1, pron, text2 = (_one(path, text, tag).text() for tag in ("txt1", "pron", "txt2"))
     if not pron:
         raise Gpt2Error(f"{path}:{text.line}: the schema's <pron> is empty")
+    if not text2:  # partial scoring scores what follows the pronoun: with nothing there, every answer ties
+        raise Gpt2Error(f"{path}:{text.line}: the schema's <txt2> is empty")
     answers = [a for a in _one(path, element, "answers").children if a.tag == "answer"]
     for a in answers:
         if not a.text():
