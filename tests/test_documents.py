@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from gpt2cli.documents import expand_inputs, read_records
 
@@ -30,6 +31,20 @@ def test_folders_skip_hidden_files_and_folders(tmp_path: Path):
         (folder / name).write_text('{"text": "x"}\n')
     assert expand_inputs([folder]) == [folder / "a.txt", folder / "sub" / "b.jsonl"]
     assert expand_inputs([folder / "._a.txt"]) == [folder / "._a.txt"]
+
+
+def test_a_file_reached_twice_is_read_once(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    a, b = folder / "a.txt", folder / "b.jsonl"
+    a.write_text("one")
+    b.write_text('{"text": "two"}\n')
+    (tmp_path / "link.txt").symlink_to(a)
+    os.link(b, tmp_path / "hard.jsonl")
+    given = [a, folder, tmp_path / "link.txt", tmp_path / "hard.jsonl", Path(str(b)), a]
+    assert expand_inputs(given) == [a, b]
+    assert len([r for r in caplog.records if "given already: read once" in r.getMessage()]) == 5
+    assert [row for _, _, row in read_records(expand_inputs(given))] == [{"text": "one"}, {"text": "two"}]
 
 
 def test_a_parquet_file_whose_name_is_not_utf8_is_read(tmp_path: Path):

@@ -48,7 +48,8 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
     """Files named directly, and the supported files under each directory, in a stable order.
 
     A directory's hidden files and folders (``.ipynb_checkpoints/``, macOS's ``._name`` AppleDouble files) are
-    not documents and are skipped; a hidden file named directly is read.
+    not documents and are skipped; a hidden file named directly is read. A file reached twice (named twice,
+    inside a directory also given, or through a link) is read once: twice would count its documents twice.
     """
     supported = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
     files: list[Path] = []
@@ -69,7 +70,18 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
             raise UsageError(f"input {path} does not exist")
     if not files:
         raise UsageError(f"no .txt, .jsonl or .parquet files in {', '.join(map(str, paths))}")
-    return files
+    return _once_each(files)
+
+
+def _once_each(files: list[Path]) -> list[Path]:
+    first: dict[tuple[int, int], Path] = {}
+    for path in files:
+        st = path.stat()
+        if (key := (st.st_dev, st.st_ino)) in first:
+            log.warning("%s is %s, given already: read once", path, first[key])
+        else:
+            first[key] = path
+    return list(first.values())
 
 
 class Malformed(NamedTuple):
