@@ -455,7 +455,7 @@ def test_directory_input(tmp_path: Path) -> None:
     sources = [s.source for s in iter_dumps([tmp_path], stats)]
     assert sources == ["RS_2005-07.xz"] * 3 + ["RS_2005-08.bz2"] * 4 + ["RS_2005-06"] * 2  # sorted by path
     assert stats["files"] == 3
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(UsageError, match="missing does not exist"):
         list(iter_dumps([tmp_path / "missing"], Counter()))
 
 

@@ -73,6 +73,25 @@ def test_bad_input(home: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["scrape-reddit", "--dump", "/dev/stdin"],
+        ["scrape-reddit", "--urls", "/dev/stdin"],
+        ["train-bpe", "--input", "/dev/stdin"],
+        ["dedupe", "--input", "/dev/stdin"],
+    ],
+)
+def test_a_pipe_is_refused_as_an_input(home: Path, args: list[str]):
+    """Inputs are checksummed, then read, then read again on resume: a pipe gives its bytes once."""
+    result = run_cli(home, *args, input='{"url": "http://example.com/", "text": "a document"}\n')
+    option = "input" if args[0] != "scrape-reddit" else args[1]
+    assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+        f"gpt2: error: {option} /dev/stdin is a pipe: inputs are checksummed, read, and read again on resume; "
+        "save it to a file first"
+    )
+
+
+@pytest.mark.parametrize(
     "option",
     [
         ["--per-host-interval", "-5"],

@@ -283,10 +283,21 @@ def artifact_input(artifact: Artifact) -> dict[str, Any]:
     return {"ref": artifact.ref, "manifest_sha256": artifact.manifest_sha256}
 
 
+def check_regular_file(path: Path, what: str = "input") -> None:
+    """A stage reads an input file more than once (its checksum, its records, again on resume), so a pipe
+    such as ``/dev/stdin`` or a device cannot be one."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    kind = "a directory" if path.is_dir() else "a pipe" if path.is_fifo() else "not a regular file"
+    raise UsageError(f"{what} {path} is {kind}: inputs are checksummed, read, and read again on resume; "
+                     "save it to a file first")  # fmt: skip
+
+
 def file_input(path: Path) -> dict[str, Any]:
+    check_regular_file(Path(path))
     path = Path(path).resolve()
-    if not path.is_file():
-        raise UsageError(f"input file {path} does not exist")
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 

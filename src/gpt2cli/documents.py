@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Union
 
-from gpt2cli.artifacts import Artifact, Store, artifact_input, file_input
+from gpt2cli.artifacts import Artifact, Store, artifact_input, check_regular_file, file_input
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.textutil import valid_unicode
 
@@ -62,12 +62,11 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
                 and p.suffix.lower() in supported
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
-        elif path.is_file():
+        else:
+            check_regular_file(path)
             if path.suffix.lower() not in supported:
                 raise UsageError(f"{path}: unsupported input type; use .txt/.md, .jsonl/.ndjson or .parquet")
             files.append(path)
-        else:
-            raise UsageError(f"input {path} does not exist")
     if not files:
         raise UsageError(f"no .txt, .jsonl or .parquet files in {', '.join(map(str, paths))}")
     return _once_each(files)

@@ -30,6 +30,7 @@ from typing import IO, Any, Literal, Protocol
 import requests
 import zstandard
 
+from gpt2cli.artifacts import check_regular_file
 from gpt2cli.errors import Gpt2Error, UsageError
 
 log = logging.getLogger(__name__)
@@ -371,10 +372,9 @@ def dump_files(paths: Iterable[Path]) -> list[Path]:
                     and _is_dump_name(p.name)
                 )
             )
-        elif path.is_file():
-            files.append(path)
         else:
-            raise UsageError(f"no such file or directory: {path}")
+            check_regular_file(path, "--dump")
+            files.append(path)
     return files
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Artifact, Draft, Published, Store, file_input
+from gpt2cli.artifacts import Artifact, Draft, Published, Store, check_regular_file, file_input
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
@@ -55,9 +55,10 @@ class LinkSources:
     def validate(self) -> None:
         if not (self.dumps or self.subreddits or self.url_files):
             raise UsageError("no link source: give --dump, --subreddit or --urls (and --replay to fetch from a WARC)")
-        for path in (*self.dumps, *self.url_files, *self.replays):
-            if not Path(path).exists():
-                raise UsageError(f"{path} does not exist")
+        for option, paths in (("--dump", self.dumps), ("--urls", self.url_files), ("--replay", self.replays)):
+            for path in map(Path, paths):
+                if not path.is_dir():
+                    check_regular_file(path, option)
         for path in self.replays:
             if (problem := unreadable_reason(Path(path))) is not None:
                 raise UsageError(f"--replay {path}: {problem}")
