@@ -80,6 +80,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._raw(b"HTTP/1.1 200 OK\r\nContent-Length: 31\r\n\r\n<!DOCTYPE html><p>untyped page.")
             elif path == "/untyped-binary":
                 self._raw(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n\x89PNG\r\n\x1a\n")
+            elif path == "/many-headers":  # over http.client's 100: the same on every try
+                self._raw(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"Content-Length: 0\r\n\r\n")
+            elif path == "/long-header":
+                self._raw(b"HTTP/1.1 200 OK\r\nX-A: " + b"b" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n")
+            elif path == "/not-http":
+                self._raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            elif path == "/hang-up":  # a closed connection may be transient: retried
+                self.close_connection = True
             elif path == "/brotli":  # not asked for, not decodable here
                 self._send(200, b"\x1b\x03\x00\xf8\xa5", Content_Encoding="br")
             elif path.startswith("/page/"):
@@ -449,6 +457,14 @@ def test_responses_without_or_with_odd_heads(server: Server, tmp_path: Path) -> 
     assert res[f"{base}/untyped-binary"].error == "not_html"
     assert res[f"{base}/brotli"].error == "bad_encoding"  # stored compressed, it would be extracted as junk
     assert res[f"{base}/http10"].protocol == "HTTP/1.0" and res[f"{base}/odd-reason"].reason == "\u00d6K"
+    broken = many(fetcher(), [f"{base}/{p}" for p in ("many-headers", "long-header", "not-http", "hang-up")])
+    outcomes = {url.rsplit("/", 1)[1]: (r.error, r.retryable) for url, r in broken.items()}
+    assert outcomes == {
+        "many-headers": ("bad_response", False),  # a server that answers so answers so next time too
+        "long-header": ("bad_response", False),
+        "not-http": ("bad_response", False),
+        "hang-up": ("connection", True),
+    }
     with WarcArchive(tmp_path, prefix="t") as archive:
         for path in ("http10", "odd-reason"):
             r = res[f"{base}/{path}"]

@@ -27,6 +27,7 @@ a later run).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import math
 import re
@@ -363,6 +364,13 @@ def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException
     return None
 
 
+def _malformed_head(exc: BaseException) -> bool:
+    """Whether the server's answer is not an HTTP head http.client accepts (not HTTP, over 100 header lines, a
+    line over 64 KiB): the same server answers the same way next time, unlike a connection it closed early."""
+    found = _find(exc, http.client.HTTPException)
+    return found is not None and not isinstance(found, (http.client.RemoteDisconnected, http.client.IncompleteRead))
+
+
 # -- robots.txt ---------------------------------------------------------------------------------------------
 
 
@@ -630,6 +638,8 @@ class Fetcher:
             result.error, result.retryable = "bad_url", False
         elif isinstance(e, requests.exceptions.ContentDecodingError):
             result.error, result.retryable = "bad_encoding", False
+        elif _malformed_head(e):
+            result.error, result.retryable = "bad_response", False
         elif isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, OSError)):
             result.error, result.retryable = "connection", True
         else:
