@@ -427,8 +427,8 @@ def test_incremental_on_a_state_of_an_older_release_recomputes_first(
     assert gpt2("dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").code == 0
     (Store(home).resolve("corpus@v1").path / "dedupe-state" / "edges.npy").unlink()
     screened: list[int] = []
-    screen = stage._screen_all
-    monkeypatch.setattr(stage, "_screen_all", lambda *a: screened.append(1) or screen(*a))
+    screen = stage.screen_all
+    monkeypatch.setattr(stage, "screen_all", lambda *a: screened.append(1) or screen(*a))
     result = gpt2("dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1", "--json")
     assert result.code == 0, result.err
     assert "corpus@v1 has no deduplication state of this version" in result.err and len(screened) == 1

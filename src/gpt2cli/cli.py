@@ -309,7 +309,8 @@ def dedupe_command(
 
     At scale, run `--shards N --shard-index i` for each i (any processes or machines), then `--merge` the N
     dedupe-shard artifacts with the same options: the corpus equals a single run's."""
-    from gpt2cli.dedupe.stage import Shard, dedupe, overlap_table
+    from gpt2cli.dedupe.screen import Shard
+    from gpt2cli.dedupe.stage import dedupe, overlap_table
 
     opts = settings(ctx, home, as_json)
     config = _dedupe_config(ctx.params)
@@ -342,8 +343,8 @@ def _dedupe_config(p: dict[str, Any]) -> Any:
     """dedupe's options (by parameter name) as the stage's DedupeConfig."""
     from dataclasses import replace
 
+    from gpt2cli.dedupe.config import DedupeConfig
     from gpt2cli.dedupe.filters import QualityConfig
-    from gpt2cli.dedupe.stage import DedupeConfig
 
     return DedupeConfig(
         near_threshold=p["threshold"],

@@ -433,7 +433,7 @@ def _defined(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
     """The corpus of ``--overlap-with`` and its Bloom filter file; a corpus built without one is an error."""
-    from gpt2cli.dedupe.stage import BLOOM
+    from gpt2cli.dedupe.corpus import BLOOM
 
     corpus = store.resolve(ref, "corpus", option="--overlap-with")
     path = corpus.path / BLOOM
