@@ -50,6 +50,19 @@ def test_tokenize_stage_writes_train_and_val_shards(gpt2, tokenizer_ref: str, st
     assert manifest["inputs"][0]["ref"] == tokenizer_ref and len(manifest["inputs"]) == 41
 
 
+def test_the_same_bytes_read_another_way_are_another_input(gpt2, tokenizer_ref: str, tmp_path: Path):
+    lines = "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(3)).encode()
+    (tmp_path / "docs.txt").write_bytes(lines)  # one text document holding three lines of JSON
+    (tmp_path / "docs.jsonl").write_bytes(lines)  # three documents
+    args = ["tokenize", "--val-fraction", "0", "--json", "--input"]
+    as_text = json.loads(gpt2(*args, str(tmp_path / "docs.txt")).out)
+    as_jsonl = json.loads(gpt2(*args, str(tmp_path / "docs.jsonl")).out)
+    assert as_jsonl["ref"] != as_text["ref"] and not as_jsonl["reused"]
+    assert (as_text["summary"]["train_documents"], as_jsonl["summary"]["train_documents"]) == (1, 3)
+    again = json.loads(gpt2(*args, str(tmp_path / "docs.jsonl")).out)
+    assert again["ref"] == as_jsonl["ref"] and again["reused"]
+
+
 def test_shard_dtype_and_header(tmp_path: Path):
     assert dtype_for(50257) == np.uint16 and dtype_for(65536) == np.uint16 and dtype_for(65537) == np.uint32
     for vocab, dtype in ((50257, np.uint16), (100_000, np.uint32)):

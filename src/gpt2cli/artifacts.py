@@ -301,9 +301,19 @@ def file_input(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def input_identity(entry: dict[str, Any]) -> str | None:
+    """What an input is: an artifact's manifest checksum, or a file's checksum and, when its name decides how
+    its bytes are read (``read_as``: the same lines are one text document in ``.txt``, records in ``.jsonl``),
+    that too."""
+    if entry.get("manifest_sha256"):
+        return entry["manifest_sha256"]
+    sha256 = entry.get("sha256")
+    return f"{sha256}:{entry['read_as']}" if sha256 and entry.get("read_as") else sha256
+
+
 def fingerprint(kind: str, params: dict[str, Any], inputs: Sequence[dict[str, Any]]) -> str:
     """Identity of a build: equal fingerprints mean the same stage computed on the same things."""
-    identity = [i.get("manifest_sha256") or i.get("sha256") for i in inputs]
+    identity = [input_identity(i) for i in inputs]
     return hashlib.sha256(_canonical_json({"kind": kind, "params": params, "inputs": identity})).hexdigest()
 
 

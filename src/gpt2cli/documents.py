@@ -94,6 +94,17 @@ class Malformed(NamedTuple):
 Record = Union[dict[str, Any], Malformed]
 
 
+def read_as(path: Path) -> str:
+    """How a file's bytes become records, decided by its name: ``jsonl``, ``parquet`` or ``text`` (one document)."""
+    suffix = path.suffix.lower()
+    return "jsonl" if suffix in JSONL_SUFFIXES else "parquet" if suffix in PARQUET_SUFFIXES else "text"
+
+
+def document_input(path: Path) -> dict[str, Any]:
+    """A manifest input for a file of documents: the same bytes read another way are another input."""
+    return {**file_input(path), "read_as": read_as(path)}
+
+
 def read_records(
     files: Sequence[Path], columns: Sequence[str] | None = None, owns: Callable[[int], bool] = lambda _: True
 ) -> Iterator[tuple[int, Path, Record]]:
@@ -108,8 +119,8 @@ def read_records(
     """
     record = -1
     for path in files:
-        suffix = path.suffix.lower()
-        if suffix in JSONL_SUFFIXES:
+        kind = read_as(path)
+        if kind == "jsonl":
             with _open(path) as f:
                 for lineno, raw in enumerate(f, 1):
                     if lineno == 1:
@@ -119,7 +130,7 @@ def read_records(
                     record += 1
                     if owns(record):
                         yield record, path, _json_record(raw, f"{path}:{lineno}")
-        elif suffix in PARQUET_SUFFIXES:
+        elif kind == "parquet":
             for row in _parquet_rows(path, columns):
                 record += 1
                 if owns(record):
@@ -226,7 +237,7 @@ def open_documents(
         raise UsageError("give either --corpus or --input, not both")
     if input_paths:
         files = expand_inputs([Path(p) for p in input_paths])
-        return DocumentSource([file_input(p) for p in files], files, val_fraction, has_split_column=False)
+        return DocumentSource([document_input(p) for p in files], files, val_fraction, has_split_column=False)
     corpus: Artifact = store.resolve(corpus_ref or "corpus", "corpus", option="--corpus")
     # the documents are the top-level Parquet files; subfolders hold a stage's own state
     files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if re.fullmatch(r"[^/]+\.parquet", f["path"])]

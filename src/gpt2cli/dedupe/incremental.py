@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Artifact, Store
+from gpt2cli.artifacts import Artifact, Store, input_identity
 from gpt2cli.dedupe.config import DedupeConfig
 from gpt2cli.dedupe.corpus import BLOOM
 from gpt2cli.dedupe.screen import DOCUMENTS, SHARD_KIND, input_sources
@@ -21,7 +21,7 @@ HISTORY = "history.json"  # in STATE: what the corpus and the versions it contin
 
 
 def input_key(entry: dict[str, Any]) -> str:
-    return str(entry.get("manifest_sha256") or entry.get("sha256") or entry.get("ref"))
+    return str(input_identity(entry) or entry.get("ref"))
 
 
 @dataclass(frozen=True)

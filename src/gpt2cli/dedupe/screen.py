@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt2cli.artifacts import Artifact, Store, artifact_input, file_input
+from gpt2cli.artifacts import Artifact, Store, artifact_input
 from gpt2cli.console import progress
 from gpt2cli.dedupe.bloom import BloomFilter, ngram_items
 from gpt2cli.dedupe.config import DedupeConfig
@@ -22,7 +22,7 @@ from gpt2cli.dedupe.filters import language_reason, length_reason, quality_reaso
 from gpt2cli.dedupe.minhash import MinHasher, shingles
 from gpt2cli.dedupe.normalize import normalize_text, text_key
 from gpt2cli.dedupe.state import Doc, StateWriter
-from gpt2cli.documents import Malformed, expand_inputs, read_records
+from gpt2cli.documents import Malformed, document_input, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.textutil import utf8_name, valid_unicode_in
 from gpt2cli.workers import worker_pool
@@ -109,7 +109,7 @@ def input_sources(
 
     if inputs:
         paths = expand_inputs([Path(p) for p in inputs])
-        return [(path, str(path)) for path in paths], [file_input(path) for path in paths]
+        return [(path, str(path)) for path in paths], [document_input(path) for path in paths]
     sources, manifest_inputs = [], []
     for ref in list(raw_refs) or ["raw-docs"]:
         artifact = store.resolve(ref, "raw-docs", option="--raw-docs")
