@@ -317,6 +317,9 @@ def fingerprint(kind: str, params: dict[str, Any], inputs: Sequence[dict[str, An
     return hashlib.sha256(_canonical_json({"kind": kind, "params": params, "inputs": identity})).hexdigest()
 
 
+_HELD_LOCKS: set[str] = set()  # the lock files this process holds
+
+
 @contextlib.contextmanager
 def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
     """An exclusive fcntl lock on ``path``, released by the kernel when the holder dies, even on kill -9.
@@ -327,7 +330,14 @@ def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
 
     The file locked must still be the one at ``path`` (gc deletes a training run's directory, lock file included,
     while holding its lock): else the one there now is locked instead.
+
+    Holding it again inside a hold (a stage that decides what to build under the lock it publishes under) is a
+    no-op: the lock is the process's, and closing a second descriptor of the file would release it.
     """
+    key = os.path.abspath(path)
+    if key in _HELD_LOCKS:
+        yield
+        return
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -348,7 +358,11 @@ def hold_lock(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
             if is_open_at(fd, path):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n{_utc_now()}\n".encode(), 0)
-                yield
+                _HELD_LOCKS.add(key)
+                try:
+                    yield
+                finally:
+                    _HELD_LOCKS.discard(key)
                 return
         finally:
             os.close(fd)  # closing the descriptor releases the lock

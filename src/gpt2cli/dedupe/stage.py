@@ -107,46 +107,49 @@ def dedupe(
 
         return store.produce(SHARD_KIND, params=params, inputs=manifest_inputs, build=build_shard, force=force,
                              wait=wait)  # fmt: skip
-    base = latest_corpus(store) if incremental else None
-    if incremental and base is None:
-        log.info("no previous corpus: --incremental starts a new one")
-    history = History()
-    if base is not None:
-        history = corpus_history(store, base)
-        consumed = set(history.consumed)
-        nothing_new = all(input_key(i) in consumed for i in manifest_inputs)
-        if why := why_recompute(base, identity, config, force=force, nothing_new=nothing_new):
-            if merge:
-                raise UsageError(f"{why}; --merge cannot recompute it: merge without --incremental")
-            log.warning("%s: recomputing the corpus from every input of %s and this run's", why, base.ref)
-            sources, data_inputs = all_inputs(store, base, history, why, sources, data_inputs)
-            manifest_inputs = data_inputs + eval_inputs
-            base, history = None, History()
-        elif nothing_new:
-            log.info("nothing new: %s already holds every input; reusing it", base.ref)
-            store.mark_current(base)
-            return Published(base, reused=True)
-    documents, unknown = shard_documents(store, shards) if merge else (data_inputs, "")
-    history = without_superseded(store, history.adding(manifest_inputs, documents, unknown), documents or [])
-    params = {"config": identity, "incremental": base.ref if base else None}
-    if merge:
-        params["shards"] = len(merge)
-
-    def build(draft: Draft) -> dict[str, Any]:
+    # the corpus to continue is chosen under the lock its successor is published under: a run that waited for
+    # another must continue what that one published, not what was current when it started
+    with store.lock("corpus", wait=wait):
+        base = latest_corpus(store) if incremental else None
+        if incremental and base is None:
+            log.info("no previous corpus: --incremental starts a new one")
+        history = History()
+        if base is not None:
+            history = corpus_history(store, base)
+            consumed = set(history.consumed)
+            nothing_new = all(input_key(i) in consumed for i in manifest_inputs)
+            if why := why_recompute(base, identity, config, force=force, nothing_new=nothing_new):
+                if merge:
+                    raise UsageError(f"{why}; --merge cannot recompute it: merge without --incremental")
+                log.warning("%s: recomputing the corpus from every input of %s and this run's", why, base.ref)
+                sources, data_inputs = all_inputs(store, base, history, why, sources, data_inputs)
+                manifest_inputs = data_inputs + eval_inputs
+                base, history = None, History()
+            elif nothing_new:
+                log.info("nothing new: %s already holds every input; reusing it", base.ref)
+                store.mark_current(base)
+                return Published(base, reused=True)
+        documents, unknown = shard_documents(store, shards) if merge else (data_inputs, "")
+        history = without_superseded(store, history.adding(manifest_inputs, documents, unknown), documents or [])
+        params = {"config": identity, "incremental": base.ref if base else None}
         if merge:
-            parts = [a.path / STATE for a in shards]
-        else:
-            screen_all(draft.work / STATE, sources, _run_config(config, eval_files, draft), Shard())
-            parts = [draft.work / STATE]
-        summary = _deduplicate(draft.dir, parts, config, base)
-        (draft.dir / STATE / HISTORY).write_bytes(json_utf8(asdict(history)))
-        return summary
+            params["shards"] = len(merge)
 
-    retains = [e for e in history.documents or () if "ref" in e]  # what a recompute reads: gc keeps them
-    return store.produce(
-        "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base,
-        retains=retains,
-    )  # fmt: skip
+        def build(draft: Draft) -> dict[str, Any]:
+            if merge:
+                parts = [a.path / STATE for a in shards]
+            else:
+                screen_all(draft.work / STATE, sources, _run_config(config, eval_files, draft), Shard())
+                parts = [draft.work / STATE]
+            summary = _deduplicate(draft.dir, parts, config, base)
+            (draft.dir / STATE / HISTORY).write_bytes(json_utf8(asdict(history)))
+            return summary
+
+        retains = [e for e in history.documents or () if "ref" in e]  # what a recompute reads: gc keeps them
+        return store.produce(
+            "corpus", params=params, inputs=manifest_inputs, build=build, force=force, wait=wait, parent=base,
+            retains=retains,
+        )  # fmt: skip
 
 
 def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) -> DedupeConfig:

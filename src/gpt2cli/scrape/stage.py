@@ -99,7 +99,6 @@ def scrape_reddit(
 ) -> Published:
     sources.validate()
     fetch.validate()
-    parent = store.latest("raw-docs")
     inputs = [file_input(p) for p in _input_files(sources)]
     # absolute: the same files named another way (./data, /srv/data) are the same build
     paths = {
@@ -117,8 +116,9 @@ def scrape_reddit(
     def build(draft: Draft) -> dict[str, Any]:
         return _build(store, draft.dir, sources, filters, fetch)
 
-    return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait, parent=parent,
-                         stale=_retries_due)  # fmt: skip
+    with store.lock("raw-docs", wait=wait):  # the version this one follows is the newest once this run holds the lock
+        return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait,
+                             parent=store.latest("raw-docs"), stale=_retries_due)  # fmt: skip
 
 
 def _retries_due(existing: Artifact) -> str | None:

@@ -240,14 +240,16 @@ def pretrain(
         inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
         existing = None if force else store.reusable("model", params, inputs) or _finished(store, run)
         if existing is not None:
-            log.info("reusing %s: same tokens and settings, trained to step %s (--force publishes anew)",
-                     existing.ref, existing.summary.get("steps"))  # fmt: skip
-            if not ctx.is_main:
-                return None
-            store.mark_current(existing)
-            return Published(existing, reused=True)
+            return _reuse(store, existing, ctx, wait)
         lock = hold_lock(run.run_dir / LOCK, f"training run {run.run_id}", wait=wait)
         with lock if ctx.is_main else contextlib.nullcontext():
+            # a run that waited for the lock finds what the holder published
+            late = (
+                None if force or not ctx.is_main else store.reusable("model", params, inputs) or _finished(store, run)
+            )
+            late_path = distributed.broadcast_object(late.path if late is not None else None, ctx)
+            if late_path is not None:
+                return _reuse(store, late, ctx, wait) if late is not None else None
             model = _train(run, resume)
             if not ctx.is_main:
                 return None
@@ -258,6 +260,16 @@ def pretrain(
             return published
     finally:
         distributed.teardown()
+
+
+def _reuse(store: Store, existing: Artifact, ctx: distributed.Context, wait: bool) -> Published | None:
+    log.info("reusing %s: same tokens and settings, trained to step %s (--force publishes anew)",
+             existing.ref, existing.summary.get("steps"))  # fmt: skip
+    if not ctx.is_main:
+        return None
+    with store.lock("model", wait=wait):  # not while another run publishes, which marks its own version current
+        store.mark_current(existing)
+    return Published(existing, reused=True)
 
 
 def _finished(store: Store, run: _Run) -> Artifact | None:
