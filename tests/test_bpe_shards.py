@@ -83,9 +83,15 @@ def test_shard_dtype_and_header(tmp_path: Path):
 
 def test_empty_corpus_is_an_error(gpt2, tokenizer_ref: str, tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
-    empty.write_text('{"text": ""}\n')
+    empty.write_text('{"text": ""}\nnot json\n{"title": "no text"}\n')
     result = gpt2("tokenize", "--input", str(empty))
-    assert result.code == 1 and "corpus is empty" in result.err
+    assert result.code == 1 and "corpus is empty: no documents to tokenize (2 malformed, 1 empty records)" in result.err
+
+
+def test_a_negative_zero_is_zero(gpt2, tokenizer_ref: str):
+    first = json.loads(gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "0", "--json").out)
+    again = json.loads(gpt2("tokenize", "--input", str(SAMPLE), "--val-fraction", "-0", "--json").out)
+    assert again["reused"] and again["ref"] == first["ref"]
 
 
 def test_an_empty_validation_split_is_warned_about(gpt2, tokenizer_ref: str, home: Path):
@@ -191,8 +197,8 @@ def test_stages_refuse_another_stages_artifact(gpt2, store: Store, args: list[st
     assert wrong in result.err and needs in result.err
 
 
-@pytest.mark.parametrize("value", ["0", "-5"])
-def test_tokenize_refuses_batch_docs_below_one(gpt2, value: str):
+@pytest.mark.parametrize("value", ["0", "-5", "10000001", "9223372036854775808"])
+def test_tokenize_refuses_batch_docs_out_of_range(gpt2, value: str):
     result = gpt2("tokenize", "--input", str(SAMPLE), "--batch-docs", value)
     assert result.code == 2 and result.err.startswith("gpt2: error: ") and len(result.err.splitlines()) == 1
     assert "--batch-docs" in result.err

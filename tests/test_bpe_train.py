@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -154,6 +155,13 @@ def test_train_bpe_bad_input(gpt2, tmp_path: Path):
     assert small.code == 2 and "at least 257" in small.err
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     assert gpt2("train-bpe", "--input", str(tmp_path / "image.png")).code == 2
+
+
+def test_more_workers_than_cores_are_as_many_as_the_cores(gpt2):
+    cores = len(os.sched_getaffinity(0))
+    result = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "260", "--workers", str(10**30), "--json")
+    assert result.code == 0, result.err
+    assert f"--workers {10**30} is more than the {cores} cores here: using {cores}" in result.err
 
 
 def test_train_bpe_says_when_every_document_went_to_validation(gpt2, tmp_path: Path):

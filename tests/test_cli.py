@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -341,6 +344,8 @@ def test_an_unknown_run_config_key_lists_the_keys_the_table_takes(gpt2, tmp_path
         ('[pretrain]\ncompile = "yes"\n', "[pretrain] compile must be true or false, got 'yes'"),
         ("[dedupe]\nkeep_wikipedia = 1\n", "[dedupe] keep_wikipedia must be true or false, got 1"),
         ("[pretrain]\nmax_steps = 3\nmax-steps = 4\n", "[pretrain] sets max-steps twice (as max_steps and max-steps)"),
+        ("[tokenize]\ntokenizer = 3\n", "[tokenize] tokenizer must be a string, got 3"),
+        ("[tokenize]\ninput = [3]\n", "[tokenize] input must be a string, got [3]"),
     ],
 )
 def test_run_config_values_are_taken_as_toml_typed_them(gpt2, tmp_path: Path, table: str, message: str):
@@ -350,6 +355,40 @@ def test_run_config_values_are_taken_as_toml_typed_them(gpt2, tmp_path: Path, ta
     command = table[1:].split("]")[0]
     result = gpt2("--run-config", str(config), command)
     assert result.code == 2 and result.err == f"gpt2: error: {config}: {message}\n"
+
+
+def test_a_run_config_is_utf8_with_or_without_a_byte_order_mark(gpt2, tmp_path: Path):
+    config = tmp_path / "run.toml"
+    config.write_bytes(b"\xef\xbb\xbf[tokenize]\nbatch_docs = 0\n")  # read: its value is checked
+    assert gpt2("--run-config", str(config), "tokenize").err.startswith("gpt2: error: --batch-docs must be in 1..")
+    config.write_bytes(b"[tokenize]\nbatch_docs = 5 # caf\xe9\n")
+    result = gpt2("--run-config", str(config), "artifacts", "ls")
+    assert (
+        result.code == 2 and result.err == f"gpt2: error: {config}: not UTF-8 (byte 0xe9 at offset 31); TOML is UTF-8\n"
+    )
+
+
+@pytest.mark.parametrize("args", [["--home", ""], ["tokenize", "--input", ""], ["sample", "--prompt-file", ""]])
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(gpt2, tmp_path: Path, args: list[str]):
+    result = gpt2(*args) if args[0] != "--home" else gpt2(*args, "artifacts", "ls")
+    assert result.code == 2 and "an empty path (an unset variable?)" in result.err
+    config = tmp_path / "run.toml"
+    config.write_text('[tokenize]\ninput = [""]\n')
+    from_config = gpt2("--run-config", str(config), "tokenize")
+    assert from_config.code == 2
+    assert from_config.err.startswith(f"gpt2: error: invalid value in {config} [tokenize] input: an empty path")
+
+
+def test_an_error_naming_a_path_with_a_line_break_is_one_line(gpt2, tmp_path: Path):
+    result = gpt2("train-bpe", "--input", str(tmp_path / "no\nsuch.txt"))
+    assert result.code == 2 and result.err == f"gpt2: error: input {tmp_path}/no\\nsuch.txt does not exist\n"
+
+
+def test_a_json_result_with_standard_output_closed_is_one_error_line(populated, home: Path):
+    result = subprocess.run([sys.executable, "-m", "gpt2cli", "--home", str(home), "artifacts", "ls", "--json"],
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == "gpt2: error: standard output is closed: nowhere to write the --json result\n"
 
 
 def test_refresh_usage_errors_end_with_the_one_error_line(gpt2, home: Path, tmp_path: Path, monkeypatch):

@@ -78,7 +78,18 @@ def _json_default(obj: Any) -> Any:
 
 
 def _canonical_json(obj: Any) -> bytes:
-    return json_utf8(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return json_utf8(_without_negative_zero(obj), sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _without_negative_zero(obj: Any) -> Any:
+    """``-0.0`` as ``0.0``: equal numbers, so ``--val-fraction -0`` must be the same build as ``0``."""
+    if isinstance(obj, float):
+        return obj + 0.0  # -0.0 + 0.0 is 0.0; any other float is unchanged
+    if isinstance(obj, dict):
+        return {k: _without_negative_zero(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_without_negative_zero(v) for v in obj]
+    return obj
 
 
 def _utc_now() -> str:

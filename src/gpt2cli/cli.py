@@ -35,9 +35,20 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
+
+def _path(value: str) -> Path:
+    """A path option's value: an empty one (an unset shell variable, ``input = ""``) would mean the current
+    directory, which no one asks for that way."""
+    if not value:
+        raise typer.BadParameter("an empty path (an unset variable?)")
+    return Path(value)
+
+
 HomeOption = Annotated[
     Optional[Path],
-    typer.Option("--home", help="Artifact root \\[default: $GPT2_HOME, else ./data/runs].", show_default=False),
+    typer.Option(
+        "--home", parser=_path, help="Artifact root \\[default: $GPT2_HOME, else ./data/runs].", show_default=False
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even when an identical version exists.")]
@@ -49,7 +60,9 @@ CorpusOption = Annotated[
 ]
 InputOption = Annotated[
     Optional[list[Path]],
-    typer.Option("--input", help="Text, JSONL or Parquet files or folders instead of a corpus (repeatable)."),
+    typer.Option(
+        "--input", parser=_path, help="Text, JSONL or Parquet files or folders instead of a corpus (repeatable)."
+    ),
 ]
 ValFractionOption = Annotated[
     float,
@@ -115,6 +128,7 @@ def main_options(
         Optional[Path],
         typer.Option(
             "--run-config",
+            parser=_path,
             envvar="GPT2_RUN_CONFIG",
             help="TOML file of a run's settings: one table per command (\\[dedupe], \\[train-bpe], "
             "\\[eval.zero-shot], ...) whose keys are option names; options given on the command line win.",
@@ -164,16 +178,20 @@ def scrape_reddit_command(
     dump: Annotated[
         Optional[list[Path]],
         typer.Option(
+            parser=_path,
             help="Pushshift/Arctic Shift dump (.zst/.bz2/.xz/.gz/NDJSON), or a folder of them (its RS_* files); "
-            "repeatable."
+            "repeatable.",
         ),
     ] = None,
     subreddit: Annotated[
         Optional[list[str]], typer.Option(help="Pull a subreddit listing from the Reddit API; repeatable.")
     ] = None,
-    urls: Annotated[Optional[list[Path]], typer.Option(help="A file of URLs, one per line; repeatable.")] = None,
+    urls: Annotated[
+        Optional[list[Path]], typer.Option(parser=_path, help="A file of URLs, one per line; repeatable.")
+    ] = None,
     replay: Annotated[
-        Optional[list[Path]], typer.Option(help="Take pages from this WARC instead of the network; repeatable.")
+        Optional[list[Path]],
+        typer.Option(parser=_path, help="Take pages from this WARC instead of the network; repeatable."),
     ] = None,
     sort: Annotated[str, typer.Option(help="API listing: top or new.")] = "top",
     time_filter: Annotated[str, typer.Option(help="API `top` time filter: hour, day, week, month, year, all.")] = "all",
@@ -257,6 +275,7 @@ def dedupe_command(
         Optional[list[Path]],
         typer.Option(
             "--input",
+            parser=_path,
             help="Text files (one document each), JSONL or Parquet with a text field (and url, score), or folders "
             "of those, instead (repeatable).",
         ),
@@ -281,7 +300,9 @@ def dedupe_command(
     ] = False,
     overlap: Annotated[
         Optional[list[Path]],
-        typer.Option(help="Report the 8-gram overlap of these eval files with the corpus (paper section 4)."),
+        typer.Option(
+            parser=_path, help="Report the 8-gram overlap of these eval files with the corpus (paper section 4)."
+        ),
     ] = None,
     drop_overlap: Annotated[
         Optional[float],
@@ -430,7 +451,8 @@ def pretrain_command(
     config: Annotated[
         Optional[Path],
         typer.Option(
-            help="TOML file of settings (its \\[pretrain] table, or top-level keys); flags win, the run config yields."
+            parser=_path,
+            help="TOML file of settings (its \\[pretrain] table, or top-level keys); flags win, the run config yields.",
         ),
     ] = None,
     model_size: Annotated[
@@ -529,7 +551,7 @@ STAGE_CHECKS = {
 def refresh_command(
     ctx: typer.Context,
     log_file: Annotated[
-        Optional[Path], typer.Option(help="Log file, rotated by size \\[default: HOME/logs/refresh.log].")
+        Optional[Path], typer.Option(parser=_path, help="Log file, rotated by size \\[default: HOME/logs/refresh.log].")
     ] = None,
     log_max_mb: Annotated[int, typer.Option(min=1, help="Rotate the log file at this size.")] = 10,
     log_backups: Annotated[int, typer.Option(min=0, help="Rotated log files to keep.")] = 5,
@@ -629,7 +651,9 @@ def sample_command(
         str, typer.Argument(help="Model artifact reference, or a Hugging Face GPT-2 directory.")
     ] = "model",
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text; empty = unconditional.")] = None,
-    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from a UTF-8 file.")] = None,
+    prompt_file: Annotated[
+        Optional[Path], typer.Option(parser=_path, help="Read the prompt from a UTF-8 file.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per sample.")] = 200,
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 means greedy.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (the paper: 40); 0 = off.")] = 40,
@@ -745,7 +769,8 @@ def eval_zero_shot_command(
         ),
     ] = None,
     data_dir: Annotated[
-        Optional[Path], typer.Option(help="Folder of the datasets \\[default: $GPT2_EVAL_DATA, else ../shared/data].")
+        Optional[Path],
+        typer.Option(parser=_path, help="Folder of the datasets \\[default: $GPT2_EVAL_DATA, else ../shared/data]."),
     ] = None,
     corpus: Annotated[
         Optional[str],
@@ -808,7 +833,7 @@ def export_command(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model artifact: KIND@vN, model, or a directory.")] = "model",
     format: Annotated[str, typer.Option("--format", help="Output format; hf = Hugging Face transformers.")] = "hf",
-    out: Annotated[Path, typer.Option("--out", help="Directory to write.")] = Path("export"),
+    out: Annotated[Path, typer.Option("--out", parser=_path, help="Directory to write.")] = Path("export"),
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
@@ -1047,6 +1072,7 @@ def artifacts_gc(
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
+    message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
     stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(exit_code)
 

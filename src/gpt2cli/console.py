@@ -17,6 +17,8 @@ from typing import Any
 
 from rich.console import Console
 
+from gpt2cli.errors import Gpt2Error
+
 PLAIN_INTERVAL_S = 30.0
 
 
@@ -153,6 +155,8 @@ def json_utf8(obj: Any, **options: Any) -> bytes:
 
 
 def print_json(obj: Any) -> None:
+    if sys.stdout is None:  # started with descriptor 1 closed (`>&-`): the result has nowhere to go
+        raise Gpt2Error("standard output is closed: nowhere to write the --json result")
     sys.stdout.flush()
     sys.stdout.buffer.write(json_utf8(obj, indent=2, default=str) + b"\n")
     sys.stdout.buffer.flush()

@@ -205,6 +205,10 @@ class DocumentSource:
     has_split_column: bool
     stats: Counter[str] = field(default_factory=Counter)
 
+    def skipped(self) -> str:
+        """The records the last pass skipped, for the message of a run left with no documents."""
+        return f"{self.stats.get('malformed', 0)} malformed, {self.stats.get('empty', 0)} empty records"
+
     def __iter__(self) -> Iterator[Document]:
         self.stats.clear()
         for _, _, row in read_records(self.files, columns=("text", "split")):

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import GenericAlias
 from typing import Any
 
 from gpt2cli.errors import UsageError
@@ -29,10 +30,14 @@ INVOCATION_OPTIONS = ("home", "json", "force", "wait")
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    try:  # a byte order mark (Windows editors write one) is not TOML, nor part of the file's text
+        return tomllib.loads(Path(path).read_bytes().decode("utf-8-sig"))
     except OSError as e:
         raise UsageError(f"cannot read the run config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}); TOML is UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
 
@@ -152,13 +157,18 @@ class Tables(dict):  # type: ignore[type-arg]
 
 def _toml_type_problem(param: Any, value: Any) -> str | None:
     """What a TOML value must be where click's conversion is lenient: a flag takes ``true``/``false`` (not
-    ``"yes"``), a number is no boolean (``max_steps = true`` is not 1). None when ``value`` is fine."""
+    ``"yes"``), a number is no boolean (``max_steps = true`` is not 1), a name or path is a string
+    (``tokenizer = 3`` is not ``"3"``). None when ``value`` is fine."""
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if isinstance(annotation, GenericAlias) and annotation.__origin__ is list:  # a repeatable option's items
+        annotation = annotation.__args__[0]
     values = value if isinstance(value, list) else [value]
     if annotation is bool and not all(isinstance(v, bool) for v in values):
         return "true or false"
     if annotation in (int, float) and any(isinstance(v, bool) for v in values):
         return "a number"
+    if annotation in (str, Path) and not all(isinstance(v, str) for v in values):
+        return "a string"
     return None
 
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
+log = logging.getLogger(__name__)
+
 _PR_SET_PDEATHSIG = 1
+
+
+def usable_workers(asked: int) -> int:
+    """``asked`` processes (0: one per core), at most one per core this process may run on: the work is
+    CPU-bound, so more only queue for the same cores, each a forked copy of the stage's memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if asked > cores:
+        log.warning("--workers %d is more than the %d cores here: using %d", asked, cores, cores)
+    return min(asked, cores) if asked else cores
 
 
 def die_with(parent: int) -> None:

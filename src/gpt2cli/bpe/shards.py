@@ -95,9 +95,12 @@ class _ShardWriter:
         self.file.close()
 
 
+MAX_BATCH_DOCS = 10_000_000  # documents tokenized in memory between two checkpoints
+
+
 def check_tokenize_options(batch_docs: int, val_fraction: float) -> None:
-    if batch_docs < 1:
-        raise UsageError(f"--batch-docs must be at least 1, got {batch_docs}")
+    if not 1 <= batch_docs <= MAX_BATCH_DOCS:
+        raise UsageError(f"--batch-docs must be in 1..{MAX_BATCH_DOCS:_}, got {batch_docs}")
     check_val_fraction(val_fraction)
 
 
@@ -150,7 +153,7 @@ def tokenize_corpus(
         for w in writers.values():
             w.finish()
         if not sum(docs.values()):
-            raise Gpt2Error("the corpus is empty: no documents to tokenize")
+            raise Gpt2Error(f"the corpus is empty: no documents to tokenize ({source.skipped()})")
         if not docs["train"]:
             raise Gpt2Error("no document landed in the train split; lower --val-fraction")
         return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from gpt2cli.bpe.train import bytes_per_token, count_corpus, learn_merges
 from gpt2cli.console import progress
 from gpt2cli.documents import DocumentSource, open_documents
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.workers import usable_workers
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def train_bpe(
     params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": val_fraction}
 
     def build(draft: Any) -> dict[str, Any]:
-        return _train(draft.dir, source, vocab_size, min_frequency, workers or os.cpu_count() or 1)
+        return _train(draft.dir, source, vocab_size, min_frequency, usable_workers(workers))
 
     return store.produce("tokenizer", params=params, inputs=source.inputs, build=build, force=force, wait=wait)
 
@@ -52,7 +52,7 @@ def _train(out: Path, source: DocumentSource, vocab_size: int, min_frequency: in
         counts = count_corpus((d.text for d in source if d.split == "train"), workers, bar.advance)
     stats = dict(source.stats)
     if not counts:
-        skipped = f"{stats.get('malformed', 0)} malformed, {stats.get('empty', 0)} empty records"
+        skipped = source.skipped()
         if stats.get("val"):
             how = "the corpus puts" if source.has_split_column else f"--val-fraction {source.val_fraction} puts"
             skipped += f"; {how} all {stats['val']} documents in the validation split"

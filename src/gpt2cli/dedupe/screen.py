@@ -5,7 +5,6 @@ checks and joins. Duplicate detection, which needs every document, is the stage'
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from gpt2cli.dedupe.state import Doc, StateWriter
 from gpt2cli.documents import Malformed, document_input, expand_inputs, read_records
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.textutil import utf8_name, valid_unicode_in
-from gpt2cli.workers import worker_pool
+from gpt2cli.workers import usable_workers, worker_pool
 
 DOCUMENTS = "documents.parquet"  # a raw-docs version's file
 RAW_DOCS_COLUMNS = {"url", "text"}
@@ -171,7 +170,7 @@ def screen_all(
     stats: Counter[str] = Counter()
     report = Report()
     writer = StateWriter(state_dir, config.num_perm)
-    workers = config.workers or os.cpu_count() or 1
+    workers = usable_workers(config.workers)
     removed_at: Counter[str] = Counter()
     n_in = 0
 
