@@ -357,6 +357,19 @@ def test_run_config_values_are_taken_as_toml_typed_them(gpt2, tmp_path: Path, ta
     assert result.code == 2 and result.err == f"gpt2: error: {config}: {message}\n"
 
 
+def test_a_run_configs_relative_paths_are_beside_it(gpt2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """cron starts in $HOME: `input = "docs.jsonl"` names the file next to the run config, from anywhere."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "docs.jsonl").write_text('{"text": "a few words of text"}\n' * 3)
+    config = tmp_path / "run" / "run.toml"
+    config.write_text('[train-bpe]\ninput = "docs.jsonl"\nvocab_size = 260\nval_fraction = 0.0\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = gpt2("--run-config", str(config), "train-bpe", "--json")
+    assert result.code == 0, result.err
+    assert Store().resolve(json.loads(result.out)["ref"]).inputs[0]["path"] == str(tmp_path / "run" / "docs.jsonl")
+
+
 def test_a_run_config_is_utf8_with_or_without_a_byte_order_mark(gpt2, tmp_path: Path):
     config = tmp_path / "run.toml"
     config.write_bytes(b"\xef\xbb\xbf[tokenize]\nbatch_docs = 0\n")  # read: its value is checked
@@ -492,7 +505,8 @@ def test_a_stage_usage_error_names_the_run_config_key_it_came_from(gpt2, populat
     config.write_text('[dedupe]\nthreshold = 0.5\ninput = "nonexist.jsonl"\n')
     result = gpt2("--run-config", str(config), "dedupe")
     assert result.code == 2
-    assert result.err == f"gpt2: error: input nonexist.jsonl does not exist (from {config} [dedupe] input)\n"
+    # the run config's relative path is beside it; a typed one is relative to the current directory
+    assert result.err == f"gpt2: error: input {tmp_path}/nonexist.jsonl does not exist (from {config} [dedupe] input)\n"
     typed = gpt2("--run-config", str(config), "dedupe", "--input", "nonexist.jsonl")
     assert typed.code == 2 and typed.err == "gpt2: error: input nonexist.jsonl does not exist\n"
     config.write_text('[dedupe]\nraw_docs = ["raw-docs@v99"]\n')  # in a home without any raw-docs
@@ -529,7 +543,7 @@ def test_refresh_checks_each_stage_value_type_before_the_first_stage(gpt2, home:
         ("[dedupe]\nthreshold = 1.5\n", "--threshold must be in (0, 1), got 1.5 (from {config} [dedupe] threshold)"),
         (
             "[tokenize]\nbatch-docs = 0\n",
-            "--batch-docs must be at least 1, got 0 (from {config} [tokenize] batch-docs)",
+            "--batch-docs must be in 1..10_000_000, got 0 (from {config} [tokenize] batch-docs)",
         ),
         (
             "[scrape-reddit]\nper_host_interval = -1.0\n",

@@ -155,13 +155,30 @@ class Tables(dict):  # type: ignore[type-arg]
             raise UsageError(" ".join(message.split())) from None
 
 
+def _annotation(param: Any) -> Any:
+    """The type an option's values have (a repeatable option's items: ``Path`` for ``list[Path]``)."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if isinstance(annotation, GenericAlias) and annotation.__origin__ is list:
+        return annotation.__args__[0]
+    return annotation
+
+
+def _from_folder(folder: Path, value: Any) -> Any:
+    """A run config's relative paths name files beside it, wherever the command runs from (cron starts in
+    $HOME): ``dump = ["reddit/RS_2017-11.zst"]`` in ``data/sample/run.toml`` is ``data/sample/reddit/...``."""
+    if isinstance(value, list):
+        return [_from_folder(folder, v) for v in value]
+    if not value:  # left for the option to refuse
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(folder / path)
+
+
 def _toml_type_problem(param: Any, value: Any) -> str | None:
     """What a TOML value must be where click's conversion is lenient: a flag takes ``true``/``false`` (not
     ``"yes"``), a number is no boolean (``max_steps = true`` is not 1), a name or path is a string
     (``tokenizer = 3`` is not ``"3"``). None when ``value`` is fine."""
-    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-    if isinstance(annotation, GenericAlias) and annotation.__origin__ is list:  # a repeatable option's items
-        annotation = annotation.__args__[0]
+    annotation = _annotation(param)
     values = value if isinstance(value, list) else [value]
     if annotation is bool and not all(isinstance(v, bool) for v in values):
         return "true or false"
@@ -192,6 +209,8 @@ class Table(dict):  # type: ignore[type-arg]
             self._keys[param.name] = key
             if (expected := _toml_type_problem(param, value)) is not None:
                 raise UsageError(f"{path}: [{name}] {key} must be {expected}, got {value!r}")
+            if _annotation(param) is Path:
+                value = _from_folder(Path(path).parent, value)
             repeatable = getattr(param, "multiple", False)  # `input = "a.txt"` means `input = ["a.txt"]`
             self[param.name] = [value] if repeatable and not isinstance(value, list) else value
 
