@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -321,25 +323,49 @@ def test_a_reused_version_is_held_against_gc(store: Store, home: Path):
     assert gc.stdout.split() == ["[]", "['corpus@v1']"]
 
 
-def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
-    for i in range(2):
-        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+@contextlib.contextmanager
+def reading(home: Path, ref: str) -> Iterator[None]:
+    """A running stage that reads ``ref``: another process holds it, as every command does, until the block ends."""
     reader = subprocess.Popen(
-        [sys.executable, "-c", f"from gpt2cli.artifacts import Store; Store({str(home)!r}).resolve('corpus@v1'); "
+        [sys.executable, "-c", f"from gpt2cli.artifacts import Store; Store({str(home)!r}).resolve({ref!r}); "
          "print('reading', flush=True); import time; time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
-        collected = store.gc(1)
-        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["corpus@v1"]
-        assert (home / "corpus" / "v1" / "f").read_text() == "0"
+        yield
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
+    for i in range(2):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    with reading(home, "corpus@v1"):
+        collected = store.gc(1)
+        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["corpus@v1"]
+        assert (home / "corpus" / "v1" / "f").read_text() == "0"
     assert [a.ref for a in store.gc(1).removed] == ["corpus@v1"]  # the reader is gone
     with pytest.raises(UsageError, match="no corpus@v1"):
         store.resolve("corpus@v1")
+
+
+def test_what_a_version_a_running_stage_reads_needs_stays_with_it(store: Store, home: Path):
+    """A version gc spares because a stage reads it keeps what it was built from and retains, as a kept one does,
+    even when gc comes to those first: the model that stage publishes must not name deleted inputs."""
+    raw = [store.produce("raw-docs", params={"i": i}, inputs=[], build=write_files(f=str(i))).artifact for i in (1, 2)]
+    old = store.produce("corpus", params={"i": 1}, inputs=[artifact_input(raw[1])], retains=[artifact_input(raw[0])],
+                        build=write_files(f="1")).artifact  # fmt: skip
+    new = store.produce("corpus", params={"i": 2}, inputs=[artifact_input(raw[1])], build=write_files(f="2")).artifact
+    for i, corpus in enumerate((old, new)):
+        store.produce("tokenizer", params={"i": i}, inputs=[artifact_input(corpus)], build=write_files(t=str(i)))
+    with reading(home, "tokenizer@v1"):
+        collected = store.gc(1)
+        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["tokenizer@v1"]
+        assert len(store.all()) == 6
+        assert store.lineage(store.resolve("tokenizer@v1"))["inputs"][0]["inputs"][1]["ref"] == "raw-docs@v1"
+    assert sorted(a.ref for a in store.gc(1).removed) == ["corpus@v1", "raw-docs@v1", "tokenizer@v1"]
 
 
 def test_gc_deletes_nothing_while_any_stage_publishes(store: Store, home: Path, tmp_path: Path):

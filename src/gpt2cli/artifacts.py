@@ -422,6 +422,11 @@ def _claim_for_deletion(path: Path) -> bool:
     return True
 
 
+def _release_claim(path: Path) -> None:
+    """A claimed version that stays after all goes back to being read by this process, which readers share."""
+    fcntl.flock(_reading[Path(os.path.abspath(path))], fcntl.LOCK_SH)
+
+
 @dataclass(frozen=True)
 class Collected:
     """What ``gc`` deleted (or would delete), and what it spared because a running stage reads it."""
@@ -727,22 +732,24 @@ class Store:
                 p.unlink(missing_ok=True)
 
     def remove(self, artifact: Artifact) -> bool:
-        """Delete a version unless a running process reads it; it disappears atomically (rename) before its
-        files are removed. Call with the kind's lock held."""
+        """Delete a version unless a running process reads it. Call with the kind's lock held."""
         if not _claim_for_deletion(artifact.path):
             return False
+        self._delete(artifact)
+        return True
+
+    def _delete(self, artifact: Artifact) -> None:
+        """Delete a version claimed for deletion: it disappears atomically (rename) before its files are removed."""
         trash = artifact.path.with_name(f"{_TRASH}{artifact.version}-{uuid.uuid4().hex[:8]}")
         os.rename(artifact.path, trash)
         os.close(_reading.pop(Path(os.path.abspath(artifact.path))))
         shutil.rmtree(trash)
-        return True
 
     def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> Collected:
-        """Delete all but the newest ``keep`` versions and the current one of each kind, sparing any version a
-        kept one was built from or retains and any version a running stage reads, but not the versions a kept
-        one continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever
-        made. Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or
-        waits)."""
+        """Delete all but the newest ``keep`` versions and the current one of each kind. A version a running stage
+        reads stays too. What stays keeps what it was built from or retains, transitively, but not the versions it
+        continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever made.
+        Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits)."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
         with contextlib.ExitStack() as locks:
@@ -756,7 +763,15 @@ class Store:
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
                 return Collected(doomed, [])
-            removed, in_use = [], []
-            for artifact in doomed:
-                (removed if self.remove(artifact) else in_use).append(artifact)
+            # every doomed version is claimed before any is deleted: one a running stage reads stays, and so does
+            # what it was built from or retains, as for a kept version (a claimed one no reader can start on)
+            in_use = [a for a in doomed if not _claim_for_deletion(a.path)]
+            if in_use:
+                kept = self.dependents_closure([*roots, *in_use])
+                for artifact in doomed:
+                    if artifact.ref in kept and artifact not in in_use:
+                        _release_claim(artifact.path)
+            removed = [a for a in doomed if a.ref not in kept]
+            for artifact in removed:
+                self._delete(artifact)
             return Collected(removed, in_use)
