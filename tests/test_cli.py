@@ -11,7 +11,7 @@ import typer.main
 from gpt2cli.artifacts import Store, artifact_input
 from gpt2cli.cli import app
 from tests.conftest import SAMPLE, run_module
-from tests.test_artifacts import wait_for, worker, write_files
+from tests.test_artifacts import SHA, rewrite_manifest, wait_for, worker, write_files
 
 
 def all_command_paths() -> list[list[str]]:
@@ -153,17 +153,34 @@ def test_a_damaged_version_does_not_hide_the_others(gpt2, populated):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("files", None), ("inputs", "x"), ("created_at", 5), ("parent", [1]), ("kind", "../x")]
+    ("field", "value"),
+    [
+        ("files", None),
+        ("inputs", "x"),
+        ("created_at", 5),
+        ("parent", [1]),
+        ("kind", "../x"),
+        ("files", [{"path": "a", "bytes": 10**400, "sha256": SHA}]),
+        ("inputs", [{"ref": "raw-docs@v1", "manifest_sha256": SHA, "path": "p"}]),
+    ],
 )
 def test_a_manifest_with_a_field_of_the_wrong_shape_is_damaged(gpt2, populated, field: str, value: object):
-    path = populated.home / "corpus" / "v1" / "manifest.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    rewrite_manifest(populated.home / "corpus" / "v1", **{field: value})
     listed = gpt2("artifacts", "ls", "--json")
     assert listed.code == 0 and [r["ref"] for r in json.loads(listed.out)] == ["tokenizer@v1"]
     for args in (["artifacts", "verify", "corpus"], ["artifacts", "show", "corpus@v1"]):
         result = gpt2(*args)
         assert result.code == 1 and result.err.startswith("gpt2: error: manifest ") and "is damaged" in result.err
         assert result.err.count("\n") == 1
+
+
+def test_a_lineage_cycle_is_shown_not_followed(gpt2, populated):
+    tokenizer = populated.resolve("tokenizer")
+    rewrite_manifest(populated.home / "corpus" / "v1", inputs=[artifact_input(tokenizer)])  # by hand
+    tree = gpt2("artifacts", "lineage", "tokenizer")
+    assert tree.code == 0 and "tokenizer@v1  cycle" in tree.out, tree.err
+    (corpus,) = json.loads(gpt2("artifacts", "lineage", "tokenizer", "--json").out)["inputs"]
+    assert corpus["inputs"] == [{"ref": "tokenizer@v1", "status": "cycle", "inputs": []}]
 
 
 def test_verify_without_a_reference_checks_every_version(gpt2, populated):

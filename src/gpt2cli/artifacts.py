@@ -51,6 +51,9 @@ PRODUCERS = {
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_REF_RE = re.compile(r"[a-z][a-z0-9-]*@v[1-9][0-9]*")  # as an input names an artifact
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MAX_BYTES = 2**63 - 1  # a file's size is an off_t: no file is larger
 NOT_KINDS = frozenset({"logs"})  # folders of the home that hold no artifacts (`gpt2 refresh` logs there)
 _PARTIAL = ".partial-"
 _TRASH = ".trash-"
@@ -121,27 +124,27 @@ def load_manifest(directory: Path) -> dict[str, Any]:
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """What makes a parsed manifest unusable (a field of the wrong shape), or None: every reader may then trust
-    the fields it uses."""
-    if not (isinstance(manifest["kind"], str) and _KIND_RE.match(manifest["kind"])):
+    """What makes a parsed manifest unusable (a field of the wrong shape or an insane value), or None: every reader
+    may then trust the fields it uses."""
+    if not _matches(_KIND_RE, manifest["kind"]):
         return f"kind {manifest['kind']!r}"
-    if not (isinstance(manifest["version"], str) and _VERSION_RE.match(manifest["version"])):
+    if not _matches(_VERSION_RE, manifest["version"]):
         return f"version {manifest['version']!r}"
-    files = manifest["files"]
-    file_keys = {"path": str, "bytes": int, "sha256": str}
-    if not isinstance(files, list) or not all(_has(f, file_keys) for f in files):
-        return "files is not a list of {path, bytes, sha256}"
-    inputs = manifest.get("inputs", [])
-    if not isinstance(inputs, list) or not all(
-        _has(i, {"ref": str, "manifest_sha256": str}) or _has(i, file_keys) for i in inputs
-    ):
-        return "inputs is not a list of artifact or file inputs"
+    lists = (
+        ("files", _is_version_file, "a file of the version ({path, bytes, sha256})"),
+        ("inputs", lambda e: _is_artifact_entry(e) or _is_file_entry(e), "an artifact or a file"),
+        ("retains", _is_artifact_entry, "an artifact"),
+    )
+    for name, is_entry, what in lists:
+        entries = manifest.get(name, [])
+        if not isinstance(entries, list):
+            return f"{name} is not a list"
+        bad = next((i for i, entry in enumerate(entries) if not is_entry(entry)), None)
+        if bad is not None:
+            return f"{name}[{bad}] is not {what}"
     parent = manifest.get("parent")
-    if parent is not None and not _has(parent, {"ref": str, "manifest_sha256": str}):
-        return "parent is not an artifact input"
-    retains = manifest.get("retains", [])
-    if not isinstance(retains, list) or not all(_has(r, {"ref": str, "manifest_sha256": str}) for r in retains):
-        return "retains is not a list of artifact inputs"
+    if parent is not None and not _is_artifact_entry(parent):
+        return "parent is not an artifact"
     for name in ("params", "summary"):
         if not isinstance(manifest.get(name, {}), dict):
             return f"{name} is not an object"
@@ -150,8 +153,37 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _has(entry: Any, fields: dict[str, type]) -> bool:
-    return isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in fields.items())
+def _matches(pattern: re.Pattern[str], value: Any) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _is_artifact_entry(entry: Any) -> bool:
+    """``{ref, manifest_sha256}``, and no ``path``: readers tell a file input by that key."""
+    return (
+        isinstance(entry, dict)
+        and "path" not in entry
+        and _matches(_REF_RE, entry.get("ref"))
+        and _matches(_SHA256_RE, entry.get("manifest_sha256"))
+    )
+
+
+def _is_file_entry(entry: Any) -> bool:
+    """``{path, bytes, sha256}``, and no ``ref`` or ``manifest_sha256``: readers tell an artifact input by those."""
+    return (
+        isinstance(entry, dict)
+        and not entry.keys() & {"ref", "manifest_sha256"}
+        and isinstance(entry.get("path"), str)
+        and entry["path"] != ""
+        and "\0" not in entry["path"]
+        and type(entry.get("bytes")) is int  # not a bool
+        and 0 <= entry["bytes"] <= _MAX_BYTES
+        and _matches(_SHA256_RE, entry.get("sha256"))
+    )
+
+
+def _is_version_file(entry: Any) -> bool:
+    """A file entry whose path stays inside the version directory and is not its manifest."""
+    return _is_file_entry(entry) and entry["path"] != MANIFEST and not {"", ".", ".."} & set(entry["path"].split("/"))
 
 
 @dataclass(frozen=True)
@@ -427,6 +459,9 @@ def _release_claim(path: Path) -> None:
     fcntl.flock(_reading[Path(os.path.abspath(path))], fcntl.LOCK_SH)
 
 
+_Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, with their manifest's sha256
+
+
 @dataclass(frozen=True)
 class Collected:
     """What ``gc`` deleted (or would delete), and what it spared because a running stage reads it."""
@@ -571,7 +606,15 @@ class Store:
         return seen
 
     def lineage(self, artifact: Artifact) -> dict[str, Any]:
-        """The tree of inputs back to the raw files; each node says whether its input is still intact."""
+        """The tree of inputs back to the raw files; each node says whether its input is still intact. Each version
+        is read once, however many others were built from it, and one among its own inputs (a hand-edited
+        manifest) is marked as a cycle rather than followed."""
+        return self._lineage(artifact, {}, set())
+
+    def _lineage(self, artifact: Artifact, made: _Trees, making: set[str]) -> dict[str, Any]:
+        """``making``: the refs whose trees are being made, this one's among them: none of them can be an input below
+        but in a cycle."""
+        making.add(artifact.ref)
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
         if artifact.parent:
             node["parent"] = artifact.parent["ref"]
@@ -584,18 +627,29 @@ class Store:
         for entry in [*artifact.inputs, *retained]:  # retained: an incremental corpus's earlier raw-docs
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
-                continue
+            else:
+                node["inputs"].append(self._input_node(entry, made, making))
+        making.discard(artifact.ref)
+        return node
+
+    def _input_node(self, entry: dict[str, Any], made: _Trees, making: set[str]) -> dict[str, Any]:
+        ref = entry["ref"]
+        if ref in making:
+            return {"ref": ref, "status": "cycle", "inputs": []}
+        if ref not in made:
             try:
-                parent = self.resolve(entry["ref"])
+                artifact = self.resolve(ref)
+            except UsageError:
+                return {"ref": ref, "status": "missing", "inputs": []}
             except Gpt2Error:
-                node["inputs"].append({"ref": entry["ref"], "status": "missing", "inputs": []})
-                continue
-            child = self.lineage(parent)
-            if parent.manifest_sha256 != entry["manifest_sha256"]:
-                child["status"] = "changed since use"
-            if entry.get("retained"):
-                child["retained"] = True
-            node["inputs"].append(child)
+                return {"ref": ref, "status": "damaged", "inputs": []}
+            made[ref] = (artifact.manifest_sha256, self._lineage(artifact, made, making))
+        manifest_sha256, tree = made[ref]
+        node = {**tree}  # a copy: what follows is about this use of it
+        if manifest_sha256 != entry["manifest_sha256"]:
+            node["status"] = "changed since use"
+        if entry.get("retained"):
+            node["retained"] = True
         return node
 
     # -- writing -------------------------------------------------------------------------------
