@@ -211,6 +211,15 @@ def test_verify_names_changed_truncated_missing_and_extra_files(store: Store):
     ]
 
 
+def test_a_file_that_cannot_be_read_is_that_files_problem(store: Store):
+    art = store.produce("corpus", params={}, inputs=[], build=write_files(a="a", b="b")).artifact
+    (art.path / "a").unlink()
+    (art.path / "a").mkdir()  # of the size the manifest says
+    size = (art.path / "a").stat().st_size
+    rewrite_manifest(art.path, files=[{**f, "bytes": size} if f["path"] == "a" else f for f in art.manifest["files"]])
+    assert store.resolve("corpus").verify() == ["a: cannot be read (Is a directory)"]
+
+
 def test_version_names_are_never_reused(store: Store):
     store.produce("corpus", params={"i": 1}, inputs=[], build=write_files(f="1"))
     v2 = store.produce("corpus", params={"i": 2}, inputs=[], build=write_files(f="2")).artifact

@@ -174,6 +174,27 @@ def test_a_manifest_with_a_field_of_the_wrong_shape_is_damaged(gpt2, populated, 
         assert result.err.count("\n") == 1
 
 
+def test_a_manifest_that_cannot_be_read_damages_its_version_alone(gpt2, populated):
+    """Not the whole home: ls lists the others, verify checks them, gc collects around it and leaves it alone."""
+    for i in (2, 3, 4):
+        populated.produce("corpus", params={"i": i}, inputs=[], build=write_files(a=str(i)))
+    manifest = populated.home / "corpus" / "v4" / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()  # EACCES and EIO take the same way, which root cannot test
+    listed = gpt2("artifacts", "ls", "--json")
+    refs = [r["ref"] for r in json.loads(listed.out)]
+    assert listed.code == 0 and refs == ["corpus@v1", "corpus@v2", "corpus@v3", "tokenizer@v1"]
+    assert f"skipping corpus@v4: manifest {manifest} cannot be read: Is a directory" in " ".join(listed.err.split())
+    verified = gpt2("artifacts", "verify")
+    assert verified.code == 1 and len(verified.out.splitlines()) == 4 and "corpus@v4: manifest" in verified.err
+    collected = gpt2("artifacts", "gc", "--keep", "1", "--json")
+    assert collected.code == 0, collected.err
+    report = json.loads(collected.out)
+    assert [r["ref"] for r in report["removed"]] == ["corpus@v2"]  # v1: the tokenizer's input; v3: the newest read
+    assert [d["ref"] for d in report["damaged"]] == ["corpus@v4"] and manifest.is_dir()
+    assert "gc: leaving corpus@v4 alone" in collected.err
+
+
 def test_a_lineage_cycle_is_shown_not_followed(gpt2, populated):
     tokenizer = populated.resolve("tokenizer")
     rewrite_manifest(populated.home / "corpus" / "v1", inputs=[artifact_input(tokenizer)])  # by hand

@@ -114,6 +114,8 @@ def load_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise Gpt2Error(f"{directory} is not an artifact: it has no {MANIFEST}") from None
+    except OSError as e:  # a directory in its place, no permission, a failing disk: this version's problem alone
+        raise Gpt2Error(f"manifest {path} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise Gpt2Error(f"manifest {path} does not parse: {e}") from None
     if not isinstance(manifest, dict) or not {"kind", "version", "files"} <= manifest.keys():
@@ -256,25 +258,32 @@ class Artifact:
         problems = []
         listed = set()
         for entry in self.manifest["files"]:
-            relpath, size = entry["path"], entry["bytes"]
-            listed.add(relpath)
-            path = self.path / relpath
-            try:
-                actual = path.stat().st_size
-            except FileNotFoundError:
-                problems.append(f"{relpath}: missing")
-                continue
-            if actual < size:
-                problems.append(f"{relpath}: truncated ({actual} of {size} bytes)")
-            elif actual > size:
-                problems.append(f"{relpath}: changed ({actual} bytes, manifest says {size})")
-            elif not quick and sha256_file(path) != entry["sha256"]:
-                problems.append(f"{relpath}: changed (sha256 differs from the manifest)")
+            listed.add(entry["path"])
+            if problem := self._file_problem(entry, quick=quick):
+                problems.append(f"{entry['path']}: {problem}")
         if not quick:
             for relpath in _list_files(self.path):
                 if relpath not in listed and relpath != MANIFEST:
                     problems.append(f"{relpath}: not in the manifest")
         return problems
+
+    def _file_problem(self, entry: dict[str, Any], *, quick: bool) -> str | None:
+        """How one file differs from its manifest entry, or None; one that cannot be read is that file's problem,
+        not the end of the check."""
+        path, size = self.path / entry["path"], entry["bytes"]
+        try:
+            actual = path.stat().st_size
+            if actual < size:
+                return f"truncated ({actual} of {size} bytes)"
+            if actual > size:
+                return f"changed ({actual} bytes, manifest says {size})"
+            if not quick and sha256_file(path) != entry["sha256"]:
+                return "changed (sha256 differs from the manifest)"
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:  # a directory in its place, no permission, a failing disk
+            return f"cannot be read ({e.strerror or e})"
+        return None
 
 
 def _list_files(root: Path) -> list[str]:
@@ -464,10 +473,12 @@ _Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, wi
 
 @dataclass(frozen=True)
 class Collected:
-    """What ``gc`` deleted (or would delete), and what it spared because a running stage reads it."""
+    """What ``gc`` deleted (or would delete), what it spared because a running stage reads it, and the versions it
+    left alone because their manifest cannot be read, by ref, with why."""
 
     removed: list[Artifact]
     in_use: list[Artifact]
+    damaged: dict[str, str]
 
 
 class Store:
@@ -497,13 +508,21 @@ class Store:
 
     def versions(self, kind: str) -> list[Artifact]:
         """Published versions of a kind, oldest first; one with a damaged manifest is skipped with a warning."""
-        versions = []
+        versions, damaged = self._scan(kind)
+        for ref, problem in damaged.items():
+            log.warning("skipping %s: %s", ref, problem)
+        return versions
+
+    def _scan(self, kind: str) -> tuple[list[Artifact], dict[str, str]]:
+        """The versions of a kind whose manifest reads, oldest first, and the refs of the others, with why: one
+        damaged version must not hide the others."""
+        versions, damaged = [], {}
         for p in self.version_dirs(kind):
             try:
                 versions.append(Artifact.open(p))
-            except Gpt2Error as e:  # one damaged version must not hide the others from listings
-                log.warning("skipping %s: %s", p, e)
-        return versions
+            except Gpt2Error as e:
+                damaged[f"{kind}@{p.name}"] = str(e)
+        return versions, damaged
 
     def all(self) -> list[Artifact]:
         return [a for kind in self.kinds() for a in self.versions(kind)]
@@ -810,13 +829,20 @@ class Store:
             if not dry_run:
                 for kind in self.kinds():
                     locks.enter_context(self.lock(kind, wait=wait))
-            by_kind = {kind: self.versions(kind) for kind in self.kinds()}
+            # a version whose manifest cannot be read is left alone, with a warning: its files may be whole (a
+            # permission, a remount, a manifest to restore) and nothing says it is not needed; what it was built
+            # from cannot be read either, so that is not spared for it
+            scans = {kind: self._scan(kind) for kind in self.kinds()}
+            by_kind = {kind: versions for kind, (versions, _) in scans.items()}
+            damaged = {ref: problem for _, skipped in scans.values() for ref, problem in skipped.items()}
+            for ref, problem in damaged.items():
+                log.warning("gc: leaving %s alone: %s", ref, problem)
             roots = [a for versions in by_kind.values() for a in versions[-keep:]]
             roots += [a for kind in by_kind if (a := self.current(kind)) is not None]
             kept = self.dependents_closure(roots)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
-                return Collected(doomed, [])
+                return Collected(doomed, [], damaged)
             # every doomed version is claimed before any is deleted: one a running stage reads stays, and so does
             # what it was built from or retains, as for a kept version (a claimed one no reader can start on)
             in_use = [a for a in doomed if not _claim_for_deletion(a.path)]
@@ -828,4 +854,4 @@ class Store:
             removed = [a for a in doomed if a.ref not in kept]
             for artifact in removed:
                 self._delete(artifact)
-            return Collected(removed, in_use)
+            return Collected(removed, in_use, damaged)

@@ -1025,6 +1025,7 @@ def artifacts_gc(
                 "dry_run": dry_run,
                 "removed": [_row(a) for a in removed],
                 "in_use": [_row(a) for a in collected.in_use],
+                "damaged": [{"ref": ref, "problem": problem} for ref, problem in collected.damaged.items()],
                 "runs": {"removed": [r.row() for r in runs.removed], "kept": [r.row() for r in runs.kept]},
             }
         )
