@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -168,9 +169,12 @@ def test_a_manifest_with_a_field_of_the_wrong_shape_is_damaged(gpt2, populated, 
     rewrite_manifest(populated.home / "corpus" / "v1", **{field: value})
     listed = gpt2("artifacts", "ls", "--json")
     assert listed.code == 0 and [r["ref"] for r in json.loads(listed.out)] == ["tokenizer@v1"]
-    for args in (["artifacts", "verify", "corpus"], ["artifacts", "show", "corpus@v1"]):
-        result = gpt2(*args)
-        assert result.code == 1 and result.err.startswith("gpt2: error: manifest ") and "is damaged" in result.err
+    for args, prefix in (
+        (["verify", "corpus"], "corpus@v1: manifest "),
+        (["show", "corpus@v1"], "gpt2: error: manifest "),
+    ):
+        result = gpt2("artifacts", *args)
+        assert result.code == 1 and result.err.startswith(prefix) and "is damaged" in result.err
         assert result.err.count("\n") == 1
 
 
@@ -193,6 +197,32 @@ def test_a_manifest_that_cannot_be_read_damages_its_version_alone(gpt2, populate
     assert [r["ref"] for r in report["removed"]] == ["corpus@v2"]  # v1: the tokenizer's input; v3: the newest read
     assert [d["ref"] for d in report["damaged"]] == ["corpus@v4"] and manifest.is_dir()
     assert "gc: leaving corpus@v4 alone" in collected.err
+
+
+def test_a_manifest_that_names_another_version_is_damaged(gpt2, populated):
+    """Copied or edited into corpus/v1, a manifest saying tokens@v9 would be listed, kept and handed on as that."""
+    rewrite_manifest(populated.home / "corpus" / "v1", kind="tokens", version="v9")
+    result = gpt2("artifacts", "verify")
+    assert result.code == 1 and "tokenizer@v1: 1 files ok" in result.out
+    assert "corpus@v1: manifest" in result.err and "is damaged: it names tokens@v9, not corpus@v1" in result.err
+    assert [r["ref"] for r in json.loads(gpt2("artifacts", "ls", "--json").out)] == ["tokenizer@v1"]
+    for ref in ("corpus", str(populated.home / "corpus" / "v1")):  # by name, or by a path into the home
+        assert gpt2("artifacts", "show", ref).code == 1
+    copy = populated.home.parent / "copy"  # out of the home, a directory may be named anything
+    shutil.copytree(populated.home / "corpus" / "v1", copy)
+    assert json.loads(gpt2("artifacts", "show", str(copy), "--json").out)["version"] == "v9"
+
+
+def test_verify_of_a_damaged_version_prints_json_and_of_no_version_fails(gpt2, populated, tmp_path: Path):
+    (populated.home / "corpus" / "v1" / "manifest.json").write_text("{")
+    result = gpt2("artifacts", "verify", "corpus", "--json")
+    assert result.code == 1 and json.loads(result.out)["ok"] is False and "does not parse" in result.err
+    mistyped = tmp_path / "hoem"
+    for args in ([], ["--json"]):
+        result = gpt2("--home", str(mistyped), "artifacts", "verify", *args)
+        assert result.code == 1 and result.err == f"gpt2: error: no artifacts in {mistyped}: nothing to verify\n"
+        assert result.out == ("[]\n" if args else "")
+    assert not mistyped.exists()
 
 
 def test_a_lineage_cycle_is_shown_not_followed(gpt2, populated):

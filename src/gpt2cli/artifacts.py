@@ -199,6 +199,13 @@ class Artifact:
     def open(cls, path: Path) -> Artifact:
         return cls(Path(path), load_manifest(Path(path)))
 
+    @staticmethod
+    def placed_ref(path: Path) -> str:
+        """The reference a version directory's place names (``<home>/corpus/v2``: ``corpus@v2``), whatever its
+        manifest says or when it cannot be read."""
+        path = Path(os.path.abspath(path))
+        return f"{path.parent.name}@{path.name}"
+
     @property
     def kind(self) -> str:
         return self.manifest["kind"]
@@ -284,6 +291,13 @@ class Artifact:
         except OSError as e:  # a directory in its place, no permission, a failing disk
             return f"cannot be read ({e.strerror or e})"
         return None
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _list_files(root: Path) -> list[str]:
@@ -519,9 +533,9 @@ class Store:
         versions, damaged = [], {}
         for p in self.version_dirs(kind):
             try:
-                versions.append(Artifact.open(p))
+                versions.append(self.open(p))
             except Gpt2Error as e:
-                damaged[f"{kind}@{p.name}"] = str(e)
+                damaged[Artifact.placed_ref(p)] = str(e)
         return versions, damaged
 
     def all(self) -> list[Artifact]:
@@ -536,7 +550,7 @@ class Store:
         manifest is damaged."""
         dirs = self.version_dirs(kind)
         try:
-            return Artifact.open(self._current_dir(kind, dirs)) if dirs else None
+            return self.open(self._current_dir(kind, dirs)) if dirs else None
         except Gpt2Error:
             return None
 
@@ -574,19 +588,21 @@ class Store:
         """``kind`` (the current version: see ``mark_current``), ``kind@v3``, ``kind@latest`` (the newest), or a
         path to an artifact directory. With ``kind``, another stage's artifact is a usage error that names what
         ``option`` needs."""
-        artifact = self._resolve(ref)
+        artifact = self.open(self.locate(ref))
         if kind is not None and artifact.kind != kind:
             raise UsageError(f"{artifact.ref} is a {artifact.kind!r} artifact; {option} needs a {kind!r} artifact")
         return artifact
 
-    def _resolve(self, ref: str | Path) -> Artifact:
+    def locate(self, ref: str | Path) -> Path:
+        """The directory a reference names, held for reading, its manifest not yet read (``verify`` reports a
+        damaged one as that version's problem)."""
         text = str(ref)
         if is_path_reference(ref):
             path = Path(text).expanduser()
             if not path.is_dir():
                 raise UsageError(f"no artifact directory at {path}")
             hold_for_reading(path)
-            return Artifact.open(path)
+            return path
         kind, at, version = text.partition("@")
         if not _KIND_RE.match(kind) or (at and version != "latest" and not _VERSION_RE.match(version)):
             raise UsageError(f"bad reference {text!r}: use KIND, KIND@vN, KIND@latest or a directory path")
@@ -607,7 +623,17 @@ class Store:
             existing = ", ".join(p.name for p in dirs)
             raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
         hold_for_reading(chosen)
-        return Artifact.open(chosen)
+        return chosen
+
+    def open(self, path: Path) -> Artifact:
+        """The artifact in ``path``. One at this home's ``<kind>/<vN>`` must say it is that version: a manifest
+        copied or edited to name another would be listed, kept, deleted and handed on as that one. A copy elsewhere
+        may be named anything."""
+        artifact = Artifact.open(path)
+        placed = Artifact.placed_ref(path)
+        if artifact.ref != placed and _same_dir(Path(os.path.abspath(path)).parent.parent, self.home):
+            raise Gpt2Error(f"manifest {Path(path) / MANIFEST} is damaged: it names {artifact.ref}, not {placed}")
+        return artifact
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
         """Refs of ``roots`` and of every artifact they were built from or retain, transitively. Not the versions
