@@ -318,6 +318,21 @@ def test_gc_deletes_and_exits_75_while_a_stage_holds_the_lock(gpt2, populated, h
     assert sorted(a.ref for a in populated.all()) == ["corpus@v1", "corpus@v3", "tokenizer@v1"]
 
 
+def test_gc_removes_what_a_gc_killed_while_deleting_left(gpt2, populated):
+    """Only a publish of the kind swept it, and none may come (tokenizer, eval): gc frees it and says so."""
+    trash = populated.home / "tokenizer" / ".trash-v1-deadbeef"  # a version renamed away, partly deleted
+    (trash / "sub").mkdir(parents=True)
+    (trash / "sub" / "f").write_text("12345")
+    dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+    assert dry["removed"] == [] and dry["leftover_bytes"] == 5 and trash.exists()
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert (
+        result.code == 0
+        and result.out.splitlines()[-1] == "deleted 0 versions, 0 B; what interrupted gc runs left, 5 B"
+    )
+    assert not trash.exists() and json.loads(gpt2("artifacts", "gc", "--json").out)["leftover_bytes"] == 0
+
+
 def test_console_script_plain_output_is_timestamped(tmp_path: Path, populated, home: Path):
     """Under cron (no TTY) log lines carry a UTC timestamp; stdout carries only the result."""
     result = run_module("--home", str(home), "artifacts", "gc", "--keep", "1", "--dry-run", "--json")

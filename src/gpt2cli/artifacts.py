@@ -293,6 +293,33 @@ class Artifact:
         return None
 
 
+def _remove_leftover(path: Path) -> None:
+    log.info("removing %s left by an interrupted run", path.name)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep_trash(kind_dir: Path, *, dry_run: bool) -> int:
+    """Remove (unless ``dry_run``) what gc runs killed while deleting left in ``kind_dir``: versions renamed away,
+    partly deleted, that no publish of the kind may come to sweep. Their bytes. Only called with the kind's lock
+    held (or on a dry run), so no deletion is live."""
+    trash = [p for p in kind_dir.iterdir() if p.name.startswith(_TRASH)]
+    freed = sum(_tree_bytes(p) for p in trash)
+    if not dry_run:
+        for p in trash:
+            _remove_leftover(p)
+    return freed
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``; a file deleted meanwhile (by the gc a dry run looks beside) counts none."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
 def _same_dir(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -487,12 +514,14 @@ _Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, wi
 
 @dataclass(frozen=True)
 class Collected:
-    """What ``gc`` deleted (or would delete), what it spared because a running stage reads it, and the versions it
-    left alone because their manifest cannot be read, by ref, with why."""
+    """What ``gc`` deleted (or would delete), what it spared because a running stage reads it, the versions it
+    left alone because their manifest cannot be read (by ref, with why), and the bytes of what killed gc runs left
+    that it removed (or would remove)."""
 
     removed: list[Artifact]
     in_use: list[Artifact]
     damaged: dict[str, str]
+    leftover_bytes: int
 
 
 class Store:
@@ -825,8 +854,7 @@ class Store:
         """Drafts and trash of crashed runs; only called with the kind's lock held, so none is live."""
         for p in kind_dir.iterdir():
             if p.name.startswith((_PARTIAL, _TRASH)) and p != keep:
-                log.info("removing %s left by an interrupted run", p.name)
-                shutil.rmtree(p, ignore_errors=True)
+                _remove_leftover(p)
             elif p.name.startswith(".") and p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)
 
@@ -848,17 +876,20 @@ class Store:
         """Delete all but the newest ``keep`` versions and the current one of each kind. A version a running stage
         reads stays too. What stays keeps what it was built from or retains, transitively, but not the versions it
         continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever made.
-        Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits)."""
+        Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits). What a
+        gc killed while deleting left goes too."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
+        kinds = self.kinds()  # those whose locks are held
         with contextlib.ExitStack() as locks:
             if not dry_run:
-                for kind in self.kinds():
+                for kind in kinds:
                     locks.enter_context(self.lock(kind, wait=wait))
+            leftovers = sum(_sweep_trash(self.home / kind, dry_run=dry_run) for kind in kinds)
             # a version whose manifest cannot be read is left alone, with a warning: its files may be whole (a
             # permission, a remount, a manifest to restore) and nothing says it is not needed; what it was built
             # from cannot be read either, so that is not spared for it
-            scans = {kind: self._scan(kind) for kind in self.kinds()}
+            scans = {kind: self._scan(kind) for kind in kinds}
             by_kind = {kind: versions for kind, (versions, _) in scans.items()}
             damaged = {ref: problem for _, skipped in scans.values() for ref, problem in skipped.items()}
             for ref, problem in damaged.items():
@@ -868,7 +899,7 @@ class Store:
             kept = self.dependents_closure(roots)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
-                return Collected(doomed, [], damaged)
+                return Collected(doomed, [], damaged, leftovers)
             # every doomed version is claimed before any is deleted: one a running stage reads stays, and so does
             # what it was built from or retains, as for a kept version (a claimed one no reader can start on)
             in_use = [a for a in doomed if not _claim_for_deletion(a.path)]
@@ -880,4 +911,4 @@ class Store:
             removed = [a for a in doomed if a.ref not in kept]
             for artifact in removed:
                 self._delete(artifact)
-            return Collected(removed, in_use, damaged)
+            return Collected(removed, in_use, damaged, leftovers)

@@ -1026,6 +1026,7 @@ def artifacts_gc(
                 "removed": [_row(a) for a in removed],
                 "in_use": [_row(a) for a in collected.in_use],
                 "damaged": [{"ref": ref, "problem": problem} for ref, problem in collected.damaged.items()],
+                "leftover_bytes": collected.leftover_bytes,
                 "runs": {"removed": [r.row() for r in runs.removed], "kept": [r.row() for r in runs.kept]},
             }
         )
@@ -1042,6 +1043,8 @@ def artifacts_gc(
         out.print(run.describe(human_bytes(run.bytes)), markup=False, soft_wrap=True)
     freed = human_bytes(sum(a.size_bytes for a in removed))
     line = f"{verb} {len(removed)} versions, {freed}"
+    if collected.leftover_bytes:
+        line += f"; what interrupted gc runs left, {human_bytes(collected.leftover_bytes)}"
     if runs.removed:
         line += f"; {len(runs.removed)} training runs, {human_bytes(sum(r.bytes for r in runs.removed))}"
     out.print(line)
