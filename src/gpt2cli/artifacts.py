@@ -293,40 +293,6 @@ class Artifact:
         return None
 
 
-def _remove_leftover(path: Path) -> None:
-    log.info("removing %s left by an interrupted run", path.name)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _sweep_trash(kind_dir: Path, *, dry_run: bool) -> int:
-    """Remove (unless ``dry_run``) what gc runs killed while deleting left in ``kind_dir``: versions renamed away,
-    partly deleted, that no publish of the kind may come to sweep. Their bytes. Only called with the kind's lock
-    held (or on a dry run), so no deletion is live."""
-    trash = [p for p in kind_dir.iterdir() if p.name.startswith(_TRASH)]
-    freed = sum(_tree_bytes(p) for p in trash)
-    if not dry_run:
-        for p in trash:
-            _remove_leftover(p)
-    return freed
-
-
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the files under ``root``; a file deleted meanwhile (by the gc a dry run looks beside) counts none."""
-    total = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _list_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
@@ -462,6 +428,14 @@ def is_open_at(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (at.st_dev, at.st_ino)
 
 
+def _same_dir(a: Path, b: Path) -> bool:
+    """Whether two paths name one directory (symlinks, relative paths); False when either is not there."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 _reading: dict[Path, int] = {}  # version directory -> descriptor holding its shared flock
 
 
@@ -509,7 +483,32 @@ def _release_claim(path: Path) -> None:
     fcntl.flock(_reading[Path(os.path.abspath(path))], fcntl.LOCK_SH)
 
 
-_Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, with their manifest's sha256
+def _remove_leftover(path: Path) -> None:
+    """Delete a directory a killed run left (a draft, a version gc renamed away); no error if it goes meanwhile."""
+    log.info("removing %s left by an interrupted run", path.name)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep_trash(kind_dir: Path, *, dry_run: bool) -> int:
+    """Remove (unless ``dry_run``) what gc runs killed while deleting left in ``kind_dir``: versions renamed away,
+    partly deleted, that no publish of the kind may come to sweep. Their bytes. Only called with the kind's lock
+    held (or on a dry run, which removes nothing), so no deletion is live."""
+    trash = [p for p in kind_dir.iterdir() if p.name.startswith(_TRASH)]
+    freed = sum(_tree_bytes(p) for p in trash)
+    if not dry_run:
+        for p in trash:
+            _remove_leftover(p)
+    return freed
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``; a file deleted meanwhile (by the gc a dry run looks beside) counts none."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
 
 
 @dataclass(frozen=True)
@@ -522,6 +521,9 @@ class Collected:
     in_use: list[Artifact]
     damaged: dict[str, str]
     leftover_bytes: int
+
+
+_Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, with their manifest's sha256
 
 
 class Store:
@@ -686,8 +688,8 @@ class Store:
         return self._lineage(artifact, {}, set())
 
     def _lineage(self, artifact: Artifact, made: _Trees, making: set[str]) -> dict[str, Any]:
-        """``making``: the refs whose trees are being made, this one's among them: none of them can be an input below
-        but in a cycle."""
+        """``made``: the trees made so far; ``making``: the refs whose trees are being made, this one's among them: one
+        of them met again below is a cycle."""
         making.add(artifact.ref)
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
         if artifact.parent:
