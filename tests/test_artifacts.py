@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -140,6 +143,57 @@ def test_unparsable_manifest_names_the_file(store: Store):
         store.resolve("corpus")
 
 
+def rewrite_manifest(directory: Path, **fields: object) -> None:
+    """Edit a manifest by hand, as a user might."""
+    path = directory / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+SHA = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("inputs", [{"ref": "raw-docs@v1", "manifest_sha256": SHA, "path": "p"}], "inputs[0] is not an artifact or a"),
+        ("inputs", [{"path": "/x", "bytes": 1, "sha256": SHA}, {"ref": "/etc", "manifest_sha256": SHA}], "inputs[1]"),
+        ("retains", [{"ref": "raw-docs@v1", "manifest_sha256": "x"}], "retains[0] is not an artifact"),
+        ("files", [{"path": "f", "bytes": 10**400, "sha256": SHA}], "files[0] is not a file of the version"),
+        ("files", [{"path": "f", "bytes": True, "sha256": SHA}], "files[0]"),
+        ("files", [{"path": "f", "bytes": -1, "sha256": SHA}], "files[0]"),
+        ("files", [{"path": "", "bytes": 1, "sha256": SHA}], "files[0]"),
+        ("files", [{"path": "../f", "bytes": 1, "sha256": SHA}], "files[0]"),
+        ("files", [{"path": "manifest.json", "bytes": 1, "sha256": SHA}], "files[0]"),
+        ("version", "v1\n", "version 'v1\\n'"),
+    ],
+)
+def test_a_manifest_entry_no_stage_writes_is_damaged(store: Store, field: str, value: object, problem: str):
+    """Readers trust what the shape check passed: an input that is both an artifact and a file, a size no file
+    has, a file outside the version would each be a traceback further on."""
+    art = store.produce("corpus", params={}, inputs=[], build=write_files(f="x")).artifact
+    rewrite_manifest(art.path, **{field: value})
+    with pytest.raises(Gpt2Error, match=rf"corpus/v1/manifest.json is damaged: {re.escape(problem)}"):
+        store.resolve("corpus@v1")
+
+
+def test_lineage_reads_each_version_once_and_marks_a_cycle(store: Store, monkeypatch: pytest.MonkeyPatch):
+    corpus = store.produce("corpus", params={}, inputs=[], build=write_files(f="x")).artifact
+    tokenizer = store.produce("tokenizer", params={}, inputs=[artifact_input(corpus)], build=write_files(t="x"))
+    tokens = store.produce("tokens", params={}, inputs=[artifact_input(tokenizer.artifact), artifact_input(corpus)],
+                           build=write_files(s="x")).artifact  # fmt: skip
+    resolved = []
+    monkeypatch.setattr(store, "resolve", lambda ref: resolved.append(ref) or Store.resolve(store, ref))
+    tree = store.lineage(tokens)
+    assert [i["ref"] for i in tree["inputs"]] == ["tokenizer@v1", "corpus@v1"]
+    assert tree["inputs"][0]["inputs"] == [tree["inputs"][1]] and sorted(resolved) == ["corpus@v1", "tokenizer@v1"]
+    # by hand: the corpus built from the tokenizer built from it, and retaining itself
+    rewrite_manifest(corpus.path, inputs=[artifact_input(tokenizer.artifact)], retains=[artifact_input(corpus)])
+    tree = store.lineage(store.resolve("tokenizer"))
+    (node,) = tree["inputs"]
+    assert node["ref"] == "corpus@v1" and node["status"] == "changed since use"
+    assert [(i["ref"], i["status"]) for i in node["inputs"]] == [("tokenizer@v1", "cycle"), ("corpus@v1", "cycle")]
+
+
 def test_verify_names_changed_truncated_missing_and_extra_files(store: Store):
     art = store.produce(
         "corpus", params={}, inputs=[], build=write_files(a="aaaa", b="bbbb", c="cccc", d="dddd")
@@ -155,6 +209,15 @@ def test_verify_names_changed_truncated_missing_and_extra_files(store: Store):
         "c: missing",
         "e: not in the manifest",
     ]
+
+
+def test_a_file_that_cannot_be_read_is_that_files_problem(store: Store):
+    art = store.produce("corpus", params={}, inputs=[], build=write_files(a="a", b="b")).artifact
+    (art.path / "a").unlink()
+    (art.path / "a").mkdir()  # of the size the manifest says
+    size = (art.path / "a").stat().st_size
+    rewrite_manifest(art.path, files=[{**f, "bytes": size} if f["path"] == "a" else f for f in art.manifest["files"]])
+    assert store.resolve("corpus").verify() == ["a: cannot be read (Is a directory)"]
 
 
 def test_version_names_are_never_reused(store: Store):
@@ -321,25 +384,49 @@ def test_a_reused_version_is_held_against_gc(store: Store, home: Path):
     assert gc.stdout.split() == ["[]", "['corpus@v1']"]
 
 
-def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
-    for i in range(2):
-        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+@contextlib.contextmanager
+def reading(home: Path, ref: str) -> Iterator[None]:
+    """A running stage that reads ``ref``: another process holds it, as every command does, until the block ends."""
     reader = subprocess.Popen(
-        [sys.executable, "-c", f"from gpt2cli.artifacts import Store; Store({str(home)!r}).resolve('corpus@v1'); "
+        [sys.executable, "-c", f"from gpt2cli.artifacts import Store; Store({str(home)!r}).resolve({ref!r}); "
          "print('reading', flush=True); import time; time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
-        collected = store.gc(1)
-        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["corpus@v1"]
-        assert (home / "corpus" / "v1" / "f").read_text() == "0"
+        yield
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_gc_spares_what_a_running_stage_reads(store: Store, home: Path):
+    for i in range(2):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    with reading(home, "corpus@v1"):
+        collected = store.gc(1)
+        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["corpus@v1"]
+        assert (home / "corpus" / "v1" / "f").read_text() == "0"
     assert [a.ref for a in store.gc(1).removed] == ["corpus@v1"]  # the reader is gone
     with pytest.raises(UsageError, match="no corpus@v1"):
         store.resolve("corpus@v1")
+
+
+def test_what_a_version_a_running_stage_reads_needs_stays_with_it(store: Store, home: Path):
+    """A version gc spares because a stage reads it keeps what it was built from and retains, as a kept one does,
+    even when gc comes to those first: the model that stage publishes must not name deleted inputs."""
+    raw = [store.produce("raw-docs", params={"i": i}, inputs=[], build=write_files(f=str(i))).artifact for i in (1, 2)]
+    old = store.produce("corpus", params={"i": 1}, inputs=[artifact_input(raw[1])], retains=[artifact_input(raw[0])],
+                        build=write_files(f="1")).artifact  # fmt: skip
+    new = store.produce("corpus", params={"i": 2}, inputs=[artifact_input(raw[1])], build=write_files(f="2")).artifact
+    for i, corpus in enumerate((old, new)):
+        store.produce("tokenizer", params={"i": i}, inputs=[artifact_input(corpus)], build=write_files(t=str(i)))
+    with reading(home, "tokenizer@v1"):
+        collected = store.gc(1)
+        assert collected.removed == [] and [a.ref for a in collected.in_use] == ["tokenizer@v1"]
+        assert len(store.all()) == 6
+        assert store.lineage(store.resolve("tokenizer@v1"))["inputs"][0]["inputs"][1]["ref"] == "raw-docs@v1"
+    assert sorted(a.ref for a in store.gc(1).removed) == ["corpus@v1", "raw-docs@v1", "tokenizer@v1"]
 
 
 def test_gc_deletes_nothing_while_any_stage_publishes(store: Store, home: Path, tmp_path: Path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import typer.main
 from gpt2cli.artifacts import Store, artifact_input
 from gpt2cli.cli import app
 from tests.conftest import SAMPLE, run_module
-from tests.test_artifacts import wait_for, worker, write_files
+from tests.test_artifacts import SHA, rewrite_manifest, wait_for, worker, write_files
 
 
 def all_command_paths() -> list[list[str]]:
@@ -156,17 +157,84 @@ def test_a_damaged_version_does_not_hide_the_others(gpt2, populated):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("files", None), ("inputs", "x"), ("created_at", 5), ("parent", [1]), ("kind", "../x")]
+    ("field", "value"),
+    [
+        ("files", None),
+        ("inputs", "x"),
+        ("created_at", 5),
+        ("parent", [1]),
+        ("kind", "../x"),
+        ("files", [{"path": "a", "bytes": 10**400, "sha256": SHA}]),
+        ("inputs", [{"ref": "raw-docs@v1", "manifest_sha256": SHA, "path": "p"}]),
+    ],
 )
 def test_a_manifest_with_a_field_of_the_wrong_shape_is_damaged(gpt2, populated, field: str, value: object):
-    path = populated.home / "corpus" / "v1" / "manifest.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    rewrite_manifest(populated.home / "corpus" / "v1", **{field: value})
     listed = gpt2("artifacts", "ls", "--json")
     assert listed.code == 0 and [r["ref"] for r in json.loads(listed.out)] == ["tokenizer@v1"]
-    for args in (["artifacts", "verify", "corpus"], ["artifacts", "show", "corpus@v1"]):
-        result = gpt2(*args)
-        assert result.code == 1 and result.err.startswith("gpt2: error: manifest ") and "is damaged" in result.err
+    for args, prefix in (
+        (["verify", "corpus"], "corpus@v1: manifest "),
+        (["show", "corpus@v1"], "gpt2: error: manifest "),
+    ):
+        result = gpt2("artifacts", *args)
+        assert result.code == 1 and result.err.startswith(prefix) and "is damaged" in result.err
         assert result.err.count("\n") == 1
+
+
+def test_a_manifest_that_cannot_be_read_damages_its_version_alone(gpt2, populated):
+    """Not the whole home: ls lists the others, verify checks them, gc collects around it and leaves it alone."""
+    for i in (2, 3, 4):
+        populated.produce("corpus", params={"i": i}, inputs=[], build=write_files(a=str(i)))
+    manifest = populated.home / "corpus" / "v4" / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()  # EACCES and EIO take the same way, which root cannot test
+    listed = gpt2("artifacts", "ls", "--json")
+    refs = [r["ref"] for r in json.loads(listed.out)]
+    assert listed.code == 0 and refs == ["corpus@v1", "corpus@v2", "corpus@v3", "tokenizer@v1"]
+    assert f"skipping corpus@v4: manifest {manifest} cannot be read: Is a directory" in " ".join(listed.err.split())
+    verified = gpt2("artifacts", "verify")
+    assert verified.code == 1 and len(verified.out.splitlines()) == 4 and "corpus@v4: manifest" in verified.err
+    collected = gpt2("artifacts", "gc", "--keep", "1", "--json")
+    assert collected.code == 0, collected.err
+    report = json.loads(collected.out)
+    assert [r["ref"] for r in report["removed"]] == ["corpus@v2"]  # v1: the tokenizer's input; v3: the newest read
+    assert [d["ref"] for d in report["damaged"]] == ["corpus@v4"] and manifest.is_dir()
+    assert "gc: leaving corpus@v4 alone" in collected.err
+
+
+def test_a_manifest_that_names_another_version_is_damaged(gpt2, populated):
+    """Copied or edited into corpus/v1, a manifest saying tokens@v9 would be listed, kept and handed on as that."""
+    rewrite_manifest(populated.home / "corpus" / "v1", kind="tokens", version="v9")
+    result = gpt2("artifacts", "verify")
+    assert result.code == 1 and "tokenizer@v1: 1 files ok" in result.out
+    assert "corpus@v1: manifest" in result.err and "is damaged: it names tokens@v9, not corpus@v1" in result.err
+    assert [r["ref"] for r in json.loads(gpt2("artifacts", "ls", "--json").out)] == ["tokenizer@v1"]
+    for ref in ("corpus", str(populated.home / "corpus" / "v1")):  # by name, or by a path into the home
+        assert gpt2("artifacts", "show", ref).code == 1
+    copy = populated.home.parent / "copy"  # out of the home, a directory may be named anything
+    shutil.copytree(populated.home / "corpus" / "v1", copy)
+    assert json.loads(gpt2("artifacts", "show", str(copy), "--json").out)["version"] == "v9"
+
+
+def test_verify_of_a_damaged_version_prints_json_and_of_no_version_fails(gpt2, populated, tmp_path: Path):
+    (populated.home / "corpus" / "v1" / "manifest.json").write_text("{")
+    result = gpt2("artifacts", "verify", "corpus", "--json")
+    assert result.code == 1 and json.loads(result.out)["ok"] is False and "does not parse" in result.err
+    mistyped = tmp_path / "hoem"
+    for args in ([], ["--json"]):
+        result = gpt2("--home", str(mistyped), "artifacts", "verify", *args)
+        assert result.code == 1 and result.err == f"gpt2: error: no artifacts in {mistyped}: nothing to verify\n"
+        assert result.out == ("[]\n" if args else "")
+    assert not mistyped.exists()
+
+
+def test_a_lineage_cycle_is_shown_not_followed(gpt2, populated):
+    tokenizer = populated.resolve("tokenizer")
+    rewrite_manifest(populated.home / "corpus" / "v1", inputs=[artifact_input(tokenizer)])  # by hand
+    tree = gpt2("artifacts", "lineage", "tokenizer")
+    assert tree.code == 0 and "tokenizer@v1  cycle" in tree.out, tree.err
+    (corpus,) = json.loads(gpt2("artifacts", "lineage", "tokenizer", "--json").out)["inputs"]
+    assert corpus["inputs"] == [{"ref": "tokenizer@v1", "status": "cycle", "inputs": []}]
 
 
 def test_verify_without_a_reference_checks_every_version(gpt2, populated):
@@ -251,6 +319,21 @@ def test_gc_deletes_and_exits_75_while_a_stage_holds_the_lock(gpt2, populated, h
     result = gpt2("artifacts", "gc", "--keep", "1")
     assert result.code == 0 and "deleted corpus@v2" in result.out
     assert sorted(a.ref for a in populated.all()) == ["corpus@v1", "corpus@v3", "tokenizer@v1"]
+
+
+def test_gc_removes_what_a_gc_killed_while_deleting_left(gpt2, populated):
+    """Only a publish of the kind swept it, and none may come (tokenizer, eval): gc frees it and says so."""
+    trash = populated.home / "tokenizer" / ".trash-v1-deadbeef"  # a version renamed away, partly deleted
+    (trash / "sub").mkdir(parents=True)
+    (trash / "sub" / "f").write_text("12345")
+    dry = json.loads(gpt2("artifacts", "gc", "--keep", "1", "--dry-run", "--json").out)
+    assert dry["removed"] == [] and dry["leftover_bytes"] == 5 and trash.exists()
+    result = gpt2("artifacts", "gc", "--keep", "1")
+    assert (
+        result.code == 0
+        and result.out.splitlines()[-1] == "deleted 0 versions, 0 B; what interrupted gc runs left, 5 B"
+    )
+    assert not trash.exists() and json.loads(gpt2("artifacts", "gc", "--json").out)["leftover_bytes"] == 0
 
 
 def test_console_script_plain_output_is_timestamped(tmp_path: Path, populated, home: Path):

@@ -51,6 +51,9 @@ PRODUCERS = {
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_REF_RE = re.compile(r"[a-z][a-z0-9-]*@v[1-9][0-9]*")  # as an input names an artifact
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MAX_BYTES = 2**63 - 1  # a file's size is an off_t: no file is larger
 NOT_KINDS = frozenset({"logs"})  # folders of the home that hold no artifacts (`gpt2 refresh` logs there)
 _PARTIAL = ".partial-"
 _TRASH = ".trash-"
@@ -122,6 +125,8 @@ def load_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise Gpt2Error(f"{directory} is not an artifact: it has no {MANIFEST}") from None
+    except OSError as e:  # a directory in its place, no permission, a failing disk: this version's problem alone
+        raise Gpt2Error(f"manifest {path} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise Gpt2Error(f"manifest {path} does not parse: {e}") from None
     if not isinstance(manifest, dict) or not {"kind", "version", "files"} <= manifest.keys():
@@ -132,27 +137,27 @@ def load_manifest(directory: Path) -> dict[str, Any]:
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """What makes a parsed manifest unusable (a field of the wrong shape), or None: every reader may then trust
-    the fields it uses."""
-    if not (isinstance(manifest["kind"], str) and _KIND_RE.match(manifest["kind"])):
+    """What makes a parsed manifest unusable (a field of the wrong shape or an insane value), or None: every reader
+    may then trust the fields it uses."""
+    if not _matches(_KIND_RE, manifest["kind"]):
         return f"kind {manifest['kind']!r}"
-    if not (isinstance(manifest["version"], str) and _VERSION_RE.match(manifest["version"])):
+    if not _matches(_VERSION_RE, manifest["version"]):
         return f"version {manifest['version']!r}"
-    files = manifest["files"]
-    file_keys = {"path": str, "bytes": int, "sha256": str}
-    if not isinstance(files, list) or not all(_has(f, file_keys) for f in files):
-        return "files is not a list of {path, bytes, sha256}"
-    inputs = manifest.get("inputs", [])
-    if not isinstance(inputs, list) or not all(
-        _has(i, {"ref": str, "manifest_sha256": str}) or _has(i, file_keys) for i in inputs
-    ):
-        return "inputs is not a list of artifact or file inputs"
+    lists = (
+        ("files", _is_version_file, "a file of the version ({path, bytes, sha256})"),
+        ("inputs", lambda e: _is_artifact_entry(e) or _is_file_entry(e), "an artifact or a file"),
+        ("retains", _is_artifact_entry, "an artifact"),
+    )
+    for name, is_entry, what in lists:
+        entries = manifest.get(name, [])
+        if not isinstance(entries, list):
+            return f"{name} is not a list"
+        bad = next((i for i, entry in enumerate(entries) if not is_entry(entry)), None)
+        if bad is not None:
+            return f"{name}[{bad}] is not {what}"
     parent = manifest.get("parent")
-    if parent is not None and not _has(parent, {"ref": str, "manifest_sha256": str}):
-        return "parent is not an artifact input"
-    retains = manifest.get("retains", [])
-    if not isinstance(retains, list) or not all(_has(r, {"ref": str, "manifest_sha256": str}) for r in retains):
-        return "retains is not a list of artifact inputs"
+    if parent is not None and not _is_artifact_entry(parent):
+        return "parent is not an artifact"
     for name in ("params", "summary"):
         if not isinstance(manifest.get(name, {}), dict):
             return f"{name} is not an object"
@@ -161,8 +166,37 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _has(entry: Any, fields: dict[str, type]) -> bool:
-    return isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in fields.items())
+def _matches(pattern: re.Pattern[str], value: Any) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _is_artifact_entry(entry: Any) -> bool:
+    """``{ref, manifest_sha256}``, and no ``path``: readers tell a file input by that key."""
+    return (
+        isinstance(entry, dict)
+        and "path" not in entry
+        and _matches(_REF_RE, entry.get("ref"))
+        and _matches(_SHA256_RE, entry.get("manifest_sha256"))
+    )
+
+
+def _is_file_entry(entry: Any) -> bool:
+    """``{path, bytes, sha256}``, and no ``ref`` or ``manifest_sha256``: readers tell an artifact input by those."""
+    return (
+        isinstance(entry, dict)
+        and not entry.keys() & {"ref", "manifest_sha256"}
+        and isinstance(entry.get("path"), str)
+        and entry["path"] != ""
+        and "\0" not in entry["path"]
+        and type(entry.get("bytes")) is int  # not a bool
+        and 0 <= entry["bytes"] <= _MAX_BYTES
+        and _matches(_SHA256_RE, entry.get("sha256"))
+    )
+
+
+def _is_version_file(entry: Any) -> bool:
+    """A file entry whose path stays inside the version directory and is not its manifest."""
+    return _is_file_entry(entry) and entry["path"] != MANIFEST and not {"", ".", ".."} & set(entry["path"].split("/"))
 
 
 @dataclass(frozen=True)
@@ -175,6 +209,13 @@ class Artifact:
     @classmethod
     def open(cls, path: Path) -> Artifact:
         return cls(Path(path), load_manifest(Path(path)))
+
+    @staticmethod
+    def placed_ref(path: Path) -> str:
+        """The reference a version directory's place names (``<home>/corpus/v2``: ``corpus@v2``), whatever its
+        manifest says or when it cannot be read."""
+        path = Path(os.path.abspath(path))
+        return f"{path.parent.name}@{path.name}"
 
     @property
     def kind(self) -> str:
@@ -235,25 +276,32 @@ class Artifact:
         problems = []
         listed = set()
         for entry in self.manifest["files"]:
-            relpath, size = entry["path"], entry["bytes"]
-            listed.add(relpath)
-            path = self.path / relpath
-            try:
-                actual = path.stat().st_size
-            except FileNotFoundError:
-                problems.append(f"{relpath}: missing")
-                continue
-            if actual < size:
-                problems.append(f"{relpath}: truncated ({actual} of {size} bytes)")
-            elif actual > size:
-                problems.append(f"{relpath}: changed ({actual} bytes, manifest says {size})")
-            elif not quick and sha256_file(path) != entry["sha256"]:
-                problems.append(f"{relpath}: changed (sha256 differs from the manifest)")
+            listed.add(entry["path"])
+            if problem := self._file_problem(entry, quick=quick):
+                problems.append(f"{entry['path']}: {problem}")
         if not quick:
             for relpath in _list_files(self.path):
                 if relpath not in listed and relpath != MANIFEST:
                     problems.append(f"{relpath}: not in the manifest")
         return problems
+
+    def _file_problem(self, entry: dict[str, Any], *, quick: bool) -> str | None:
+        """How one file differs from its manifest entry, or None; one that cannot be read is that file's problem,
+        not the end of the check."""
+        path, size = self.path / entry["path"], entry["bytes"]
+        try:
+            actual = path.stat().st_size
+            if actual < size:
+                return f"truncated ({actual} of {size} bytes)"
+            if actual > size:
+                return f"changed ({actual} bytes, manifest says {size})"
+            if not quick and sha256_file(path) != entry["sha256"]:
+                return "changed (sha256 differs from the manifest)"
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:  # a directory in its place, no permission, a failing disk
+            return f"cannot be read ({e.strerror or e})"
+        return None
 
 
 def _list_files(root: Path) -> list[str]:
@@ -391,6 +439,14 @@ def is_open_at(fd: int, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (at.st_dev, at.st_ino)
 
 
+def _same_dir(a: Path, b: Path) -> bool:
+    """Whether two paths name one directory (symlinks, relative paths); False when either is not there."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 _reading: dict[Path, int] = {}  # version directory -> descriptor holding its shared flock
 
 
@@ -433,12 +489,52 @@ def _claim_for_deletion(path: Path) -> bool:
     return True
 
 
+def _release_claim(path: Path) -> None:
+    """A claimed version that stays after all goes back to being read by this process, which readers share."""
+    fcntl.flock(_reading[Path(os.path.abspath(path))], fcntl.LOCK_SH)
+
+
+def _remove_leftover(path: Path) -> None:
+    """Delete a directory a killed run left (a draft, a version gc renamed away); no error if it goes meanwhile."""
+    log.info("removing %s left by an interrupted run", path.name)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep_trash(kind_dir: Path, *, dry_run: bool) -> int:
+    """Remove (unless ``dry_run``) what gc runs killed while deleting left in ``kind_dir``: versions renamed away,
+    partly deleted, that no publish of the kind may come to sweep. Their bytes. Only called with the kind's lock
+    held (or on a dry run, which removes nothing), so no deletion is live."""
+    trash = [p for p in kind_dir.iterdir() if p.name.startswith(_TRASH)]
+    freed = sum(_tree_bytes(p) for p in trash)
+    if not dry_run:
+        for p in trash:
+            _remove_leftover(p)
+    return freed
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``; a file deleted meanwhile (by the gc a dry run looks beside) counts none."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
+
+
 @dataclass(frozen=True)
 class Collected:
-    """What ``gc`` deleted (or would delete), and what it spared because a running stage reads it."""
+    """What ``gc`` deleted (or would delete), what it spared because a running stage reads it, the versions it
+    left alone because their manifest cannot be read (by ref, with why), and the bytes of what killed gc runs left
+    that it removed (or would remove)."""
 
     removed: list[Artifact]
     in_use: list[Artifact]
+    damaged: dict[str, str]
+    leftover_bytes: int
+
+
+_Trees = dict[str, tuple[str, dict[str, Any]]]  # lineage trees made, by ref, with their manifest's sha256
 
 
 class Store:
@@ -468,13 +564,21 @@ class Store:
 
     def versions(self, kind: str) -> list[Artifact]:
         """Published versions of a kind, oldest first; one with a damaged manifest is skipped with a warning."""
-        versions = []
+        versions, damaged = self._scan(kind)
+        for ref, problem in damaged.items():
+            log.warning("skipping %s: %s", ref, problem)
+        return versions
+
+    def _scan(self, kind: str) -> tuple[list[Artifact], dict[str, str]]:
+        """The versions of a kind whose manifest reads, oldest first, and the refs of the others, with why: one
+        damaged version must not hide the others."""
+        versions, damaged = [], {}
         for p in self.version_dirs(kind):
             try:
-                versions.append(Artifact.open(p))
-            except Gpt2Error as e:  # one damaged version must not hide the others from listings
-                log.warning("skipping %s: %s", p, e)
-        return versions
+                versions.append(self.open(p))
+            except Gpt2Error as e:
+                damaged[Artifact.placed_ref(p)] = str(e)
+        return versions, damaged
 
     def all(self) -> list[Artifact]:
         return [a for kind in self.kinds() for a in self.versions(kind)]
@@ -488,7 +592,7 @@ class Store:
         manifest is damaged."""
         dirs = self.version_dirs(kind)
         try:
-            return Artifact.open(self._current_dir(kind, dirs)) if dirs else None
+            return self.open(self._current_dir(kind, dirs)) if dirs else None
         except Gpt2Error:
             return None
 
@@ -526,19 +630,21 @@ class Store:
         """``kind`` (the current version: see ``mark_current``), ``kind@v3``, ``kind@latest`` (the newest), or a
         path to an artifact directory. With ``kind``, another stage's artifact is a usage error that names what
         ``option`` needs."""
-        artifact = self._resolve(ref)
+        artifact = self.open(self.locate(ref))
         if kind is not None and artifact.kind != kind:
             raise UsageError(f"{artifact.ref} is a {artifact.kind!r} artifact; {option} needs a {kind!r} artifact")
         return artifact
 
-    def _resolve(self, ref: str | Path) -> Artifact:
+    def locate(self, ref: str | Path) -> Path:
+        """The directory a reference names, held for reading, its manifest not yet read (``verify`` reports a
+        damaged one as that version's problem)."""
         text = str(ref)
         if is_path_reference(ref):
             path = Path(text).expanduser()
             if not path.is_dir():
                 raise UsageError(f"no artifact directory at {path}")
             hold_for_reading(path)
-            return Artifact.open(path)
+            return path
         kind, at, version = text.partition("@")
         if not _KIND_RE.match(kind) or (at and version != "latest" and not _VERSION_RE.match(version)):
             raise UsageError(f"bad reference {text!r}: use KIND, KIND@vN, KIND@latest or a directory path")
@@ -559,7 +665,17 @@ class Store:
             existing = ", ".join(p.name for p in dirs)
             raise UsageError(f"no {kind}@{version} in {self.home}; {kind} versions: {existing}")
         hold_for_reading(chosen)
-        return Artifact.open(chosen)
+        return chosen
+
+    def open(self, path: Path) -> Artifact:
+        """The artifact in ``path``. One at this home's ``<kind>/<vN>`` must say it is that version: a manifest
+        copied or edited to name another would be listed, kept, deleted and handed on as that one. A copy elsewhere
+        may be named anything."""
+        artifact = Artifact.open(path)
+        placed = Artifact.placed_ref(path)
+        if artifact.ref != placed and _same_dir(Path(os.path.abspath(path)).parent.parent, self.home):
+            raise Gpt2Error(f"manifest {Path(path) / MANIFEST} is damaged: it names {artifact.ref}, not {placed}")
+        return artifact
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
         """Refs of ``roots`` and of every artifact they were built from or retain, transitively. Not the versions
@@ -577,7 +693,15 @@ class Store:
         return seen
 
     def lineage(self, artifact: Artifact) -> dict[str, Any]:
-        """The tree of inputs back to the raw files; each node says whether its input is still intact."""
+        """The tree of inputs back to the raw files; each node says whether its input is still intact. Each version
+        is read once, however many others were built from it, and one among its own inputs (a hand-edited
+        manifest) is marked as a cycle rather than followed."""
+        return self._lineage(artifact, {}, set())
+
+    def _lineage(self, artifact: Artifact, made: _Trees, making: set[str]) -> dict[str, Any]:
+        """``made``: the trees made so far; ``making``: the refs whose trees are being made, this one's among them: one
+        of them met again below is a cycle."""
+        making.add(artifact.ref)
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
         if artifact.parent:
             node["parent"] = artifact.parent["ref"]
@@ -590,18 +714,29 @@ class Store:
         for entry in [*artifact.inputs, *retained]:  # retained: an incremental corpus's earlier raw-docs
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
-                continue
+            else:
+                node["inputs"].append(self._input_node(entry, made, making))
+        making.discard(artifact.ref)
+        return node
+
+    def _input_node(self, entry: dict[str, Any], made: _Trees, making: set[str]) -> dict[str, Any]:
+        ref = entry["ref"]
+        if ref in making:
+            return {"ref": ref, "status": "cycle", "inputs": []}
+        if ref not in made:
             try:
-                parent = self.resolve(entry["ref"])
+                artifact = self.resolve(ref)
+            except UsageError:
+                return {"ref": ref, "status": "missing", "inputs": []}
             except Gpt2Error:
-                node["inputs"].append({"ref": entry["ref"], "status": "missing", "inputs": []})
-                continue
-            child = self.lineage(parent)
-            if parent.manifest_sha256 != entry["manifest_sha256"]:
-                child["status"] = "changed since use"
-            if entry.get("retained"):
-                child["retained"] = True
-            node["inputs"].append(child)
+                return {"ref": ref, "status": "damaged", "inputs": []}
+            made[ref] = (artifact.manifest_sha256, self._lineage(artifact, made, making))
+        manifest_sha256, tree = made[ref]
+        node = {**tree}  # a copy: what follows is about this use of it
+        if manifest_sha256 != entry["manifest_sha256"]:
+            node["status"] = "changed since use"
+        if entry.get("retained"):
+            node["retained"] = True
         return node
 
     # -- writing -------------------------------------------------------------------------------
@@ -732,42 +867,61 @@ class Store:
         """Drafts and trash of crashed runs; only called with the kind's lock held, so none is live."""
         for p in kind_dir.iterdir():
             if p.name.startswith((_PARTIAL, _TRASH)) and p != keep:
-                log.info("removing %s left by an interrupted run", p.name)
-                shutil.rmtree(p, ignore_errors=True)
+                _remove_leftover(p)
             elif p.name.startswith(".") and p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)
 
     def remove(self, artifact: Artifact) -> bool:
-        """Delete a version unless a running process reads it; it disappears atomically (rename) before its
-        files are removed. Call with the kind's lock held."""
+        """Delete a version unless a running process reads it. Call with the kind's lock held."""
         if not _claim_for_deletion(artifact.path):
             return False
+        self._delete(artifact)
+        return True
+
+    def _delete(self, artifact: Artifact) -> None:
+        """Delete a version claimed for deletion: it disappears atomically (rename) before its files are removed."""
         trash = artifact.path.with_name(f"{_TRASH}{artifact.version}-{uuid.uuid4().hex[:8]}")
         os.rename(artifact.path, trash)
         os.close(_reading.pop(Path(os.path.abspath(artifact.path))))
         shutil.rmtree(trash)
-        return True
 
     def gc(self, keep: int, *, dry_run: bool = False, wait: bool = False) -> Collected:
-        """Delete all but the newest ``keep`` versions and the current one of each kind, sparing any version a
-        kept one was built from or retains and any version a running stage reads, but not the versions a kept
-        one continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever
-        made. Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or
-        waits)."""
+        """Delete all but the newest ``keep`` versions and the current one of each kind. A version a running stage
+        reads stays too. What stays keeps what it was built from or retains, transitively, but not the versions it
+        continues: it stands alone without them, and hourly refreshes would otherwise keep every version ever made.
+        Every kind's lock is taken first: while any stage publishes, gc deletes nothing (exit 75, or waits). What a
+        gc killed while deleting left goes too."""
         if keep < 1:
             raise UsageError("--keep must be at least 1")
+        kinds = self.kinds()  # those whose locks are held
         with contextlib.ExitStack() as locks:
             if not dry_run:
-                for kind in self.kinds():
+                for kind in kinds:
                     locks.enter_context(self.lock(kind, wait=wait))
-            by_kind = {kind: self.versions(kind) for kind in self.kinds()}
+            leftovers = sum(_sweep_trash(self.home / kind, dry_run=dry_run) for kind in kinds)
+            # a version whose manifest cannot be read is left alone, with a warning: its files may be whole (a
+            # permission, a remount, a manifest to restore) and nothing says it is not needed; what it was built
+            # from cannot be read either, so that is not spared for it
+            scans = {kind: self._scan(kind) for kind in kinds}
+            by_kind = {kind: versions for kind, (versions, _) in scans.items()}
+            damaged = {ref: problem for _, skipped in scans.values() for ref, problem in skipped.items()}
+            for ref, problem in damaged.items():
+                log.warning("gc: leaving %s alone: %s", ref, problem)
             roots = [a for versions in by_kind.values() for a in versions[-keep:]]
             roots += [a for kind in by_kind if (a := self.current(kind)) is not None]
             kept = self.dependents_closure(roots)
             doomed = [a for versions in by_kind.values() for a in versions if a.ref not in kept]
             if dry_run:
-                return Collected(doomed, [])
-            removed, in_use = [], []
-            for artifact in doomed:
-                (removed if self.remove(artifact) else in_use).append(artifact)
-            return Collected(removed, in_use)
+                return Collected(doomed, [], damaged, leftovers)
+            # every doomed version is claimed before any is deleted: one a running stage reads stays, and so does
+            # what it was built from or retains, as for a kept version (a claimed one no reader can start on)
+            in_use = [a for a in doomed if not _claim_for_deletion(a.path)]
+            if in_use:
+                kept = self.dependents_closure([*roots, *in_use])
+                for artifact in doomed:
+                    if artifact.ref in kept and artifact not in in_use:
+                        _release_claim(artifact.path)
+            removed = [a for a in doomed if a.ref not in kept]
+            for artifact in removed:
+                self._delete(artifact)
+            return Collected(removed, in_use, damaged, leftovers)

@@ -998,14 +998,15 @@ def artifacts_verify(
     as_json: JsonOption = False,
 ) -> None:
     """Recompute every file's checksum; exit 1 naming each changed, truncated or missing file, and each
-    version whose manifest is damaged."""
+    version whose manifest is damaged, or when the home holds no version."""
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
-    results = (
-        [_verified(store.resolve(ref))] if ref else [_verified(p) for k in store.kinds() for p in store.version_dirs(k)]
-    )
+    dirs = [store.locate(ref)] if ref else [p for k in store.kinds() for p in store.version_dirs(k)]
+    results = [_verified(store, p) for p in dirs]
     if opts.json:
         print_json(results[0] if ref else results)
+    if not results:  # a mistyped home must not pass as a clean one
+        raise Gpt2Error(f"no artifacts in {store.home}: nothing to verify")
     for result in results:
         if not result["problems"] and not opts.json:
             stdout_console().print(f"{result['ref']}: {result['files']} files ok")
@@ -1015,13 +1016,12 @@ def artifacts_verify(
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _verified(artifact_or_dir: Artifact | Path) -> dict[str, Any]:
+def _verified(store: Store, path: Path) -> dict[str, Any]:
     """One version's check: its own problems, or that its manifest is damaged."""
     try:
-        artifact = artifact_or_dir if isinstance(artifact_or_dir, Artifact) else Artifact.open(artifact_or_dir)
+        artifact = store.open(path)
     except Gpt2Error as e:
-        ref = f"{artifact_or_dir.parent.name}@{artifact_or_dir.name}"
-        return {"ref": ref, "ok": False, "files": 0, "problems": [str(e)]}
+        return {"ref": Artifact.placed_ref(path), "ok": False, "files": 0, "problems": [str(e)]}
     problems = artifact.verify()
     return {"ref": artifact.ref, "ok": not problems, "files": len(artifact.manifest["files"]), "problems": problems}
 
@@ -1050,6 +1050,8 @@ def artifacts_gc(
                 "dry_run": dry_run,
                 "removed": [_row(a) for a in removed],
                 "in_use": [_row(a) for a in collected.in_use],
+                "damaged": [{"ref": ref, "problem": problem} for ref, problem in collected.damaged.items()],
+                "leftover_bytes": collected.leftover_bytes,
                 "runs": {"removed": [r.row() for r in runs.removed], "kept": [r.row() for r in runs.kept]},
             }
         )
@@ -1066,6 +1068,8 @@ def artifacts_gc(
         out.print(run.describe(human_bytes(run.bytes)), markup=False, soft_wrap=True)
     freed = human_bytes(sum(a.size_bytes for a in removed))
     line = f"{verb} {len(removed)} versions, {freed}"
+    if collected.leftover_bytes:
+        line += f"; what interrupted gc runs left, {human_bytes(collected.leftover_bytes)}"
     if runs.removed:
         line += f"; {len(runs.removed)} training runs, {human_bytes(sum(r.bytes for r in runs.removed))}"
     out.print(line)
