@@ -182,7 +182,7 @@ def test_lineage_reads_each_version_once_and_marks_a_cycle(store: Store, monkeyp
     tokens = store.produce("tokens", params={}, inputs=[artifact_input(tokenizer.artifact), artifact_input(corpus)],
                            build=write_files(s="x")).artifact  # fmt: skip
     resolved = []
-    monkeypatch.setattr(store, "resolve", lambda ref: resolved.append(ref) or Store.resolve(store, ref))
+    monkeypatch.setattr(store, "resolve", lambda ref, *kind: resolved.append(ref) or Store.resolve(store, ref, *kind))
     tree = store.lineage(tokens)
     assert [i["ref"] for i in tree["inputs"]] == ["tokenizer@v1", "corpus@v1"]
     assert tree["inputs"][0]["inputs"] == [tree["inputs"][1]] and sorted(resolved) == ["corpus@v1", "tokenizer@v1"]

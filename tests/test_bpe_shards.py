@@ -63,6 +63,29 @@ def test_the_same_bytes_read_another_way_are_another_input(gpt2, tokenizer_ref: 
     assert again["ref"] == as_jsonl["ref"] and again["reused"]
 
 
+def test_an_artifact_from_another_home_is_found_in_that_home(gpt2, tmp_path: Path):
+    """A tokenizer named by its path in another home is recorded with that home: this home's own tokenizer@v1
+    (another vocabulary) is not taken for it by pretrain or lineage; a tokens artifact read by path from another
+    home names that home's tokenizer."""
+    from gpt2cli.train.loop import _tokenizer_of
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    for home, vocab in ((here, "300"), (there, "400")):
+        assert gpt2("--home", str(home), "train-bpe", "--input", str(SAMPLE), "--vocab-size", vocab).code == 0
+    theirs = there / "tokenizer" / "v1"
+    made = gpt2("--home", str(here), "tokenize", "--tokenizer", str(theirs), "--input", str(SAMPLE), "--json")
+    assert made.code == 0, made.err
+    store = Store(here)
+    tokens = store.resolve(json.loads(made.out)["ref"])
+    assert tokens.inputs[0] == {**tokens.inputs[0], "ref": "tokenizer@v1", "home": str(there)}
+    assert _tokenizer_of(store, tokens).path == theirs
+    assert store.lineage(tokens)["inputs"][0]["path"] == str(theirs)
+    assert "tokenizer@v1" not in store.dependents_closure([tokens])  # this home's tokenizer@v1 is not its input
+    assert gpt2("--home", str(there), "tokenize", "--input", str(SAMPLE)).code == 0
+    from_there = store.resolve(str(there / "tokens" / "v1"))
+    assert from_there.foreign and _tokenizer_of(store, from_there).path == theirs
+
+
 def test_shard_dtype_and_header(tmp_path: Path):
     assert dtype_for(50257) == np.uint16 and dtype_for(65536) == np.uint16 and dtype_for(65537) == np.uint32
     for vocab, dtype in ((50257, np.uint16), (100_000, np.uint32)):

@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -171,12 +171,14 @@ def _matches(pattern: re.Pattern[str], value: Any) -> bool:
 
 
 def _is_artifact_entry(entry: Any) -> bool:
-    """``{ref, manifest_sha256}``, and no ``path``: readers tell a file input by that key."""
+    """``{ref, manifest_sha256}`` (and the ``home`` of one from another home), and no ``path``: readers tell a file
+    input by that key."""
     return (
         isinstance(entry, dict)
         and "path" not in entry
         and _matches(_REF_RE, entry.get("ref"))
         and _matches(_SHA256_RE, entry.get("manifest_sha256"))
+        and isinstance(entry.get("home", ""), str)
     )
 
 
@@ -205,10 +207,16 @@ class Artifact:
 
     path: Path
     manifest: dict[str, Any] = field(repr=False, compare=False)
+    foreign: bool = field(default=False, compare=False)  # opened by path from another home than the reader's
 
     @classmethod
     def open(cls, path: Path) -> Artifact:
         return cls(Path(path), load_manifest(Path(path)))
+
+    @property
+    def home(self) -> Path:
+        """The home its references name versions in: ``<home>/<kind>/<vN>``."""
+        return Path(os.path.abspath(self.path)).parent.parent
 
     @staticmethod
     def placed_ref(path: Path) -> str:
@@ -339,7 +347,9 @@ def is_path_reference(ref: str | Path) -> bool:
 
 
 def artifact_input(artifact: Artifact) -> dict[str, Any]:
-    return {"ref": artifact.ref, "manifest_sha256": artifact.manifest_sha256}
+    """A manifest input naming ``artifact``; one from another home records that home, where its ref means it."""
+    entry = {"ref": artifact.ref, "manifest_sha256": artifact.manifest_sha256}
+    return {**entry, "home": str(artifact.home)} if artifact.foreign else entry
 
 
 def check_regular_file(path: Path, what: str = "input") -> None:
@@ -673,9 +683,16 @@ class Store:
         may be named anything."""
         artifact = Artifact.open(path)
         placed = Artifact.placed_ref(path)
-        if artifact.ref != placed and _same_dir(Path(os.path.abspath(path)).parent.parent, self.home):
+        here = _same_dir(artifact.home, self.home)
+        if artifact.ref != placed and here:
             raise Gpt2Error(f"manifest {Path(path) / MANIFEST} is damaged: it names {artifact.ref}, not {placed}")
-        return artifact
+        return artifact if here else replace(artifact, foreign=True)
+
+    def recorded(self, by: Artifact, entry: dict[str, Any], kind: str | None = None) -> Artifact:
+        """The artifact input ``entry`` of ``by`` names: its ref means a version in the home the entry records, else
+        in ``by``'s own (a tokens artifact read by path from another home names that home's tokenizer)."""
+        home = Path(entry.get("home") or by.home)
+        return (self if _same_dir(home, self.home) else Store(home)).resolve(entry["ref"], kind)
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
         """Refs of ``roots`` and of every artifact they were built from or retain, transitively. Not the versions
@@ -689,7 +706,8 @@ class Store:
             seen.add(ref)
             with contextlib.suppress(Gpt2Error):
                 artifact = self.resolve(ref)
-                stack.extend(i["ref"] for i in [*artifact.inputs, *artifact.retains] if "ref" in i)
+                entries = [*artifact.inputs, *artifact.retains]
+                stack.extend(i["ref"] for i in entries if "ref" in i and not i.get("home"))  # another home's: not ours
         return seen
 
     def lineage(self, artifact: Artifact) -> dict[str, Any]:
@@ -701,7 +719,7 @@ class Store:
     def _lineage(self, artifact: Artifact, made: _Trees, making: set[str]) -> dict[str, Any]:
         """``made``: the trees made so far; ``making``: the refs whose trees are being made, this one's among them: one
         of them met again below is a cycle."""
-        making.add(artifact.ref)
+        making.add(self._tree_key(artifact.home, artifact.ref))
         node: dict[str, Any] = {"ref": artifact.ref, "path": str(artifact.path), "inputs": []}
         if artifact.parent:
             node["parent"] = artifact.parent["ref"]
@@ -715,23 +733,28 @@ class Store:
             if "path" in entry:
                 node["inputs"].append({"file": entry["path"], "sha256": entry["sha256"], "bytes": entry["bytes"]})
             else:
-                node["inputs"].append(self._input_node(entry, made, making))
-        making.discard(artifact.ref)
+                node["inputs"].append(self._input_node(artifact, entry, made, making))
+        making.discard(self._tree_key(artifact.home, artifact.ref))
         return node
 
-    def _input_node(self, entry: dict[str, Any], made: _Trees, making: set[str]) -> dict[str, Any]:
+    def _tree_key(self, home: Path, ref: str) -> str:
+        """A version's name in one lineage: its ref in this home, its home and ref in another."""
+        return ref if _same_dir(home, self.home) else f"{home}:{ref}"
+
+    def _input_node(self, by: Artifact, entry: dict[str, Any], made: _Trees, making: set[str]) -> dict[str, Any]:
         ref = entry["ref"]
-        if ref in making:
+        key = self._tree_key(Path(entry.get("home") or by.home), ref)
+        if key in making:
             return {"ref": ref, "status": "cycle", "inputs": []}
-        if ref not in made:
+        if key not in made:
             try:
-                artifact = self.resolve(ref)
+                artifact = self.recorded(by, entry)
             except UsageError:
                 return {"ref": ref, "status": "missing", "inputs": []}
             except Gpt2Error:
                 return {"ref": ref, "status": "damaged", "inputs": []}
-            made[ref] = (artifact.manifest_sha256, self._lineage(artifact, made, making))
-        manifest_sha256, tree = made[ref]
+            made[key] = (artifact.manifest_sha256, self._lineage(artifact, made, making))
+        manifest_sha256, tree = made[key]
         node = {**tree}  # a copy: what follows is about this use of it
         if manifest_sha256 != entry["manifest_sha256"]:
             node["status"] = "changed since use"

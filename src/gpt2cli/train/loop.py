@@ -111,9 +111,10 @@ def _tokenizer_of(store: Store, tokens: Artifact) -> Artifact:
         raise Gpt2Error(f"{tokens.ref} does not record the tokenizer it was encoded with")
     ref, sha = recorded[0]["ref"], recorded[0].get("manifest_sha256")
     try:
-        tokenizer = store.resolve(ref)
+        tokenizer = store.recorded(tokens, recorded[0])
     except UsageError:
-        raise Gpt2Error(f"{tokens.ref} was encoded with {ref}, which is gone from {store.home}") from None
+        home = recorded[0].get("home") or tokens.home
+        raise Gpt2Error(f"{tokens.ref} was encoded with {ref}, which is gone from {home}") from None
     if tokenizer.manifest_sha256 != sha:
         raise Gpt2Error(
             f"{tokens.ref} was encoded with a different {ref} (manifest sha256 {sha}, now "
