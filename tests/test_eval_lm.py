@@ -20,8 +20,8 @@ from gpt2cli.eval.lm import (
     score_tokens,
     sliding_windows,
 )
-from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import shared_data
+from gpt2cli.model import GPT, GPTConfig, NotFinite
+from tests.conftest import shared_data, tiny_gpt
 
 # -- de-tokenizers -----------------------------------------------------------------------------------
 
@@ -231,6 +231,14 @@ def test_lm_result_properties() -> None:
 def test_word_units_small() -> None:
     assert count_units(" a b \n \n c ", "word") == 2 + 1 + 0 + 1 + 1 + 1  # a missing final newline: same count
     assert count_units(" a b \n \n c \n", "word") == 6
+
+
+def test_a_model_with_nan_weights_scores_nothing(ids: list[int]) -> None:
+    broken = tiny_gpt(50, 16)
+    with torch.no_grad():
+        broken.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"^the model's scores are not finite \(nan\)"):
+        score_tokens(broken, ids, context=16, stride=8)
 
 
 def test_word_units_of_real_files() -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.dedupe.bloom import ngram_items
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval import hub as hub_module
-from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, shared_data
+from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, save_model_dir, shared_data
 
 
 def test_zero_shot_on_real_data(model_home: Path):
@@ -547,6 +548,21 @@ def test_an_undefined_metric_is_an_error():
     assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
     with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
         _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
+
+
+def test_a_model_with_nan_weights_publishes_no_scores(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A diverged checkpoint's scores are NaN; an argmax or a choice among them still gives a number (CBT's answer
+    first: 100%, token 0 as every answer), so each family of tasks fails on them with one line, naming the task."""
+    write_local_files(tmp_path / "data")
+    model = save_model_dir(tmp_path / "diverged", tokenizer, 64, nan=True)
+    for task, what in (("ptb", "scores"), ("lambada", "scores"), ("cbt-cn", "scores"), ("nq-open", "logits"),
+                       ("cnn-dm", "logits")):  # fmt: skip
+        result = gpt2("eval", "zero-shot", model, "--task", task, "--data-dir", str(tmp_path / "data"), "--source",
+                      "local", "--device", "cpu")  # fmt: skip
+        assert (result.code, result.out) == (1, ""), task
+        assert one_error_line(result) == f"gpt2: error: {task}: the model's {what} are not finite (nan): is it a " \
+            "diverged or damaged checkpoint?"  # fmt: skip
+    assert Store(home).latest("eval") is None and not [p for p in (home / "eval").iterdir() if p.name[0] != "."]
 
 
 def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):

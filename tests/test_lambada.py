@@ -19,7 +19,7 @@ from gpt2cli.eval.lambada import (
     read_lambada,
     split_last_word,
 )
-from gpt2cli.model import GPT
+from gpt2cli.model import GPT, NotFinite
 from tests.conftest import shared_data, tiny_gpt
 
 N_CTX = 64
@@ -136,6 +136,14 @@ def test_read_lambada_malformed_line_is_named(tmp_path: Path):
     path.write_text('{"text": "one two"}\n{"txt": "x"}\n', encoding="utf-8")
     with pytest.raises(Gpt2Error, match=r"bad\.jsonl:2:"):
         read_lambada(path)
+
+
+def test_a_model_with_nan_weights_scores_nothing(tokenizer: Tokenizer, passages: list[str]):
+    broken = tiny_gpt(tokenizer.vocab_size, N_CTX)
+    with torch.no_grad():
+        broken.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"not finite \(nan\)"):
+        evaluate_lambada_both(broken, tokenizer, passages[:3])
 
 
 def test_matches_plain_reference(model: GPT, tokenizer: Tokenizer, passages: list[str]):

@@ -15,10 +15,11 @@ from gpt2cli import cli
 from gpt2cli import model as model_module
 from gpt2cli import sample as sample_module
 from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import UsageError
-from gpt2cli.model import GPT, GPTConfig, logits_needed, sample_next
+from gpt2cli.model import GPT, GPTConfig, NotFinite, logits_needed, sample_next
 from gpt2cli.sample import SampleOptions, Sampler, stop_string
-from tests.conftest import run_cli
+from tests.conftest import run_cli, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -301,16 +302,23 @@ def test_option_values_without_a_meaning_are_usage_errors(gpt2, model_home: Path
 
 
 def test_tiny_temperatures_tend_to_greedy(gpt2, model_home: Path, random_model: GPT):
-    """logits / 1e-45 overflow to inf and softmax to nan; the row's maximum is subtracted first."""
+    """logits / 1e-45 overflow to inf and softmax to nan, and 5e-324 is 0 in float32 (0 / 0 is nan): the row's
+    maximum is subtracted first, and the division made in float64."""
     logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, -1.0]]).expand(2000, -1)
-    for temperature in (1e-45, 2**-11):
+    for temperature in (5e-324, 1e-45, 2**-11):
         draws = set(sample_next(logits, temperature, None, None, torch.Generator().manual_seed(0)).tolist())
         assert draws == {1, 3}  # the two tied at the maximum, nothing else
         assert set(sample_next(logits, temperature, 2, 0.9, torch.Generator().manual_seed(0)).tolist()) <= {1, 3}
+    for temperature in (2.0**11, 1e300):  # huge: every token about as likely
+        assert set(sample_next(logits, temperature, None, None, torch.Generator().manual_seed(0)).tolist()) == set(
+            range(5)
+        )
     base = ["sample", "--home", str(model_home), "--prompt", "The council", "--max-new-tokens", "12", "--json"]
-    tiny = gpt2(*base, "--temperature", "1e-45", "--seed", "1")
-    assert tiny.code == 0, tiny.err
-    assert json.loads(tiny.out)["text"] == json.loads(gpt2(*base, "--greedy").out)["text"]
+    greedy = json.loads(gpt2(*base, "--greedy").out)["text"]
+    for temperature in ("1e-45", "5e-324"):
+        tiny = gpt2(*base, "--temperature", temperature, "--seed", "1")
+        assert tiny.code == 0, tiny.err
+        assert json.loads(tiny.out)["text"] == greedy
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         random_model.generate(torch.zeros(1, 1, dtype=torch.long), 2, temperature=float("nan"))
 
@@ -382,3 +390,22 @@ def test_a_terminal_gets_the_text_a_pipe_gets(gpt2, model_home: Path, monkeypatc
     streamed = gpt2(*args)
     assert piped.code == streamed.code == 0, streamed.err
     assert streamed.out == piped.out and piped.out.startswith("The city council")
+
+
+def test_logits_that_are_not_finite_are_an_error_not_a_token():
+    """An argmax over NaN is token 0 and a draw from NaN probabilities a RuntimeError: neither is an answer."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [1.0, float("nan"), 2.0]])
+    for temperature, top_k, top_p in ((0.0, None, None), (1.0, 2, None), (0.7, None, 0.9), (1e-300, None, None)):
+        with pytest.raises(NotFinite, match=r"^the model's logits are not finite \(nan\): "):
+            sample_next(logits, temperature, top_k, top_p, torch.Generator().manual_seed(0))
+    with pytest.raises(NotFinite, match=r"not finite \(inf\)"):
+        sample_next(torch.tensor([[0.0, float("inf")]]), 1.0)
+
+
+def test_a_model_with_nan_weights_is_one_error_line(gpt2, tokenizer: Tokenizer, tmp_path: Path):
+    model = save_model_dir(tmp_path / "diverged", tokenizer, 32, nan=True)
+    for option in ("--greedy", "--top-p=0.9", "--temperature=5e-324"):
+        result = gpt2("sample", model, "--prompt", "The city", "--max-new-tokens", "3", "--device", "cpu", option)
+        assert (result.code, result.out) == (1, ""), option
+        assert result.err == f"gpt2: error: {model}: the model's logits are not finite (nan): is it a diverged or " \
+            "damaged checkpoint?\n"  # fmt: skip

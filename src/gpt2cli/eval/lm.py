@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from gpt2cli.errors import UsageError
+from gpt2cli.model import check_finite
 
 UNITS = ("word", "byte", "char", "token")
 
@@ -150,6 +151,7 @@ def score_documents(
                     y[row, first - begin : end - begin] = streams[doc][first + 1 : end + 1]
                 with _autocast(dev, dtype):
                     nll = model(x.to(dev), targets=y.to(dev), reduction="none")
+                check_finite(nll)
                 for (doc, *_), row_nll in zip(batch, nll.double().sum(dim=1).tolist(), strict=True):
                     totals[doc] += row_nll
     finally:

@@ -26,7 +26,7 @@ from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_i
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.files import read_bytes, read_text
-from gpt2cli.model import GPT, fast_dtype, model_directory
+from gpt2cli.model import GPT, NotFinite, fast_dtype, model_directory
 from gpt2cli.sample import DTYPES, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -553,8 +553,12 @@ def zero_shot(
         for name, run in runners.items():
             started = time.time()
             log.info("evaluating %s", name)
+            try:
+                scored = run(model, tokenizer, options, device, dtype)
+            except NotFinite as e:  # the scorers do not know the task's name
+                raise NotFinite(f"{name}: {e}") from None
             results[name] = {
-                **_defined(name, run(model, tokenizer, options, device, dtype)),
+                **_defined(name, scored),
                 "seconds": round(time.time() - started, 2),
                 "data": origins[name],
             }
