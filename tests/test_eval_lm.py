@@ -16,6 +16,7 @@ from gpt2cli.eval.lm import (
     count_units,
     evaluate_text,
     evaluate_texts,
+    perplexity,
     score_documents,
     score_tokens,
     sliding_windows,
@@ -231,6 +232,14 @@ def test_lm_result_properties() -> None:
 def test_word_units_small() -> None:
     assert count_units(" a b \n \n c ", "word") == 2 + 1 + 0 + 1 + 1 + 1  # a missing final newline: same count
     assert count_units(" a b \n \n c \n", "word") == 6
+
+
+def test_an_overflowing_perplexity_is_infinite() -> None:
+    """A mean NLL above ~709.78 nats overflows exp(): the worst perplexity there is, not an OverflowError."""
+    r = LMResult(nll_sum=2000.0, tokens=2000, units=2, unit="word")
+    assert r.unit_ppl == math.inf and r.token_ppl == pytest.approx(math.e)
+    assert perplexity(1.0, 0) != perplexity(1.0, 0)  # nothing counted: NaN, no score at all
+    assert r.as_dict()["unit_ppl"] == math.inf
 
 
 def test_a_model_with_nan_weights_scores_nothing(ids: list[int]) -> None:

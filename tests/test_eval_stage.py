@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import re
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -546,8 +550,28 @@ def test_an_undefined_metric_is_an_error():
     from gpt2cli.eval.stage import _defined
 
     assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
-    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
-        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
+    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, nll_sum undefined \(nan\): the task scored nothing$"):
+        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "nll_sum": -math.inf, "words": 0})
+    # an infinite perplexity is a score, the worst there is: null, as JSON has no infinity
+    assert _defined("ptb", {"ppl": math.inf, "nll_sum": 3e5, "words": 2}) == {"ppl": None, "nll_sum": 3e5, "words": 2}
+
+
+def test_an_overflowing_perplexity_is_reported_as_infinite(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A line of one 600-letter word: a mean NLL above ~709.78 nats per word, whose exp() overflows. It is the worst
+    score there is, not a traceback: null in metrics.json and the summary, inf in the table."""
+    rng = random.Random(0)
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_text(
+        f" {''.join(rng.choice(string.ascii_letters) for _ in range(600))} \n"
+    )
+    base = ["eval", "zero-shot", save_model_dir(tmp_path / "model", tokenizer, 64), "--task", "ptb", "--data-dir",
+            str(tmp_path), "--source", "local", "--device", "cpu"]  # fmt: skip
+    table = gpt2(*base)
+    assert table.code == 0, table.err
+    assert re.search(r"ptb ppl +│ inf +│", table.out), table.out
+    ptb = json.loads(Store(home).resolve("eval").file("metrics.json").read_text())["results"]["ptb"]
+    assert ptb["ppl"] is None and ptb["nll_sum"] / ptb["words"] > 709.79 and ptb["token_ppl"] > 1
+    assert json.loads(gpt2(*base, "--json").out)["summary"]["ptb_ppl"] is None
 
 
 def test_a_model_with_nan_weights_publishes_no_scores(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):

@@ -13,6 +13,7 @@ from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.lambada import (
     STOP_WORDS,
+    LambadaResult,
     evaluate_lambada,
     evaluate_lambada_both,
     is_stop_word,
@@ -136,6 +137,12 @@ def test_read_lambada_malformed_line_is_named(tmp_path: Path):
     path.write_text('{"text": "one two"}\n{"txt": "x"}\n', encoding="utf-8")
     with pytest.raises(Gpt2Error, match=r"bad\.jsonl:2:"):
         read_lambada(path)
+
+
+def test_an_overflowing_perplexity_is_infinite():
+    """exp(1000) overflows a float: the perplexity is infinite (the worst score), not an OverflowError."""
+    result = LambadaResult(examples=1, correct=0, nll_sum=1000.0, target_tokens=4)
+    assert result.ppl == math.inf and result.ppl_per_token == pytest.approx(math.exp(250))
 
 
 def test_a_model_with_nan_weights_scores_nothing(tokenizer: Tokenizer, passages: list[str]):

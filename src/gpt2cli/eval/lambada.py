@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.files import jsonl_rows
+from gpt2cli.eval.lm import perplexity
 from gpt2cli.model import check_finite
 
 # Common English function words (pronouns, determiners, auxiliaries, prepositions, conjunctions).
@@ -110,11 +111,11 @@ class LambadaResult:
     @property
     def ppl(self) -> float:
         """Per-word perplexity of the last word (one target word per example), as the paper reports."""
-        return math.exp(self.nll_sum / self.examples) if self.examples else math.nan
+        return perplexity(self.nll_sum, self.examples)
 
     @property
     def ppl_per_token(self) -> float:
-        return math.exp(self.nll_sum / self.target_tokens) if self.target_tokens else math.nan
+        return perplexity(self.nll_sum, self.target_tokens)
 
 
 def _encode(tokenizer: Tokenizer, passage: str, n_ctx: int) -> tuple[list[int], list[int]]:

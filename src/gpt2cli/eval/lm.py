@@ -48,12 +48,12 @@ class LMResult:
 
     @property
     def token_ppl(self) -> float:
-        return math.exp(self.nll_sum / self.tokens) if self.tokens else math.nan
+        return perplexity(self.nll_sum, self.tokens)
 
     @property
     def unit_ppl(self) -> float:
         """The paper's perplexity: exp(total NLL / number of original units)."""
-        return math.exp(self.nll_sum / self.units) if self.units else math.nan
+        return perplexity(self.nll_sum, self.units)
 
     @property
     def bits_per_unit(self) -> float:
@@ -63,6 +63,17 @@ class LMResult:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "token_ppl": self.token_ppl, "unit_ppl": self.unit_ppl,
                 "bits_per_unit": self.bits_per_unit}  # fmt: skip
+
+
+def perplexity(nll_sum: float, count: int) -> float:
+    """exp(nll_sum / count): NaN for no count, infinite where that overflows a float (a mean NLL above ~709.78
+    nats: a legitimate, if terrible, score, which ``math.exp`` would raise on)."""
+    if not count:
+        return math.nan
+    try:
+        return math.exp(nll_sum / count)
+    except OverflowError:
+        return math.inf
 
 
 def count_units(original: str, unit: str) -> int:

@@ -375,7 +375,7 @@ def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[st
 
 
 def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
-    from gpt2cli.eval.lm import evaluate_texts
+    from gpt2cli.eval.lm import evaluate_texts, perplexity
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
@@ -386,7 +386,7 @@ def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
                                  device=device, dtype=dtype)  # fmt: skip
         nll, tokens, n_bytes = (sum(getattr(r, key) for r in results) for key in ("nll_sum", "tokens", "units"))
         return {
-            "token_ppl": math.exp(nll / tokens),
+            "token_ppl": perplexity(nll, tokens),
             "bits_per_byte": nll / n_bytes / math.log(2),
             "nll_sum": nll,
             "tokens": int(tokens),
@@ -424,11 +424,13 @@ def _task_texts(name: str, data: TaskData) -> list[str]:
 
 
 def _defined(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The task's metrics, each number finite: NaN or infinity is no score (and not JSON), so it is an error."""
-    bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    """The task's metrics as JSON holds them. NaN (or -inf) is no score, so it is an error. An infinite perplexity
+    (a mean NLL too large for ``exp``) is a score, the worst there is: JSON has no infinity, so it is null, and
+    ``nll_sum`` and the count beside it still give its logarithm; the table shows it as inf."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and (math.isnan(v) or v == -math.inf)]
     if bad:
         raise Gpt2Error(f"{name}: {', '.join(bad)} undefined ({metrics[bad[0]]}): the task scored nothing")
-    return metrics
+    return {key: None if value == math.inf else value for key, value in metrics.items()}
 
 
 def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
@@ -596,7 +598,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     for name, metrics in results.items():
         for key in METRIC_KEYS:
             if key in metrics:
-                flat[f"{name}_{key}"] = round(metrics[key], 4)
+                flat[f"{name}_{key}"] = None if metrics[key] is None else round(metrics[key], 4)  # None: infinite
     return flat
 
 
@@ -628,7 +630,8 @@ def comparison_rows(artifact: Artifact) -> list[tuple[str, str, str]]:
         for key in METRIC_KEYS:
             if key in metrics:
                 theirs = data["paper"].get(PAPER_KEYS.get((name, key), ""))
-                rows.append((f"{name} {key}", f"{metrics[key]:.2f}", "" if theirs is None else f"{theirs:.2f}"))
+                ours = "inf" if metrics[key] is None else f"{metrics[key]:.2f}"  # null: an infinite perplexity
+                rows.append((f"{name} {key}", ours, "" if theirs is None else f"{theirs:.2f}"))
     return rows
 
 
