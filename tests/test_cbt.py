@@ -150,6 +150,14 @@ def test_read_cbt_malformed_names_file_and_line(tmp_path: Path, texts: list[str]
         read_cbt(_corrupt(tmp_path, texts, edit))
 
 
+def test_read_cbt_ends_lines_at_newlines_only(tmp_path: Path, texts: list[str]):
+    """U+2028, U+0085 or \\x0c inside a sentence is part of it, not a line end (str.splitlines breaks there)."""
+    examples = make_examples(texts, 2)
+    first = examples[0]
+    examples[0] = replace(first, sentences=(first.sentences[0] + " a\u2028b\x85c\x0cd", *first.sentences[1:]))
+    assert read_cbt(write_cbt(tmp_path / "odd.txt", examples)) == examples
+
+
 def test_a_model_with_nan_weights_scores_nothing(texts: list[str], tokenizer: Tokenizer):
     model = tiny_gpt(tokenizer.vocab_size, 128)
     with torch.no_grad():

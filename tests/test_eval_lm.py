@@ -55,6 +55,13 @@ def test_split_wikitext_articles() -> None:
     assert [a.strip().splitlines()[0].strip() for a in articles] == ["= A =", "= B ="]
 
 
+def test_wikitext_articles_split_at_newlines_only() -> None:
+    """A U+2028 or \\x0c inside a line is no line end (str.splitlines breaks there): no title starts after one."""
+    text = " \n = A = \n a\u2028 = B = \n b\x0c = C = \n = D = \n d . \n"
+    articles = split_wikitext_articles(text)
+    assert "".join(articles) == text and len(articles) == 2
+
+
 def test_detokenizers_on_real_files() -> None:
     wiki = shared_data("wikitext-2", "wiki.test.tokens").read_text(encoding="utf-8")
     head = wiki[:200_000]
@@ -232,6 +239,14 @@ def test_lm_result_properties() -> None:
 def test_word_units_small() -> None:
     assert count_units(" a b \n \n c ", "word") == 2 + 1 + 0 + 1 + 1 + 1  # a missing final newline: same count
     assert count_units(" a b \n \n c \n", "word") == 6
+
+
+def test_word_units_end_lines_at_newlines_only() -> None:
+    """U+2028, U+0085, \\x0c and \\x1e are whitespace inside a line, not line ends: the text the model scores
+    keeps one newline per line (the de-tokenizers break at "\\n" alone), and that is the one <eos> counted."""
+    text = " a\u2028b c \n d\x85e\x0cf\x1eg \n"
+    assert count_units(text, "word") == 3 + 1 + 4 + 1
+    assert ptb_detokenize(text).count("\n") == wikitext_detokenize(text).count("\n") == 2
 
 
 def test_an_overflowing_perplexity_is_infinite() -> None:

@@ -589,6 +589,22 @@ def test_a_model_with_nan_weights_publishes_no_scores(gpt2, home: Path, tokenize
     assert Store(home).latest("eval") is None and not [p for p in (home / "eval").iterdir() if p.name[0] != "."]
 
 
+def test_word_units_are_the_newlines_scored(tmp_path: Path):
+    """One <eos> counted per line, one newline scored per line: lines end at "\\n" alone (not at the U+2028, U+0085
+    or \\x0c str.splitlines also breaks at), and the last line kept (--limit N or a file without its final newline)
+    keeps its newline."""
+    from gpt2cli.eval.lm import count_units
+    from gpt2cli.eval.stage import _detokenizer, _read_task
+
+    path = tmp_path / "ptb.test.txt"
+    path.write_text(" a b \n c\u2028d \n e\x85f\x0cg \n h i", encoding="utf-8")
+    for limit in (None, 1, 2, 3, 4, 9):
+        raw = _read_task("ptb", path, limit).items[0]
+        scored = _detokenizer("ptb")(raw)
+        assert scored.count("\n") == min(limit or 4, 4)
+        assert count_units(raw, "word") == len(raw.split()) + scored.count("\n"), limit
+
+
 def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):
     import shutil
 

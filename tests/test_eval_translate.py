@@ -9,6 +9,7 @@ import torch
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.hub import write_wmt14
 from gpt2cli.eval.translate import (
     SentencePair,
     corpus_bleu,
@@ -96,6 +97,20 @@ def test_read_wmt14_errors(tmp_path: Path):
     (tmp_path / "plain.sgm").write_text("Not sgm.\n")
     with pytest.raises(Gpt2Error, match=r"plain\.sgm: no <seg> lines"):
         read_segments(tmp_path / "plain.sgm")
+
+
+def test_plain_segments_end_at_newlines_only(tmp_path: Path):
+    """A segment may hold U+2028, U+0085 or \\x0c (str.splitlines would cut it in two and misalign the sides); the
+    hub's rows, written as files, read back as they were, a newline inside a segment made a space."""
+    (tmp_path / "a.en").write_text("One\u2028two.\r\nThree\x0cfour.\n", encoding="utf-8")
+    assert read_segments(tmp_path / "a.en") == ["One\u2028two.", "Three\x0cfour."]
+    rows = [{"translation": {"en": "One\u2028two.", "fr": "Un\x85deux."}},
+            {"translation": {"en": "Three four.", "fr": "Trois\nquatre."}}]  # fmt: skip
+    write_wmt14(rows, tmp_path / "newstest2014.en")
+    assert read_wmt14(tmp_path / "newstest2014.en", tmp_path / "newstest2014.fr") == [
+        SentencePair("One\u2028two.", "Un\x85deux."),
+        SentencePair("Three four.", "Trois quatre."),
+    ]
 
 
 def test_prompt_format_and_fixed_examples():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -137,6 +138,17 @@ def test_read_lambada_malformed_line_is_named(tmp_path: Path):
     path.write_text('{"text": "one two"}\n{"txt": "x"}\n', encoding="utf-8")
     with pytest.raises(Gpt2Error, match=r"bad\.jsonl:2:"):
         read_lambada(path)
+
+
+def test_read_lambada_ends_records_at_newlines_only(tmp_path: Path):
+    """A JSON string may hold U+2028, U+0085 or \\x0c unescaped (json.dumps with ensure_ascii=False writes them so,
+    as the hub writer does): JSON Lines records end at "\\n" alone, a "\\r" before it dropped."""
+    texts = ["He said hello\u2028and then he left the room", "a\x85b\x0cc\x1ed the end"]
+    path = tmp_path / "lambada_test.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    assert read_lambada(path) == texts
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert read_lambada(path) == texts
 
 
 def test_an_overflowing_perplexity_is_infinite():

@@ -16,9 +16,11 @@ tokens, as GPT-2 saw document starts in training, so the first real token is pre
 ``<|endoftext|>`` alone) and ``tokens`` is exactly ``len(tokenizer.encode(text))``.
 
 Unit rule (``count_units``): "word" counts the words of the ORIGINAL tokenized dataset file, whitespace
-tokens plus one ``<eos>`` per line (``str.splitlines``, so a missing final newline changes nothing), the
-standard word-level count (WikiText-2 test 245,569, PTB test 82,430); "byte" counts UTF-8 bytes (enwik8),
-"char" code points (text8), "token" the BPE tokens scored (WebText).
+tokens plus one ``<eos>`` per line, the standard word-level count (WikiText-2 test 245,569, PTB test 82,430).
+Lines end at "\\n" alone (``text_lines``), where the de-tokenizers break them and where the text scored has the
+newline that stands for the ``<eos>``; a missing final newline changes nothing here, and the stage scores the
+text with it. "byte" counts UTF-8 bytes (enwik8), "char" code points (text8), "token" the BPE tokens scored
+(WebText). A perplexity too large for a float (a mean NLL above ~709.78 nats) is infinite (``perplexity``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 from gpt2cli.errors import UsageError
+from gpt2cli.eval.files import text_lines
 from gpt2cli.model import check_finite
 
 UNITS = ("word", "byte", "char", "token")
@@ -79,7 +82,7 @@ def perplexity(nll_sum: float, count: int) -> float:
 def count_units(original: str, unit: str) -> int:
     """Canonical units of a dataset's ORIGINAL text (before de-tokenizing); see the module docstring."""
     if unit == "word":
-        return sum(len(line.split()) + 1 for line in original.splitlines())
+        return sum(len(line.split()) + 1 for line in text_lines(original))
     if unit == "byte":
         return len(original.encode("utf-8"))
     if unit == "char":

@@ -25,7 +25,7 @@ import torch
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input, is_path_reference
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
-from gpt2cli.eval.files import read_bytes, read_text
+from gpt2cli.eval.files import read_bytes, read_text, text_lines
 from gpt2cli.model import GPT, NotFinite, fast_dtype, model_directory
 from gpt2cli.sample import DTYPES, load_model, resolve_device
 
@@ -166,9 +166,9 @@ def available_tasks(options: EvalOptions, store: Store) -> list[str]:
 
 
 def _lm_raw(path: Path, limit: int | None) -> str:
-    """The tokenized file, or its first ``limit`` lines."""
-    raw = read_text(path)
-    return "\n".join(raw.split("\n")[:limit]) if limit else raw
+    """The tokenized file, or its first ``limit`` lines, every line with its newline: the newline the model
+    predicts for each ``<eos>`` that ``count_units`` counts, the last line's too."""
+    return "".join(f"{line}\n" for line in text_lines(read_text(path))[:limit])
 
 
 def _detokenizer(name: str) -> Callable[[str], str]:
