@@ -126,6 +126,22 @@ def test_prompt_format_and_fixed_examples():
     assert translation_prompt(inside, candidates, 2, "en-fr") == f"{b.en} = {b.fr}\n{c.en} = {c.fr}\n{inside.en} ="
 
 
+@pytest.mark.parametrize("direction", ["en-fr", "fr-en"])
+def test_repeated_segments_never_shorten_the_examples(direction: str):
+    """Two pairs with the same source are both left out of that source's prompt: the selection holds different
+    sources, so every prompt still has exactly ``shots`` example pairs."""
+    pairs = [SentencePair(e, f) for e, f in PAIRS]
+    source = direction.split("-")[0]
+    repeats = [SentencePair(p.en, p.fr + " (bis)") if source == "en" else SentencePair(p.en + " (bis)", p.fr)
+               for p in pairs]  # fmt: skip
+    pool = pairs + repeats
+    for seed in range(20):
+        candidates = translation_shots(pool, 3, seed, source)
+        assert len({c.side(source) for c in candidates}) == 4
+        for item in pool:
+            assert translation_prompt(item, candidates, 3, direction).count(" = ") == 3, (seed, item)
+
+
 def test_corpus_bleu():
     assert corpus_bleu(["Le chat est noir."], ["Le chat est noir."])[0] == pytest.approx(100)
     score, signature = corpus_bleu(["Le chien est noir.", "Bonjour"], ["Le chat est noir.", "Au revoir"])

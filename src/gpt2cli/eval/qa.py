@@ -5,8 +5,9 @@
 
 * ``NQ_SHOTS`` = 8 pairs, ``"Q: question\\nA: answer"`` one line each, joined by newlines, then
   ``"Q: question\\nA:"``. The questions are used verbatim (NQ's are lower-case, without "?").
-* The pairs are one fixed selection for the whole run: ``shots + 1`` entries of ``pool`` drawn with
-  ``random.Random(seed)``, of which each question uses the first ``shots`` whose question is not its own.
+* The pairs are one fixed selection for the whole run: ``shots + 1`` entries of ``pool`` with different
+  questions drawn with ``random.Random(seed)`` (``fixed_examples``), of which each question uses the first
+  ``shots`` whose question is not its own: always ``shots`` pairs, also when the file repeats a question.
   ``pool`` defaults to the items; pass the whole file when the items are a slice (``--limit``) so that the
   context does not change with the limit. A pair shows the first of its gold answers. The pairs come from
   the evaluated file itself (NQ-open's train split is not at hand), never the question being asked.
@@ -164,8 +165,9 @@ def _coqa_story(story: Any, where: str) -> list[CoqaTurn]:
 
 
 def nq_shots(pool: Sequence[NQItem], shots: int, seed: int) -> list[NQItem]:
-    """The fixed candidate pairs: ``shots + 1`` of ``pool``, so that ``shots`` remain without any one question."""
-    return fixed_examples(pool, shots, seed, "nq-open")
+    """The fixed candidate pairs: ``shots + 1`` of ``pool`` with different questions, so that ``shots`` remain
+    without any one question."""
+    return fixed_examples(pool, shots, seed, "nq-open", key=lambda item: item.question)
 
 
 def nq_prompt(item: NQItem, candidates: Sequence[NQItem], shots: int) -> str:
