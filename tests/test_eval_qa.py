@@ -272,11 +272,11 @@ def test_evaluate_coqa_matches_plain_loop(model: GPT, tokenizer: Tokenizer, text
     result = evaluate_coqa(model, tokenizer, turns, batch_size=3, max_new_tokens=MAX_NEW)
     assert list(result.predictions) == plain
     pairs = list(zip(plain, turns, strict=True))
-    assert result.scores["f1"] == pytest.approx(100 * sum(f1(p, t.answers) for p, t in pairs) / 5)
+    # the headline F1 is the official script's, as the paper's 55; the best over all answers is kept beside it
+    assert result.scores["f1"] == pytest.approx(100 * sum(coqa_official_f1(p, t.answers) for p, t in pairs) / 5)
     assert result.scores["f1"] >= 20  # at least the last turn of the second story is right
-    assert result.scores["f1_official"] == pytest.approx(
-        100 * sum(coqa_official_f1(p, t.answers) for p, t in pairs) / 5
-    )
+    assert result.scores["f1_best_answer"] == pytest.approx(100 * sum(f1(p, t.answers) for p, t in pairs) / 5)
+    assert result.scores["f1_best_answer"] > result.scores["f1"]  # "x" in the first story's last answer costs
     assert result.scores["exact_match"] == pytest.approx(100 * sum(exact_match(p, t.answers) for p, t in pairs) / 5)
     report = result.as_dict()
     assert report["task"] == "coqa" and report["stories"] == 2 and len(report["samples"]) == 3
