@@ -147,6 +147,7 @@ def test_evaluate_nq_open_matches_plain_loop(model: GPT, tokenizer: Tokenizer, t
     assert result.scores["exact_match"] == pytest.approx(expected) and expected > 0
     report = result.as_dict()
     assert report["task"] == "nq-open" and report["examples"] == len(items) and report["shots"] == 2
+    assert report["new_tokens"] == MAX_NEW
     assert len(report["samples"]) == 3 and report["samples"][0]["prediction"] == plain[0]
     json.dumps(report)
     # a slice evaluated with the whole set as the pool answers as the prefix of the whole run
@@ -280,4 +281,5 @@ def test_evaluate_coqa_matches_plain_loop(model: GPT, tokenizer: Tokenizer, text
     assert result.scores["exact_match"] == pytest.approx(100 * sum(exact_match(p, t.answers) for p, t in pairs) / 5)
     report = result.as_dict()
     assert report["task"] == "coqa" and report["stories"] == 2 and len(report["samples"]) == 3
+    assert report["new_tokens"] == MAX_NEW
     json.dumps(report)

@@ -589,6 +589,18 @@ def test_a_model_with_nan_weights_publishes_no_scores(gpt2, home: Path, tokenize
     assert Store(home).latest("eval") is None and not [p for p in (home / "eval").iterdir() if p.name[0] != "."]
 
 
+def test_generation_tasks_fit_a_small_context(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A model of 32 positions (the tests' pretraining setting): every generation task generates at most half the
+    context, and records it, rather than failing on a number of new tokens nobody asked for."""
+    write_local_files(tmp_path / "data")
+    tasks = ["nq-open", "coqa", "cnn-dm", "wmt14-en-fr"]
+    result = gpt2("eval", "zero-shot", save_model_dir(tmp_path / "model", tokenizer, 32), *(a for t in tasks for a in
+                  ("--task", t)), "--limit", "2", "--data-dir", str(tmp_path / "data"), "--device", "cpu")  # fmt: skip
+    assert result.code == 0, result.err
+    metrics = json.loads(Store(home).resolve("eval").file("metrics.json").read_text())["results"]
+    assert {t: metrics[t]["new_tokens"] for t in tasks} == dict.fromkeys(tasks, 16)
+
+
 def test_coqa_headline_is_the_official_f1(
     gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

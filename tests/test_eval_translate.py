@@ -176,6 +176,7 @@ def test_evaluate_wmt14_matches_plain_loop(model: GPT, tokenizer: Tokenizer, dir
     assert any(len(g) > 1 for g in plain) and len(set(plain)) > 1  # the random model says various things
     report = result.as_dict()
     assert report["task"] == f"wmt14-{direction}" and report["examples"] == len(pairs) and report["shots"] == 3
+    assert report["new_tokens"] == MAX_NEW
     assert report["samples"][0] == {"source": pairs[0].side(source), "translation": plain[0],
                                     "reference": pairs[0].side(target)}  # fmt: skip
     json.dumps(report)

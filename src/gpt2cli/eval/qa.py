@@ -25,6 +25,8 @@ describes it), then ``"Q: question\\nA:"``. Greedy decoding up to the first newl
 * ``exact_match``: best over the gold answers.
 
 Long prompts keep their last tokens (``generation``): a CoQA story longer than the context loses its start.
+Both tasks generate at most ``QA_MAX_NEW_TOKENS`` tokens (the stage caps it at half a small model's context); the
+number used is recorded as ``new_tokens``.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def evaluate_nq_open(
         tuple(item.question for item in items),
         tuple(predictions),
         tuple(item.answers for item in items),
-        {"shots": shots, "seed": seed},
+        {"shots": shots, "seed": seed, "new_tokens": max_new_tokens},
     )
 
 
@@ -269,5 +271,5 @@ def evaluate_coqa(
         tuple(turn.question for turn in items),
         tuple(predictions),
         tuple(turn.answers for turn in items),
-        {"stories": len({t.story_id for t in items})},
+        {"stories": len({t.story_id for t in items}), "new_tokens": max_new_tokens},
     )

@@ -329,6 +329,12 @@ def _french_of(english: Path) -> Path:
     return english.with_name(name)
 
 
+def _new_tokens(wanted: int, model: GPT) -> int:
+    """A generation task's new tokens: its own number (the paper's, where it gives one), at most half the model's
+    context, so that a small model still has room for the prompt (the tests' models have 32 positions)."""
+    return min(wanted, model.config.n_ctx // 2)
+
+
 def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
     """The tasks that score or generate answers: each module's evaluate function."""
 
@@ -345,24 +351,26 @@ def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
 
             result = evaluate_wsc(model, tokenizer, data.items, **common)
         elif name == "nq-open":
-            from gpt2cli.eval.qa import evaluate_nq_open
+            from gpt2cli.eval.qa import QA_MAX_NEW_TOKENS, evaluate_nq_open
 
-            result = evaluate_nq_open(model, tokenizer, data.items, pool=data.pool, **common)
+            result = evaluate_nq_open(model, tokenizer, data.items, pool=data.pool,
+                                      max_new_tokens=_new_tokens(QA_MAX_NEW_TOKENS, model), **common)  # fmt: skip
         elif name == "coqa":
-            from gpt2cli.eval.qa import evaluate_coqa
+            from gpt2cli.eval.qa import QA_MAX_NEW_TOKENS, evaluate_coqa
 
-            result = evaluate_coqa(model, tokenizer, data.items, **common)
+            result = evaluate_coqa(model, tokenizer, data.items, max_new_tokens=_new_tokens(QA_MAX_NEW_TOKENS, model),
+                                   **common)  # fmt: skip
         elif name == "cnn-dm":
-            from gpt2cli.eval.summarize import evaluate_cnn_dm
+            from gpt2cli.eval.summarize import SUMMARY_TOKENS, evaluate_cnn_dm
 
-            new_tokens = min(100, model.config.n_ctx // 2)  # the paper's 100, unless the context is small
-            result = evaluate_cnn_dm(model, tokenizer, data.items, max_new_tokens=new_tokens, **common)
+            result = evaluate_cnn_dm(model, tokenizer, data.items, max_new_tokens=_new_tokens(SUMMARY_TOKENS, model),
+                                     **common)  # fmt: skip
         else:
-            from gpt2cli.eval.translate import evaluate_wmt14
+            from gpt2cli.eval.translate import WMT_MAX_NEW_TOKENS, evaluate_wmt14
 
             direction = name.removeprefix("wmt14-")
             result = evaluate_wmt14(model, tokenizer, data.items, direction=direction, pool=data.pool,
-                                    max_new_tokens=min(128, model.config.n_ctx // 2), **common)  # fmt: skip
+                                    max_new_tokens=_new_tokens(WMT_MAX_NEW_TOKENS, model), **common)  # fmt: skip
         return {**result.as_dict(), "file": str(path)}
 
     return run

@@ -20,8 +20,9 @@ then ``"source sentence ="``; greedy decoding; the first generated sentence. Dec
   ``shots`` pairs, also when the file repeats a segment. They come from the test file itself: no WMT training
   data is used.
 * The first sentence is the generated text up to the first newline (a newstest segment is one line), stripped.
-* At most ``WMT_MAX_NEW_TOKENS`` = 128 new tokens; a prompt longer than the rest of the context keeps its
-  last tokens (the earliest example pairs go first).
+* At most ``WMT_MAX_NEW_TOKENS`` = 128 new tokens (the stage caps it at half a small model's context; the number
+  used is recorded as ``new_tokens``); a prompt longer than the rest of the context keeps its last tokens (the
+  earliest example pairs go first).
 * BLEU is sacrebleu's ``corpus_bleu`` with its defaults (13a tokenization, case-sensitive); the signature
   is reported with the score.
 """
@@ -178,7 +179,7 @@ def evaluate_wmt14(
         tuple(translations),
         tuple(item.side(source) for item in items),
         tuple(references),
-        {"shots": shots, "seed": seed},
+        {"shots": shots, "seed": seed, "new_tokens": max_new_tokens},
     )
 
 
