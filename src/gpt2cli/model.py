@@ -350,7 +350,8 @@ class GPT(nn.Module):
         self, model: Callable[..., torch.Tensor], idx: torch.Tensor, length: int
     ) -> tuple[KVCache, torch.Tensor]:
         """A cache of ``length`` positions holding the prompts, and the logits of their last position. Identical
-        prompts (several samples of one prompt) are computed once and the cache copied to every row."""
+        prompts (several samples of one prompt) are computed once and the cache copied to every row; a ``model``
+        that answers that one row with a row per prompt (a ``forward`` drawing each row's sample) keeps its rows."""
         if idx.size(0) > 1 and bool((idx == idx[:1]).all()):
             one = KVCache(self.config, length)
             logits = model(idx[:1], one, last_only=True)

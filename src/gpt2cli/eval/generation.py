@@ -72,6 +72,9 @@ class _RowSampler:
     ) -> torch.Tensor:
         top = logits_needed(self.temperature, self.top_k)  # generate's top_k is its own greedy pick's
         logits = self.model(idx, cache, last_only=True, top_k=top)[:, -1].float()
+        # identical prompts are computed once (GPT._prefill passes one row): each row still draws with its own
+        # generator, or a duplicated prompt's continuation would depend on what shares its batch
+        logits = logits.expand(len(self.generators), -1)
         choice = torch.cat(
             [
                 sample_next(logits[r : r + 1], self.temperature, self.top_k, None, g)
