@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -409,3 +411,19 @@ def test_a_model_with_nan_weights_is_one_error_line(gpt2, tokenizer: Tokenizer, 
         assert (result.code, result.out) == (1, ""), option
         assert result.err == f"gpt2: error: {model}: the model's logits are not finite (nan): is it a diverged or " \
             "damaged checkpoint?\n"  # fmt: skip
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tokenizer: Tokenizer, tmp_path: Path):
+    """`gpt2 sample -i | head -c 10`: stopping was the reader's choice, so exit 0 and no message, not click's exit 1.
+    The output is larger than a pipe holds, so the command is still writing when the reader goes."""
+    model = save_model_dir(tmp_path / "model", tokenizer, 128)
+    env = {**os.environ, "GPT2_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    args = ["sample", model, "--device", "cpu", "-i", "-n", "16", "--max-new-tokens", "60", "--ignore-eot"]
+    child = subprocess.Popen([sys.executable, "-m", "gpt2cli", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    child.stdin.write(b"The city council\n" * 100)
+    child.stdin.close()
+    assert len(child.stdout.read(10)) == 10
+    child.stdout.close()
+    assert (child.wait(timeout=120), child.stderr.read().decode()) == (0, "")
