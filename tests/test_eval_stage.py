@@ -643,6 +643,16 @@ def test_word_units_are_the_newlines_scored(tmp_path: Path):
         assert count_units(raw, "word") == len(raw.split()) + scored.count("\n"), limit
 
 
+def test_the_window_rule_states_the_left_context_each_prediction_gets():
+    from gpt2cli.eval.lm import sliding_windows
+    from gpt2cli.eval.stage import EvalOptions, _window
+
+    for context, stride in ((32, 16), (32, 32), (16, 5)):
+        windows = sliding_windows(1000, context, stride, align_last=True)
+        least = min(first + 1 - begin for begin, _, first in windows[1:])  # tokens read before each prediction
+        assert f"at least {least} tokens of left context" in _window(EvalOptions(stride=stride), context)["rule"]
+
+
 def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):
     import shutil
 

@@ -187,8 +187,8 @@ def _window(options: EvalOptions, context: int) -> dict[str, Any]:
     stride = _stride(options, context)
     return {"context": context, "stride": stride,
             "rule": f"windows of {context} tokens start {stride} apart, the last one moved back to read a full "
-                    f"context; each token is predicted once, after the first window with at least {context - stride} "
-                    "tokens of left context"}  # fmt: skip
+                    "context; each token is predicted once, after the first window with at least "
+                    f"{context - stride + 1} tokens of left context"}  # fmt: skip
 
 
 Runner = Callable[[GPT, Tokenizer, EvalOptions, torch.device, torch.dtype], dict[str, Any]]
