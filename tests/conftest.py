@@ -152,6 +152,18 @@ def tiny_gpt(vocab_size: int, n_ctx: int, seed: int = 0) -> GPT:
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=n_ctx, vocab_size=vocab_size)).eval()
 
 
+def save_model_dir(directory: Path, tokenizer: Tokenizer, n_ctx: int, *, nan: bool = False) -> str:
+    """A directory in Hugging Face's layout (config, weights, tokenizer files) holding ``tiny_gpt``, for `gpt2 sample`
+    and `gpt2 eval`; ``nan``: its final LayerNorm weight is NaN, as a diverged checkpoint's weights are."""
+    model = tiny_gpt(tokenizer.vocab_size, n_ctx)
+    if nan:
+        with torch.no_grad():
+            model.transformer.ln_f.weight.fill_(float("nan"))
+    model.save(directory)
+    tokenizer.save(directory)
+    return str(directory)
+
+
 def greedy_first_line(model: GPT, tokenizer: Tokenizer, prompt: str, n_ctx: int, max_new: int) -> tuple[str, bool]:
     """Greedy argmax over full forward passes (no cache), until a newline or <|endoftext|>: the first line of
     the continuation, stripped, and whether a newline ended it. The plain reference for generation tasks."""

@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.cbt import CBT_TASKS, CBTExample, cbt_detokenize, cbt_texts, evaluate_cbt, read_cbt
-from gpt2cli.model import GPT, GPTConfig
+from gpt2cli.model import GPT, GPTConfig, NotFinite
+from tests.conftest import tiny_gpt
 
 
 def ptb_tokens(text: str) -> list[str]:
@@ -147,6 +148,22 @@ def _corrupt(tmp_path: Path, texts: list[str], edit) -> Path:
 def test_read_cbt_malformed_names_file_and_line(tmp_path: Path, texts: list[str], edit, line: int, message: str):
     with pytest.raises(Gpt2Error, match=rf"bad\.txt:{line}: .*{message}"):
         read_cbt(_corrupt(tmp_path, texts, edit))
+
+
+def test_read_cbt_ends_lines_at_newlines_only(tmp_path: Path, texts: list[str]):
+    """U+2028, U+0085 or \\x0c inside a sentence is part of it, not a line end (str.splitlines breaks there)."""
+    examples = make_examples(texts, 2)
+    first = examples[0]
+    examples[0] = replace(first, sentences=(first.sentences[0] + " a\u2028b\x85c\x0cd", *first.sentences[1:]))
+    assert read_cbt(write_cbt(tmp_path / "odd.txt", examples)) == examples
+
+
+def test_a_model_with_nan_weights_scores_nothing(texts: list[str], tokenizer: Tokenizer):
+    model = tiny_gpt(tokenizer.vocab_size, 128)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"not finite \(nan\)"):
+        evaluate_cbt(model, tokenizer, make_examples(texts, 1))
 
 
 def test_read_cbt_empty_or_missing_file(tmp_path: Path):

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.choice import best_choice, fit_context, score_choices
-from gpt2cli.model import GPT, GPTConfig, KVCache
+from gpt2cli.model import GPT, GPTConfig, KVCache, NotFinite
 
 N_CTX, VOCAB = 32, 97
 
@@ -107,6 +107,14 @@ def test_best_choice_takes_the_first_of_ties():
     assert best_choice([-1.0, -1.0]) == 0
     with pytest.raises(Gpt2Error):
         best_choice([])
+
+
+def test_scores_that_are_not_finite_are_an_error_not_a_choice():
+    """Every comparison with NaN is false, so max keeps the first candidate: a NaN model would get the share of
+    examples whose answer is listed first as its accuracy."""
+    for scores in ([float("nan"), -1.0], [-1.0, float("nan")], [-2.0, float("-inf")]):
+        with pytest.raises(NotFinite, match=r"^the model's scores are not finite \((nan|-inf)\): "):
+            best_choice(scores)
 
 
 def test_several_tokens_after_a_cache_equal_a_full_forward(model: GPT):

@@ -143,6 +143,21 @@ def test_top_k_sampling_is_seeded_and_independent_of_batching(
             assert token in logits.topk(2).indices.tolist()
 
 
+def test_a_repeated_prompt_samples_the_same_in_any_batch(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]]):
+    """A batch of identical prompts (the same article twice) is computed once, yet each row draws with its own
+    generator: a row's text never depends on what shares its batch."""
+
+    def run(batch_size: int) -> list[tuple[int, ...]]:
+        gens = generate_continuations(
+            model, tokenizer, [prompts[8]] * 3, max_new_tokens=8, temperature=1.0, top_k=2, stop=(), seed=1,
+            batch_size=batch_size,
+        )  # fmt: skip
+        return [g.ids for g in gens]
+
+    one = run(1)
+    assert run(8) == one == run(2) and len(set(one)) > 1  # rows of one prompt still differ: their own seeds
+
+
 def test_bad_options(model: GPT, tokenizer: Tokenizer):
     with pytest.raises(UsageError, match="max_new_tokens"):
         generate_continuations(model, tokenizer, [[1]], max_new_tokens=N_CTX)

@@ -16,12 +16,13 @@ from gpt2cli.eval.lm import (
     count_units,
     evaluate_text,
     evaluate_texts,
+    perplexity,
     score_documents,
     score_tokens,
     sliding_windows,
 )
-from gpt2cli.model import GPT, GPTConfig
-from tests.conftest import shared_data
+from gpt2cli.model import GPT, GPTConfig, NotFinite
+from tests.conftest import shared_data, tiny_gpt
 
 # -- de-tokenizers -----------------------------------------------------------------------------------
 
@@ -52,6 +53,13 @@ def test_split_wikitext_articles() -> None:
     articles = split_wikitext_articles(text)
     assert "".join(articles) == text
     assert [a.strip().splitlines()[0].strip() for a in articles] == ["= A =", "= B ="]
+
+
+def test_wikitext_articles_split_at_newlines_only() -> None:
+    """A U+2028 or \\x0c inside a line is no line end (str.splitlines breaks there): no title starts after one."""
+    text = " \n = A = \n a\u2028 = B = \n b\x0c = C = \n = D = \n d . \n"
+    articles = split_wikitext_articles(text)
+    assert "".join(articles) == text and len(articles) == 2
 
 
 def test_detokenizers_on_real_files() -> None:
@@ -231,6 +239,30 @@ def test_lm_result_properties() -> None:
 def test_word_units_small() -> None:
     assert count_units(" a b \n \n c ", "word") == 2 + 1 + 0 + 1 + 1 + 1  # a missing final newline: same count
     assert count_units(" a b \n \n c \n", "word") == 6
+
+
+def test_word_units_end_lines_at_newlines_only() -> None:
+    """U+2028, U+0085, \\x0c and \\x1e are whitespace inside a line, not line ends: the text the model scores
+    keeps one newline per line (the de-tokenizers break at "\\n" alone), and that is the one <eos> counted."""
+    text = " a\u2028b c \n d\x85e\x0cf\x1eg \n"
+    assert count_units(text, "word") == 3 + 1 + 4 + 1
+    assert ptb_detokenize(text).count("\n") == wikitext_detokenize(text).count("\n") == 2
+
+
+def test_an_overflowing_perplexity_is_infinite() -> None:
+    """A mean NLL above ~709.78 nats overflows exp(): the worst perplexity there is, not an OverflowError."""
+    r = LMResult(nll_sum=2000.0, tokens=2000, units=2, unit="word")
+    assert r.unit_ppl == math.inf and r.token_ppl == pytest.approx(math.e)
+    assert perplexity(1.0, 0) != perplexity(1.0, 0)  # nothing counted: NaN, no score at all
+    assert r.as_dict()["unit_ppl"] == math.inf
+
+
+def test_a_model_with_nan_weights_scores_nothing(ids: list[int]) -> None:
+    broken = tiny_gpt(50, 16)
+    with torch.no_grad():
+        broken.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"^the model's scores are not finite \(nan\)"):
+        score_tokens(broken, ids, context=16, stride=8)
 
 
 def test_word_units_of_real_files() -> None:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import re
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -14,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.dedupe.bloom import ngram_items
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval import hub as hub_module
-from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, shared_data
+from tests.conftest import SAMPLE, SHARED_DATA, CliResult, run_cli, save_model_dir, shared_data
 
 
 def test_zero_shot_on_real_data(model_home: Path):
@@ -545,8 +550,107 @@ def test_an_undefined_metric_is_an_error():
     from gpt2cli.eval.stage import _defined
 
     assert _defined("ptb", {"ppl": 3.5, "words": 2}) == {"ppl": 3.5, "words": 2}
-    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, token_ppl undefined \(nan\): the task scored nothing$"):
-        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "words": 0})
+    with pytest.raises(Gpt2Error, match=r"^ptb: ppl, nll_sum undefined \(nan\): the task scored nothing$"):
+        _defined("ptb", {"ppl": float("nan"), "token_ppl": float("inf"), "nll_sum": -math.inf, "words": 0})
+    # an infinite perplexity is a score, the worst there is: null, as JSON has no infinity
+    assert _defined("ptb", {"ppl": math.inf, "nll_sum": 3e5, "words": 2}) == {"ppl": None, "nll_sum": 3e5, "words": 2}
+
+
+def test_an_overflowing_perplexity_is_reported_as_infinite(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A line of one 600-letter word: a mean NLL above ~709.78 nats per word, whose exp() overflows. It is the worst
+    score there is, not a traceback: null in metrics.json and the summary, inf in the table."""
+    rng = random.Random(0)
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_text(
+        f" {''.join(rng.choice(string.ascii_letters) for _ in range(600))} \n"
+    )
+    base = ["eval", "zero-shot", save_model_dir(tmp_path / "model", tokenizer, 64), "--task", "ptb", "--data-dir",
+            str(tmp_path), "--source", "local", "--device", "cpu"]  # fmt: skip
+    table = gpt2(*base)
+    assert table.code == 0, table.err
+    assert re.search(r"ptb ppl +│ inf +│", table.out), table.out
+    ptb = json.loads(Store(home).resolve("eval").file("metrics.json").read_text())["results"]["ptb"]
+    assert ptb["ppl"] is None and ptb["nll_sum"] / ptb["words"] > 709.79 and ptb["token_ppl"] > 1
+    assert json.loads(gpt2(*base, "--json").out)["summary"]["ptb_ppl"] is None
+
+
+def test_a_model_with_nan_weights_publishes_no_scores(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A diverged checkpoint's scores are NaN; an argmax or a choice among them still gives a number (CBT's answer
+    first: 100%, token 0 as every answer), so each family of tasks fails on them with one line, naming the task."""
+    write_local_files(tmp_path / "data")
+    model = save_model_dir(tmp_path / "diverged", tokenizer, 64, nan=True)
+    for task, what in (("ptb", "scores"), ("lambada", "scores"), ("cbt-cn", "scores"), ("nq-open", "logits"),
+                       ("cnn-dm", "logits")):  # fmt: skip
+        result = gpt2("eval", "zero-shot", model, "--task", task, "--data-dir", str(tmp_path / "data"), "--source",
+                      "local", "--device", "cpu")  # fmt: skip
+        assert (result.code, result.out) == (1, ""), task
+        assert one_error_line(result) == f"gpt2: error: {task}: the model's {what} are not finite (nan): is it a " \
+            "diverged or damaged checkpoint?"  # fmt: skip
+    assert Store(home).latest("eval") is None and not [p for p in (home / "eval").iterdir() if p.name[0] != "."]
+
+
+def test_generation_tasks_fit_a_small_context(gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path):
+    """A model of 32 positions (the tests' pretraining setting): every generation task generates at most half the
+    context, and records it, rather than failing on a number of new tokens nobody asked for."""
+    write_local_files(tmp_path / "data")
+    tasks = ["nq-open", "coqa", "cnn-dm", "wmt14-en-fr"]
+    result = gpt2("eval", "zero-shot", save_model_dir(tmp_path / "model", tokenizer, 32), *(a for t in tasks for a in
+                  ("--task", t)), "--limit", "2", "--data-dir", str(tmp_path / "data"), "--device", "cpu")  # fmt: skip
+    assert result.code == 0, result.err
+    metrics = json.loads(Store(home).resolve("eval").file("metrics.json").read_text())["results"]
+    assert {t: metrics[t]["new_tokens"] for t in tasks} == dict.fromkeys(tasks, 16)
+
+
+def test_coqa_headline_is_the_official_f1(
+    gpt2, home: Path, tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The paper's 55 F1 is the official script's: each gold answer left out in turn, the best F1 against the rest,
+    averaged. The summary and the table show that one; the best F1 over all answers stays in metrics.json."""
+    from gpt2cli.eval import qa
+    from gpt2cli.eval.stage import comparison_rows
+
+    turn = {"input_text": "What did Anna have?", "turn_id": 1}
+    story = {"id": "s1", "story": "Anna had a red kite.", "questions": [turn],
+             "answers": [{"input_text": "a red kite", "turn_id": 1}],
+             "additional_answers": {"0": [{"input_text": "a kite", "turn_id": 1}],
+                                    "1": [{"input_text": "kite", "turn_id": 1}]}}  # fmt: skip
+    (tmp_path / "coqa").mkdir()
+    (tmp_path / "coqa" / "coqa-dev-v1.0.json").write_text(json.dumps({"version": "1.0", "data": [story]}))
+    monkeypatch.setattr(qa, "_answers", lambda model, tokenizer, prompts, *rest: ["red kite"] * len(prompts))
+    result = gpt2("eval", "zero-shot", save_model_dir(tmp_path / "model", tokenizer, 64), "--task", "coqa",
+                  "--data-dir", str(tmp_path), "--device", "cpu", "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    # left out: "a red kite" -> best of "kite", "kite": F1 2/3; "a kite" or "kite" -> "a red kite": 1
+    assert json.loads(result.out)["summary"] == {"coqa_f1": 88.8889, "coqa_exact_match": 100.0}
+    evaluation = Store(home).resolve("eval")
+    assert json.loads(evaluation.file("metrics.json").read_text())["results"]["coqa"]["f1_best_answer"] == 100.0
+    assert [row for row in comparison_rows(evaluation) if "f1" in row[0]] == [("coqa f1", "88.89", "")]
+
+
+def test_word_units_are_the_newlines_scored(tmp_path: Path):
+    """One <eos> counted per line, one newline scored per line: lines end at "\\n" alone (not at the U+2028, U+0085
+    or \\x0c str.splitlines also breaks at), and the last line kept (--limit N or a file without its final newline)
+    keeps its newline."""
+    from gpt2cli.eval.lm import count_units
+    from gpt2cli.eval.stage import _detokenizer, _read_task
+
+    path = tmp_path / "ptb.test.txt"
+    path.write_text(" a b \n c\u2028d \n e\x85f\x0cg \n h i", encoding="utf-8")
+    for limit in (None, 1, 2, 3, 4, 9):
+        raw = _read_task("ptb", path, limit).items[0]
+        scored = _detokenizer("ptb")(raw)
+        assert scored.count("\n") == min(limit or 4, 4)
+        assert count_units(raw, "word") == len(raw.split()) + scored.count("\n"), limit
+
+
+def test_the_window_rule_states_the_left_context_each_prediction_gets():
+    from gpt2cli.eval.lm import sliding_windows
+    from gpt2cli.eval.stage import EvalOptions, _window
+
+    for context, stride in ((32, 16), (32, 32), (16, 5)):
+        windows = sliding_windows(1000, context, stride, align_last=True)
+        least = min(first + 1 - begin for begin, _, first in windows[1:])  # tokens read before each prediction
+        assert f"at least {least} tokens of left context" in _window(EvalOptions(stride=stride), context)["rule"]
 
 
 def test_bad_options_are_usage_errors_before_anything_is_built(gpt2, home: Path, model_home: Path, tmp_path: Path):

@@ -9,6 +9,7 @@ import torch
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error, UsageError
+from gpt2cli.eval.hub import write_wmt14
 from gpt2cli.eval.translate import (
     SentencePair,
     corpus_bleu,
@@ -98,6 +99,20 @@ def test_read_wmt14_errors(tmp_path: Path):
         read_segments(tmp_path / "plain.sgm")
 
 
+def test_plain_segments_end_at_newlines_only(tmp_path: Path):
+    """A segment may hold U+2028, U+0085 or \\x0c (str.splitlines would cut it in two and misalign the sides); the
+    hub's rows, written as files, read back as they were, a newline inside a segment made a space."""
+    (tmp_path / "a.en").write_text("One\u2028two.\r\nThree\x0cfour.\n", encoding="utf-8")
+    assert read_segments(tmp_path / "a.en") == ["One\u2028two.", "Three\x0cfour."]
+    rows = [{"translation": {"en": "One\u2028two.", "fr": "Un\x85deux."}},
+            {"translation": {"en": "Three four.", "fr": "Trois\nquatre."}}]  # fmt: skip
+    write_wmt14(rows, tmp_path / "newstest2014.en")
+    assert read_wmt14(tmp_path / "newstest2014.en", tmp_path / "newstest2014.fr") == [
+        SentencePair("One\u2028two.", "Un\x85deux."),
+        SentencePair("Three four.", "Trois quatre."),
+    ]
+
+
 def test_prompt_format_and_fixed_examples():
     pairs = [SentencePair(e, f) for e, f in PAIRS]
     candidates = translation_shots(pairs, 2, seed=0)
@@ -109,6 +124,22 @@ def test_prompt_format_and_fixed_examples():
     inside = candidates[0]
     c = candidates[2]
     assert translation_prompt(inside, candidates, 2, "en-fr") == f"{b.en} = {b.fr}\n{c.en} = {c.fr}\n{inside.en} ="
+
+
+@pytest.mark.parametrize("direction", ["en-fr", "fr-en"])
+def test_repeated_segments_never_shorten_the_examples(direction: str):
+    """Two pairs with the same source are both left out of that source's prompt: the selection holds different
+    sources, so every prompt still has exactly ``shots`` example pairs."""
+    pairs = [SentencePair(e, f) for e, f in PAIRS]
+    source = direction.split("-")[0]
+    repeats = [SentencePair(p.en, p.fr + " (bis)") if source == "en" else SentencePair(p.en + " (bis)", p.fr)
+               for p in pairs]  # fmt: skip
+    pool = pairs + repeats
+    for seed in range(20):
+        candidates = translation_shots(pool, 3, seed, source)
+        assert len({c.side(source) for c in candidates}) == 4
+        for item in pool:
+            assert translation_prompt(item, candidates, 3, direction).count(" = ") == 3, (seed, item)
 
 
 def test_corpus_bleu():
@@ -145,6 +176,7 @@ def test_evaluate_wmt14_matches_plain_loop(model: GPT, tokenizer: Tokenizer, dir
     assert any(len(g) > 1 for g in plain) and len(set(plain)) > 1  # the random model says various things
     report = result.as_dict()
     assert report["task"] == f"wmt14-{direction}" and report["examples"] == len(pairs) and report["shots"] == 3
+    assert report["new_tokens"] == MAX_NEW
     assert report["samples"][0] == {"source": pairs[0].side(source), "translation": plain[0],
                                     "reference": pairs[0].side(target)}  # fmt: skip
     json.dumps(report)

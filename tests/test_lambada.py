@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -13,13 +14,14 @@ from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.lambada import (
     STOP_WORDS,
+    LambadaResult,
     evaluate_lambada,
     evaluate_lambada_both,
     is_stop_word,
     read_lambada,
     split_last_word,
 )
-from gpt2cli.model import GPT
+from gpt2cli.model import GPT, NotFinite
 from tests.conftest import shared_data, tiny_gpt
 
 N_CTX = 64
@@ -136,6 +138,31 @@ def test_read_lambada_malformed_line_is_named(tmp_path: Path):
     path.write_text('{"text": "one two"}\n{"txt": "x"}\n', encoding="utf-8")
     with pytest.raises(Gpt2Error, match=r"bad\.jsonl:2:"):
         read_lambada(path)
+
+
+def test_read_lambada_ends_records_at_newlines_only(tmp_path: Path):
+    """A JSON string may hold U+2028, U+0085 or \\x0c unescaped (json.dumps with ensure_ascii=False writes them so,
+    as the hub writer does): JSON Lines records end at "\\n" alone, a "\\r" before it dropped."""
+    texts = ["He said hello\u2028and then he left the room", "a\x85b\x0cc\x1ed the end"]
+    path = tmp_path / "lambada_test.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    assert read_lambada(path) == texts
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert read_lambada(path) == texts
+
+
+def test_an_overflowing_perplexity_is_infinite():
+    """exp(1000) overflows a float: the perplexity is infinite (the worst score), not an OverflowError."""
+    result = LambadaResult(examples=1, correct=0, nll_sum=1000.0, target_tokens=4)
+    assert result.ppl == math.inf and result.ppl_per_token == pytest.approx(math.exp(250))
+
+
+def test_a_model_with_nan_weights_scores_nothing(tokenizer: Tokenizer, passages: list[str]):
+    broken = tiny_gpt(tokenizer.vocab_size, N_CTX)
+    with torch.no_grad():
+        broken.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"not finite \(nan\)"):
+        evaluate_lambada_both(broken, tokenizer, passages[:3])
 
 
 def test_matches_plain_reference(model: GPT, tokenizer: Tokenizer, passages: list[str]):

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +17,11 @@ from gpt2cli import cli
 from gpt2cli import model as model_module
 from gpt2cli import sample as sample_module
 from gpt2cli.artifacts import Store
+from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import UsageError
-from gpt2cli.model import GPT, GPTConfig, logits_needed, sample_next
+from gpt2cli.model import GPT, GPTConfig, NotFinite, logits_needed, sample_next
 from gpt2cli.sample import SampleOptions, Sampler, stop_string
-from tests.conftest import run_cli
+from tests.conftest import run_cli, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -301,16 +304,23 @@ def test_option_values_without_a_meaning_are_usage_errors(gpt2, model_home: Path
 
 
 def test_tiny_temperatures_tend_to_greedy(gpt2, model_home: Path, random_model: GPT):
-    """logits / 1e-45 overflow to inf and softmax to nan; the row's maximum is subtracted first."""
+    """logits / 1e-45 overflow to inf and softmax to nan, and 5e-324 is 0 in float32 (0 / 0 is nan): the row's
+    maximum is subtracted first, and the division made in float64."""
     logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, -1.0]]).expand(2000, -1)
-    for temperature in (1e-45, 2**-11):
+    for temperature in (5e-324, 1e-45, 2**-11):
         draws = set(sample_next(logits, temperature, None, None, torch.Generator().manual_seed(0)).tolist())
         assert draws == {1, 3}  # the two tied at the maximum, nothing else
         assert set(sample_next(logits, temperature, 2, 0.9, torch.Generator().manual_seed(0)).tolist()) <= {1, 3}
+    for temperature in (2.0**11, 1e300):  # huge: every token about as likely
+        assert set(sample_next(logits, temperature, None, None, torch.Generator().manual_seed(0)).tolist()) == set(
+            range(5)
+        )
     base = ["sample", "--home", str(model_home), "--prompt", "The council", "--max-new-tokens", "12", "--json"]
-    tiny = gpt2(*base, "--temperature", "1e-45", "--seed", "1")
-    assert tiny.code == 0, tiny.err
-    assert json.loads(tiny.out)["text"] == json.loads(gpt2(*base, "--greedy").out)["text"]
+    greedy = json.loads(gpt2(*base, "--greedy").out)["text"]
+    for temperature in ("1e-45", "5e-324"):
+        tiny = gpt2(*base, "--temperature", temperature, "--seed", "1")
+        assert tiny.code == 0, tiny.err
+        assert json.loads(tiny.out)["text"] == greedy
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         random_model.generate(torch.zeros(1, 1, dtype=torch.long), 2, temperature=float("nan"))
 
@@ -382,3 +392,38 @@ def test_a_terminal_gets_the_text_a_pipe_gets(gpt2, model_home: Path, monkeypatc
     streamed = gpt2(*args)
     assert piped.code == streamed.code == 0, streamed.err
     assert streamed.out == piped.out and piped.out.startswith("The city council")
+
+
+def test_logits_that_are_not_finite_are_an_error_not_a_token():
+    """An argmax over NaN is token 0 and a draw from NaN probabilities a RuntimeError: neither is an answer."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [1.0, float("nan"), 2.0]])
+    for temperature, top_k, top_p in ((0.0, None, None), (1.0, 2, None), (0.7, None, 0.9), (1e-300, None, None)):
+        with pytest.raises(NotFinite, match=r"^the model's logits are not finite \(nan\): "):
+            sample_next(logits, temperature, top_k, top_p, torch.Generator().manual_seed(0))
+    with pytest.raises(NotFinite, match=r"not finite \(inf\)"):
+        sample_next(torch.tensor([[0.0, float("inf")]]), 1.0)
+
+
+def test_a_model_with_nan_weights_is_one_error_line(gpt2, tokenizer: Tokenizer, tmp_path: Path):
+    model = save_model_dir(tmp_path / "diverged", tokenizer, 32, nan=True)
+    for option in ("--greedy", "--top-p=0.9", "--temperature=5e-324"):
+        result = gpt2("sample", model, "--prompt", "The city", "--max-new-tokens", "3", "--device", "cpu", option)
+        assert (result.code, result.out) == (1, ""), option
+        assert result.err == f"gpt2: error: {model}: the model's logits are not finite (nan): is it a diverged or " \
+            "damaged checkpoint?\n"  # fmt: skip
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tokenizer: Tokenizer, tmp_path: Path):
+    """`gpt2 sample -i | head -c 10`: stopping was the reader's choice, so exit 0 and no message, not click's exit 1.
+    The output is larger than a pipe holds, so the command is still writing when the reader goes."""
+    model = save_model_dir(tmp_path / "model", tokenizer, 128)
+    env = {**os.environ, "GPT2_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    args = ["sample", model, "--device", "cpu", "-i", "-n", "16", "--max-new-tokens", "60", "--ignore-eot"]
+    child = subprocess.Popen([sys.executable, "-m", "gpt2cli", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    child.stdin.write(b"The city council\n" * 100)
+    child.stdin.close()
+    assert len(child.stdout.read(10)) == 10
+    child.stdout.close()
+    assert (child.wait(timeout=120), child.stderr.read().decode()) == (0, "")

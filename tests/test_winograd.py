@@ -10,7 +10,7 @@ from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.bpe.train import count_corpus, learn_merges
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.winograd import WSC273, WSCSchema, adapt_answer, evaluate_wsc, read_wsc, wsc_texts
-from gpt2cli.model import GPT, GPTConfig
+from gpt2cli.model import GPT, GPTConfig, NotFinite
 from tests.conftest import SAMPLE, shared_data, tiny_gpt
 
 N_CTX = 64
@@ -219,6 +219,15 @@ def test_matches_plain_reference(model: GPT, tokenizer: Tokenizer, small: Path):
     again = evaluate_wsc(model, tokenizer, schemas, batch_size=16)
     assert again.predictions_full == result.predictions_full
     assert again.predictions_partial == result.predictions_partial
+
+
+def test_a_model_with_nan_weights_scores_nothing(tokenizer: Tokenizer, small: Path):
+    """NaN scores would pick answer A every time: the share of schemas whose answer is A, as an accuracy."""
+    model = tiny_gpt(tokenizer.vocab_size, N_CTX)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(NotFinite, match=r"not finite \(nan\)"):
+        evaluate_wsc(model, tokenizer, read_wsc(small, limit=None))
 
 
 def test_real_schemas_with_a_truncated_context(tokenizer: Tokenizer):

@@ -15,7 +15,7 @@ import typer
 
 from gpt2cli import __version__
 from gpt2cli.artifacts import Artifact, Published, Store, release_reads
-from gpt2cli.console import human_bytes, print_json, setup_logging, stderr_console, stdout_console
+from gpt2cli.console import human_bytes, print_json, reader_may_stop, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Gpt2Error, Terminated, UsageError
 from gpt2cli.runconfig import from_run_config, run_config_origin
 
@@ -705,6 +705,7 @@ def sample_command(
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    @reader_may_stop()
     def run(text: str) -> None:
         if stream:
             show(text)  # the prompt, then the continuation as it comes: what a pipe gets, only sooner

@@ -148,6 +148,18 @@ def progress(description: str, total: float | None = None, unit: str = "items") 
         yield state
 
 
+@contextlib.contextmanager
+def reader_may_stop() -> Iterator[None]:
+    """Output for a reader that may stop reading (``gpt2 sample | head``): a closed pipe on stdout ends the command
+    quietly with exit 0, because stopping was the reader's choice (click would exit 1, a failure). What is still
+    buffered for stdout goes to /dev/null, where the flush at exit cannot fail again."""
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
 def json_utf8(obj: Any, **options: Any) -> bytes:
     """JSON as UTF-8. File names need not be UTF-8: Python holds their stray bytes as lone surrogates, which
     are written as \\u escapes, and read back as the same name."""

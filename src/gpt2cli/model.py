@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,21 @@ SAFE_TEMPERATURES = (2**-10, 2**10)
 
 class BadArgument(UsageError, ValueError):
     """An invalid argument of the Python API: a ValueError to callers, a usage error on the command line."""
+
+
+class NotFinite(Gpt2Error):
+    """The model computed NaN or infinite scores (a diverged or damaged checkpoint): an argmax, a choice or a draw
+    among them would still give an answer, one that means nothing, so nothing is made of them."""
+
+
+def check_finite(scores: torch.Tensor | Sequence[float], what: str = "scores") -> None:
+    """Raise ``NotFinite`` naming the first value of ``scores`` (log-probabilities, NLLs, logits) that is not finite.
+    NaN compares false with everything, so a max or argmax over it silently picks the first candidate."""
+    values = scores if isinstance(scores, torch.Tensor) else torch.tensor(scores, dtype=torch.float64)
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = values[~finite].flatten()[0].item()
+        raise NotFinite(f"the model's {what} are not finite ({bad}): is it a diverged or damaged checkpoint?")
 
 
 @dataclass(frozen=True)
@@ -335,7 +350,8 @@ class GPT(nn.Module):
         self, model: Callable[..., torch.Tensor], idx: torch.Tensor, length: int
     ) -> tuple[KVCache, torch.Tensor]:
         """A cache of ``length`` positions holding the prompts, and the logits of their last position. Identical
-        prompts (several samples of one prompt) are computed once and the cache copied to every row."""
+        prompts (several samples of one prompt) are computed once and the cache copied to every row; a ``model``
+        that answers that one row with a row per prompt (a ``forward`` drawing each row's sample) keeps its rows."""
         if idx.size(0) > 1 and bool((idx == idx[:1]).all()):
             one = KVCache(self.config, length)
             logits = model(idx[:1], one, last_only=True)
@@ -685,12 +701,21 @@ def sample_next(
     draw is made among the kept candidates only, which avoids a multinomial over the whole vocabulary. The
     candidates are ordered by logit, then id: which of equal values ``torch.topk`` returns first is not
     specified, and the draw must not depend on it.
+
+    Outside ``SAFE_TEMPERATURES`` the logits minus the row's maximum are divided in float64: in float32
+    ``logits / 1e-45`` overflows, and a temperature below ~1e-45 rounds to 0 (0 / 0 is NaN). So every finite
+    temperature > 0 samples softmax(logits / temperature), down to 5e-324, where it is an even draw among the tokens
+    tied at the maximum (the limit; greedy decoding takes the first of them). Logits that are not finite (a diverged
+    model's NaN) are a ``NotFinite`` error, never a token.
     """
+    peak = logits.amax(dim=-1, keepdim=True)  # NaN when a row holds one: max propagates NaN
+    check_finite(peak, "logits")
     if temperature == 0:
         return logits.argmax(dim=-1)  # the first of equal maxima
-    if temperature < SAFE_TEMPERATURES[0]:  # logits / 1e-45 overflow; minus the row's maximum first, they cannot
-        logits = logits - logits.amax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    if SAFE_TEMPERATURES[0] <= temperature <= SAFE_TEMPERATURES[1]:
+        logits = logits / temperature
+    else:
+        logits = (logits - peak).double() / temperature
     if top_k is not None and top_k < logits.size(-1):
         # a few more than k, so that ties with the k-th (frequent in bfloat16) rarely take a second pass
         values, ids = torch.topk(logits, min(top_k + TIES_ROOM, logits.size(-1)), dim=-1)

@@ -21,7 +21,7 @@ import torch
 from gpt2cli.artifacts import Store
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
-from gpt2cli.model import GPT, fast_dtype, model_directory
+from gpt2cli.model import GPT, NotFinite, fast_dtype, model_directory
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,8 @@ class Sampler:
                     on_step=on_step,
                     forward=self.forward,
                 )
+        except NotFinite as e:  # a diverged or damaged checkpoint
+            raise NotFinite(f"{self.label}: {e}") from None
         except RuntimeError as e:  # the batch's cache does not fit (torch.OutOfMemoryError on GPUs)
             if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
                 raise

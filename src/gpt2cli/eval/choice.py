@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.eval.lm import _autocast
-from gpt2cli.model import GPT, KVCache
+from gpt2cli.model import GPT, KVCache, check_finite
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,12 @@ class ChoiceScore:
 
 
 def best_choice(scores: Sequence[float]) -> int:
-    """Index of the highest score; the first one on ties, so results never depend on anything but the scores."""
+    """Index of the highest score; the first one on ties, so results never depend on anything but the scores.
+    A score that is not finite is a ``NotFinite`` error: every comparison with NaN is false, so ``max`` would
+    pick the first candidate, and an accuracy built on that looks like a real one."""
     if not scores:
         raise Gpt2Error("no candidates to choose from")
+    check_finite(scores)
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 

@@ -22,6 +22,7 @@ _SPACE_AFTER = re.compile(r"(?:^| )([(\[{$]) ")
 _PLURAL_POSSESSIVE = re.compile(r"(?<=[A-Za-z]s) '(?= |$)")  # "the ships ' crews" -> "the ships' crews"
 _WIKI_HEADING = re.compile(r"((?:= )+)(.*?)((?: =)+)")
 _WIKI_ARTICLE = re.compile(r"^ = [^=].* = $")  # " = Title = ": one "=" on each side starts an article
+_LINE = re.compile(r"[^\n]*\n|[^\n]+")  # a line with its "\n", or the last one without
 
 
 def _join_quotes(line: str) -> str:
@@ -92,11 +93,12 @@ def split_wikitext_articles(text: str) -> list[str]:
     """WikiText split into articles, each starting at its `` = Title = `` line (one ``=`` on each side).
 
     Lossless: ``"".join(split_wikitext_articles(t)) == t``; lines before the first title (the file's
-    leading blank line) belong to the first article. Useful to score articles as separate documents.
+    leading blank line) belong to the first article. Useful to score articles as separate documents. Lines end at
+    "\\n" alone, as in ``wikitext_detokenize`` (not at the U+2028 or \\x0c a line may hold).
     """
     articles: list[str] = []
     current: list[str] = []
-    for line in text.splitlines(keepends=True):
+    for line in _LINE.findall(text):
         if _WIKI_ARTICLE.match(line.rstrip("\r\n")) and any(not x.isspace() for x in current):
             articles.append("".join(current))
             current = []

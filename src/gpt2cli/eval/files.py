@@ -31,8 +31,18 @@ def read_text(path: Path | str) -> str:
         raise Gpt2Error(f"cannot read {path}: {e}") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text``, split at "\\n" alone, without an empty one after a final "\\n". The formats read here
+    (JSON Lines, CBT, plain-text WMT, the word-level language-modelling files) end a line there and only there;
+    ``str.splitlines`` also breaks at U+2028, U+0085, \\x0c and others, which a JSON string or a line of text may
+    hold (the hub writer's own ``ensure_ascii=False`` JSON Lines do)."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_lines(path: Path | str) -> list[str]:
-    return read_text(path).splitlines()
+    """The file's ``text_lines``, each without a "\\r" before its "\\n" (a file saved with CRLF line ends)."""
+    return [line.removesuffix("\r") for line in text_lines(read_text(path))]
 
 
 def jsonl_rows(path: Path | str) -> Iterator[tuple[str, Any]]:

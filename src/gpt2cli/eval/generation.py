@@ -29,7 +29,7 @@ import random
 import re
 import string
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,6 +72,9 @@ class _RowSampler:
     ) -> torch.Tensor:
         top = logits_needed(self.temperature, self.top_k)  # generate's top_k is its own greedy pick's
         logits = self.model(idx, cache, last_only=True, top_k=top)[:, -1].float()
+        # identical prompts are computed once (GPT._prefill passes one row): each row still draws with its own
+        # generator, or a duplicated prompt's continuation would depend on what shares its batch
+        logits = logits.expand(len(self.generators), -1)
         choice = torch.cat(
             [
                 sample_next(logits[r : r + 1], self.temperature, self.top_k, None, g)
@@ -88,16 +91,21 @@ def row_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest(), "little")
 
 
-def fixed_examples(pool: Sequence[T], shots: int, seed: int, what: str) -> list[T]:
-    """The few-shot example pairs of a whole run: ``shots + 1`` entries of ``pool`` drawn with ``seed``, so that
-    ``shots`` remain without an item's own pair. A pool too small for that is an error, not a prompt with fewer
-    examples than the run records."""
-    if len(pool) < shots + 1:
-        raise Gpt2Error(
-            f"{what}: {len(pool)} pairs, but {shots} example pairs per prompt need {shots + 1} "
-            "(a question's own pair is never its example)"
-        )
-    return [pool[i] for i in random.Random(seed).sample(range(len(pool)), shots + 1)]
+def fixed_examples(pool: Sequence[T], shots: int, seed: int, what: str, key: Callable[[T], Hashable]) -> list[T]:
+    """The few-shot example pairs of a whole run: the first ``shots + 1`` entries of ``pool``, in an order shuffled
+    with ``seed``, whose ``key`` (what a prompt compares with its item: the question, the source sentence) differs
+    from every one before. At most one of them is an item's own, so ``shots`` always remain, also when the file
+    repeats a question. A pool with fewer different keys is an error, not a prompt with fewer examples than the run
+    records."""
+    chosen: dict[Hashable, T] = {}
+    for i in random.Random(seed).sample(range(len(pool)), len(pool)):
+        chosen.setdefault(key(pool[i]), pool[i])
+        if len(chosen) == shots + 1:
+            return list(chosen.values())
+    raise Gpt2Error(
+        f"{what}: {len(chosen)} different pairs, but {shots} example pairs per prompt need {shots + 1} "
+        "(a question's own pair is never its example)"
+    )
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

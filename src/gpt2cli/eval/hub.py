@@ -152,7 +152,8 @@ def write_wmt14(rows: Rows, target: Path) -> None:
     """Rows hold {"translation": {"en", "fr"}}: two line-aligned files, ``X.en`` (target) and ``X.fr`` beside it."""
     pairs = [row["translation"] for row in rows]
     for language, path in (("en", target), ("fr", target.with_name(target.stem + ".fr"))):
-        _write(path, "".join(" ".join(p[language].splitlines()).strip() + "\n" for p in pairs))
+        # one segment per line, as read_segments splits them: at "\n" alone (a U+2028 in a segment stays)
+        _write(path, "".join(p[language].replace("\n", " ").strip() + "\n" for p in pairs))
 
 
 def write_nq_open(rows: Rows, target: Path) -> None:

@@ -43,6 +43,8 @@ from torch.nn import functional as F
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.files import jsonl_rows
+from gpt2cli.eval.lm import perplexity
+from gpt2cli.model import check_finite
 
 # Common English function words (pronouns, determiners, auxiliaries, prepositions, conjunctions).
 _STOP_WORDS_TEXT = """
@@ -109,11 +111,11 @@ class LambadaResult:
     @property
     def ppl(self) -> float:
         """Per-word perplexity of the last word (one target word per example), as the paper reports."""
-        return math.exp(self.nll_sum / self.examples) if self.examples else math.nan
+        return perplexity(self.nll_sum, self.examples)
 
     @property
     def ppl_per_token(self) -> float:
-        return math.exp(self.nll_sum / self.target_tokens) if self.target_tokens else math.nan
+        return perplexity(self.nll_sum, self.target_tokens)
 
 
 def _encode(tokenizer: Tokenizer, passage: str, n_ctx: int) -> tuple[list[int], list[int]]:
@@ -200,8 +202,9 @@ def _evaluate(
                 pos = len(ctx) - 1
                 row = logits[r, pos : pos + len(tgt)].float()
                 target = torch.tensor(tgt, device=device)
-                logp = F.log_softmax(row, dim=-1)
-                nll_sum += -logp.gather(1, target[:, None]).sum().item()
+                picked = F.log_softmax(row, dim=-1).gather(1, target[:, None])
+                check_finite(picked)  # NaN logits would also make the argmax below pick token 0
+                nll_sum += -picked.sum().item()
                 target_tokens += len(tgt)
                 stop_target = any(filters) and is_stop_word(tokenizer.decode(tgt))
                 for f, filtered in enumerate(filters):

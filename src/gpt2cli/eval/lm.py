@@ -16,9 +16,11 @@ tokens, as GPT-2 saw document starts in training, so the first real token is pre
 ``<|endoftext|>`` alone) and ``tokens`` is exactly ``len(tokenizer.encode(text))``.
 
 Unit rule (``count_units``): "word" counts the words of the ORIGINAL tokenized dataset file, whitespace
-tokens plus one ``<eos>`` per line (``str.splitlines``, so a missing final newline changes nothing), the
-standard word-level count (WikiText-2 test 245,569, PTB test 82,430); "byte" counts UTF-8 bytes (enwik8),
-"char" code points (text8), "token" the BPE tokens scored (WebText).
+tokens plus one ``<eos>`` per line, the standard word-level count (WikiText-2 test 245,569, PTB test 82,430).
+Lines end at "\\n" alone (``text_lines``), where the de-tokenizers break them and where the text scored has the
+newline that stands for the ``<eos>``; a missing final newline changes nothing here, and the stage scores the
+text with it. "byte" counts UTF-8 bytes (enwik8), "char" code points (text8), "token" the BPE tokens scored
+(WebText). A perplexity too large for a float (a mean NLL above ~709.78 nats) is infinite (``perplexity``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any
 import torch
 
 from gpt2cli.errors import UsageError
+from gpt2cli.eval.files import text_lines
+from gpt2cli.model import check_finite
 
 UNITS = ("word", "byte", "char", "token")
 
@@ -47,12 +51,12 @@ class LMResult:
 
     @property
     def token_ppl(self) -> float:
-        return math.exp(self.nll_sum / self.tokens) if self.tokens else math.nan
+        return perplexity(self.nll_sum, self.tokens)
 
     @property
     def unit_ppl(self) -> float:
         """The paper's perplexity: exp(total NLL / number of original units)."""
-        return math.exp(self.nll_sum / self.units) if self.units else math.nan
+        return perplexity(self.nll_sum, self.units)
 
     @property
     def bits_per_unit(self) -> float:
@@ -64,10 +68,21 @@ class LMResult:
                 "bits_per_unit": self.bits_per_unit}  # fmt: skip
 
 
+def perplexity(nll_sum: float, count: int) -> float:
+    """exp(nll_sum / count): NaN for no count, infinite where that overflows a float (a mean NLL above ~709.78
+    nats: a legitimate, if terrible, score, which ``math.exp`` would raise on)."""
+    if not count:
+        return math.nan
+    try:
+        return math.exp(nll_sum / count)
+    except OverflowError:
+        return math.inf
+
+
 def count_units(original: str, unit: str) -> int:
     """Canonical units of a dataset's ORIGINAL text (before de-tokenizing); see the module docstring."""
     if unit == "word":
-        return sum(len(line.split()) + 1 for line in original.splitlines())
+        return sum(len(line.split()) + 1 for line in text_lines(original))
     if unit == "byte":
         return len(original.encode("utf-8"))
     if unit == "char":
@@ -150,6 +165,7 @@ def score_documents(
                     y[row, first - begin : end - begin] = streams[doc][first + 1 : end + 1]
                 with _autocast(dev, dtype):
                     nll = model(x.to(dev), targets=y.to(dev), reduction="none")
+                check_finite(nll)
                 for (doc, *_), row_nll in zip(batch, nll.double().sum(dim=1).tolist(), strict=True):
                     totals[doc] += row_nll
     finally:

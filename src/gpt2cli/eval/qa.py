@@ -5,8 +5,9 @@
 
 * ``NQ_SHOTS`` = 8 pairs, ``"Q: question\\nA: answer"`` one line each, joined by newlines, then
   ``"Q: question\\nA:"``. The questions are used verbatim (NQ's are lower-case, without "?").
-* The pairs are one fixed selection for the whole run: ``shots + 1`` entries of ``pool`` drawn with
-  ``random.Random(seed)``, of which each question uses the first ``shots`` whose question is not its own.
+* The pairs are one fixed selection for the whole run: ``shots + 1`` entries of ``pool`` with different
+  questions drawn with ``random.Random(seed)`` (``fixed_examples``), of which each question uses the first
+  ``shots`` whose question is not its own: always ``shots`` pairs, also when the file repeats a question.
   ``pool`` defaults to the items; pass the whole file when the items are a slice (``--limit``) so that the
   context does not change with the limit. A pair shows the first of its gold answers. The pairs come from
   the evaluated file itself (NQ-open's train split is not at hand), never the question being asked.
@@ -18,14 +19,14 @@
 turns as ``"Q: question\\nA: answer"`` lines (the gold answers, the conversation history as the paper
 describes it), then ``"Q: question\\nA:"``. Greedy decoding up to the first newline. Metrics, in %:
 
-* ``f1``: bag-of-words F1 after the official normalization, the best over the answer and the additional
-  answers.
-* ``f1_official``: the official CoQA script's turn score when there are several gold answers, the mean
-  over each gold answer left out of the best F1 against the others (slightly lower than ``f1``; the
-  paper's 55 F1 was presumably computed this way).
+* ``f1``: the official CoQA script's F1 (the paper's 55 F1 is the script's): bag-of-words F1 after the official
+  normalization; with several gold answers, the mean over each one left out of the best F1 against the others.
+* ``f1_best_answer``: the best F1 over all the gold answers (slightly higher; not what the paper reports).
 * ``exact_match``: best over the gold answers.
 
 Long prompts keep their last tokens (``generation``): a CoQA story longer than the context loses its start.
+Both tasks generate at most ``QA_MAX_NEW_TOKENS`` tokens (the stage caps it at half a small model's context); the
+number used is recorded as ``new_tokens``.
 """
 
 from __future__ import annotations
@@ -164,8 +165,9 @@ def _coqa_story(story: Any, where: str) -> list[CoqaTurn]:
 
 
 def nq_shots(pool: Sequence[NQItem], shots: int, seed: int) -> list[NQItem]:
-    """The fixed candidate pairs: ``shots + 1`` of ``pool``, so that ``shots`` remain without any one question."""
-    return fixed_examples(pool, shots, seed, "nq-open")
+    """The fixed candidate pairs: ``shots + 1`` of ``pool`` with different questions, so that ``shots`` remain
+    without any one question."""
+    return fixed_examples(pool, shots, seed, "nq-open", key=lambda item: item.question)
 
 
 def nq_prompt(item: NQItem, candidates: Sequence[NQItem], shots: int) -> str:
@@ -238,7 +240,7 @@ def evaluate_nq_open(
         tuple(item.question for item in items),
         tuple(predictions),
         tuple(item.answers for item in items),
-        {"shots": shots, "seed": seed},
+        {"shots": shots, "seed": seed, "new_tokens": max_new_tokens},
     )
 
 
@@ -262,12 +264,12 @@ def evaluate_coqa(
         "coqa",
         len(items),
         {
-            "f1": 100 * sum(f1(p, t.answers) for p, t in pairs) / n,
-            "f1_official": 100 * sum(coqa_official_f1(p, t.answers) for p, t in pairs) / n,
+            "f1": 100 * sum(coqa_official_f1(p, t.answers) for p, t in pairs) / n,
+            "f1_best_answer": 100 * sum(f1(p, t.answers) for p, t in pairs) / n,
             "exact_match": 100 * sum(exact_match(p, t.answers) for p, t in pairs) / n,
         },
         tuple(turn.question for turn in items),
         tuple(predictions),
         tuple(turn.answers for turn in items),
-        {"stories": len({t.story_id for t in items})},
+        {"stories": len({t.story_id for t in items}), "new_tokens": max_new_tokens},
     )

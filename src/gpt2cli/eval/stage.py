@@ -25,8 +25,8 @@ import torch
 from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, file_input, is_path_reference
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error, UsageError
-from gpt2cli.eval.files import read_bytes, read_text
-from gpt2cli.model import GPT, fast_dtype, model_directory
+from gpt2cli.eval.files import read_bytes, read_text, text_lines
+from gpt2cli.model import GPT, NotFinite, fast_dtype, model_directory
 from gpt2cli.sample import DTYPES, load_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ def available_tasks(options: EvalOptions, store: Store) -> list[str]:
 
 
 def _lm_raw(path: Path, limit: int | None) -> str:
-    """The tokenized file, or its first ``limit`` lines."""
-    raw = read_text(path)
-    return "\n".join(raw.split("\n")[:limit]) if limit else raw
+    """The tokenized file, or its first ``limit`` lines, every line with its newline: the newline the model
+    predicts for each ``<eos>`` that ``count_units`` counts, the last line's too."""
+    return "".join(f"{line}\n" for line in text_lines(read_text(path))[:limit])
 
 
 def _detokenizer(name: str) -> Callable[[str], str]:
@@ -187,8 +187,8 @@ def _window(options: EvalOptions, context: int) -> dict[str, Any]:
     stride = _stride(options, context)
     return {"context": context, "stride": stride,
             "rule": f"windows of {context} tokens start {stride} apart, the last one moved back to read a full "
-                    f"context; each token is predicted once, after the first window with at least {context - stride} "
-                    "tokens of left context"}  # fmt: skip
+                    "context; each token is predicted once, after the first window with at least "
+                    f"{context - stride + 1} tokens of left context"}  # fmt: skip
 
 
 Runner = Callable[[GPT, Tokenizer, EvalOptions, torch.device, torch.dtype], dict[str, Any]]
@@ -329,6 +329,12 @@ def _french_of(english: Path) -> Path:
     return english.with_name(name)
 
 
+def _new_tokens(wanted: int, model: GPT) -> int:
+    """A generation task's new tokens: its own number (the paper's, where it gives one), at most half the model's
+    context, so that a small model still has room for the prompt (the tests' models have 32 positions)."""
+    return min(wanted, model.config.n_ctx // 2)
+
+
 def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
     """The tasks that score or generate answers: each module's evaluate function."""
 
@@ -345,24 +351,26 @@ def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
 
             result = evaluate_wsc(model, tokenizer, data.items, **common)
         elif name == "nq-open":
-            from gpt2cli.eval.qa import evaluate_nq_open
+            from gpt2cli.eval.qa import QA_MAX_NEW_TOKENS, evaluate_nq_open
 
-            result = evaluate_nq_open(model, tokenizer, data.items, pool=data.pool, **common)
+            result = evaluate_nq_open(model, tokenizer, data.items, pool=data.pool,
+                                      max_new_tokens=_new_tokens(QA_MAX_NEW_TOKENS, model), **common)  # fmt: skip
         elif name == "coqa":
-            from gpt2cli.eval.qa import evaluate_coqa
+            from gpt2cli.eval.qa import QA_MAX_NEW_TOKENS, evaluate_coqa
 
-            result = evaluate_coqa(model, tokenizer, data.items, **common)
+            result = evaluate_coqa(model, tokenizer, data.items, max_new_tokens=_new_tokens(QA_MAX_NEW_TOKENS, model),
+                                   **common)  # fmt: skip
         elif name == "cnn-dm":
-            from gpt2cli.eval.summarize import evaluate_cnn_dm
+            from gpt2cli.eval.summarize import SUMMARY_TOKENS, evaluate_cnn_dm
 
-            new_tokens = min(100, model.config.n_ctx // 2)  # the paper's 100, unless the context is small
-            result = evaluate_cnn_dm(model, tokenizer, data.items, max_new_tokens=new_tokens, **common)
+            result = evaluate_cnn_dm(model, tokenizer, data.items, max_new_tokens=_new_tokens(SUMMARY_TOKENS, model),
+                                     **common)  # fmt: skip
         else:
-            from gpt2cli.eval.translate import evaluate_wmt14
+            from gpt2cli.eval.translate import WMT_MAX_NEW_TOKENS, evaluate_wmt14
 
             direction = name.removeprefix("wmt14-")
             result = evaluate_wmt14(model, tokenizer, data.items, direction=direction, pool=data.pool,
-                                    max_new_tokens=min(128, model.config.n_ctx // 2), **common)  # fmt: skip
+                                    max_new_tokens=_new_tokens(WMT_MAX_NEW_TOKENS, model), **common)  # fmt: skip
         return {**result.as_dict(), "file": str(path)}
 
     return run
@@ -375,7 +383,7 @@ def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[st
 
 
 def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
-    from gpt2cli.eval.lm import evaluate_texts
+    from gpt2cli.eval.lm import evaluate_texts, perplexity
 
     def run(
         model: GPT, tokenizer: Tokenizer, options: EvalOptions, device: torch.device, dtype: torch.dtype
@@ -386,7 +394,7 @@ def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
                                  device=device, dtype=dtype)  # fmt: skip
         nll, tokens, n_bytes = (sum(getattr(r, key) for r in results) for key in ("nll_sum", "tokens", "units"))
         return {
-            "token_ppl": math.exp(nll / tokens),
+            "token_ppl": perplexity(nll, tokens),
             "bits_per_byte": nll / n_bytes / math.log(2),
             "nll_sum": nll,
             "tokens": int(tokens),
@@ -424,11 +432,13 @@ def _task_texts(name: str, data: TaskData) -> list[str]:
 
 
 def _defined(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The task's metrics, each number finite: NaN or infinity is no score (and not JSON), so it is an error."""
-    bad = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    """The task's metrics as JSON holds them. NaN (or -inf) is no score, so it is an error. An infinite perplexity
+    (a mean NLL too large for ``exp``) is a score, the worst there is: JSON has no infinity, so it is null, and
+    ``nll_sum`` and the count beside it still give its logarithm; the table shows it as inf."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and (math.isnan(v) or v == -math.inf)]
     if bad:
         raise Gpt2Error(f"{name}: {', '.join(bad)} undefined ({metrics[bad[0]]}): the task scored nothing")
-    return metrics
+    return {key: None if value == math.inf else value for key, value in metrics.items()}
 
 
 def _overlap_bloom(store: Store, ref: str) -> tuple[Artifact, Path]:
@@ -553,8 +563,12 @@ def zero_shot(
         for name, run in runners.items():
             started = time.time()
             log.info("evaluating %s", name)
+            try:
+                scored = run(model, tokenizer, options, device, dtype)
+            except NotFinite as e:  # the scorers do not know the task's name
+                raise NotFinite(f"{name}: {e}") from None
             results[name] = {
-                **_defined(name, run(model, tokenizer, options, device, dtype)),
+                **_defined(name, scored),
                 "seconds": round(time.time() - started, 2),
                 "data": origins[name],
             }
@@ -592,7 +606,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     for name, metrics in results.items():
         for key in METRIC_KEYS:
             if key in metrics:
-                flat[f"{name}_{key}"] = round(metrics[key], 4)
+                flat[f"{name}_{key}"] = None if metrics[key] is None else round(metrics[key], 4)  # None: infinite
     return flat
 
 
@@ -624,7 +638,8 @@ def comparison_rows(artifact: Artifact) -> list[tuple[str, str, str]]:
         for key in METRIC_KEYS:
             if key in metrics:
                 theirs = data["paper"].get(PAPER_KEYS.get((name, key), ""))
-                rows.append((f"{name} {key}", f"{metrics[key]:.2f}", "" if theirs is None else f"{theirs:.2f}"))
+                ours = "inf" if metrics[key] is None else f"{metrics[key]:.2f}"  # null: an infinite perplexity
+                rows.append((f"{name} {key}", ours, "" if theirs is None else f"{theirs:.2f}"))
     return rows
 
 

@@ -15,11 +15,14 @@ then ``"source sentence ="``; greedy decoding; the first generated sentence. Dec
 
 * ``WMT_SHOTS`` = 5 pairs, one per line, in the direction evaluated (French first for fr-en). They are one
   fixed selection for the whole run: ``shots + 1`` pairs of ``pool`` (default: the items; pass the whole
-  file when the items are a slice) drawn with ``random.Random(seed)``, of which each segment uses the first
-  ``shots`` whose source is not its own. They come from the test file itself: no WMT training data is used.
+  file when the items are a slice) with different sources, drawn with ``random.Random(seed)``
+  (``fixed_examples``), of which each segment uses the first ``shots`` whose source is not its own: always
+  ``shots`` pairs, also when the file repeats a segment. They come from the test file itself: no WMT training
+  data is used.
 * The first sentence is the generated text up to the first newline (a newstest segment is one line), stripped.
-* At most ``WMT_MAX_NEW_TOKENS`` = 128 new tokens; a prompt longer than the rest of the context keeps its
-  last tokens (the earliest example pairs go first).
+* At most ``WMT_MAX_NEW_TOKENS`` = 128 new tokens (the stage caps it at half a small model's context; the number
+  used is recorded as ``new_tokens``); a prompt longer than the rest of the context keeps its last tokens (the
+  earliest example pairs go first).
 * BLEU is sacrebleu's ``corpus_bleu`` with its defaults (13a tokenization, case-sensitive); the signature
   is reported with the score.
 """
@@ -116,9 +119,10 @@ def read_wmt14(english: Path | str, french: Path | str) -> list[SentencePair]:
     return [SentencePair(e, f) for e, f in zip(en, fr, strict=True)]
 
 
-def translation_shots(pool: Sequence[SentencePair], shots: int, seed: int) -> list[SentencePair]:
-    """The fixed candidate pairs: ``shots + 1`` of ``pool``, so that ``shots`` remain without any one segment."""
-    return fixed_examples(pool, shots, seed, "wmt14")
+def translation_shots(pool: Sequence[SentencePair], shots: int, seed: int, source: str = "en") -> list[SentencePair]:
+    """The fixed candidate pairs: ``shots + 1`` of ``pool`` with different ``source`` sides, so that ``shots``
+    remain without any one segment."""
+    return fixed_examples(pool, shots, seed, "wmt14", key=lambda pair: pair.side(source))
 
 
 def translation_prompt(item: SentencePair, candidates: Sequence[SentencePair], shots: int, direction: str) -> str:
@@ -158,7 +162,7 @@ def evaluate_wmt14(
     if direction not in DIRECTIONS:
         raise UsageError(f"unknown direction {direction!r}; choose from {', '.join(DIRECTIONS)}")
     source, target = direction.split("-")
-    candidates = translation_shots(pool if pool is not None else items, shots, seed)
+    candidates = translation_shots(pool if pool is not None else items, shots, seed, source)
     prompts = [tokenizer.encode(translation_prompt(item, candidates, shots, direction)) for item in items]
     gens = generate_continuations(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=("\n",), batch_size=batch_size,
@@ -175,7 +179,7 @@ def evaluate_wmt14(
         tuple(translations),
         tuple(item.side(source) for item in items),
         tuple(references),
-        {"shots": shots, "seed": seed},
+        {"shots": shots, "seed": seed, "new_tokens": max_new_tokens},
     )
 
 
