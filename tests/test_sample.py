@@ -296,6 +296,8 @@ def test_option_values_without_a_meaning_are_usage_errors(gpt2, model_home: Path
         ("--device", "bogus", "unknown --device 'bogus'"),
         ("--device", "cuda", "--device cuda: no CUDA device is available"),
         ("--dtype", "bogus", "unknown --dtype 'bogus'; choose from auto, float32, bfloat16"),
+        ("--num-samples", "1025", "--num-samples must be at most 1,024 (generated as one batch), got 1,025"),
+        ("--num-samples", "99999999999999999999", "--num-samples must be at most 1,024"),  # was an OverflowError
     ):
         result = gpt2(*base, option, value)
         assert result.code == 2 and result.err.startswith(f"gpt2: error: {message}"), (option, value, result.err)

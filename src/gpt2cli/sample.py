@@ -26,6 +26,7 @@ from gpt2cli.model import GPT, NotFinite, fast_dtype, model_directory
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1  # a signed 64-bit integer, as other tools (and JSON readers in many languages) store seeds
+MAX_SAMPLES = 1024  # samples of one prompt, generated together as one batch
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -71,6 +72,9 @@ class SampleOptions:
     def validate(self) -> None:
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise UsageError("--max-new-tokens and --num-samples must be at least 1")
+        if self.num_samples > MAX_SAMPLES:  # one batch: 4,096 rows of a 2-layer model already take 2.3 GB
+            raise UsageError(f"--num-samples must be at most {MAX_SAMPLES:,} (generated as one batch), got "
+                             f"{self.num_samples:,}; run again with another --seed for more")  # fmt: skip
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), got {self.temperature}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
