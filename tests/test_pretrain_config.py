@@ -47,6 +47,7 @@ def one_line_usage_error(result: Any, *words: str) -> None:
         ["--grad-clip", "-1"],
         ["--weight-decay", "-0.1"],
         ["--sample-tokens", "-1"],
+        ["--keep-checkpoints", "0"],
         ["--seed", "-1"],
         ["--device", "tpu"],
         ["--learning-rate", "1e39"],  # finite, but no float32: the optimizer's tensor would overflow
@@ -108,6 +109,8 @@ def test_precedence_flags_then_config_then_run_config(gpt2, trained, tmp_path: P
     result = gpt2("--run-config", str(run_config), "pretrain", "--config", str(config), "--max-steps", "2")
     assert result.code == 0
     assert (trained[-1].model_size, trained[-1].seq_len, trained[-1].max_steps) == ("tiny", 64, 2)
+    assert gpt2("--run-config", str(run_config), "pretrain", "--keep-checkpoints", "5").code == 0
+    assert trained[-1].keep_checkpoints == 5
 
 
 def test_config_may_name_the_tokens_below_the_flag_and_above_the_run_config(

@@ -456,32 +456,35 @@ def pretrain_command(
         ),
     ] = None,
     model_size: Annotated[
-        Optional[str], _opt("tiny, mini, small, 124M, 355M, 774M, 1558M (or 117M ... 1542M).")
+        Optional[str], _opt("tiny, mini, small, 124M, 355M, 774M, 1558M (or 117M ... 1542M) \\[default: tiny].")
     ] = None,
     n_ctx: Annotated[Optional[int], _opt("Context length of the model \\[default: the size's].")] = None,
     seq_len: Annotated[Optional[int], _opt("Tokens per training sequence \\[default: the context].")] = None,
-    micro_batch: Annotated[Optional[int], _opt("Sequences per process per forward pass \\[8].")] = None,
-    global_batch_tokens: Annotated[Optional[int], _opt("Tokens per optimizer step, all processes \\[8192].")] = None,
-    max_steps: Annotated[Optional[int], _opt("Where this run stops \\[200].")] = None,
-    lr_decay_steps: Annotated[Optional[int], _opt("Length of the cosine schedule \\[--max-steps].")] = None,
-    learning_rate: Annotated[Optional[float], _opt("Peak learning rate \\[6e-4].")] = None,
-    min_lr: Annotated[Optional[float], _opt("Learning rate at the end of the decay \\[6e-5].")] = None,
-    warmup_steps: Annotated[Optional[int], _opt("Linear warmup steps \\[20].")] = None,
-    weight_decay: Annotated[Optional[float], _opt("AdamW weight decay on matrices \\[0.1].")] = None,
-    grad_clip: Annotated[Optional[float], _opt("Gradient norm clip, 0 = off \\[1.0].")] = None,
-    dropout: Annotated[Optional[float], _opt("Dropout \\[0.0].")] = None,
-    seed: Annotated[Optional[int], _opt("Seed: same seed and data, same run \\[1337].")] = None,
-    dtype: Annotated[Optional[str], _opt("auto, float32 or bfloat16 (autocast) \\[auto].")] = None,
-    device: Annotated[Optional[str], _opt("auto, cpu, cuda \\[auto].")] = None,
+    micro_batch: Annotated[Optional[int], _opt("Sequences per process per forward pass \\[default: 8].")] = None,
+    global_batch_tokens: Annotated[
+        Optional[int], _opt("Tokens per optimizer step, all processes \\[default: 8192].")
+    ] = None,
+    max_steps: Annotated[Optional[int], _opt("Where this run stops \\[default: 200].")] = None,
+    lr_decay_steps: Annotated[Optional[int], _opt("Length of the cosine schedule \\[default: --max-steps].")] = None,
+    learning_rate: Annotated[Optional[float], _opt("Peak learning rate \\[default: 6e-4].")] = None,
+    min_lr: Annotated[Optional[float], _opt("Learning rate at the end of the decay \\[default: 6e-5].")] = None,
+    warmup_steps: Annotated[Optional[int], _opt("Linear warmup steps \\[default: 20].")] = None,
+    weight_decay: Annotated[Optional[float], _opt("AdamW weight decay on matrices \\[default: 0.1].")] = None,
+    grad_clip: Annotated[Optional[float], _opt("Gradient norm clip, 0 = off \\[default: 1.0].")] = None,
+    dropout: Annotated[Optional[float], _opt("Dropout \\[default: 0.0].")] = None,
+    seed: Annotated[Optional[int], _opt("Seed: same seed and data, same run \\[default: 1337].")] = None,
+    dtype: Annotated[Optional[str], _opt("auto, float32 or bfloat16 (autocast) \\[default: auto].")] = None,
+    device: Annotated[Optional[str], _opt("auto, cpu, cuda \\[default: auto].")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     fsdp: Annotated[
         Optional[bool], typer.Option("--fsdp/--no-fsdp", help="Shard the model across processes (FSDP2).")
     ] = None,
-    eval_every: Annotated[Optional[int], _opt("Validation loss and a sample every N steps \\[50].")] = None,
-    eval_batches: Annotated[Optional[int], _opt("Held-out micro-batches per evaluation \\[8].")] = None,
-    checkpoint_every: Annotated[Optional[int], _opt("Checkpoint every N steps \\[50].")] = None,
-    log_every: Annotated[Optional[int], _opt("Log a line every N steps \\[10].")] = None,
-    sample_tokens: Annotated[Optional[int], _opt("Tokens sampled at each evaluation \\[48].")] = None,
+    eval_every: Annotated[Optional[int], _opt("Validation loss and a sample every N steps \\[default: 50].")] = None,
+    eval_batches: Annotated[Optional[int], _opt("Held-out micro-batches per evaluation \\[default: 8].")] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("Checkpoint every N steps \\[default: 50].")] = None,
+    keep_checkpoints: Annotated[Optional[int], _opt("Checkpoints of the run kept on disk \\[default: 2].")] = None,
+    log_every: Annotated[Optional[int], _opt("Log a line every N steps \\[default: 10].")] = None,
+    sample_tokens: Annotated[Optional[int], _opt("Tokens sampled at each evaluation \\[default: 48].")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Require a checkpoint of this run to continue from.")
     ] = False,
@@ -522,7 +525,8 @@ def pretrain_command(
 _PRETRAIN_FLAGS = [
     "model_size", "n_ctx", "seq_len", "micro_batch", "global_batch_tokens", "max_steps", "lr_decay_steps",
     "learning_rate", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "dropout", "seed", "dtype", "device",
-    "compile", "fsdp", "eval_every", "eval_batches", "checkpoint_every", "log_every", "sample_tokens",
+    "compile", "fsdp", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+    "sample_tokens",
 ]  # fmt: skip
 
 
@@ -659,7 +663,9 @@ def sample_command(
     top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (the paper: 40); 0 = off.")] = 40,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: keep the smallest set of mass p.")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token.")] = False,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch.")] = 1,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch (at most 1,024).")
+    ] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Same seed and options, same text.")] = None,
     stop: Annotated[
         Optional[list[str]],
