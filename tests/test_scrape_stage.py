@@ -3,6 +3,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,24 @@ def test_replay_of_the_embedded_sample(home: Path):
     cutoff = run_cli(home, "scrape-reddit", "--dump", str(NOVEMBER), "--dump", str(JANUARY), "--replay", str(WARC),
                      "--until", "2017-12-31", "--json")  # fmt: skip
     assert json.loads(cutoff.stdout)["summary"]["filtered_date"] == 3
+
+
+def test_a_dump_folder_is_its_submission_dumps(home: Path, tmp_path: Path):
+    """The inputs recorded are the files read: a note or the WARC beside the dumps neither joins the identity
+    nor counts twice, so adding one reuses the version."""
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    shutil.copy(NOVEMBER, folder)
+    shutil.copy(WARC, folder)
+    (folder / "notes.txt").write_text("where these came from\n")
+    args = ["scrape-reddit", "--dump", str(folder), "--replay", str(folder / WARC.name), "--json"]
+    first = run_cli(home, *args)
+    assert first.returncode == 0, first.stderr
+    inputs = Store(home).resolve(json.loads(first.stdout)["ref"]).inputs
+    assert [Path(i["path"]).name for i in inputs] == [NOVEMBER.name, WARC.name]
+    (folder / "more-notes.txt").write_text("and more\n")
+    again = json.loads(run_cli(home, *args).stdout)
+    assert again["reused"] and again["ref"] == json.loads(first.stdout)["ref"]
 
 
 def test_bad_input(home: Path, tmp_path: Path):

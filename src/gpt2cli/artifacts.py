@@ -364,6 +364,19 @@ def check_regular_file(path: Path, what: str = "input") -> None:
                      "save it to a file first")  # fmt: skip
 
 
+def distinct_files(files: Sequence[Path]) -> list[Path]:
+    """``files`` without a file reached again (named twice, in a folder also given, through a link), with a
+    warning: read twice, its records would count twice."""
+    first: dict[tuple[int, int], Path] = {}
+    for path in files:
+        st = path.stat()
+        if (key := (st.st_dev, st.st_ino)) in first:
+            log.warning("%s is %s, given already: read once", path, first[key])
+        else:
+            first[key] = path
+    return list(first.values())
+
+
 def file_input(path: Path) -> dict[str, Any]:
     check_regular_file(Path(path))
     path = Path(path).resolve()

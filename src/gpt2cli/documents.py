@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Union
 
-from gpt2cli.artifacts import Artifact, Store, artifact_input, check_regular_file, file_input
+from gpt2cli.artifacts import Artifact, Store, artifact_input, check_regular_file, distinct_files, file_input
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.textutil import valid_unicode
 
@@ -69,18 +69,7 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
             files.append(path)
     if not files:
         raise UsageError(f"no .txt, .jsonl or .parquet files in {', '.join(map(str, paths))}")
-    return _once_each(files)
-
-
-def _once_each(files: list[Path]) -> list[Path]:
-    first: dict[tuple[int, int], Path] = {}
-    for path in files:
-        st = path.stat()
-        if (key := (st.st_dev, st.st_ino)) in first:
-            log.warning("%s is %s, given already: read once", path, first[key])
-        else:
-            first[key] = path
-    return list(first.values())
+    return distinct_files(files)
 
 
 class Malformed(NamedTuple):

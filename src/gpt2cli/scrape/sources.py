@@ -30,7 +30,7 @@ from typing import IO, Any, Literal, Protocol
 import requests
 import zstandard
 
-from gpt2cli.artifacts import check_regular_file
+from gpt2cli.artifacts import check_regular_file, distinct_files
 from gpt2cli.errors import Gpt2Error, UsageError
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def dump_files(paths: Iterable[Path]) -> list[Path]:
         else:
             check_regular_file(path, "--dump")
             files.append(path)
-    return files
+    return distinct_files(files)
 
 
 def _is_dump_name(name: str) -> bool:

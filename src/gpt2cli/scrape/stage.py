@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Artifact, Draft, Published, Store, check_regular_file, file_input
+from gpt2cli.artifacts import Artifact, Draft, Published, Store, check_regular_file, distinct_files, file_input
 from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
@@ -27,7 +27,7 @@ from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract, extract_plain
 from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult, split_content_type, wire_url
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
-from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, iter_dumps, read_url_list
+from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, dump_files, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
 from gpt2cli.scrape.warc import WarcArchive, complete_length, iter_responses, read_record_at, unreadable_reason
 
@@ -81,11 +81,8 @@ def _submissions(sources: LinkSources, stats: Counter[str]) -> Iterator[Submissi
 
 
 def _input_files(sources: LinkSources) -> list[Path]:
-    files: list[Path] = []
-    for path in (*sources.dumps, *sources.url_files, *sources.replays):
-        path = Path(path)
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return files
+    """The files the run reads, once each: a dump folder's submission dumps, not the notes or WARCs beside them."""
+    return distinct_files([*dump_files(sources.dumps), *map(Path, sources.url_files), *map(Path, sources.replays)])
 
 
 def scrape_reddit(
