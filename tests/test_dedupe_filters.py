@@ -360,6 +360,19 @@ def test_ngram_items_normalization() -> None:
     assert ngram_items("only three words", n=8) == []
 
 
+def test_an_eval_text_is_normalized_as_the_corpus_was() -> None:
+    """The corpus holds normalized text (ftfy, NFC): the same words written with decomposed accents, fullwidth
+    letters or ligatures in a test set are the same 8-grams (they were 0% found)."""
+    words = "the café in the old town serves fine coffee every single morning"
+    bloom = build_ngram_bloom([normalize_text(words)], n=8, p=1e-8)
+    for variant in (
+        words.replace("é", "e\u0301"),
+        words.replace("the", "\uff54\uff48\uff45"),
+        words.replace("fine", "\ufb01ne"),
+    ):
+        assert variant != words and overlap_report(bloom, [variant])["percent"] == 100.0
+
+
 def test_overlap_report_exact_percentage() -> None:
     train = ["The quick brown fox jumps over the lazy dog near the river bank.", "Unrelated words live here only."]
     bloom = build_ngram_bloom(train, n=8, p=1e-8)

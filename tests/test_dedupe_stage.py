@@ -142,18 +142,19 @@ def test_input_files_planted_duplicates_and_bad_records(gpt2, tmp_path: Path, ho
 
 def test_overlap_report_and_bad_input(home: Path, tmp_path: Path):
     assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1").returncode == 0
-    first = corpus_rows(home)[0]
-    corpus_text = tmp_path / "seen.txt"
-    corpus_text.write_text(first["text"])
+    rows = corpus_rows(home)
+    corpus_text, held_out = tmp_path / "seen.txt", tmp_path / "held-out.txt"
+    corpus_text.write_text(next(r["text"] for r in rows if r["split"] == "train"))
+    held_out.write_text(next(r["text"] for r in rows if r["split"] == "val"))  # not trained on: Table 6 counts none
     unseen = tmp_path / "unseen.txt"
     unseen.write_text(" ".join(f"zebra{i} quokka{i * 7} marmot{i * 13}" for i in range(300)))
     result = run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--overlap", str(corpus_text), "--overlap",
-                     str(unseen), "--json")  # fmt: skip
+                     str(unseen), "--overlap", str(held_out), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)  # one JSON document: the result with the overlap in it
     assert out["ref"] == "corpus@v2"
     overlap = out["overlap"]
-    assert overlap[0]["percent"] == 100.0 and overlap[1]["percent"] == 0.0
+    assert [o["percent"] for o in overlap] == [100.0, 0.0, 0.0]
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     nothing = run_cli(home, "dedupe", "--input", str(empty))

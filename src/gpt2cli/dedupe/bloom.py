@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2cli.dedupe.normalize import normalize_text
 from gpt2cli.iterutil import batched
 
 __all__ = ["BloomFilter", "build_ngram_bloom", "ngram_items", "optimal_size", "overlap_report"]
@@ -178,10 +179,11 @@ def build_ngram_bloom(texts: Iterable[str], n: int = 8, p: float = 1e-8) -> Bloo
 def overlap_report(bloom: BloomFilter, texts: Iterable[str], n: int = 8) -> dict[str, float | int]:
     """Table 6's figure for ``texts`` (a test set) against ``bloom`` (a training set's n-grams): the number of
     n-grams of the texts, counting repeats (each text on its own: no n-gram spans two texts), how many the
-    filter contains, and that as a percentage."""
+    filter contains, and that as a percentage. Each text is normalized as the corpus's documents were: the same
+    words with decomposed accents or fullwidth letters must be found."""
     total = found = 0
     for text in texts:
-        items = ngram_items(text, n)
+        items = ngram_items(normalize_text(text), n)
         if items:
             total += len(items)
             found += int(bloom.contains_many(items).sum())

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gpt2cli.artifacts import Artifact
-
 CORPUS = "documents-00000.parquet"
 BLOOM = "bloom-8gram.npz"
 
@@ -54,21 +52,16 @@ class CorpusWriter:
 
 
 class CorpusTexts:
-    """The texts of a corpus file, re-iterable (the Bloom filter reads them twice: to size, then to fill)."""
+    """The texts of a corpus file's ``split``, re-iterable (the Bloom filter reads them twice: to size, then to
+    fill)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, split: str) -> None:
+        self.path, self.split = path, split
 
     def __iter__(self) -> Iterator[str]:
         import pyarrow.parquet as pq
 
         with open(self.path, "rb") as f:  # a file object: pyarrow refuses a path that is not UTF-8
-            for batch in pq.ParquetFile(f).iter_batches(columns=["text"]):
-                yield from batch.column(0).to_pylist()
-
-
-def iter_corpus_texts(artifact: Artifact) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(artifact.file(CORPUS)).iter_batches(columns=["text"]):
-        yield from batch.column(0).to_pylist()
+            for batch in pq.ParquetFile(f).iter_batches(columns=["text", "split"]):
+                texts, splits = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+                yield from (text for text, split in zip(texts, splits, strict=True) if split == self.split)

@@ -49,6 +49,7 @@ from gpt2cli.dedupe.incremental import (
     without_superseded,
 )
 from gpt2cli.dedupe.minhash import LSHIndex, UnionFind, choose_keepers, jaccard, lsh_params
+from gpt2cli.dedupe.normalize import normalize_text
 from gpt2cli.dedupe.screen import SHARD_KIND, STEPS, Report, Shard, check_shards, input_sources, screen_all
 from gpt2cli.dedupe.state import STATE, Doc, State, StateWriter, open_state
 from gpt2cli.documents import JSONL_SUFFIXES, Malformed, read_records
@@ -156,7 +157,7 @@ def _run_config(config: DedupeConfig, eval_files: Sequence[Path], draft: Draft) 
     if config.drop_overlap is None:
         return config
     path = draft.work / "eval-8gram.npz"
-    build_ngram_bloom(_eval_texts(eval_files), n=8, p=1e-8).save(path)
+    build_ngram_bloom([normalize_text(t) for t in _eval_texts(eval_files)], n=8, p=1e-8).save(path)  # as documents
     return replace(config, eval_bloom=str(path))
 
 
@@ -235,7 +236,8 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
     if n_written == 0:
         raise Gpt2Error(_nothing_left(n_rows, stats, report, config))
     if config.bloom:
-        build_ngram_bloom(CorpusTexts(out / CORPUS), n=8, p=1e-8).save(out / BLOOM)
+        # the training split's: Table 6 measures what a model trained on the corpus has seen
+        build_ngram_bloom(CorpusTexts(out / CORPUS, "train"), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
     before = base.summary.get("documents", 0) if base is not None else 0
