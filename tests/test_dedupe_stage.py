@@ -98,6 +98,32 @@ def test_incremental_equals_full_recompute(home: Path, tmp_path: Path):
     assert len(corpus_rows(home)) > len(corpus_rows(home, "corpus@v1"))  # January's documents were added
 
 
+def test_a_url_is_one_document_incrementally_or_not(tmp_path: Path):
+    """A page fetched again (edited, with a higher score) and a copy of it elsewhere: one run on both batches and
+    a run per batch keep the same single version (the incremental run dropped the edited page for its URL, and
+    the full run kept the URL twice)."""
+    old, edited = articles(2)
+    batches = [
+        [{"url": "https://a.example/p", "text": old, "score": 3}],
+        [{"url": "https://a.example/p", "text": edited, "score": 9}, {"url": "https://b.example/q", "text": edited,
+                                                                       "score": 5}],
+    ]  # fmt: skip
+    files = []
+    for n, rows in enumerate(batches):
+        files.append(tmp_path / f"batch{n}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    full = run_cli(tmp_path / "full", "dedupe", "--input", str(files[0]), "--input", str(files[1]), "--json")
+    assert full.returncode == 0, full.stderr
+    for f in files:
+        step = run_cli(tmp_path / "step", "dedupe", "--input", str(f), "--incremental", "--json")
+        assert step.returncode == 0, step.stderr
+    expected = [("https://a.example/p", 9)]
+    for home in (tmp_path / "full", tmp_path / "step"):
+        assert [(r["url"], r["score"]) for r in corpus_rows(home)] == expected
+    summary = json.loads(full.stdout)["summary"]
+    assert (summary["removed_url_duplicates"], summary["removed_exact_duplicates"]) == (1, 1)
+
+
 def test_incremental_re_signs_a_corpus_made_with_other_permutations(tmp_path: Path):
     """A corpus from a release with another HASH_VERSION: its saved signatures are re-made from its saved
     shingles, so a near duplicate arriving later is still found (its Jaccard to the old document is ~0.8)."""

@@ -181,11 +181,6 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
     # new documents of all parts in input order; (part, index in part) for each
     fresh = sorted(((d.order, p, i) for p, part in enumerate(screened) for i, d in enumerate(part.docs)))
     old_docs = old.docs if old is not None else []
-    if old is not None:
-        known = {d.url for d in old_docs if d.url}
-        kept_fresh = [(o, p, i) for o, p, i in fresh if screened[p].docs[i].url not in known]
-        stats["already_in_corpus"] = len(fresh) - len(kept_fresh)
-        fresh = kept_fresh
     new_docs = [replace(screened[p].docs[i], order=offset + o) for o, p, i in fresh]
     docs = old_docs + new_docs
     new_sigs = np.zeros((len(fresh), config.num_perm), np.uint32)
@@ -197,9 +192,10 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
     for a, b in edges:
         groups.union(a, b)
     keepers, removed_by = _keepers(groups, docs)
-    n_exact = sum(1 for _, kind in removed_by.values() if kind == "exact")
+    removed_as = Counter(kind for _, kind in removed_by.values())
     report.step("exact_duplicates", len(docs))
-    report.step("near_duplicates", len(docs) - n_exact)
+    report.step("url_duplicates", len(docs) - removed_as["exact"])
+    report.step("near_duplicates", len(docs) - removed_as["exact"] - removed_as["url"])
     for i, (keeper, kind) in sorted(removed_by.items()):
         d = docs[i]
         report.remove(f"{kind}_duplicates", f"{kind} duplicate of {docs[keeper].url or keeper}", d.url, d.snippet)
@@ -274,8 +270,10 @@ def _nothing_left(n_rows: int, stats: Counter[str], report: Report, config: Dedu
 def _duplicate_edges(
     docs: list[Doc], signatures: np.ndarray, old_edges: set[tuple[int, int]], first_new: int, config: DedupeConfig
 ) -> set[tuple[int, int]]:
-    """Pairs of duplicates: the old verified pairs, new exact pairs (same key) and new LSH candidates whose
-    true Jaccard reaches the threshold (a pair of two old documents was verified in an earlier run)."""
+    """Pairs of duplicates: the old verified pairs, new exact pairs (same key), pairs of one URL (a page fetched
+    again, perhaps edited: the corpus holds one version of it, chosen as any duplicate is; every pair, since a
+    corpus of an older release may hold a URL twice) and new LSH candidates whose true Jaccard reaches the
+    threshold (a pair of two old documents was verified in an earlier run)."""
     bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
     index = LSHIndex(bands, rows_per_band)
     index.add(list(range(len(docs))), signatures)
@@ -284,6 +282,11 @@ def _duplicate_edges(
     for i, d in enumerate(docs):
         by_key[d.key].append(i)
     edges |= {(ids[0], j) for ids in by_key.values() for j in ids[1:] if j >= first_new}
+    by_url: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(docs):
+        if d.url:
+            by_url[d.url].append(i)
+    edges |= {(ids[0], j) for ids in by_url.values() for j in ids[1:]}
     for i, j in index.candidate_pairs():
         a, b = min(i, j), max(i, j)
         if b < first_new or (a, b) in edges:
@@ -295,7 +298,7 @@ def _duplicate_edges(
 
 def _keepers(groups: UnionFind, docs: list[Doc]) -> tuple[set[int], dict[int, tuple[int, str]]]:
     """One keeper per group (`choose_keepers`: the highest score, unknown lowest, then the earliest), and for
-    every other member the keeper it duplicates and whether exactly."""
+    every other member the keeper it duplicates and how: exactly (same text), by URL, or nearly."""
     clusters = groups.groups(min_size=2)
     chosen = choose_keepers(clusters, [d.score for d in docs], [d.order for d in docs])
     removed: dict[int, tuple[int, str]] = {}
@@ -303,7 +306,8 @@ def _keepers(groups: UnionFind, docs: list[Doc]) -> tuple[set[int], dict[int, tu
         best = next(i for i in cluster if i in chosen)
         for i in cluster:
             if i != best:
-                removed[i] = (best, "exact" if docs[i].key == docs[best].key else "near")
+                same_url = docs[i].url is not None and docs[i].url == docs[best].url
+                removed[i] = (best, "exact" if docs[i].key == docs[best].key else "url" if same_url else "near")
     return set(range(len(docs))) - removed.keys(), removed
 
 
