@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpt2cli.artifacts import Store
+from gpt2cli.dedupe.minhash import jaccard
 from tests.conftest import SAMPLE, run_cli
 
 REDDIT = SAMPLE.parent / "reddit"
@@ -122,6 +123,29 @@ def test_a_url_is_one_document_incrementally_or_not(tmp_path: Path):
         assert [(r["url"], r["score"]) for r in corpus_rows(home)] == expected
     summary = json.loads(full.stdout)["summary"]
     assert (summary["removed_url_duplicates"], summary["removed_exact_duplicates"]) == (1, 1)
+
+
+def test_copies_of_one_text_are_not_compared_pair_by_pair(gpt2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Syndicated copies are exact duplicates, joined by their text's key: only one of them enters the LSH index,
+    so 300 copies cost no 44,850 Jaccard checks (time and memory were quadratic in the number of copies)."""
+    from gpt2cli.dedupe import stage
+
+    text = articles(1)[0]
+    rows = [{"url": f"https://mirror{i}.example/a", "text": text} for i in range(300)]
+    rows.append({"url": "https://edited.example/a", "text": text.replace(".", "!", 3)})  # a near copy
+    path = tmp_path / "copies.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    checks = []
+    monkeypatch.setattr(stage, "jaccard", lambda a, b: checks.append(1) or jaccard(a, b))
+    result = gpt2("dedupe", "--input", str(path), "--workers", "1", "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)["summary"]
+    assert (summary["documents"], summary["removed_exact_duplicates"], summary["removed_near_duplicates"]) == (
+        1,
+        299,
+        1,
+    )
+    assert len(checks) == 1
 
 
 def test_incremental_re_signs_a_corpus_made_with_other_permutations(tmp_path: Path):

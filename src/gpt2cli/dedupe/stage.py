@@ -274,14 +274,17 @@ def _duplicate_edges(
     again, perhaps edited: the corpus holds one version of it, chosen as any duplicate is; every pair, since a
     corpus of an older release may hold a URL twice) and new LSH candidates whose true Jaccard reaches the
     threshold (a pair of two old documents was verified in an earlier run)."""
-    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
-    index = LSHIndex(bands, rows_per_band)
-    index.add(list(range(len(docs))), signatures)
     edges = set(old_edges)
     by_key: dict[bytes, list[int]] = defaultdict(list)
     for i, d in enumerate(docs):
         by_key[d.key].append(i)
     edges |= {(ids[0], j) for ids in by_key.values() for j in ids[1:] if j >= first_new}
+    # one text, one entry in the index: its copies are joined to it above and share its shingles, so they add no
+    # group, only pairs (2,000 copies of one text made two million, checked one by one)
+    firsts = np.array(sorted(ids[0] for ids in by_key.values()), dtype=np.int64)
+    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    index = LSHIndex(bands, rows_per_band)
+    index.add(firsts, signatures[firsts])
     by_url: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(docs):
         if d.url:
