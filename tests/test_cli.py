@@ -404,9 +404,9 @@ def test_an_unknown_run_config_key_lists_the_keys_the_table_takes(gpt2, tmp_path
     result = gpt2("--run-config", str(config), "dedupe")
     assert result.code == 2
     listed = result.err.strip().split("its keys: ")[1].split(", ")
-    assert listed == ["drop_overlap", "incremental", "input", "keep_wikipedia", "language", "merge", "min_words",
-                      "num_perm", "overlap", "raw_docs", "shard_index", "shards", "threshold", "val_fraction",
-                      "workers"]  # fmt: skip
+    assert listed == ["drop_overlap", "incremental", "input", "keep_wikipedia", "language", "lsh_recall", "merge",
+                      "min_words", "num_perm", "overlap", "raw_docs", "shard_index", "shards", "threshold",
+                      "val_fraction", "workers"]  # fmt: skip
     for key in ("inputs", "json", "as_json", "home"):  # not listed, so not taken either
         config.write_text(f"[dedupe]\n{key} = 1\n")
         assert gpt2("--run-config", str(config), "dedupe").code == 2

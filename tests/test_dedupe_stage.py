@@ -61,6 +61,7 @@ def test_dedupe_the_sample(home: Path):
     assert summary["removed_wikipedia"] == 2
     assert summary["removed_exact_duplicates"] == 1  # the mirror of the dumplings recipe
     assert summary["removed_near_duplicates"] >= 1  # the syndicated, edited bike-lanes story
+    assert (summary["lsh_bands"], summary["lsh_rows"]) == (35, 3)  # --lsh-recall 0.99 at --threshold 0.5
     rows = corpus_rows(home)
     urls = {r["url"] for r in rows}
     assert not any("wikipedia.org" in u for u in urls)
@@ -367,7 +368,8 @@ def test_overlap_files_are_checked_before_the_work(gpt2, home: Path, tmp_path: P
     "option",
     [("--threshold", "0"), ("--threshold", "1.5"), ("--threshold", "nan"), ("--num-perm", "0"),
      ("--num-perm", "100000"), ("--language", "xx"), ("--val-fraction", "2"), ("--val-fraction", "-1"),
-     ("--min-words", "-5"), ("--workers", "-1"), ("--drop-overlap", "1.5")],
+     ("--min-words", "-5"), ("--workers", "-1"), ("--drop-overlap", "1.5"),
+     ("--lsh-recall", "1"), ("--lsh-recall", "0")],
 )  # fmt: skip
 def test_bad_option_values_are_usage_errors(gpt2, tmp_path: Path, option: tuple[str, str]):
     docs = tmp_path / "docs.jsonl"

@@ -284,6 +284,10 @@ def dedupe_command(
         float, typer.Option(help="Near-duplicate Jaccard of word 5-gram sets (OpenWebText: 0.5).")
     ] = 0.5,
     num_perm: Annotated[int, typer.Option(help="MinHash permutations.")] = 128,
+    lsh_recall: Annotated[
+        float,
+        typer.Option(help="Chance that a pair at exactly --threshold is checked; sets the LSH bands and rows."),
+    ] = 0.99,
     val_fraction: Annotated[float, typer.Option(help="Held-out share, by hash of the URL (the paper: 5%).")] = 0.05,
     keep_wikipedia: Annotated[
         bool, typer.Option("--keep-wikipedia", help="Do not remove Wikipedia and its mirrors.")
@@ -370,6 +374,7 @@ def _dedupe_config(p: dict[str, Any]) -> Any:
     return DedupeConfig(
         near_threshold=p["threshold"],
         num_perm=p["num_perm"],
+        lsh_recall=p["lsh_recall"],
         val_fraction=p["val_fraction"],
         remove_wikipedia=not p["keep_wikipedia"],
         language=None if p["language"] == "any" else p["language"],

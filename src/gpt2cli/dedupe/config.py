@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpt2cli.dedupe.filters import LANGUAGES, QualityConfig
+from gpt2cli.dedupe.minhash import DEFAULT_LSH_RECALL
 from gpt2cli.errors import UsageError
 
 # Beyond this, signatures cost 4 bytes per permutation per document and the LSH band search grows, for no
@@ -17,6 +18,7 @@ MAX_NUM_PERM = 1024
 class DedupeConfig:
     near_threshold: float = 0.5  # Jaccard of word 5-gram sets; OpenWebText's value (see README)
     num_perm: int = 128
+    lsh_recall: float = DEFAULT_LSH_RECALL  # chance that a pair at the threshold becomes a candidate (bands x rows)
     shingle_size: int = 5
     val_fraction: float = 0.05  # the paper's held-out WebText sample was 5%
     remove_wikipedia: bool = True
@@ -36,6 +38,7 @@ class DedupeConfig:
                 not 1 <= self.num_perm <= MAX_NUM_PERM,
                 f"--num-perm must be in [1, {MAX_NUM_PERM}], got {self.num_perm}",
             ),
+            (not 0 < self.lsh_recall < 1, f"--lsh-recall must be in (0, 1), got {self.lsh_recall}"),
             (not 0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (
                 self.language is not None and self.language not in LANGUAGES,

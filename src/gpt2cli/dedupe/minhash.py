@@ -48,6 +48,7 @@ import regex
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_NUM_PERM = 128
+DEFAULT_LSH_RECALL = 0.99  # of the pairs at exactly the threshold; more similar ones are found more surely
 DEFAULT_NGRAM = 5
 EMPTY = np.uint32(0xFFFFFFFF)  # signature of a document without shingles (the largest uint32)
 # Bumped whenever a shingle hash, permutation or band key would change: saved indexes carry it.
@@ -247,34 +248,32 @@ def jaccard(a_shingles: np.ndarray, b_shingles: np.ndarray) -> float:
     return inter / (a.size + b.size - inter)
 
 
-def _s_curve_errors(threshold: float, bands: np.ndarray, rows: np.ndarray, points: int = 2001) -> tuple:
-    """False-positive and false-negative areas of the LSH S-curve ``1 - (1 - s**r)**b`` below and above the
-    threshold (trapezoid rule, vectorized over all (b, r) candidates)."""
-
-    def area(lo: float, hi: float, positive: bool) -> np.ndarray:
-        s = np.linspace(lo, hi, points)[None, :]
-        p = 1.0 - (1.0 - s ** rows[:, None]) ** bands[:, None]
-        y = p if positive else 1.0 - p
-        return ((y[:, 1:] + y[:, :-1]) / 2).sum(axis=1) * (hi - lo) / (points - 1)
-
-    return area(0.0, threshold, True), area(threshold, 1.0, False)
+def candidate_probability(similarity: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
+    """The chance that two documents of this Jaccard share a band: the LSH S-curve ``1 - (1 - s**r)**b``."""
+    return 1.0 - (1.0 - np.asarray(similarity, float) ** rows) ** bands
 
 
-def lsh_params(
-    threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
-) -> tuple[int, int]:
-    """Bands and rows (b * r <= num_perm) minimizing the weighted areas of false positives (similarity below
-    ``threshold`` yet a candidate) and false negatives (above it yet missed) under the S-curve. False positives
-    only cost a Jaccard check here, but the default weights match the usual choice (and datasketch's)."""
+def lsh_params(threshold: float, num_perm: int, recall: float = DEFAULT_LSH_RECALL) -> tuple[int, int]:
+    """Bands and rows (b * r <= num_perm) that make a pair at exactly ``threshold`` a candidate with probability
+    at least ``recall`` (and a more similar pair more surely), with the fewest candidates below it (the least
+    S-curve area under the threshold). Candidates are verified by their true Jaccard, so one below the
+    threshold costs a check while a missed pair is a duplicate left in the corpus: hence recall first, rather
+    than the usual equal weighting of both errors (25 x 5 at 0.5 and 128, which finds 55% of the pairs at 0.5
+    and 72% at 0.55). When no split reaches ``recall`` (few permutations), the one that comes closest."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
-    bands = np.array([b for b, _ in pairs], float)
-    rows = np.array([r for _, r in pairs], float)
-    fp, fn = _s_curve_errors(threshold, bands, rows)
-    cost = false_positive_weight * fp + false_negative_weight * fn
-    best = int(np.argmin(cost))  # first minimum: deterministic
-    return pairs[best]
+    if not 0.0 < recall < 1.0:
+        raise ValueError(f"recall must be in (0, 1), got {recall}")
+    pairs = [(b, r) for r in range(1, num_perm + 1) for b in range(1, num_perm // r + 1)]
+    bands = np.array([b for b, _ in pairs], float)[:, None]
+    rows = np.array([r for _, r in pairs], float)[:, None]
+    at_threshold = candidate_probability(threshold, bands, rows)[:, 0]
+    below = np.linspace(0.0, threshold, 1001)[None, :]
+    false_candidates = candidate_probability(below, bands, rows).mean(axis=1)
+    enough = at_threshold >= recall
+    # the first minimum: deterministic
+    best = np.argmin(np.where(enough, false_candidates, np.inf)) if enough.any() else np.argmax(at_threshold)
+    return pairs[int(best)]
 
 
 def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:

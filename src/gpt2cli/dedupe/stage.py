@@ -235,7 +235,7 @@ def _deduplicate(out: Path, parts: Sequence[Path], config: DedupeConfig, base: A
         # the training split's: Table 6 measures what a model trained on the corpus has seen
         build_ngram_bloom(CorpusTexts(out / CORPUS, "train"), n=8, p=1e-8).save(out / BLOOM)
     (out / REPORT).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm, config.lsh_recall)
     before = base.summary.get("documents", 0) if base is not None else 0
     return {
         "documents_in": n_rows,
@@ -282,7 +282,7 @@ def _duplicate_edges(
     # one text, one entry in the index: its copies are joined to it above and share its shingles, so they add no
     # group, only pairs (2,000 copies of one text made two million, checked one by one)
     firsts = np.array(sorted(ids[0] for ids in by_key.values()), dtype=np.int64)
-    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm)
+    bands, rows_per_band = lsh_params(config.near_threshold, config.num_perm, config.lsh_recall)
     index = LSHIndex(bands, rows_per_band)
     index.add(firsts, signatures[firsts])
     by_url: dict[str, list[int]] = defaultdict(list)
