@@ -372,6 +372,33 @@ def test_a_bare_kind_means_the_version_last_published_or_reused(store: Store, ca
     assert store.resolve("corpus").ref == "corpus@v3"
 
 
+def test_a_kill_on_either_side_of_the_publishing_rename_leaves_the_right_version_current(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+):
+    """Before the rename the new version does not exist and the current one stays current (even when it is not
+    the newest); after it, the new one is current although the run died before it could say so."""
+    for i in (0, 1, 0):
+        store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i)))
+    assert store.resolve("corpus").ref == "corpus@v1"  # reused, older than v2
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("gpt2cli.artifacts.os.rename", killed)
+        with pytest.raises(KeyboardInterrupt):
+            store.produce("corpus", params={"i": 2}, inputs=[], build=write_files(f="2"))
+    assert store.resolve("corpus").ref == "corpus@v1" and store.resolve("corpus@latest").ref == "corpus@v2"
+    with monkeypatch.context() as m:
+        m.setattr(Store, "mark_current", killed)
+        with pytest.raises(KeyboardInterrupt):
+            store.produce("corpus", params={"i": 3}, inputs=[], build=write_files(f="3"))
+    assert store.resolve("corpus").ref == "corpus@v3"
+    again = store.produce("corpus", params={"i": 2}, inputs=[], build=write_files(f="2"))
+    assert again.artifact.ref == "corpus@v4" and store.resolve("corpus").ref == "corpus@v4"
+    assert (store.home / "corpus" / ".current").read_text() == "v4\n"
+
+
 def test_a_reused_version_is_held_against_gc(store: Store, home: Path):
     """A stage that reuses a version outside the kind's lock (pretrain) holds it, as a read: a gc running at that
     moment spares it instead of deleting what the stage is about to hand on."""

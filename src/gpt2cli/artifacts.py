@@ -623,10 +623,15 @@ class Store:
         """Make ``artifact`` what a bare reference to its kind means. Every stage does this for the version it
         publishes or reuses, so the next stage reads what this one produced: after a run config is reverted,
         the older version it reuses, not the newest."""
-        pointer = self.home / artifact.kind / _CURRENT
+        self._point_current(artifact.kind, [artifact.version])
+
+    def _point_current(self, kind: str, names: list[str]) -> None:
+        """Write the current pointer: the first of ``names`` that is a version. A publish names the new version
+        and the current one before its rename, so a kill on either side of it leaves the right one current."""
+        pointer = self.home / kind / _CURRENT
         for attempt in range(2):
             try:
-                write_atomic(pointer, f"{artifact.version}\n".encode())
+                write_atomic(pointer, "".join(f"{name}\n" for name in names).encode())
                 return
             except FileNotFoundError:  # a run publishing this kind swept our temporary file: once more
                 if attempt:
@@ -636,16 +641,17 @@ class Store:
         """The directory of the current version among ``dirs`` (not empty): the marked one, else the newest."""
         pointer = self.home / kind / _CURRENT
         try:
-            name = pointer.read_text().strip()
+            names = pointer.read_text().split()
         except FileNotFoundError:
             return dirs[-1]
         except (OSError, UnicodeDecodeError) as e:
             log.warning("ignoring %s (%s): %s means the newest version", pointer, e, kind)
             return dirs[-1]
-        chosen = next((p for p in dirs if p.name == name), None)
+        by_name = {p.name: p for p in dirs}
+        chosen = next((by_name[name] for name in names if name in by_name), None)
         if chosen is None:
-            log.warning("%s names %r, not a version there: %s means the newest, %s", pointer, name[:40], kind,
-                        dirs[-1].name)  # fmt: skip
+            log.warning("%s names %r, not a version there: %s means the newest, %s", pointer,
+                        " ".join(names)[:40], kind, dirs[-1].name)  # fmt: skip
             return dirs[-1]
         return chosen
 
@@ -879,6 +885,8 @@ class Store:
                     os.fsync(f.fileno())
             write_atomic(partial / MANIFEST, json_utf8(manifest, indent=2) + b"\n")
             final = kind_dir / version
+            dirs = self.version_dirs(kind)
+            self._point_current(kind, [version, *([self._current_dir(kind, dirs).name] if dirs else [])])
             os.rename(partial, final)  # the publish: atomic on one filesystem
             fsync_dir(kind_dir)
             write_atomic(kind_dir / _COUNTER, f"{version[1:]}\n".encode())
