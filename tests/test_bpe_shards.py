@@ -249,10 +249,15 @@ def test_stages_read_a_corpus_artifact_and_its_split(gpt2, store: Store):
     tokens = store.resolve("tokens")
     assert [i["ref"] for i in tokens.inputs] == ["tokenizer@v1", "corpus@v1"]
     assert store.resolve("tokenizer").inputs[0]["ref"] == "corpus@v1"
-    # a corpus without `val` documents: tokenize's --val-fraction does not move them; the warning says so
+    # a corpus without `val` documents: the warning says where a split comes from; --val-fraction, which would not
+    # move them, is refused rather than recorded in a manifest it has no effect on
     splits = ["train"] * len(texts)
     train_only = store.produce("corpus", params={"train_only": True}, inputs=[], build=build).artifact
-    result = gpt2("tokenize", "--corpus", train_only.ref, "--val-fraction", "0.5", "--json")
+    for stage in ("tokenize", "train-bpe"):
+        refused = gpt2(stage, "--corpus", train_only.ref, "--val-fraction", "0.5")
+        assert refused.code == 2 and "--val-fraction splits --input documents; a corpus keeps" in refused.err
+    assert len(store.versions("tokens")) == 1
+    result = gpt2("tokenize", "--corpus", train_only.ref, "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["summary"]["val_documents"] == 0
     assert "tokens@v2 has no validation split (0 of 40 documents): corpus@v2 has no `val` documents" in result.err

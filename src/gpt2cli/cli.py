@@ -64,15 +64,20 @@ InputOption = Annotated[
         "--input", parser=_path, help="Text, JSONL or Parquet files or folders instead of a corpus (repeatable)."
     ),
 ]
-ValFractionOption = Annotated[
-    float,
-    typer.Option(help="Share of --input documents held out for validation (by text hash; a corpus has its own split)."),
-]
 
 
 def _opt(help_text: str) -> Any:
     """An option whose help says its default itself (``\\[default: ...]``), so typer's own is not shown too."""
     return typer.Option(help=help_text, show_default=False)
+
+
+ValFractionOption = Annotated[
+    Optional[float],
+    _opt(
+        "Share of --input documents held out for validation, by text hash \\[default: 0.01]; a corpus keeps its "
+        "own split."
+    ),
+]
 
 
 @dataclass
@@ -392,7 +397,7 @@ def train_bpe_command(
     inputs: InputOption = None,
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size, <|endoftext|> included (GPT-2: 50257).")] = 50257,
     min_frequency: Annotated[int, typer.Option(help="Stop merging when no pair occurs this often.")] = 2,
-    val_fraction: ValFractionOption = 0.01,
+    val_fraction: ValFractionOption = None,
     workers: Annotated[int, _opt("Processes counting pre-tokens \\[default: all cores].")] = 0,
     force: ForceOption = False,
     wait: WaitOption = False,
@@ -424,7 +429,7 @@ def tokenize_command(
     tokenizer: Annotated[str, _opt("Tokenizer artifact \\[default: the current one].")] = "tokenizer",
     corpus: CorpusOption = None,
     inputs: InputOption = None,
-    val_fraction: ValFractionOption = 0.01,
+    val_fraction: ValFractionOption = None,
     batch_docs: Annotated[int, typer.Option(help="Documents per batch; progress is saved after each.")] = 512,
     force: ForceOption = False,
     wait: WaitOption = False,

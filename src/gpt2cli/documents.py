@@ -36,6 +36,9 @@ class Document:
     split: str
 
 
+DEFAULT_VAL_FRACTION = 0.01  # of --input documents held out by train-bpe and tokenize
+
+
 def split_for(text: str, val_fraction: float) -> str:
     """``val`` for a stable pseudo-random ``val_fraction`` of texts, decided by the text's own hash."""
     if val_fraction <= 0:
@@ -216,24 +219,31 @@ class DocumentSource:
             yield Document(text, split)
 
 
-def check_val_fraction(val_fraction: float) -> None:
-    if not 0 <= val_fraction < 1:
+def check_val_fraction(val_fraction: float | None) -> None:
+    if val_fraction is not None and not 0 <= val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
 
 
 def open_documents(
-    store: Store, corpus_ref: str | None, input_paths: Sequence[Path], val_fraction: float
+    store: Store, corpus_ref: str | None, input_paths: Sequence[Path], val_fraction: float | None
 ) -> DocumentSource:
-    """The documents a stage reads: ``--input`` files if given, else the corpus artifact (default: the current one)."""
+    """The documents a stage reads: ``--input`` files if given, else the corpus artifact (default: the current one).
+    ``val_fraction`` (None: not given) splits ``--input`` documents only; given with a corpus it is refused rather
+    than recorded in a manifest it has no effect on (a changed value would rebuild identical shards)."""
     check_val_fraction(val_fraction)
     if input_paths and corpus_ref:
         raise UsageError("give either --corpus or --input, not both")
     if input_paths:
         files = expand_inputs([Path(p) for p in input_paths])
-        return DocumentSource([document_input(p) for p in files], files, val_fraction, has_split_column=False)
+        share = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        return DocumentSource([document_input(p) for p in files], files, share, has_split_column=False)
+    if val_fraction is not None:
+        raise UsageError(
+            "--val-fraction splits --input documents; a corpus keeps the split `gpt2 dedupe --val-fraction` gave it"
+        )
     corpus: Artifact = store.resolve(corpus_ref or "corpus", "corpus", option="--corpus")
     # the documents are the top-level Parquet files; subfolders hold a stage's own state
     files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if re.fullmatch(r"[^/]+\.parquet", f["path"])]
     if not files:
         raise Gpt2Error(f"{corpus.ref} holds no Parquet documents")
-    return DocumentSource([artifact_input(corpus)], files, val_fraction, has_split_column=True)
+    return DocumentSource([artifact_input(corpus)], files, DEFAULT_VAL_FRACTION, has_split_column=True)

@@ -98,7 +98,7 @@ class _ShardWriter:
 MAX_BATCH_DOCS = 10_000_000  # documents tokenized in memory between two checkpoints
 
 
-def check_tokenize_options(batch_docs: int, val_fraction: float) -> None:
+def check_tokenize_options(batch_docs: int, val_fraction: float | None) -> None:
     if not 1 <= batch_docs <= MAX_BATCH_DOCS:
         raise UsageError(f"--batch-docs must be in 1..{MAX_BATCH_DOCS:_}, got {batch_docs}")
     check_val_fraction(val_fraction)
@@ -110,7 +110,7 @@ def tokenize_corpus(
     tokenizer_ref: str,
     corpus: str | None,
     inputs: list[Path],
-    val_fraction: float,
+    val_fraction: float | None,
     force: bool,
     wait: bool,
     batch_docs: int = 512,
@@ -124,7 +124,7 @@ def tokenize_corpus(
     tokenizer_artifact = store.resolve(tokenizer_ref, "tokenizer", option="--tokenizer")
     source = open_documents(store, corpus, inputs, val_fraction)
     tokenizer = Tokenizer.load(tokenizer_artifact)
-    params = {"val_fraction": val_fraction, "eot": "prepended"}
+    params = {"val_fraction": source.val_fraction, "eot": "prepended"}
 
     def build(draft: Any) -> dict[str, Any]:
         state_path = draft.dir / ".work" / "state.json"
@@ -177,11 +177,11 @@ def tokenize_corpus(
         resumable=True,
     )
     if not result.artifact.summary.get("val_documents"):  # said again when the version is reused
-        log.warning("%s", _empty_validation_warning(result.artifact, source, val_fraction))
+        log.warning("%s", _empty_validation_warning(result.artifact, source))
     return result
 
 
-def _empty_validation_warning(tokens: Artifact, source: DocumentSource, val_fraction: float) -> str:
+def _empty_validation_warning(tokens: Artifact, source: DocumentSource) -> str:
     """Why the validation split came out empty, and how to get one; pretraining then has no validation loss."""
     head = f"{tokens.ref} has no validation split (0 of {tokens.summary.get('train_documents', 0):,} documents)"
     tail = "`gpt2 pretrain` on these tokens computes no validation loss"
@@ -190,6 +190,7 @@ def _empty_validation_warning(tokens: Artifact, source: DocumentSource, val_frac
         return (
             f"{head}: {corpus} has no `val` documents; {tail}; rebuild the corpus with a larger `dedupe --val-fraction`"
         )
+    val_fraction = source.val_fraction
     if val_fraction <= 0:
         return f"{head}: --val-fraction is 0; {tail}; give a --val-fraction (e.g. 0.1) to hold documents out"
     return (

@@ -25,7 +25,7 @@ def train_bpe(
     inputs: list[Path],
     vocab_size: int,
     min_frequency: int,
-    val_fraction: float,
+    val_fraction: float | None,
     workers: int,
     force: bool,
     wait: bool,
@@ -38,7 +38,7 @@ def train_bpe(
     if workers < 0:
         raise UsageError(f"--workers must be at least 0 (0: all cores), got {workers}")
     source = open_documents(store, corpus, inputs, val_fraction)
-    params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": val_fraction}
+    params = {"vocab_size": vocab_size, "min_frequency": min_frequency, "val_fraction": source.val_fraction}
 
     def build(draft: Any) -> dict[str, Any]:
         return _train(draft.dir, source, vocab_size, min_frequency, usable_workers(workers))
