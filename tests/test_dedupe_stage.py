@@ -552,6 +552,23 @@ def test_a_recompute_never_reads_part_of_the_inputs(gpt2, home: Path, tmp_path: 
     assert "without --incremental" in line and [a.ref for a in Store(home).versions("corpus")] == ["corpus@v1"]
 
 
+def test_a_recompute_reads_raw_docs_of_another_home_there(home: Path, tmp_path: Path):
+    """raw-docs read by path from another home are recorded with that home: a recompute (other settings) reads
+    them there again, rather than looking for a version of that name in this home."""
+    other = tmp_path / "other"
+    raw = Store(home).resolve("raw-docs@v1")
+    first = run_cli(other, "dedupe", "--raw-docs", str(raw.path), "--json")
+    assert first.returncode == 0, first.stderr
+    [entry] = Store(other).resolve("corpus").inputs
+    assert entry["ref"] == "raw-docs@v1" and Path(entry["home"]) == home
+    again = run_cli(other, "dedupe", "--raw-docs", str(raw.path), "--incremental", "--threshold", "0.8", "--json")
+    assert again.returncode == 0, again.stderr
+    assert "other dedupe settings (near_threshold)" in again.stderr
+    assert json.loads(again.stdout)["summary"]["documents_in"] == json.loads(first.stdout)["summary"]["documents_in"]
+    [entry] = Store(other).resolve("corpus").inputs
+    assert entry["ref"] == "raw-docs@v1" and Path(entry["home"]) == home
+
+
 def test_names_that_are_not_utf8(tmp_path: Path):
     """File names are bytes: an input named in Latin-1 is a ``\\xNN`` escape in the corpus's raw_docs column (a
     Parquet string is UTF-8), and a --home named so holds the state and the corpus (pyarrow takes no such path)."""

@@ -707,10 +707,11 @@ class Store:
             raise Gpt2Error(f"manifest {Path(path) / MANIFEST} is damaged: it names {artifact.ref}, not {placed}")
         return artifact if here else replace(artifact, foreign=True)
 
-    def recorded(self, by: Artifact, entry: dict[str, Any], kind: str | None = None) -> Artifact:
+    def recorded(self, by: Artifact | None, entry: dict[str, Any], kind: str | None = None) -> Artifact:
         """The artifact input ``entry`` of ``by`` names: its ref means a version in the home the entry records, else
-        in ``by``'s own (a tokens artifact read by path from another home names that home's tokenizer)."""
-        home = Path(entry.get("home") or by.home)
+        in ``by``'s own (a tokens artifact read by path from another home names that home's tokenizer); with no
+        ``by``, an entry this home wrote."""
+        home = Path(entry.get("home") or (by.home if by is not None else self.home))
         return (self if _same_dir(home, self.home) else Store(home)).resolve(entry["ref"], kind)
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:

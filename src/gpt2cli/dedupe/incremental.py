@@ -62,7 +62,7 @@ def corpus_history(store: Store, corpus: Artifact) -> History:
     chain = [corpus]
     while parent := chain[-1].parent:
         try:
-            chain.append(store.resolve(parent["ref"], "corpus"))
+            chain.append(store.recorded(chain[-1], parent, "corpus"))
         except Gpt2Error as e:
             raise UsageError(f"{corpus.ref} was made by an older release, without a history, and the version it "
                              f"continues is gone ({e}); run `gpt2 dedupe` without --incremental on every input the "
@@ -106,7 +106,7 @@ def _urls(store: Store, entry: dict[str, Any]) -> set[str] | None:
     import pyarrow.parquet as pq
 
     try:
-        artifact = store.resolve(entry["ref"], "raw-docs")
+        artifact = store.recorded(None, entry, "raw-docs")
         if artifact.manifest_sha256 != entry["manifest_sha256"]:
             return None
         with open(artifact.file(DOCUMENTS), "rb") as f:  # a file object: the home's name may not be UTF-8
@@ -177,10 +177,11 @@ def all_inputs(
     out_inputs: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in history.documents:
-        refs, paths = ([entry["ref"]], []) if "ref" in entry else ([], [Path(entry["path"])])
         name = entry.get("ref") or entry.get("path")
         try:
-            found, [now] = input_sources(store, refs, paths)
+            # a raw-docs version of another home (read by path) is read there again, by path
+            refs = [str(store.recorded(base, entry, "raw-docs").path)] if "ref" in entry else []
+            found, [now] = input_sources(store, refs, [] if refs else [Path(entry["path"])])
         except Gpt2Error as e:
             raise UsageError(_gone(why, f"{base.ref}'s input {name} cannot be read again ({e})")) from None
         if input_key(now) != input_key(entry):
@@ -206,7 +207,7 @@ def _documents_of(store: Store, artifact: Artifact) -> tuple[list[dict[str, Any]
         shards = []
         for entry in shard_entries:
             try:
-                shard = store.resolve(entry["ref"], SHARD_KIND)
+                shard = store.recorded(artifact, entry, SHARD_KIND)
             except Gpt2Error as e:
                 return None, f"{artifact.ref}'s input {entry['ref']} cannot be read again ({e})"
             if shard.manifest_sha256 != entry["manifest_sha256"]:
