@@ -44,6 +44,7 @@ def test_help_for_every_command(gpt2, path, monkeypatch: pytest.MonkeyPatch):
     assert result.code == 0, result.err
     assert "Usage" in result.out
     assert not [line for line in result.out.splitlines() if line.count("[default:") > 1]
+    assert "--help" in result.out and "<bool>" not in result.out  # flags take no value
 
 
 def test_top_level_help_lists_stages_and_artifacts(gpt2):

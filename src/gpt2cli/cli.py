@@ -19,19 +19,48 @@ from gpt2cli.console import human_bytes, print_json, reader_may_stop, setup_logg
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Gpt2Error, Terminated, UsageError
 from gpt2cli.runconfig import from_run_config, run_config_origin
 
-app = typer.Typer(
+
+class _FlagsWithoutType:
+    """Flags take no value, so --help shows no value type for them (typer labels them ``<bool>``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutType, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagsWithoutType, typer.core.TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return super().command(*args, **{"cls": _Command, **kwargs})
+
+
+app = _Typer(
+    cls=_Group,
     name="gpt2",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-artifacts_app = typer.Typer(
-    help="List, inspect, verify and clean up artifacts.", no_args_is_help=True, pretty_exceptions_enable=False
+artifacts_app = _Typer(
+    cls=_Group,
+    help="List, inspect, verify and clean up artifacts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(artifacts_app, name="artifacts")
-eval_app = typer.Typer(
-    help="Evaluate models the way the paper did.", no_args_is_help=True, pretty_exceptions_enable=False
+eval_app = _Typer(
+    cls=_Group, help="Evaluate models the way the paper did.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(eval_app, name="eval")
 
