@@ -44,6 +44,31 @@ def trained_to_10(home: Path, args: list[str]) -> tuple[list[float], Path]:
     return losses(home), run_dir / "step-00000010" / "state.pt"
 
 
+def test_a_run_queued_with_wait_reuses_what_the_run_before_it_published(home: Path):
+    """Two identical runs: the second, waiting for the first's lock, finds the model it published once the lock is
+    free, instead of training again and publishing a second copy."""
+    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "gpt2cli", "pretrain", *FAST, "--max-steps", "300", "--eval-every", "300",
+            "--checkpoint-every", "300", "--log-every", "1", "--wait", "--json"]  # fmt: skip
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in first.stderr:  # training: it holds the run's lock
+        if " step 1/300 " in line:
+            break
+    queued = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waited = False
+    for line in queued.stderr:
+        waited = waited or "waiting for training run" in line
+        if waited:
+            break
+    first_out, _ = first.communicate(timeout=300)
+    queued_out, queued_err = queued.communicate(timeout=300)
+    assert waited and first.returncode == 0 and queued.returncode == 0, queued_err
+    built, reused = json.loads(first_out), json.loads(queued_out)
+    assert (built["ref"], built["reused"]) == ("model@v1", False)
+    assert (reused["ref"], reused["reused"]) == ("model@v1", True)
+    assert [a.ref for a in Store(home).versions("model")] == ["model@v1"]
+
+
 def test_schedule_warmup_then_cosine():
     cfg = TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=100)
     assert learning_rate(0, cfg) == pytest.approx(0.1) and learning_rate(9, cfg) == pytest.approx(1.0)
