@@ -129,6 +129,17 @@ def test_bad_option_values_are_usage_errors(gpt2, option: list[str]):
     assert result.code == 2 and result.err.startswith(f"gpt2: error: {option[-2]} ") and result.err.count("\n") == 1
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_no_document_error_names_a_damaged_dump(gpt2, tmp_path: Path, damage: str):
+    """A dump of random bytes used to say "0 submissions; 0 filtered out; 0 links kept" and nothing of why."""
+    dump = tmp_path / "RS_2017-11.zst"
+    blob = NOVEMBER.read_bytes()
+    dump.write_bytes(os.urandom(4096) if damage == "corrupt" else blob[: len(blob) // 2])
+    result = gpt2("scrape-reddit", "--dump", str(dump), "--replay", str(WARC), "--min-score", "1000000")
+    (error,) = [line for line in result.err.splitlines() if line.startswith("gpt2: error:")]
+    assert result.code == 1 and f"submissions (1 dump file {damage}, read up to the damage)" in error, error
+
+
 def test_no_document_error_carries_its_counts(gpt2):
     """No summary is printed when nothing is published: the one-line error must say why by itself."""
     result = gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--min-score", "1000000")

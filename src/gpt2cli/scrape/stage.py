@@ -163,10 +163,12 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
 def _why_no_documents(stats: Counter[str], tally: Counter[str]) -> str:
     """The counts that explain an empty result, for its one-line error (no summary is printed then)."""
     malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url", "bad_unicode"))
+    notes = [f"{malformed} malformed records skipped"] if malformed else []
+    for key, damage in (("corrupt_files", "corrupt"), ("truncated_files", "truncated")):
+        if stats[key]:
+            notes.append(f"{stats[key]} dump file{'s' if stats[key] > 1 else ''} {damage}, read up to the damage")
     filtered = _reasons(stats, "filtered")
-    parts = [
-        f"{stats['submissions_seen']} submissions" + (f" ({malformed} malformed records skipped)" if malformed else "")
-    ]
+    parts = [f"{stats['submissions_seen']} submissions" + (f" ({'; '.join(notes)})" if notes else "")]
     parts.append(f"{sum(filtered.values())} filtered out" + (f" ({_top(filtered)})" if filtered else ""))
     parts.append(f"{stats['links_kept']} links kept")
     if stats["links_kept"]:
