@@ -454,3 +454,60 @@ def test_pending_links_are_retried_when_due_then_given_up(home: Path, tmp_path: 
         assert (ref, reused) == ("raw-docs@v3", True) and site.hits["/down"] == 3 and site.hits["/flaky"] == 2
     finally:
         site.close()
+
+
+def test_a_link_with_an_upper_case_scheme_is_archived_once_and_read_back(gpt2, home: Path, tmp_path: Path):
+    """``HTTP://`` used to be archived so, which warcio reads as no HTTP record: the page was fetched by every run
+    and never published."""
+    site = _articles(0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(site.base.replace("http://", "HTTP://") + "/page/1\n")
+        for _ in range(2):
+            result = gpt2("scrape-reddit", "--urls", str(urls), *LIVE, "--force")
+            assert result.code == 0, result.err
+        assert [d["final_url"] for d in rows(home)] == [f"{site.base}/page/1"] and site.hits["/page/1"] == 1
+    finally:
+        site.close()
+
+
+def test_a_record_never_read_back_is_failed_after_max_runs(home: Path, tmp_path: Path, monkeypatch):
+    """A page archived but unreadable goes back to pending with that reason; it is not fetched by every run forever."""
+    from gpt2cli.scrape import stage
+    from gpt2cli.scrape.fetch import FetchConfig
+    from gpt2cli.scrape.filters import LinkFilters
+
+    monkeypatch.setattr(stage, "MAX_RUNS_PER_URL", 2)
+    read = stage.read_record_at
+
+    def unreadable_page_1(path: Path, offset: int, length: int | None = None):
+        record = read(path, offset, length)
+        if record.url.endswith("/page/1"):
+            raise ValueError("no response record")
+        return record
+
+    monkeypatch.setattr(stage, "read_record_at", unreadable_page_1)
+    site = _articles(0)
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{site.base}/page/0\n{site.base}/page/1\n")
+
+        def run() -> tuple[str, bool, dict]:
+            published = stage.scrape_reddit(
+                Store(home),
+                sources=stage.LinkSources(url_files=(urls,)),
+                filters=LinkFilters(min_score=0),
+                fetch=FetchConfig(per_host_interval_s=0, allow_private_network=True),
+            )
+            return published.artifact.ref, published.reused, published.artifact.summary
+
+        ref, _, summary = run()
+        assert (ref, summary["documents"], summary["links_pending"]) == ("raw-docs@v1", 1, 1)
+        with Frontier(home / "raw-docs" / ".crawl" / "frontier.sqlite") as frontier:
+            assert frontier.get(f"{site.base}/page/1").last_error == "warc_unreadable"
+        ref, _, summary = run()  # due again at once: fetched a second time, and given up
+        assert (ref, summary["links_pending"], summary["failed_warc_unreadable"]) == ("raw-docs@v2", 0, 1)
+        assert run()[:2] == ("raw-docs@v2", True) and site.hits["/page/1"] == 2
+    finally:
+        site.close()
+

@@ -39,6 +39,7 @@ DOCUMENTS = "documents.parquet"
 MAX_RUNS_PER_URL = 8
 RETRY_BASE_S = 600.0
 RETRY_DUE = "retry_due_at"  # summary key: when the version's earliest pending link may be tried again
+UNREADABLE = "warc_unreadable"  # why a page fetched and archived is pending again, or failed
 
 
 @dataclass(frozen=True)
@@ -302,8 +303,10 @@ def _replay(
 def _archived_documents(
     frontier: Frontier, warc_dir: Path, links: dict[str, Link], stats: Counter[str]
 ) -> Iterator[dict[str, Any]]:
-    """This run's pages from the crawl's WARCs; a record that cannot be read back goes back to pending."""
+    """This run's pages from the crawl's WARCs; a record that cannot be read back goes back to pending, and is failed
+    for good once MAX_RUNS_PER_URL runs have fetched it (a record no run can read back is not fetched forever)."""
     damaged: list[str] = []
+    unreadable: list[str] = []
     for row in frontier.done_rows():
         link = links.get(row.url)
         if link is None or row.warc_file is None or row.warc_offset is None or row.warc_length is None:
@@ -311,14 +314,17 @@ def _archived_documents(
         try:
             response = read_record_at(warc_dir / row.warc_file, row.warc_offset, row.warc_length)
         except (OSError, ValueError) as e:  # the crawl's WARC lost or damaged: the next run fetches it again
-            log.warning("%s: archived record unreadable (%s); it is fetched again in the next run", row.url, e)
-            damaged.append(row.url)
+            given_up = row.attempts >= MAX_RUNS_PER_URL
+            then = f"failed after {row.attempts} fetches" if given_up else "it is fetched again in the next run"
+            log.warning("%s: archived record unreadable (%s); %s", row.url, e, then)
+            (unreadable if given_up else damaged).append(row.url)
             continue
         doc = _document(link, row.final_url or row.url, row.http_status, response.content_type, row.fetched_at,
                         response.body, stats)  # fmt: skip
         if doc is not None:
             yield doc
-    stats["warc_damaged"] += frontier.reopen(damaged)
+    stats["warc_damaged"] += frontier.reopen(damaged, error=UNREADABLE)
+    stats["warc_damaged"] += frontier.reopen(unreadable, error=UNREADABLE, for_good=True)
 
 
 def _document(link: Link, final_url: str, status: int | None, content_type: str | None, fetched_at: str | None,
