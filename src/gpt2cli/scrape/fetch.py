@@ -252,11 +252,15 @@ def split_content_type(value: str | None) -> tuple[str | None, str | None]:
     return media, charset
 
 
-def failed_status(status: int) -> tuple[str, bool] | None:
-    """(error key, whether a later try may pass) of a final answer that is not a page; None for a 2xx."""
+def failed_status(
+    status: int, retry_after: str | None = None, now: float | None = None
+) -> tuple[str, bool, float | None] | None:
+    """(error key, whether a later try may pass, the seconds its Retry-After header asks to wait from ``now``) of a
+    final answer that is not a page; None for a 2xx."""
     if 200 <= status < 300:
         return None
-    return f"http_{status}", status in (408, 429) or status >= 500
+    wait = parse_retry_after(retry_after, now) if status in (429, 503) else None
+    return f"http_{status}", status in (408, 429) or status >= 500, wait
 
 
 def accepted_type(media: str | None, body: bytes | None, accepted: tuple[str, ...]) -> bool:
@@ -662,10 +666,8 @@ class Fetcher:
         cut: bool,
     ) -> None:
         status = response.status_code
-        if (failure := failed_status(status)) is not None:
-            result.error, result.retryable = failure
-            if status in (429, 503):
-                result.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if (failure := failed_status(status, response.headers.get("Retry-After"))) is not None:
+            result.error, result.retryable, result.retry_after = failure
             return
         media, charset = split_content_type(response.headers.get("Content-Type"))
         result.content_type, result.charset = media, charset
