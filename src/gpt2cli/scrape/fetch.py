@@ -511,7 +511,7 @@ class _HostClock:
                     self._busy.add(host)
                     ours = True
                     break
-                self._changed.wait(min(deadline, deadline if host in self._busy else start) - now)
+                self._changed.wait((deadline if host in self._busy else min(start, deadline)) - now)
         try:
             yield ours
         finally:
@@ -767,7 +767,7 @@ class Fetcher:
                     except StopIteration:
                         exhausted = True
                         break
-                    queues.setdefault(host_key(url), deque()).append(_Task(url))
+                    queues.setdefault(host_key(wire_url(url)), deque()).append(_Task(url))  # as the clock keys it
                     queued += 1
                 now = time.monotonic()
                 for host in list(queues):
