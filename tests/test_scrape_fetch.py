@@ -28,6 +28,7 @@ from gpt2cli.scrape.fetch import (
     is_forbidden_address,
     parse_retry_after,
     split_content_type,
+    wire_url,
 )
 from gpt2cli.scrape.frontier import Frontier
 from gpt2cli.scrape.warc import WarcArchive, complete_length, iter_responses, read_record_at
@@ -152,6 +153,8 @@ ROBOTS = {
     # over robots_max_bytes: the rules in its first part still count (RFC 9309 section 2.5)
     "big": b"User-agent: *\nDisallow: /rfc/private\n" + b"# padding\n" * 70_000,
     "slow": b"User-agent: *\nCrawl-delay: 0.6\n",
+    # a byte-order mark before the first rule, as editors on Windows write it
+    "bom": b"\xef\xbb\xbfUser-agent: *\nDisallow: /private\n",
 }
 
 
@@ -431,6 +434,38 @@ def test_crawl_delay_spaces_the_first_page_after_robots_txt(server: Server) -> N
     assert all(r.ok for r in many(fetcher(obey_robots=True), urls).values())
     times = [t for t, host, _ in server.log if host == "slow.test"]
     assert len(times) == 3 and min(b - a for a, b in pairwise(times)) >= 0.55, times
+
+
+def test_robots_txt_with_a_byte_order_mark_is_obeyed(server: Server) -> None:
+    assert fetcher(obey_robots=True).fetch(f"http://bom.test:{server.port}/private/x").error == "robots"
+    assert server.hits["/robots.txt"] == 1 and server.hits["/private/x"] == 0
+
+
+def test_every_request_to_a_host_starts_an_interval_after_the_last_one_ended(server: Server) -> None:
+    """Six hosts redirecting to one, that host's robots.txt and a page of its own: each request to it waits the
+    interval from the end of the previous one, whichever task sent it (the redirects used to arrive within ms, and
+    a page right after its host's robots.txt or a slow page)."""
+    server.page_delay = 0.1
+    target = f"http://target.test:{server.port}"
+    urls = [f"http://r{i}.test:{server.port}/to?{target}/page/{i}" for i in range(6)] + [f"{target}/page/own"]
+    f = fetcher(per_host_interval_s=0.2, concurrency=8, obey_robots=True, page_deadline_s=10.0)
+    assert all(r.ok for r in many(f, urls).values())
+    arrivals = [(t, path) for t, host, path in server.log if host == "target.test"]
+    assert sorted(path for _, path in arrivals) == sorted(
+        ["/robots.txt", "/page/own"] + [f"/page/{i}" for i in range(6)]
+    )
+    for (before, path), (after, _) in pairwise(arrivals):
+        took = server.page_delay if path.startswith("/page/") else 0.0
+        assert after - before >= took + 0.2 - 0.01, (path, after - before)
+    assert server.max_active == 1
+
+
+def test_wire_urls_have_lower_case_schemes_and_hosts(server: Server) -> None:
+    """An archive reader takes a record of ``HTTP://...`` for one without HTTP headers: the page would be fetched
+    again by every run and never read back."""
+    assert wire_url("HTTP://User:Pw@Site.TEST:80/Path/?Q=A#Frag") == "http://User:Pw@site.test:80/Path/?Q=A"
+    r = fetcher().fetch(f"HTTP://SITE.test:{server.port}/hop")
+    assert r.ok and r.final_url == f"http://site.test:{server.port}/page/target"
 
 
 def test_redirect_hops_are_spaced_like_requests(server: Server) -> None:

@@ -132,6 +132,7 @@ def test_real_pushshift_dumps_match_their_readme() -> None:
         assert set(stats) == {"files", "lines", "records"}  # clean data: nothing else counted
         assert all(s.source == name and s.subreddit == "reddit.com" and not s.is_self for s in subs)
         assert all(isinstance(s.created_utc, int) and s.id for s in subs)
+        assert not any("&amp;" in s.url for s in subs)  # Pushshift's escaping undone (2005-07 has 159 such URLs)
     stats = Counter()
     assert len(list(iter_dumps([folder], stats))) == 103 + 1079
     assert stats["files"] == 2
@@ -263,6 +264,31 @@ def test_truncated_file_keeps_what_was_read(tmp_path: Path, suffix: str) -> None
     assert stats["truncated_files"] == 1
     assert 0 < len(subs) < 20_000
     assert [s.id for s in subs] == [f"r{i}" for i in range(len(subs))]  # a prefix, in order
+
+
+def test_dump_urls_and_titles_are_unescaped_as_pushshift_escapes_them(tmp_path: Path) -> None:
+    """Pushshift stores ``&``, ``<`` and ``>`` of a url and title as entities: ``?a=1&amp;b=2`` is the link
+    ``?a=1&b=2`` (one link, its karma summed; no ``amp;utm_source`` parameter left), and nothing else is unescaped."""
+    records = [
+        {"id": "a", "url": "http://example.com/story?a=1&amp;b=2&amp;utm_source=reddit", "score": 2,
+         "title": "Q&amp;A: &lt;live&gt; &amp;amp;"},
+        {"id": "b", "url": "http://example.com/story?a=1&b=2", "score": 1, "title": "Q&A"},
+        {"id": "c", "url": "http://example.com/list?x=1&para=2&copy=3&amp;lt;", "score": 5},
+    ]  # fmt: skip
+    path = tmp_path / "RS_2017-12.zst"
+    path.write_bytes(_zstd_long(_ndjson(records)))
+    stats: Counter[str] = Counter()
+    subs = list(read_dump(path, stats))
+    assert [(s.url, s.title) for s in subs] == [
+        ("http://example.com/story?a=1&b=2&utm_source=reddit", "Q&A: <live> &amp;"),
+        ("http://example.com/story?a=1&b=2", "Q&A"),
+        ("http://example.com/list?x=1&para=2&copy=3&lt;", None),
+    ]
+    links = collect_links(subs, LinkFilters(), stats)
+    assert links["http://example.com/story?a=1&b=2"].score == 3  # 2 + 1: one link, kept
+    # Reddit's API with raw_json=1 sends them unescaped: what it sends is the link
+    listing = {"kind": "Listing", "data": {"children": [{"kind": "t3", "data": records[0]}], "after": None}}
+    assert parse_listing(listing)[0][0].url == records[0]["url"]
 
 
 def test_corrupt_file_is_counted(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Fetching the pages Reddit links point to: politely, within hard limits, and never into private networks.
 
-Politeness: at most one request in flight per host and starts at least `per_host_interval_s` apart (or the
-host's robots.txt Crawl-delay, capped), robots.txt obeyed, a descriptive User-Agent, Retry-After honoured.
+Politeness: one request at a time per host, each starting `per_host_interval_s` (or the host's robots.txt
+Crawl-delay, capped) after the previous one to that host ended, whichever task sent it: a page, a redirect hop or a
+robots.txt fetch. robots.txt obeyed, a descriptive User-Agent, Retry-After honoured.
 
 Limits: a connect and a read timeout per socket operation, plus a hard `page_deadline_s` per page: a
 watchdog shuts the socket down when it passes, so a server trickling bytes (or headers) forever cannot
@@ -35,7 +36,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -137,10 +138,36 @@ class PrivateAddressError(Exception):
         self.address = address
 
 
-class _RedirectError(Exception):
+class RedirectError(Exception):
+    """A redirect chain that ends in no page: "redirect_loop" or "too_many_redirects"."""
+
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+class RedirectChain:
+    """The URLs of one page's redirects, as a live fetch and a replay of an archive both follow them: at most
+    `limit` hops, none back to a URL already asked for."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        self.url = wire_url(url)
+        self.limit = limit
+        self._seen = {self.url}
+
+    def follow(self, status: int, location: str | None) -> str | None:
+        """The URL to ask next when an answer with `status` and `location` is a redirect, else None (the answer is
+        the page); raises RedirectError when the chain may go no further."""
+        if status not in REDIRECT_CODES or not location:
+            return None
+        target = wire_url(urljoin(self.url, _utf8_location(location.strip())))
+        if target in self._seen:
+            raise RedirectError("redirect_loop")
+        if len(self._seen) > self.limit:
+            raise RedirectError("too_many_redirects")
+        self._seen.add(target)
+        self.url = target
+        return target
 
 
 # -- pure helpers -------------------------------------------------------------------------------------------
@@ -223,6 +250,25 @@ def split_content_type(value: str | None) -> tuple[str | None, str | None]:
         if key.strip().lower() == "charset" and val.strip():
             charset = val.strip().strip("\"'").lower()
     return media, charset
+
+
+def failed_status(
+    status: int, retry_after: str | None = None, now: float | None = None
+) -> tuple[str, bool, float | None] | None:
+    """(error key, whether a later try may pass, the seconds its Retry-After header asks to wait from ``now``) of a
+    final answer that is not a page; None for a 2xx."""
+    if 200 <= status < 300:
+        return None
+    wait = parse_retry_after(retry_after, now) if status in (429, 503) else None
+    return f"http_{status}", status in (408, 429) or status >= 500, wait
+
+
+def accepted_type(media: str | None, body: bytes | None, accepted: tuple[str, ...]) -> bool:
+    """Whether an answer is a page to extract: its declared media type is accepted, or it declares none and its
+    body (None: not read yet) looks like HTML, as a browser sniffs it."""
+    if media is not None:
+        return media in accepted
+    return body is None or _looks_like_html(body)
 
 
 def host_key(url: str) -> str:
@@ -413,7 +459,7 @@ class RobotsCache:
         result = self._fetch_text(origin + "/robots.txt")
         if result.error is None and result.body is not None and result.status and 200 <= result.status < 300:
             text = result.body.decode(codec_for(result.charset or "utf-8") or "utf-8", errors="replace")
-            return _Robots(Protego.parse(text))
+            return _Robots(Protego.parse(text.removeprefix("\ufeff")))  # a byte-order mark would hide the first line
         if result.status is not None and 400 <= result.status < 500 and result.status != 429:
             return _Robots(None)  # RFC 9309 "unavailable": no restrictions
         key = "private_address" if result.error == "private_address" else "robots_unreachable"
@@ -437,6 +483,43 @@ class RobotsCache:
 
 
 # -- the fetcher --------------------------------------------------------------------------------------------
+
+
+class _HostClock:
+    """Turns at each host, shared by every worker: one request at a time, each starting an interval after the
+    previous one ended, so a redirect hop or robots.txt fetch from one task spaces the next request of another."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._busy: set[str] = set()
+        self._ended: dict[str, float] = {}
+
+    def next_start(self, host: str, interval: float) -> float:
+        """The monotonic time from which a request to `host` may start (once no other is in flight)."""
+        with self._changed:
+            return self._ended.get(host, -math.inf) + interval
+
+    @contextlib.contextmanager
+    def turn(self, host: str, interval: float, deadline: float) -> Iterator[bool]:
+        """Hold `host`'s turn while the block sends its request and reads the answer; False when the turn does not
+        come before `deadline` (monotonic)."""
+        ours = False
+        with self._changed:
+            while (now := time.monotonic()) < deadline:
+                start = self._ended.get(host, -math.inf) + interval
+                if host not in self._busy and now >= start:
+                    self._busy.add(host)
+                    ours = True
+                    break
+                self._changed.wait((deadline if host in self._busy else min(start, deadline)) - now)
+        try:
+            yield ours
+        finally:
+            if ours:
+                with self._changed:
+                    self._busy.discard(host)
+                    self._ended[host] = time.monotonic()
+                    self._changed.notify_all()
 
 
 @dataclass
@@ -463,6 +546,7 @@ class Fetcher:
         self._resolver = resolver
         self._local = threading.local()
         self.robots = RobotsCache(self._fetch_robots, self.config.user_agent)
+        self._hosts = _HostClock()
 
     # -- one page -----------------------------------------------------------------------------------------
 
@@ -515,12 +599,9 @@ class Fetcher:
         self, result: FetchResult, attempt: _Attempt, robots: bool, any_type: bool, max_bytes: int, cut: bool
     ) -> None:
         cfg = self.config
-        current = wire_url(result.url)
-        seen = {current}
-        for hop in range(cfg.max_redirects + 1):
-            if hop:  # a redirect is another request to a host: spaced like any other
-                time.sleep(max(0.0, min(self._interval(current), attempt.deadline - time.monotonic())))
-            result.final_url = current
+        chain = RedirectChain(result.url, cfg.max_redirects)
+        while True:
+            current = result.final_url = chain.url
             parts = urlsplit(current)
             if parts.scheme.lower() not in ("http", "https"):
                 result.error = "bad_scheme"
@@ -534,41 +615,46 @@ class Fetcher:
                     result.error = refused
                     result.retryable = refused == "robots_unreachable"
                     return
-            if attempt.expired or time.monotonic() > attempt.deadline:
-                result.error, result.retryable = "deadline", False
-                return
-            headers = {
-                "User-Agent": cfg.user_agent,
-                "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
-                "Accept-Encoding": ACCEPT_ENCODING,
-                "Connection": "close",  # a fresh, checked and watched connection for every request
-            }
-            response = self._session().get(
-                current,
-                headers=headers,
-                timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
-                allow_redirects=False,
-                stream=True,
-            )
-            with response:
-                result.status = response.status_code
-                result.reason = response.reason or ""
-                result.protocol = "HTTP/1.0" if getattr(response.raw, "version", 11) == 10 else "HTTP/1.1"
-                result.headers = dict(response.headers)
-                result.request_headers = dict(response.request.headers)
-                result.fetched_at = time.time()
-                location = response.headers.get("Location")
-                if response.status_code in REDIRECT_CODES and location:
-                    target = wire_url(urljoin(current, _utf8_location(location.strip())))
-                    if target in seen:
-                        result.error = "redirect_loop"
-                        return
-                    seen.add(target)
-                    current = target
-                    continue
-                self._read(result, response, attempt, any_type, max_bytes, cut)
-                return
-        result.error = "too_many_redirects"
+            with self._hosts.turn(parts.hostname, self._interval(current), attempt.deadline) as ours:
+                if not ours or attempt.expired:
+                    result.error, result.retryable = "deadline", False
+                    return
+                if not self._request(result, chain, attempt, any_type, max_bytes, cut):
+                    return
+
+    def _request(
+        self, result: FetchResult, chain: RedirectChain, attempt: _Attempt, any_type: bool, max_bytes: int, cut: bool
+    ) -> bool:
+        """Ask for ``chain.url`` and read the answer into ``result``; True when it redirects (to ``chain.url``)."""
+        cfg = self.config
+        headers = {
+            "User-Agent": cfg.user_agent,
+            "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1",
+            "Accept-Encoding": ACCEPT_ENCODING,
+            "Connection": "close",  # a fresh, checked and watched connection for every request
+        }
+        response = self._session().get(
+            chain.url,
+            headers=headers,
+            timeout=(cfg.connect_timeout_s, cfg.read_timeout_s),
+            allow_redirects=False,
+            stream=True,
+        )
+        with response:
+            result.status = response.status_code
+            result.reason = response.reason or ""
+            result.protocol = "HTTP/1.0" if getattr(response.raw, "version", 11) == 10 else "HTTP/1.1"
+            result.headers = dict(response.headers)
+            result.request_headers = dict(response.request.headers)
+            result.fetched_at = time.time()
+            try:
+                if chain.follow(response.status_code, response.headers.get("Location")) is not None:
+                    return True
+            except RedirectError as e:
+                result.error = e.key
+                return False
+            self._read(result, response, attempt, any_type, max_bytes, cut)
+            return False
 
     def _read(
         self,
@@ -580,15 +666,12 @@ class Fetcher:
         cut: bool,
     ) -> None:
         status = response.status_code
-        if not 200 <= status < 300:
-            result.error = f"http_{status}"
-            result.retryable = status in (408, 429) or status >= 500
-            if status in (429, 503):
-                result.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if (failure := failed_status(status, response.headers.get("Retry-After"))) is not None:
+            result.error, result.retryable, result.retry_after = failure
             return
         media, charset = split_content_type(response.headers.get("Content-Type"))
         result.content_type, result.charset = media, charset
-        if not any_type and media is not None and media not in self.config.accepted_types:
+        if not any_type and not accepted_type(media, None, self.config.accepted_types):
             result.error = "not_html"
             return
         codings = {c.strip().lower() for c in response.headers.get("Content-Encoding", "").split(",")} - {""}
@@ -618,7 +701,7 @@ class Fetcher:
             return
         result.body = b"".join(chunks)
         if media is None and not any_type:  # no Content-Type: a browser sniffs; so do we, for HTML alone
-            if not _looks_like_html(result.body):
+            if not accepted_type(media, result.body, self.config.accepted_types):
                 result.error, result.body = "not_html", None
                 return
             result.content_type = "text/html"
@@ -656,8 +739,8 @@ class Fetcher:
     def fetch_many(self, urls: Iterable[str], on_result: Callable[[FetchResult], None]) -> None:
         """Fetch every URL once (with retries), calling `on_result` in this thread for each final result.
 
-        `concurrency` workers run at once; a host gets at most one request in flight and request starts
-        at least its interval apart (robots.txt included), while other hosts proceed meanwhile. URLs are
+        `concurrency` workers run at once; a host gets one task at a time, started once its last request (robots.txt
+        or another task's redirect hop included) ended an interval ago, while other hosts proceed meanwhile. URLs are
         read from `urls` lazily, a bounded window at a time. `on_result` runs in the calling thread, so it
         may write the WARC and the frontier without locks; if it raises, fetching stops and it propagates.
         """
@@ -666,8 +749,13 @@ class Fetcher:
         exhausted = False
         window = max(64, cfg.concurrency * 16)
         queues: dict[str, deque[_Task]] = {}
-        ready_at: dict[str, float] = {}
+        backoff_until: dict[str, float] = {}  # a retry's delay
         busy: set[str] = set()
+
+        def start_at(host: str) -> float:
+            url = queues[host][0].url
+            return max(backoff_until.get(host, 0.0), self._hosts.next_start(host, self._interval(url)))
+
         queued = 0
         with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="fetch") as pool:
             inflight: dict[Future[Any], tuple[str, _Task]] = {}
@@ -679,13 +767,13 @@ class Fetcher:
                     except StopIteration:
                         exhausted = True
                         break
-                    queues.setdefault(host_key(url), deque()).append(_Task(url))
+                    queues.setdefault(host_key(wire_url(url)), deque()).append(_Task(url))  # as the clock keys it
                     queued += 1
                 now = time.monotonic()
                 for host in list(queues):
                     if len(inflight) >= cfg.concurrency:
                         break
-                    if host in busy or ready_at.get(host, 0.0) > now:
+                    if host in busy or start_at(host) > now:
                         continue
                     head = queues[host][0]
                     if cfg.obey_robots and not self.robots.cached(head.url):
@@ -699,10 +787,9 @@ class Fetcher:
                             del queues[host]
                         inflight[pool.submit(self.fetch, head.url)] = (host, head)
                     busy.add(host)
-                    ready_at[host] = now + self._interval(head.url)
                 if not inflight and not queues and exhausted:
                     return
-                waits = [ready_at.get(h, 0.0) - now for h in queues if h not in busy]
+                waits = [start_at(h) - now for h in queues if h not in busy]
                 timeout = max(0.0, min(waits)) if waits and len(inflight) < cfg.concurrency else None
                 if not inflight:
                     time.sleep(timeout or 0.0)
@@ -714,7 +801,6 @@ class Fetcher:
                     if future in robots_for:  # now the host's Crawl-delay is known: it spaces the next request too
                         robots_for.discard(future)
                         future.result()
-                        ready_at[host] = max(ready_at[host], time.monotonic() + self._interval(task.url))
                         continue
                     result: FetchResult = future.result()
                     result.attempts = task.attempts + 1
@@ -725,15 +811,23 @@ class Fetcher:
                         task.attempts += 1
                         queues.setdefault(host, deque()).appendleft(task)
                         queued += 1
-                        ready_at[host] = max(ready_at[host], time.monotonic() + delay)
+                        backoff_until[host] = time.monotonic() + delay
                         continue
                     on_result(result)
 
 
+_SCHEME_AND_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:([^/?#@]*)@)?([^/?#]*)")
+
+
 def wire_url(url: str) -> str:
-    """``url`` as it goes on the wire and into the archive: without its fragment, and with what a URI cannot hold
-    (non-ASCII, spaces: links in dumps are often IRIs) percent-encoded as UTF-8, existing escapes kept."""
-    return requote_uri(url.split("#", 1)[0])
+    """``url`` as it goes on the wire and into the archive: without its fragment, scheme and host in lower case (an
+    archive reader takes ``HTTP://`` for no HTTP record), and what a URI cannot hold (non-ASCII, spaces: links in
+    dumps are often IRIs) percent-encoded as UTF-8, existing escapes kept."""
+    url = url.split("#", 1)[0]
+    if found := _SCHEME_AND_AUTHORITY.match(url):
+        scheme, userinfo, host = found.groups()
+        url = f"{scheme.lower()}://{userinfo + '@' if userinfo is not None else ''}{host.lower()}{url[found.end() :]}"
+    return requote_uri(url)
 
 
 def _utf8_location(location: str) -> str:

@@ -202,15 +202,17 @@ class Frontier:
             )
         return cur.rowcount
 
-    def reopen(self, urls: Iterable[str] | None = None) -> int:
+    def reopen(self, urls: Iterable[str] | None = None, *, error: str | None = None, for_good: bool = False) -> int:
         """Put `done` rows back to pending, due now; returns how many. `urls`: pages whose archived record is
         lost or damaged. None: every page this crawl's WARCs do not hold (a `--replay` supplied it from
-        another archive), which a live crawl must fetch to archive and extract it itself."""
+        another archive), which a live crawl must fetch to archive and extract it itself. `error`: why, as the
+        row's last error; `for_good`: failed for good instead (a page fetched as often as a failure is tried)."""
+        status = "failed" if for_good else "pending"
         with self._transaction():
-            reopen = "UPDATE urls SET status = 'pending', next_attempt_at = 0 WHERE status = 'done' AND "
+            reopen = "UPDATE urls SET status = ?, last_error = ?, next_attempt_at = 0 WHERE status = 'done' AND "
             if urls is None:
-                return self._db.execute(reopen + "warc_length IS NULL").rowcount
-            return sum(self._db.execute(reopen + "url = ?", (url,)).rowcount for url in urls)
+                return self._db.execute(reopen + "warc_length IS NULL", (status, error)).rowcount
+            return sum(self._db.execute(reopen + "url = ?", (status, error, url)).rowcount for url in urls)
 
     # -- reads --------------------------------------------------------------------------------------------
 

@@ -62,8 +62,14 @@ class Submission:
 # ---------------------------------------------------------------------------------------------- records
 
 
-def submission_from_record(obj: dict[str, Any], source: str, stats: Counter[str]) -> Submission | None:
+def submission_from_record(
+    obj: dict[str, Any], source: str, stats: Counter[str], *, escaped: bool = False
+) -> Submission | None:
     """A Submission from a dump or API record; None (counted) when it has no usable url.
+
+    ``escaped``: the record's url and title hold ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;`` and ``&gt;``, as
+    Pushshift's submission dumps store them (the API with ``raw_json=1`` sends them as they are); they are turned
+    back, so ``?a=1&amp;b=2`` is the link ``?a=1&b=2`` and not one with an ``amp;b`` parameter.
 
     Numbers arrive as ints, floats or strings (old dumps), or null; a string that parses is used, one that
     does not becomes None. Each case is counted as ``{field}_from_string``, ``{field}_invalid`` or
@@ -82,6 +88,9 @@ def submission_from_record(obj: dict[str, Any], source: str, stats: Counter[str]
     if not all(_encodable(text) for text in (url, id_, subreddit)):
         stats["bad_unicode"] += 1
         return None
+    title = _unstored_text(obj, "title", stats)
+    if escaped:
+        url, title = _unescape(url), title and _unescape(title)
     return Submission(
         id=id_,
         url=url.strip(),
@@ -91,9 +100,19 @@ def submission_from_record(obj: dict[str, Any], source: str, stats: Counter[str]
         is_self=_flag(obj.get("is_self")),
         over_18=_flag(obj.get("over_18")),
         domain=_unstored_text(obj, "domain", stats),
-        title=_unstored_text(obj, "title", stats),
+        title=title,
         source=source,
     )
+
+
+_ESCAPES = {"&amp;": "&", "&lt;": "<", "&gt;": ">"}
+_ESCAPED = re.compile("|".join(_ESCAPES))
+
+
+def _unescape(text: str) -> str:
+    """Reddit's escaping of ``&``, ``<`` and ``>`` undone, and nothing else: ``html.unescape`` would also read
+    ``&para=1`` or ``&copy=2`` in a query string as the entities they start with."""
+    return _ESCAPED.sub(lambda m: _ESCAPES[m.group()], text)
 
 
 # The largest integer a JSON number carries exactly; a score or timestamp beyond it is garbage, and keeping it
@@ -348,7 +367,7 @@ def read_dump(path: Path, stats: Counter[str]) -> Iterator[Submission]:
             if not isinstance(obj, dict):
                 stats["not_object"] += 1
                 continue
-            submission = submission_from_record(obj, path.name, stats)
+            submission = submission_from_record(obj, path.name, stats, escaped=True)
             if submission is not None:
                 stats["records"] += 1
                 yield submission

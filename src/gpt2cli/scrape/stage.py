@@ -24,12 +24,29 @@ from gpt2cli.console import progress
 from gpt2cli.errors import Gpt2Error, UsageError
 from gpt2cli.iterutil import batched
 from gpt2cli.scrape.extract import EXTRACTOR_VERSION, extract, extract_plain
-from gpt2cli.scrape.fetch import FetchConfig, Fetcher, FetchResult, split_content_type, wire_url
+from gpt2cli.scrape.fetch import (
+    FetchConfig,
+    Fetcher,
+    FetchResult,
+    RedirectChain,
+    RedirectError,
+    accepted_type,
+    failed_status,
+    split_content_type,
+    wire_url,
+)
 from gpt2cli.scrape.filters import Link, LinkFilters, collect_links
 from gpt2cli.scrape.frontier import Frontier
 from gpt2cli.scrape.sources import TIME_FILTERS, RedditAPI, Submission, dump_files, iter_dumps, read_url_list
 from gpt2cli.scrape.urls import host_of, normalize_url
-from gpt2cli.scrape.warc import WarcArchive, complete_length, iter_responses, read_record_at, unreadable_reason
+from gpt2cli.scrape.warc import (
+    ArchivedResponse,
+    WarcArchive,
+    complete_length,
+    iter_responses,
+    read_record_at,
+    unreadable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +56,7 @@ DOCUMENTS = "documents.parquet"
 MAX_RUNS_PER_URL = 8
 RETRY_BASE_S = 600.0
 RETRY_DUE = "retry_due_at"  # summary key: when the version's earliest pending link may be tried again
+UNREADABLE = "warc_unreadable"  # why a page fetched and archived is pending again, or failed
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
     with Frontier(crawl / "frontier.sqlite") as frontier:
         stats["links_new"] = frontier.add((url, link.original_url, _link_meta(link)) for url, link in links.items())
         if sources.replays:
-            documents = _replay(frontier, [Path(p) for p in sources.replays], links, stats)
+            documents = _replay(frontier, [Path(p) for p in sources.replays], links, fetch, stats)
         else:
             frontier.requeue("not_archived")  # a replay's verdict; the live web may well have the page
             frontier.reopen()  # pages a replay supplied from an archive that is not this crawl's
@@ -155,7 +173,7 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
     summary.update({f"frontier_{k}": v for k, v in counts.items()})  # the whole crawl's, every run's links
     summary.update({k: v for k, v in sorted(tally.items()) if k.startswith("failed_")})  # this run's links
     summary["links_pending"] = tally["pending"]
-    if due is not None:
+    if due is not None and not sources.replays:  # a replay of the same archives would find the same failures
         summary[RETRY_DUE] = _iso(due)
     return summary
 
@@ -163,10 +181,12 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
 def _why_no_documents(stats: Counter[str], tally: Counter[str]) -> str:
     """The counts that explain an empty result, for its one-line error (no summary is printed then)."""
     malformed = sum(stats[k] for k in ("bad_json", "not_object", "missing_url", "bad_unicode"))
+    notes = [f"{malformed} malformed records skipped"] if malformed else []
+    for key, damage in (("corrupt_files", "corrupt"), ("truncated_files", "truncated")):
+        if stats[key]:
+            notes.append(f"{stats[key]} dump file{'s' if stats[key] > 1 else ''} {damage}, read up to the damage")
     filtered = _reasons(stats, "filtered")
-    parts = [
-        f"{stats['submissions_seen']} submissions" + (f" ({malformed} malformed records skipped)" if malformed else "")
-    ]
+    parts = [f"{stats['submissions_seen']} submissions" + (f" ({'; '.join(notes)})" if notes else "")]
     parts.append(f"{sum(filtered.values())} filtered out" + (f" ({_top(filtered)})" if filtered else ""))
     parts.append(f"{stats['links_kept']} links kept")
     if stats["links_kept"]:
@@ -209,11 +229,7 @@ def _crawl(
             bar.advance()
             if not result.ok:
                 stats[f"fetch_{result.error}"] += 1
-                runs = (row.attempts if row else 0) + 1  # runs that have tried it, this one included
-                retry_at = None
-                if result.retryable and runs < MAX_RUNS_PER_URL:  # later runs, further and further apart
-                    retry_at = time.time() + max(result.retry_after or 0.0, RETRY_BASE_S * 2 ** (runs - 1))
-                frontier.mark_failed(url, result.error or "unknown", retry_at)
+                _mark_failed(frontier, url, result)
                 return
             body = result.body or b""
             where = archive.write_response(
@@ -242,6 +258,17 @@ def _crawl(
         fetcher.fetch_many([row.original_url for row in pending], on_result)
 
 
+def _mark_failed(frontier: Frontier, url: str, result: FetchResult) -> None:
+    """Record a failed fetch, live or replayed: one that may pass is tried by later runs, 10 minutes after the
+    failing answer came, then 20, 40, ... (or its Retry-After), until MAX_RUNS_PER_URL runs have tried it."""
+    row = frontier.get(url)
+    runs = (row.attempts if row else 0) + 1  # runs that have tried it, this one included
+    retry_at = None
+    if result.retryable and runs < MAX_RUNS_PER_URL:
+        retry_at = result.fetched_at + max(result.retry_after or 0.0, RETRY_BASE_S * 2 ** (runs - 1))
+    frontier.mark_failed(url, result.error or "unknown", retry_at)
+
+
 def _reopen_lost(frontier: Frontier, warc_dir: Path) -> int:
     """Put back to pending the pages whose records a crawl WARC lost (the file cut short or gone: a disk fault, a
     bad copy), before anything is appended: a new record would take their offsets, and be read back as theirs.
@@ -263,19 +290,23 @@ def _iso(timestamp: float) -> str:
 
 
 def _replay(
-    frontier: Frontier, warcs: list[Path], links: dict[str, Link], stats: Counter[str]
+    frontier: Frontier, warcs: list[Path], links: dict[str, Link], fetch: FetchConfig, stats: Counter[str]
 ) -> Iterator[dict[str, Any]]:
-    """Pages from archived responses instead of the network: the embedded sample, and re-extraction."""
-    seen: set[str] = set()
+    """Pages from archived responses instead of the network (the embedded sample, re-extraction), by the live
+    fetch's rules: redirects followed within the archives, accepted content types only, and a failure that may
+    pass left pending for a live run, scheduled from when the archived answer came."""
     warc_stats: Counter[str] = Counter()
+    archived: dict[str, tuple[Path, int]] = {}  # normalized URL -> where the first response for it lies
     for response in iter_responses(warcs, warc_stats):
-        url = next((u for u in map(normalize_url, (response.requested_url, response.url)) if u in links), None)
-        if url is None or url in seen:
-            continue
-        seen.add(url)
-        if response.status >= 400:
-            frontier.mark_failed(url, f"http_{response.status}", None)
-            stats[f"replay_http_{response.status}"] += 1
+        for url in map(normalize_url, (response.requested_url, response.url)):
+            if url is not None and response.warc_file is not None and response.offset is not None:
+                archived.setdefault(url, (Path(response.warc_file), response.offset))
+    stats["warc_errors"] += warc_stats.get("errors", 0)
+    for url in [u for u in archived if u in links] + [u for u in links if u not in archived]:
+        result, response = _archived_fetch(archived, url, fetch)
+        if not result.ok or response is None:
+            stats[f"replay_{result.error}"] += 1
+            _mark_failed(frontier, url, result)
             continue
         frontier.mark_done(
             url,
@@ -291,17 +322,63 @@ def _replay(
         if (doc := _document(links[url], response.url, response.status, response.content_type, response.date,
                              response.body, stats)) is not None:  # fmt: skip
             yield doc
-    for url in links.keys() - seen:
-        frontier.mark_failed(url, "not_archived", None)
-        stats["replay_not_archived"] += 1
-    stats["warc_errors"] += warc_stats.get("errors", 0)
+
+
+def _archived_fetch(
+    archived: dict[str, tuple[Path, int]], url: str, fetch: FetchConfig
+) -> tuple[FetchResult, ArchivedResponse | None]:
+    """What a live fetch of ``url`` gives, from the archives: redirects followed within them ("not_archived" when
+    they lack a URL of the chain), the same rules for the final answer, and the archived answer it ended at."""
+    result = FetchResult(url=url, error="not_archived", fetched_at=time.time())
+    chain: RedirectChain | None = None
+    target: str | None = url
+    while target is not None:
+        response = _read_archived(archived, normalize_url(target) or target)
+        if response is None:
+            return result, None
+        chain = chain or RedirectChain(response.url, fetch.max_redirects)
+        result.final_url, result.status, result.content_type = response.url, response.status, response.content_type
+        result.fetched_at = _timestamp(response.date) or result.fetched_at
+        try:
+            target = chain.follow(response.status, response.header("Location"))
+        except RedirectError as e:
+            result.error = e.key
+            return result, response
+    if (failure := failed_status(response.status, response.header("Retry-After"), result.fetched_at)) is not None:
+        result.error, result.retryable, result.retry_after = failure
+    elif not accepted_type(split_content_type(response.content_type)[0], response.body, fetch.accepted_types):
+        result.error = "not_html"
+    else:
+        result.error, result.body = None, response.body
+    return result, response
+
+
+def _read_archived(archived: dict[str, tuple[Path, int]], url: str) -> ArchivedResponse | None:
+    """The record ``archived`` holds for ``url``, None when it holds none (or it cannot be read back)."""
+    where = archived.get(url)
+    if where is None:
+        return None
+    try:
+        return read_record_at(*where)
+    except (OSError, ValueError):
+        return None
+
+
+def _timestamp(date: str | None) -> float | None:
+    """Seconds since the epoch of a WARC-Date (ISO 8601, UTC), None when absent or unreadable."""
+    try:
+        return dt.datetime.fromisoformat((date or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _archived_documents(
     frontier: Frontier, warc_dir: Path, links: dict[str, Link], stats: Counter[str]
 ) -> Iterator[dict[str, Any]]:
-    """This run's pages from the crawl's WARCs; a record that cannot be read back goes back to pending."""
+    """This run's pages from the crawl's WARCs; a record that cannot be read back goes back to pending, and is failed
+    for good once MAX_RUNS_PER_URL runs have fetched it (a record no run can read back is not fetched forever)."""
     damaged: list[str] = []
+    unreadable: list[str] = []
     for row in frontier.done_rows():
         link = links.get(row.url)
         if link is None or row.warc_file is None or row.warc_offset is None or row.warc_length is None:
@@ -309,14 +386,17 @@ def _archived_documents(
         try:
             response = read_record_at(warc_dir / row.warc_file, row.warc_offset, row.warc_length)
         except (OSError, ValueError) as e:  # the crawl's WARC lost or damaged: the next run fetches it again
-            log.warning("%s: archived record unreadable (%s); it is fetched again in the next run", row.url, e)
-            damaged.append(row.url)
+            given_up = row.attempts >= MAX_RUNS_PER_URL
+            then = f"failed after {row.attempts} fetches" if given_up else "it is fetched again in the next run"
+            log.warning("%s: archived record unreadable (%s); %s", row.url, e, then)
+            (unreadable if given_up else damaged).append(row.url)
             continue
         doc = _document(link, row.final_url or row.url, row.http_status, response.content_type, row.fetched_at,
                         response.body, stats)  # fmt: skip
         if doc is not None:
             yield doc
-    stats["warc_damaged"] += frontier.reopen(damaged)
+    stats["warc_damaged"] += frontier.reopen(damaged, error=UNREADABLE)
+    stats["warc_damaged"] += frontier.reopen(unreadable, error=UNREADABLE, for_good=True)
 
 
 def _document(link: Link, final_url: str, status: int | None, content_type: str | None, fetched_at: str | None,

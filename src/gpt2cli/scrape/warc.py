@@ -58,6 +58,10 @@ class ArchivedResponse:
     warc_file: str | None = None
     offset: int | None = None
 
+    def header(self, name: str) -> str | None:
+        """The value of HTTP header ``name``, whatever its case."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
 
 def _archive_headers(headers: Iterable[tuple[str, str]], body_length: int) -> list[tuple[str, str]]:
     """Headers that describe the stored (decoded) body; the originals of changed ones keep an X- name."""
@@ -269,15 +273,17 @@ def complete_length(path: Path, chunk: int = 1 << 20) -> int:
                 consumed += len(data)
 
 
-def read_record_at(path: Path, offset: int, length: int) -> ArchivedResponse:
-    """The response record at a frontier row's (warc_file, warc_offset, warc_length)."""
+def read_record_at(path: Path, offset: int, length: int | None = None) -> ArchivedResponse:
+    """The response record at a frontier row's (warc_file, warc_offset, warc_length); without a length, the one
+    starting at ``offset`` (a replay's index of the records :func:`iter_responses` read)."""
     with open(path, "rb") as f:
         f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise ValueError(f"{path}: record at {offset} is truncated")
-    for response in _responses(io.BytesIO(data), path.name, Counter(), base=offset):
-        return response
+        if length is not None:
+            data = f.read(length)
+            if len(data) != length:
+                raise ValueError(f"{path}: record at {offset} is truncated")
+        for response in _responses(f if length is None else io.BytesIO(data), path.name, Counter(), base=offset):
+            return response
     raise ValueError(f"{path}: no response record at offset {offset}")
 
 
