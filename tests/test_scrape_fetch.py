@@ -544,6 +544,19 @@ def test_frontier_cycle(tmp_path: Path) -> None:
     assert fr.warc_committed_ends() == {"a.warc.gz": 10}
 
 
+def test_a_build_rerun_after_a_kill_counts_the_links_it_added_before(tmp_path: Path) -> None:
+    """links_new of a build killed after adding some of its links, then run again, equals an uninterrupted
+    build's; another build of the same links finds none new."""
+    triples = [(f"http://x.test/{i}", f"http://x.test/{i}", {}) for i in range(25)]
+    with Frontier(tmp_path / "frontier.sqlite") as fr:
+        assert fr.add(triples[:5]) == 5  # an earlier build's
+        assert fr.add(triples[:15], batch=4, build="b1") == 10  # killed after adding the first 15
+    with Frontier(tmp_path / "frontier.sqlite") as fr:
+        assert fr.add(triples, batch=4, build="b1") == 20
+        assert fr.add(triples, build="b1") == 20 and fr.add(triples, build="b2") == 0
+        assert fr.counts()["total"] == 25
+
+
 # -- WARC ---------------------------------------------------------------------------------------------------
 
 

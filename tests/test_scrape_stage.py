@@ -68,6 +68,23 @@ def test_replay_of_the_embedded_sample(home: Path):
     assert json.loads(cutoff.stdout)["summary"]["filtered_date"] == 3
 
 
+def test_a_run_killed_after_adding_its_links_counts_them_when_run_again(gpt2, home: Path, monkeypatch):
+    """The links a killed run put in the frontier are still this build's: the rerun's summary says they are new,
+    as an uninterrupted run's does."""
+    args = ["scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--json"]
+
+    def killed(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("gpt2cli.scrape.stage._write_parquet", killed)
+        assert gpt2(*args).code == 130
+    rerun = json.loads(gpt2(*args).out)
+    fresh = run_cli(home.parent / "fresh", *args)
+    assert fresh.returncode == 0, fresh.stderr
+    assert rerun["summary"]["links_new"] == json.loads(fresh.stdout)["summary"]["links_new"] > 250
+
+
 def test_a_dump_folder_is_its_submission_dumps(home: Path, tmp_path: Path):
     """The inputs recorded are the files read: a note or the WARC beside the dumps neither joins the identity
     nor counts twice, so adding one reuses the version."""

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS urls (
     warc_length INTEGER
 );
 CREATE INDEX IF NOT EXISTS urls_status ON urls (status);
+CREATE TABLE IF NOT EXISTS additions (
+    build TEXT PRIMARY KEY,
+    links INTEGER NOT NULL
+);
 """
 
 # The columns mark_done accepts, besides the status it sets.
@@ -118,11 +122,15 @@ class Frontier:
 
     # -- writes -------------------------------------------------------------------------------------------
 
-    def add(self, urls_with_meta: Iterable[tuple[str, str, dict[str, Any]]], batch: int = 10_000) -> int:
+    def add(
+        self, urls_with_meta: Iterable[tuple[str, str, dict[str, Any]]], batch: int = 10_000, build: str | None = None
+    ) -> int:
         """Insert (normalized url, original url, metadata) triples; existing URLs are left untouched.
 
         Returns how many were new. Committed in batches: a crash mid-add keeps whole batches, and adding
-        the same list again fills in the rest (idempotent).
+        the same list again fills in the rest (idempotent). With ``build`` (what identifies a build: a rerun of
+        a killed one has the same), the count is kept with each batch, so the rerun returns the links new to the
+        frontier when that build first added them, as an uninterrupted build would, not only those it adds.
         """
         new = 0
         chunk: list[tuple[str, str, str]] = []
@@ -131,15 +139,21 @@ class Frontier:
             with self._transaction():
                 before = self._db.total_changes
                 self._db.executemany("INSERT OR IGNORE INTO urls (url, original_url, meta) VALUES (?, ?, ?)", chunk)
-                return self._db.total_changes - before
+                added = self._db.total_changes - before
+                if build is not None:
+                    self._db.execute("INSERT INTO additions (build, links) VALUES (?, ?) ON CONFLICT (build) DO "
+                                     "UPDATE SET links = links + excluded.links", (build, added))  # fmt: skip
+                return added
 
         for url, original, meta in urls_with_meta:
             chunk.append((url, original, json.dumps(meta or {}, sort_keys=True, ensure_ascii=False)))
             if len(chunk) >= batch:
                 new += flush()
                 chunk = []
-        if chunk:
+        if chunk or build is not None:
             new += flush()
+        if build is not None:
+            return int(self._db.execute("SELECT links FROM additions WHERE build = ?", (build,)).fetchone()[0])
         return new
 
     def claim(self, limit: int, now: float, among: Collection[str] | None = None) -> list[Row]:

@@ -151,7 +151,8 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
     crawl = store.home / "raw-docs" / ".crawl"
     crawl.mkdir(parents=True, exist_ok=True)
     with Frontier(crawl / "frontier.sqlite") as frontier:
-        stats["links_new"] = frontier.add((url, link.original_url, _link_meta(link)) for url, link in links.items())
+        added = ((url, link.original_url, _link_meta(link)) for url, link in links.items())
+        stats["links_new"] = frontier.add(added, build=out.name)  # the draft's name: the build's fingerprint
         if sources.replays:
             documents = _replay(frontier, [Path(p) for p in sources.replays], links, fetch, stats)
         else:
