@@ -321,6 +321,34 @@ def test_resumable_build_continues_the_killed_draft(home: Path, store: Store, tm
     assert len(art.manifest["files"]) == 60 and art.verify() == []
 
 
+def test_a_kill_inside_write_atomic_leaves_no_file_in_the_resumed_version(store: Store, monkeypatch):
+    """A kill while the manifest (or a stage's state file) is written atomically leaves its temporary file in the
+    draft; the resumed build publishes without it, as an uninterrupted build would."""
+    real = os.replace
+
+    def killed_before_the_replace(src: object, dst: object) -> None:
+        if Path(str(dst)).name == "manifest.json":
+            raise KeyboardInterrupt  # the temporary file is written; a kill -9 would leave it
+        real(src, dst)
+
+    def build(draft):
+        (draft.dir / "data.txt").write_text("data")
+        (draft.dir / "sub").mkdir(exist_ok=True)
+        (draft.dir / "sub" / ".state.json.0123abcd.tmp").write_text("{")  # a stage's interrupted write_atomic
+        return {}
+
+    with monkeypatch.context() as m:
+        m.setattr("gpt2cli.artifacts.os.replace", killed_before_the_replace)
+        m.setattr("gpt2cli.artifacts.Path.unlink", lambda *a, **k: None)  # a kill runs no cleanup
+        with pytest.raises(KeyboardInterrupt):
+            store.produce("tokens", params={}, inputs=[], build=build, resumable=True)
+    [draft] = (store.home / "tokens").glob(".partial-*")
+    assert [p.name for p in draft.glob(".manifest.json.*.tmp")]
+    art = store.produce("tokens", params={}, inputs=[], build=build, resumable=True).artifact
+    assert [f["path"] for f in art.manifest["files"]] == ["data.txt"] and art.verify() == []
+    assert not list(art.path.rglob("*.tmp"))
+
+
 def test_gc_keeps_newest_and_their_inputs(store: Store):
     corpora = [
         store.produce("corpus", params={"i": i}, inputs=[], build=write_files(f=str(i))).artifact for i in range(3)

@@ -111,12 +111,27 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file so that a crash leaves either the old content or the new, never a mix."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt; a kill leaves it, for `_without_atomic_leftovers`
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+_ATOMIC_TMP_RE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomic's temporary files
+
+
+def _without_atomic_leftovers(root: Path) -> None:
+    """Remove the temporary files of `write_atomic` calls a kill interrupted under ``root`` (a resumed draft):
+    they are no files of the version being built."""
+    for p in root.rglob("*.tmp"):
+        if _ATOMIC_TMP_RE.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def load_manifest(directory: Path) -> dict[str, Any]:
@@ -860,6 +875,7 @@ class Store:
                 raise
             summary = summary if isinstance(summary, dict) else {}
             shutil.rmtree(partial / ".work", ignore_errors=True)
+            _without_atomic_leftovers(partial)
             version = f"v{self._next_number(kind_dir)}"
             manifest = {
                 "format": MANIFEST_FORMAT,
@@ -913,7 +929,7 @@ class Store:
         for p in kind_dir.iterdir():
             if p.name.startswith((_PARTIAL, _TRASH)) and p != keep:
                 _remove_leftover(p)
-            elif p.name.startswith(".") and p.name.endswith(".tmp"):
+            elif _ATOMIC_TMP_RE.fullmatch(p.name):
                 p.unlink(missing_ok=True)
 
     def remove(self, artifact: Artifact) -> bool:
