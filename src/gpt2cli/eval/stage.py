@@ -379,7 +379,7 @@ def _scored_task(name: str, path: Path, data: TaskData) -> Runner:
 def _webtext_texts(store: Store, corpus: Artifact, limit: int | None) -> list[str]:
     from gpt2cli.documents import open_documents
 
-    return [d.text for d in open_documents(store, str(corpus.path), [], 0.0) if d.split == "val"][:limit]
+    return [d.text for d in open_documents(store, str(corpus.path), [], None) if d.split == "val"][:limit]
 
 
 def _webtext_task(corpus: Artifact, texts: list[str]) -> Runner:
