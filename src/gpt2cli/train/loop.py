@@ -37,7 +37,7 @@ from gpt2cli.train.checkpoint import (
     usable_checkpoints,
 )
 from gpt2cli.train.config import TrainConfig
-from gpt2cli.train.data import Batches, check_token_ids
+from gpt2cli.train.data import Batches, check_token_ids, fits
 from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,16 @@ class _Run:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> float | None:
-        if self.val_shard is None or self.val_shard.count < self.seq_len + 2:
+        if self.val_shard is None or not fits(self.val_shard, self.seq_len):
             return None
         batches = Batches(self.val_shard, self.seq_len, self.cfg.micro_batch, self.cfg.seed)
         model.eval()
         total = torch.zeros(2, device=self.ctx.device, dtype=torch.float64)
-        for x, y in batches.eval_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world):
-            total[0] += self.loss(model, x, y).double() * y.numel()
-            total[1] += y.numel()
+        for x, y, counted in batches.eval_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world):
+            loss = self.loss(model, x, y)
+            if counted:
+                total[0] += loss.double() * y.numel()
+                total[1] += y.numel()
         model.train()
         distributed.all_reduce_sum(total)
         return (total[0] / total[1]).item()
