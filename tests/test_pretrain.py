@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -640,3 +641,56 @@ def test_every_process_evaluates_as_many_batches_and_together_exactly_the_held_o
     assert len(shares[0]) == len(shares[1]) == (count + 1) // 2
     interleaved = [batch for pair in zip(*shares, strict=True) for batch in pair]
     assert [x.tolist() for x, _, counted in interleaved if counted] == [x.tolist() for x, _, _ in alone]
+
+
+def ranks(home: Path, *args: str) -> list[tuple[int, str]]:
+    """`gpt2 ARGS` as the 2 processes torchrun starts (its environment, gloo on the CPU): each one's exit code and
+    stderr. torchrun itself exits 1 when a process fails, and stops the other one, whatever its exit code."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpt2cli", *args],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_every_process_exits_alike_and_only_rank_0_says_why(home: Path):
+    """A run lock held elsewhere is seen by rank 0 alone: the other process exits 75 with it, not with a traceback of
+    a collective cut short; an error every process raises (a bad setting) is said once, not once per process."""
+    args = ["pretrain", *FAST, "--max-steps", "100000", "--checkpoint-every", "100000", "--eval-every", "100000"]
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not any(p.read_text().split("\n")[0] == str(holder.pid) for p in home.glob("model/.runs/*/.lock")):
+            assert holder.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        (code_0, err_0), (code_1, err_1) = ranks(home, *args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (code_0, code_1) == (75, 75), err_0 + err_1
+    assert err_0.count("gpt2: error: another run holds training run") == 1 and "Traceback" not in err_0
+    assert "error" not in err_1.lower() and "Traceback" not in err_1
+    (code_0, err_0), (code_1, err_1) = ranks(home, "pretrain", *FAST, "--seq-len", "256")
+    assert (code_0, code_1) == (2, 2) and "longer than the model's context" in err_0 and "error" not in err_1, err_1
