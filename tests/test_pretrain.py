@@ -189,8 +189,9 @@ def test_bad_settings_are_usage_errors(home: Path, tmp_path: Path):
 
 def test_a_finished_run_rerun_with_other_bookkeeping_reuses_its_model(home: Path):
     """Evaluating, saving or logging more often changes nothing a finished run computed: no new version claims
-    settings its metrics were not made with."""
-    assert run_cli(home, "pretrain", *FAST, "--max-steps", "10").returncode == 0
+    settings its metrics were not made with. The run is the same when the home was named relative to another
+    directory."""
+    assert run_cli(home, "--home", home.name, "pretrain", *FAST, "--max-steps", "10", cwd=home.parent).returncode == 0
     again = run_cli(home, "pretrain", *FAST, "--max-steps", "10", "--eval-every", "2", "--log-every", "1", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["ref"] == "model@v1" and json.loads(again.stdout)["reused"] is True

@@ -38,7 +38,7 @@ from gpt2cli.train.checkpoint import (
 )
 from gpt2cli.train.config import TrainConfig
 from gpt2cli.train.data import Batches, check_token_ids, fits
-from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory
+from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory, run_id_of
 
 log = logging.getLogger(__name__)
 
@@ -285,13 +285,14 @@ def _already_published(
 def _finished(store: Store, run: _Run) -> Artifact | None:
     """The model this run already published at this --max-steps. With only bookkeeping settings changed (how often
     it evaluated, saved or logged) a rerun trains nothing: it would publish the same weights again, under
-    settings that did not make them."""
+    settings that did not make them. The run is recognised by its id: a relative --home records another path for
+    it than the same home named from elsewhere."""
     for ref, steps in reversed(published_models(run.run_dir).items()):
         if steps != run.cfg.max_steps:
             continue
         with contextlib.suppress(Gpt2Error):
             artifact = store.resolve(ref, "model")
-            if artifact.summary.get("run_dir") == str(run.run_dir) and artifact.summary.get("steps") == steps:
+            if run_id_of(artifact) == run.run_id and artifact.summary.get("steps") == steps:
                 return artifact
     return None
 
@@ -574,7 +575,7 @@ def _publish(run: _Run, model: GPT, out: Path) -> dict[str, Any]:
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in timed) / len(timed), 1),
         "mfu": round(sum(r["mfu"] for r in timed) / len(timed), 4),
         "tokenizer": run.tokenizer_artifact.ref,
-        "run_dir": str(run.run_dir),
+        "run_dir": str(run.run_dir.resolve()),
     }
 
 
