@@ -281,3 +281,58 @@ def test_linear_cross_entropy_when_the_target_probability_underflows():
     reference.backward()
     torch.testing.assert_close(grads[0], h.grad)
     torch.testing.assert_close(grads[1], weight.grad)
+
+
+def tiny_hf_model(**settings) -> transformers.GPT2LMHeadModel:
+    """A 2-layer Hugging Face GPT-2 with non-trivial LayerNorms and biases (a missed tensor would show)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=2, **settings)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("tie_word_embeddings", False),  # its own lm_head.weight, which a tied head would drop
+        ("scale_attn_weights", False),
+        ("layer_norm_epsilon", 1e-3),
+        ("scale_attn_by_inverse_layer_idx", True),
+    ],
+)
+def test_load_refuses_a_hugging_face_setting_that_changes_the_outputs(tmp_path: Path, setting: str, value):
+    """The model is GPT-2 as released: a checkpoint of another variant is refused in one line naming the setting,
+    never loaded into logits other than its own."""
+    tiny_hf_model(**{setting: value}).save_pretrained(tmp_path)
+    with pytest.raises(Gpt2Error, match=rf"config\.json: unsupported GPT-2 variant: {setting} is {value!r}"):
+        GPT.load(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+def test_load_reads_sharded_hugging_face_checkpoints(tmp_path: Path, layout: str):
+    """transformers shards large models (gpt2-xl) into files an index names (safetensors; older versions pickles,
+    read with weights_only=True); a shard named outside the directory is refused."""
+    from safetensors.torch import load_file
+
+    hf = tiny_hf_model()
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert len(set(weight_map.values())) > 1
+    if layout == "bin":  # the layout of pytorch_model.bin shards, as transformers 4 wrote them
+        for shard in set(weight_map.values()):
+            torch.save(load_file(tmp_path / shard), tmp_path / shard.replace(".safetensors", ".bin"))
+            (tmp_path / shard).unlink()
+        weight_map = {name: shard.replace(".safetensors", ".bin") for name, shard in weight_map.items()}
+        index.unlink()
+        index = tmp_path / "pytorch_model.bin.index.json"
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    idx = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        assert (hf(idx).logits - GPT.load(tmp_path)(idx)).abs().max().item() < 1e-4
+    index.write_text(json.dumps({"weight_map": {**weight_map, "transformer.wte.weight": "../elsewhere.bin"}}))
+    with pytest.raises(Gpt2Error, match=r"names a shard outside its directory: '\.\./elsewhere\.bin'"):
+        GPT.load(tmp_path)

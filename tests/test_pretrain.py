@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,11 +31,11 @@ def home(tokens_home: Path, tmp_path: Path) -> Path:
     return target
 
 
-def losses(home: Path, ref: str = "model") -> list[float]:
+def losses(home: Path, ref: str = "model", key: str = "loss") -> list[float]:
     artifact = Store(home).resolve(ref)
     rows = [json.loads(line) for line in artifact.file("metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
-    return [r["loss"] for r in rows]
+    return [r[key] for r in rows]
 
 
 def trained_to_10(home: Path, args: list[str]) -> tuple[list[float], Path]:
@@ -188,8 +189,9 @@ def test_bad_settings_are_usage_errors(home: Path, tmp_path: Path):
 
 def test_a_finished_run_rerun_with_other_bookkeeping_reuses_its_model(home: Path):
     """Evaluating, saving or logging more often changes nothing a finished run computed: no new version claims
-    settings its metrics were not made with."""
-    assert run_cli(home, "pretrain", *FAST, "--max-steps", "10").returncode == 0
+    settings its metrics were not made with. The run is the same when the home was named relative to another
+    directory."""
+    assert run_cli(home, "--home", home.name, "pretrain", *FAST, "--max-steps", "10", cwd=home.parent).returncode == 0
     again = run_cli(home, "pretrain", *FAST, "--max-steps", "10", "--eval-every", "2", "--log-every", "1", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["ref"] == "model@v1" and json.loads(again.stdout)["reused"] is True
@@ -231,26 +233,33 @@ def test_two_gloo_processes_match_one(home: Path, tmp_path: Path, sharding: str)
     args = ["pretrain", *FAST, "--max-steps", "6", "--micro-batch", "2", "--checkpoint-every", "3"]
     one = run_cli(single_home, *args)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "gpt2cli",
-            *args,
-            sharding,
-        ],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    two = torchrun(home, *args, sharding)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("published model@v1") == 1  # only rank 0 writes and reports
     assert losses(home) == pytest.approx(losses(single_home), rel=1e-5)
+
+
+def torchrun(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`gpt2 ARGS` in 2 processes (gloo on the CPU) under torchrun."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_fsdp_evaluates_a_number_of_batches_that_the_processes_do_not_divide(home: Path, tmp_path: Path):
+    """3 batches for 2 processes: both run 2 forward passes (each gathers the sharded weights from both), the
+    one past the 3rd not counted, so the validation loss is the 3 batches' mean, as one process computes it."""
+    single_home = tmp_path / "single"
+    shutil.copytree(home, single_home)
+    args = ["pretrain", *FAST, "--max-steps", "1", "--micro-batch", "2", "--eval-batches", "3"]
+    assert run_cli(single_home, *args).returncode == 0
+    two = torchrun(home, *args, "--fsdp", timeout=120)  # a process left waiting for the others hangs until then
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert losses(home, key="val_loss") == pytest.approx(losses(single_home, key="val_loss"), rel=1e-5)
 
 
 def test_export_hf_loads_in_transformers(home: Path, tmp_path: Path):
@@ -589,3 +598,100 @@ def test_a_pretrain_that_waited_for_a_run_gc_deleted_locks_the_new_one(tmp_path:
         waiter.join(timeout=30)
     assert not waiter.is_alive() and "was deleted while this run waited for it" in caplog.text
     assert held == [str(os.getpid())]  # it locked (and wrote its pid into) the file at the path, not the deleted one
+
+
+# -- batches ---------------------------------------------------------------------------------------------------
+
+
+def _shard(path: Path, tokens: np.ndarray) -> TokenShard:
+    from gpt2cli.bpe.shards import _ShardWriter
+
+    writer = _ShardWriter(path, 400, 0)
+    writer.write(tokens)
+    writer.finish()
+    return TokenShard.open(path)
+
+
+def test_a_shard_of_one_window_trains_and_longer_shards_keep_their_data_order(tmp_path: Path):
+    """seq_len + 1 tokens hold one sequence and its targets; a shard one token shorter is refused, saying so. The
+    windows of longer shards stay those every seed drew before (a resumed run keeps its data order)."""
+    from gpt2cli.errors import Gpt2Error
+    from gpt2cli.train.data import Batches
+
+    tokens = np.arange(64) % 400
+    one = Batches(_shard(tmp_path / "one.bin", tokens), seq_len=63, micro_batch=2, seed=1)
+    (x, y), *_ = one.train_step(0, accum=1, rank=0, world=1)
+    assert x.tolist() == [tokens[:63].tolist()] * 2 and y.tolist() == [tokens[1:].tolist()] * 2
+    with pytest.raises(Gpt2Error, match=r"holds 63 tokens, fewer than one sequence of 63 \+ 1"):
+        Batches(_shard(tmp_path / "short.bin", tokens[:63]), seq_len=63, micro_batch=2, seed=1)
+    longer = Batches(_shard(tmp_path / "longer.bin", np.arange(1000) % 400), seq_len=63, micro_batch=2, seed=7)
+    drawn = np.random.default_rng([7, 3]).integers(0, 1000 - 63 - 1, size=16)
+    assert longer.starts((3,), 16).tolist() == drawn.tolist()
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_every_process_evaluates_as_many_batches_and_together_exactly_the_held_out_ones(tmp_path: Path, count: int):
+    """Under FSDP each forward pass gathers the weights from every process: a process with fewer batches would
+    leave the others waiting forever. The counted batches of 2 processes are those of 1."""
+    from gpt2cli.train.data import Batches
+
+    batches = Batches(_shard(tmp_path / "val.bin", np.arange(1000) % 400), seq_len=16, micro_batch=2, seed=0)
+    alone = batches.eval_batches(count, 0, 1)
+    assert len(alone) == count and all(counted for *_, counted in alone)
+    shares = [batches.eval_batches(count, rank, 2) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == (count + 1) // 2
+    interleaved = [batch for pair in zip(*shares, strict=True) for batch in pair]
+    assert [x.tolist() for x, _, counted in interleaved if counted] == [x.tolist() for x, _, _ in alone]
+
+
+def ranks(home: Path, *args: str) -> list[tuple[int, str]]:
+    """`gpt2 ARGS` as the 2 processes torchrun starts (its environment, gloo on the CPU): each one's exit code and
+    stderr. torchrun itself exits 1 when a process fails, and stops the other one, whatever its exit code."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpt2cli", *args],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_every_process_exits_alike_and_only_rank_0_says_why(home: Path):
+    """A run lock held elsewhere is seen by rank 0 alone: the other process exits 75 with it, not with a traceback of
+    a collective cut short; an error every process raises (a bad setting) is said once, not once per process."""
+    args = ["pretrain", *FAST, "--max-steps", "100000", "--checkpoint-every", "100000", "--eval-every", "100000"]
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "gpt2cli", *args],
+        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not any(p.read_text().split("\n")[0] == str(holder.pid) for p in home.glob("model/.runs/*/.lock")):
+            assert holder.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        (code_0, err_0), (code_1, err_1) = ranks(home, *args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (code_0, code_1) == (75, 75), err_0 + err_1
+    assert err_0.count("gpt2: error: another run holds training run") == 1 and "Traceback" not in err_0
+    assert "error" not in err_1.lower() and "Traceback" not in err_1
+    (code_0, err_0), (code_1, err_1) = ranks(home, "pretrain", *FAST, "--seq-len", "256")
+    assert (code_0, code_1) == (2, 2) and "longer than the model's context" in err_0 and "error" not in err_1, err_1

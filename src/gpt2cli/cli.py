@@ -1122,8 +1122,10 @@ def artifacts_gc(
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
-    message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
-    stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
+    """Under torchrun every process fails alike (pretrain shares rank 0's errors): rank 0 speaks for them."""
+    if os.environ.get("RANK", "0") == "0":
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
+        stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(exit_code)
 
 
@@ -1154,10 +1156,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         if ctx is not None and param is not None and from_run_config(ctx, param.name):  # a run config's value
             message = f"invalid value in {ctx.default_map.origin(param.name)}: {e.message}"
         _fail(f"error: {' '.join(message.split())}{where}", e.exit_code)
-    except Terminated as e:  # every process of a torchrun job gets the SIGTERM; rank 0 speaks for them
-        if os.environ.get("RANK", "0") != "0":
-            sys.exit(e.exit_code)
-        _fail(f"error: {e}", e.exit_code)
     except Gpt2Error as e:
         where = run_config_origin(_failing_context(e), str(e)) if e.exit_code == UsageError.exit_code else ""
         _fail(f"error: {e}{where}", e.exit_code)

@@ -473,8 +473,9 @@ class GPT(nn.Module):
         """A model artifact (or a reference to one), or a Hugging Face GPT-2 directory; in eval mode (no dropout).
 
         Weights come from ``model.safetensors`` or, failing that, ``pytorch_model.bin`` read with
-        ``weights_only=True``: no pickled code is ever executed. Any other artifact is a usage error, and a damaged
-        file a ``Gpt2Error`` naming it, so that every command loading a model fails with one line.
+        ``weights_only=True`` (no pickled code is ever executed), or from the shards their ``.index.json`` names.
+        Any other artifact is a usage error, and a damaged file a ``Gpt2Error`` naming it, so that every command
+        loading a model fails with one line.
         """
         directory = model_directory(source)
         _check_checksums(directory, (CONFIG_JSON, WEIGHTS))
@@ -550,23 +551,46 @@ def _read_config(path: Path) -> GPTConfig:
 
 
 def _read_weights(directory: Path, map_location: str | torch.device) -> tuple[Path, dict[str, Any]]:
-    """The weights file and its tensors; a truncated or corrupt file is a ``Gpt2Error`` naming it."""
+    """The weights file (or the index of its shards, as transformers saves large models) and its tensors; a truncated
+    or corrupt file is a ``Gpt2Error`` naming it."""
+    for name in (WEIGHTS, "pytorch_model.bin"):
+        if (path := directory / name).is_file():
+            return path, _read_weights_file(path, map_location)
+        if (index := directory / f"{name}.index.json").is_file():
+            state: dict[str, Any] = {}
+            for shard in _shards(index):
+                state.update(_read_weights_file(directory / shard, map_location))
+            return index, state
+    raise Gpt2Error(f"{directory} has neither {WEIGHTS} nor pytorch_model.bin (nor an index of their shards)")
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files a ``*.index.json`` names, each once: names of files beside it, never paths elsewhere."""
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise Gpt2Error(f"{index} is not an index of weight shards ({type(e).__name__}: {e})") from None
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+            raise Gpt2Error(f"{index} names a shard outside its directory: {shard!r}")
+    return shards
+
+
+def _read_weights_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = directory / WEIGHTS
     try:
-        if path.is_file():
+        if path.name.endswith(".safetensors"):
             state = load_file(path, device=str(map_location))
-        elif (path := directory / "pytorch_model.bin").is_file():
-            state = torch.load(path, map_location=map_location, weights_only=True)
         else:
-            raise Gpt2Error(f"{directory} has neither {WEIGHTS} nor pytorch_model.bin")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
         raise Gpt2Error(f"{path} is damaged or not a checkpoint: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise Gpt2Error(f"{path} is not a dictionary of tensors")
-    return path, state
+    return state
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -767,6 +791,15 @@ def hf_config(config: GPTConfig) -> dict[str, Any]:
     }
 
 
+# Hugging Face GPT-2 settings that change the outputs, and the values the model implements (GPT-2's own).
+_GPT2_AS_RELEASED: dict[str, Any] = {
+    "scale_attn_by_inverse_layer_idx": False,
+    "scale_attn_weights": True,
+    "layer_norm_epsilon": 1e-5,
+    "tie_word_embeddings": True,  # an untied lm_head.weight would be dropped
+}
+
+
 def config_from_hf(raw: dict[str, Any]) -> GPTConfig:
     """Our config from a config.json (ours or Hugging Face's); a missing field or a size no model can have is a
     ``Gpt2Error`` rather than a failure deep inside the model's constructor."""
@@ -778,9 +811,12 @@ def config_from_hf(raw: dict[str, Any]) -> GPTConfig:
             raise Gpt2Error(f"not a GPT-2 checkpoint (model_type {raw.get('model_type')!r})")
         if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise Gpt2Error(f"unsupported activation {raw['activation_function']!r}")
+        for name, value in _GPT2_AS_RELEASED.items():
+            if raw.get(name, value) != value:
+                raise Gpt2Error(f"unsupported GPT-2 variant: {name} is {raw[name]!r}, GPT-2's is {value!r}")
         try:
-            if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
-                raise Gpt2Error("unsupported GPT-2 variant (scaled attention by layer index or a non-4x MLP)")
+            if raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
+                raise Gpt2Error(f"unsupported GPT-2 variant: n_inner is {raw['n_inner']!r}, not 4 x n_embd")
             config = replace(
                 GPTConfig(),
                 n_layer=raw["n_layer"],

@@ -204,12 +204,12 @@ def validation_gap(tokens: Artifact, seq_len: int) -> str | None:
     """Why training on ``tokens`` with ``seq_len``-token sequences yields no validation loss, and how to get one;
     None when it yields one.
 
-    An evaluation batch needs ``seq_len + 1`` tokens for inputs and targets, and one more to choose a start.
+    An evaluation batch needs ``seq_len + 1`` tokens: a sequence and its targets.
     """
     val_tokens = int(tokens.summary.get("val_tokens") or 0)
     if not val_tokens:
         why = f"{tokens.ref} has no validation split (0 validation documents)"
-    elif val_tokens < seq_len + 2:
+    elif val_tokens < seq_len + 1:
         why = f"the {val_tokens:,} validation tokens of {tokens.ref} are too few for one {seq_len}-token sequence"
     else:
         return None

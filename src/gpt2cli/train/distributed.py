@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from gpt2cli.errors import UsageError
+from gpt2cli.errors import Gpt2Error, UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,18 @@ def broadcast_object(obj: object, ctx: Context) -> object:
     return box[0]
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def from_main(compute: Callable[[], T], ctx: Context) -> T:
+    """``compute()`` run by rank 0, its result on every process; the error it raised (a held lock, a full disk) is
+    raised by every process too, so that all exit alike instead of the others dying with a traceback in the next
+    collective when rank 0 is gone. Every process waits here for rank 0."""
+    result: T | None = None
+    error: Gpt2Error | OSError | None = None
+    if ctx.is_main:
+        try:
+            result = compute()
+        except (Gpt2Error, OSError) as e:
+            error = e
+    result, error = broadcast_object((result, error), ctx)  # type: ignore[misc]
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]

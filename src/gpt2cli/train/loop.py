@@ -37,8 +37,8 @@ from gpt2cli.train.checkpoint import (
     usable_checkpoints,
 )
 from gpt2cli.train.config import TrainConfig
-from gpt2cli.train.data import Batches, check_token_ids
-from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory
+from gpt2cli.train.data import Batches, check_token_ids, fits
+from gpt2cli.train.runs import LOCK, published_models, record_published, run_directory, run_id_of
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,16 @@ class _Run:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> float | None:
-        if self.val_shard is None or self.val_shard.count < self.seq_len + 2:
+        if self.val_shard is None or not fits(self.val_shard, self.seq_len):
             return None
         batches = Batches(self.val_shard, self.seq_len, self.cfg.micro_batch, self.cfg.seed)
         model.eval()
         total = torch.zeros(2, device=self.ctx.device, dtype=torch.float64)
-        for x, y in batches.eval_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world):
-            total[0] += self.loss(model, x, y).double() * y.numel()
-            total[1] += y.numel()
+        for x, y, counted in batches.eval_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world):
+            loss = self.loss(model, x, y)
+            if counted:
+                total[0] += loss.double() * y.numel()
+                total[1] += y.numel()
         model.train()
         distributed.all_reduce_sum(total)
         return (total[0] / total[1]).item()
@@ -200,7 +202,8 @@ class _Run:
 
     def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         model_state, optimizer_state = _full_state(self, model, optimizer)  # collective under FSDP
-        if self.ctx.is_main:
+
+        def save() -> None:
             state = {
                 "step": step,
                 "model": model_state,
@@ -212,7 +215,8 @@ class _Run:
             }
             path = save_checkpoint(self.run_dir, step, state, self.cfg.keep_checkpoints)
             log.info("checkpoint at step %d: %s", step, path)
-        distributed.barrier()
+
+        distributed.from_main(save, self.ctx)  # the others wait for it, and fail with it
 
 
 def pretrain(
@@ -239,18 +243,16 @@ def pretrain(
         run = _Run(store, tokens, cfg.resolved(), ctx)
         params = {**asdict(run.cfg), "seq_len": run.seq_len, "model": asdict(run.model_config)}
         inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
-        existing = None if force else store.reusable("model", params, inputs) or _finished(store, run)
+        existing = None if force else _already_published(store, run, params, inputs)
         if existing is not None:
             return _reuse(store, existing, ctx, wait)
-        lock = hold_lock(run.run_dir / LOCK, f"training run {run.run_id}", wait=wait)
-        with lock if ctx.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            lock = hold_lock(run.run_dir / LOCK, f"training run {run.run_id}", wait=wait)
+            distributed.from_main(lambda: held.enter_context(lock), ctx)  # all exit 75 when another run holds it
             # a run that waited for the lock finds what the holder published
-            late = (
-                None if force or not ctx.is_main else store.reusable("model", params, inputs) or _finished(store, run)
-            )
-            late_path = distributed.broadcast_object(late.path if late is not None else None, ctx)
-            if late_path is not None:
-                return _reuse(store, late, ctx, wait) if late is not None else None
+            late = None if force else distributed.from_main(lambda: _already_published(store, run, params, inputs), ctx)
+            if late is not None:
+                return _reuse(store, late, ctx, wait)
             model = _train(run, resume)
             if not ctx.is_main:
                 return None
@@ -273,16 +275,24 @@ def _reuse(store: Store, existing: Artifact, ctx: distributed.Context, wait: boo
     return Published(existing, reused=True)
 
 
+def _already_published(
+    store: Store, run: _Run, params: dict[str, Any], inputs: list[dict[str, Any]]
+) -> Artifact | None:
+    """A model of these very settings, or of this run at this --max-steps (``_finished``): reused, not trained."""
+    return store.reusable("model", params, inputs) or _finished(store, run)
+
+
 def _finished(store: Store, run: _Run) -> Artifact | None:
     """The model this run already published at this --max-steps. With only bookkeeping settings changed (how often
     it evaluated, saved or logged) a rerun trains nothing: it would publish the same weights again, under
-    settings that did not make them."""
+    settings that did not make them. The run is recognised by its id: a relative --home records another path for
+    it than the same home named from elsewhere."""
     for ref, steps in reversed(published_models(run.run_dir).items()):
         if steps != run.cfg.max_steps:
             continue
         with contextlib.suppress(Gpt2Error):
             artifact = store.resolve(ref, "model")
-            if artifact.summary.get("run_dir") == str(run.run_dir) and artifact.summary.get("steps") == steps:
+            if run_id_of(artifact) == run.run_id and artifact.summary.get("steps") == steps:
                 return artifact
     return None
 
@@ -296,8 +306,7 @@ def _train(run: _Run, resume: str) -> GPT:
     trained: torch.nn.Module = _wrap_distributed(model, run) if ctx.world > 1 else model
     optimizer = make_optimizer(model, cfg, ctx.device)
     start = _restore(run, model, optimizer, resume)
-    if ctx.is_main:
-        _restart_metrics(run)
+    distributed.from_main(lambda: _restart_metrics(run), ctx)
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     batches = Batches(run.train_shard, run.seq_len, cfg.micro_batch, cfg.seed)
@@ -442,12 +451,7 @@ def _load_weights(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, state
 def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: str) -> int:
     """Load the newest readable checkpoint; a damaged one (a truncated file, or tensors that do not fit this model
     and optimizer) is skipped with a warning: a later good one overwrites whatever it had begun to load."""
-    candidates: list[Path] = []
-    if run.ctx.is_main and resume == "never" and (discarded := discard_checkpoints(run.run_dir)):
-        log.info("--restart: deleted the run's %d checkpoints; training from step 0", discarded)
-    if run.ctx.is_main and resume != "never":
-        candidates = usable_checkpoints(run.run_dir, run.cfg.max_steps)
-    candidates = distributed.broadcast_object(candidates, run.ctx)  # type: ignore[assignment]
+    candidates = distributed.from_main(lambda: _checkpoints_to_try(run, resume), run.ctx)
     if not candidates:
         if resume == "require":
             raise UsageError(f"--resume: no checkpoint of this run in {run.run_dir} (same tokens and settings)")
@@ -474,6 +478,15 @@ def _restore(run: _Run, model: GPT, optimizer: torch.optim.Optimizer, resume: st
     run.history = json.loads(state["history"])
     log.info("resuming from %s (step %d)", found, state["step"])
     return int(state["step"])
+
+
+def _checkpoints_to_try(run: _Run, resume: str) -> list[Path]:
+    """The run's usable checkpoints, newest first; none after --restart, which deletes them."""
+    if resume != "never":
+        return usable_checkpoints(run.run_dir, run.cfg.max_steps)
+    if discarded := discard_checkpoints(run.run_dir):
+        log.info("--restart: deleted the run's %d checkpoints; training from step 0", discarded)
+    return []
 
 
 def _wrap_distributed(model: GPT, run: _Run) -> torch.nn.Module:
@@ -562,7 +575,7 @@ def _publish(run: _Run, model: GPT, out: Path) -> dict[str, Any]:
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in timed) / len(timed), 1),
         "mfu": round(sum(r["mfu"] for r in timed) / len(timed), 4),
         "tokenizer": run.tokenizer_artifact.ref,
-        "run_dir": str(run.run_dir),
+        "run_dir": str(run.run_dir.resolve()),
     }
 
 
