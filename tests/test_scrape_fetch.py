@@ -460,6 +460,19 @@ def test_every_request_to_a_host_starts_an_interval_after_the_last_one_ended(ser
     assert server.max_active == 1
 
 
+def test_a_page_whose_deadline_runs_out_waiting_for_its_host_is_retried(server: Server) -> None:
+    """Links of many hosts redirecting to one queue for that host's turn; one whose deadline passes in the queue
+    sent nothing wrong: it fails as `host_busy`, retryable (a later try or run fetches it), not for good."""
+    server.page_delay = 0.3
+    target = f"http://target.test:{server.port}"
+    urls = [f"http://r{i}.test:{server.port}/to?{target}/page/{i}" for i in range(6)]
+    f = fetcher(per_host_interval_s=0.2, concurrency=8, page_deadline_s=1.2, retries=0)
+    results = many(f, urls).values()
+    waited = [r for r in results if not r.ok]
+    assert waited and all((r.error, r.retryable) == ("host_busy", True) for r in waited)
+    assert sum(r.ok for r in results) >= 1
+
+
 def test_wire_urls_have_lower_case_schemes_and_hosts(server: Server) -> None:
     """An archive reader takes a record of ``HTTP://...`` for one without HTTP headers: the page would be fetched
     again by every run and never read back."""

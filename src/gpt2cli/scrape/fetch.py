@@ -294,6 +294,20 @@ class _Attempt:
         self.expired = False
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._watchdog: threading.Timer | None = None
+
+    def start_clock(self, seconds: float) -> None:
+        """Expire the fetch once ``seconds`` more of it have passed (its watchdog)."""
+        self.deadline = time.monotonic() + seconds
+        self._watchdog = threading.Timer(max(seconds, 0.0), self.expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def stop_clock(self) -> float:
+        """Pause the watchdog; the seconds the fetch had left."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        return self.deadline - time.monotonic()
 
     def register(self, sock: socket.socket) -> None:
         with self._lock:
@@ -452,7 +466,8 @@ class RobotsCache:
             if entry is None:
                 self.fetches += 1
                 entry = self._load(origin)
-                self._entries[origin] = entry
+                if entry.unreachable != "host_busy":  # our own queue, not the site's answer: asked again
+                    self._entries[origin] = entry
         return entry
 
     def _load(self, origin: str) -> _Robots:
@@ -462,7 +477,7 @@ class RobotsCache:
             return _Robots(Protego.parse(text.removeprefix("\ufeff")))  # a byte-order mark would hide the first line
         if result.status is not None and 400 <= result.status < 500 and result.status != 429:
             return _Robots(None)  # RFC 9309 "unavailable": no restrictions
-        key = "private_address" if result.error == "private_address" else "robots_unreachable"
+        key = result.error if result.error in ("private_address", "host_busy") else "robots_unreachable"
         return _Robots(None, unreachable=key)
 
     def check(self, url: str) -> str | None:
@@ -578,16 +593,14 @@ class Fetcher:
         attempt = _Attempt(self._resolver, cfg.allow_private_network, time.monotonic() + cfg.page_deadline_s)
         previous = getattr(_current, "attempt", None)
         _current.attempt = attempt
-        watchdog = threading.Timer(cfg.page_deadline_s, attempt.expire)
-        watchdog.daemon = True
-        watchdog.start()
+        attempt.start_clock(cfg.page_deadline_s)
         result = FetchResult(url=url)
         try:
             self._follow(result, attempt, robots, accept_any_type, max_bytes or cfg.max_bytes, cut)
         except Exception as e:  # a worker must report, never die
             self._classify(result, e, attempt)
         finally:
-            watchdog.cancel()
+            attempt.stop_clock()
             _current.attempt = previous
         if result.error is not None:
             result.body = None
@@ -613,10 +626,19 @@ class Fetcher:
                 refused = self.robots.check(current)
                 if refused:
                     result.error = refused
-                    result.retryable = refused == "robots_unreachable"
+                    result.retryable = refused in ("robots_unreachable", "host_busy")
                     return
-            with self._hosts.turn(parts.hostname, self._interval(current), attempt.deadline) as ours:
-                if not ours or attempt.expired:
+            # the wait for the host's turn (behind our own requests) is not the page's time: its clock is paused,
+            # and a turn that does not come within a page deadline leaves the link to a later try
+            left = attempt.stop_clock()
+            with self._hosts.turn(
+                parts.hostname, self._interval(current), time.monotonic() + cfg.page_deadline_s
+            ) as ours:
+                if not ours:
+                    result.error, result.retryable = "host_busy", True
+                    return
+                attempt.start_clock(left)
+                if attempt.expired or left <= 0:
                     result.error, result.retryable = "deadline", False
                     return
                 if not self._request(result, chain, attempt, any_type, max_bytes, cut):
