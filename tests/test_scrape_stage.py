@@ -83,6 +83,18 @@ def test_a_run_killed_after_adding_its_links_counts_them_when_run_again(gpt2, ho
     fresh = run_cli(home.parent / "fresh", *args)
     assert fresh.returncode == 0, fresh.stderr
     assert rerun["summary"]["links_new"] == json.loads(fresh.stdout)["summary"]["links_new"] > 250
+    forced = json.loads(gpt2(*args, "--force").out)  # published: a rebuild adds nothing new to the crawl
+    assert forced["ref"] == "raw-docs@v2" and forced["summary"]["links_new"] == 0
+
+
+def test_a_version_made_under_other_scrape_rules_is_rebuilt(gpt2, monkeypatch):
+    """Same inputs and options under other link-reading or replay rules give other documents: not reused."""
+    args = ["scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--json"]
+    assert json.loads(gpt2(*args).out)["reused"] is False
+    assert json.loads(gpt2(*args).out)["reused"] is True
+    monkeypatch.setattr("gpt2cli.scrape.stage.SCRAPE_RULES_VERSION", 99)
+    again = json.loads(gpt2(*args).out)
+    assert (again["ref"], again["reused"]) == ("raw-docs@v2", False)
 
 
 def test_a_dump_folder_is_its_submission_dumps(home: Path, tmp_path: Path):

@@ -156,6 +156,11 @@ class Frontier:
             return int(self._db.execute("SELECT links FROM additions WHERE build = ?", (build,)).fetchone()[0])
         return new
 
+    def forget_build(self, build: str) -> None:
+        """The build published: its count is spent, and a rebuild of the same inputs adds to the crawl anew."""
+        with self._transaction():
+            self._db.execute("DELETE FROM additions WHERE build = ?", (build,))
+
     def claim(self, limit: int, now: float, among: Collection[str] | None = None) -> list[Row]:
         """Up to `limit` pending URLs due at `now` (next_attempt_at <= now), in the order they were added.
 

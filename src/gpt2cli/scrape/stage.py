@@ -51,6 +51,10 @@ from gpt2cli.scrape.warc import (
 log = logging.getLogger(__name__)
 
 DOCUMENTS = "documents.parquet"
+FRONTIER = "frontier.sqlite"
+# Part of a version's identity: bump it when the same inputs and options give other documents, so a version an
+# older release made is rebuilt rather than reused. 2: dumps' escaped URLs undone, replays judged as live fetches.
+SCRAPE_RULES_VERSION = 2
 # A page that failed in a way that may pass (timeouts, 5xx, robots.txt unreachable) is tried again by later runs,
 # 10 minutes after the first, then 20, 40, ... (or its Retry-After), and failed for good after this many runs.
 MAX_RUNS_PER_URL = 8
@@ -124,16 +128,29 @@ def scrape_reddit(
         "filters": asdict(filters),
         "fetch": asdict(fetch),
         "extractor_version": EXTRACTOR_VERSION,
+        "rules_version": SCRAPE_RULES_VERSION,
     }
     if sources.subreddits:
         params["pulled_at"] = dt.datetime.now(dt.timezone.utc).isoformat()  # API listings change: never reuse
 
+    drafts: list[str] = []
+
     def build(draft: Draft) -> dict[str, Any]:
+        drafts.append(draft.dir.name)
         return _build(store, draft.dir, sources, filters, fetch)
 
     with store.lock("raw-docs", wait=wait):  # the version this one follows is the newest once this run holds the lock
-        return store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait,
-                             parent=store.latest("raw-docs"), stale=_retries_due)  # fmt: skip
+        published = store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait,
+                                  parent=store.latest("raw-docs"), stale=_retries_due)  # fmt: skip
+        if drafts:  # published: the links it added are counted; a rebuild (--force, retries due) adds anew
+            with Frontier(_crawl_dir(store) / FRONTIER) as frontier:
+                frontier.forget_build(drafts[-1])
+        return published
+
+
+def _crawl_dir(store: Store) -> Path:
+    """The crawl every scrape of this home continues: its frontier and its WARC archive."""
+    return store.home / "raw-docs" / ".crawl"
 
 
 def _retries_due(existing: Artifact) -> str | None:
@@ -148,9 +165,9 @@ def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, 
     stats: Counter[str] = Counter()
     links = collect_links(_submissions(sources, stats), filters, stats)
     log.info("%d links kept of %d submissions", len(links), stats["submissions_seen"])
-    crawl = store.home / "raw-docs" / ".crawl"
+    crawl = _crawl_dir(store)
     crawl.mkdir(parents=True, exist_ok=True)
-    with Frontier(crawl / "frontier.sqlite") as frontier:
+    with Frontier(crawl / FRONTIER) as frontier:
         added = ((url, link.original_url, _link_meta(link)) for url, link in links.items())
         stats["links_new"] = frontier.add(added, build=out.name)  # the draft's name: the build's fingerprint
         if sources.replays:
