@@ -634,6 +634,10 @@ def test_refresh_checks_each_stage_value_type_before_the_first_stage(gpt2, home:
             "--per-host-interval must be a number of seconds in [0, 86400], got -1.0 (from {config}",
         ),
         ('[scrape-reddit]\nsince = "2018-01-01"\nuntil = "2017-01-01"\n', "--since 2018-01-01 is after --until"),
+        (
+            '[tokenize]\ncorpus = "corpus"\nval_fraction = 0.1\n',
+            "--val-fraction splits --input documents; a corpus keeps the split",
+        ),
     ],
 )
 def test_refresh_checks_each_stage_value_range_before_the_first_stage(

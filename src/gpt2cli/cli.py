@@ -577,8 +577,10 @@ def _check_scrape(p: dict[str, Any]) -> None:
 
 def _check_tokenize(p: dict[str, Any]) -> None:
     from gpt2cli.bpe.shards import check_tokenize_options
+    from gpt2cli.documents import check_document_options
 
     check_tokenize_options(p["batch_docs"], p["val_fraction"])
+    check_document_options(p["corpus"], p["inputs"], p["val_fraction"])
 
 
 # what each stage of `gpt2 refresh` checks of its settings as it starts, run on them before the first stage, so a

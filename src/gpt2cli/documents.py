@@ -224,23 +224,30 @@ def check_val_fraction(val_fraction: float | None) -> None:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
 
 
+def check_document_options(
+    corpus_ref: str | None, input_paths: Sequence[Path] | None, val_fraction: float | None
+) -> None:
+    """What `open_documents` refuses before reading anything; `gpt2 refresh` checks it before its first stage."""
+    check_val_fraction(val_fraction)
+    if input_paths and corpus_ref:
+        raise UsageError("give either --corpus or --input, not both")
+    if not input_paths and val_fraction is not None:
+        raise UsageError(
+            "--val-fraction splits --input documents; a corpus keeps the split `gpt2 dedupe --val-fraction` gave it"
+        )
+
+
 def open_documents(
     store: Store, corpus_ref: str | None, input_paths: Sequence[Path], val_fraction: float | None
 ) -> DocumentSource:
     """The documents a stage reads: ``--input`` files if given, else the corpus artifact (default: the current one).
     ``val_fraction`` (None: not given) splits ``--input`` documents only; given with a corpus it is refused rather
     than recorded in a manifest it has no effect on (a changed value would rebuild identical shards)."""
-    check_val_fraction(val_fraction)
-    if input_paths and corpus_ref:
-        raise UsageError("give either --corpus or --input, not both")
+    check_document_options(corpus_ref, input_paths, val_fraction)
     if input_paths:
         files = expand_inputs([Path(p) for p in input_paths])
         share = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         return DocumentSource([document_input(p) for p in files], files, share, has_split_column=False)
-    if val_fraction is not None:
-        raise UsageError(
-            "--val-fraction splits --input documents; a corpus keeps the split `gpt2 dedupe --val-fraction` gave it"
-        )
     corpus: Artifact = store.resolve(corpus_ref or "corpus", "corpus", option="--corpus")
     # the documents are the top-level Parquet files; subfolders hold a stage's own state
     files = [corpus.file(f["path"]) for f in corpus.manifest["files"] if re.fullmatch(r"[^/]+\.parquet", f["path"])]
