@@ -587,6 +587,13 @@ def test_a_replay_follows_archived_redirects_and_takes_pages_only(gpt2, home: Pa
     assert {k: v for k, v in summary.items() if k.startswith("failed_")} == {
         "failed_too_many_redirects": 1, "failed_not_html": 1, "failed_not_archived": 1, "failed_redirect_loop": 1,
     }  # fmt: skip
+    # the index holds what the links' chains reach, not every record of the archives (a pass per hop)
+    from collections import Counter
+
+    from gpt2cli.scrape.stage import _archive_index
+
+    index = _archive_index([warc], [f"{site}/old", f"{site}/blob"], 5, Counter())
+    assert set(index) == {f"{site}/{p}" for p in ("old", "c1", "c2", "c3", "c4", "new", "blob")}
 
 
 def test_an_archived_failure_that_may_pass_is_fetched_by_a_later_live_run(home: Path, tmp_path: Path, monkeypatch):

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -314,11 +314,7 @@ def _replay(
     fetch's rules: redirects followed within the archives, accepted content types only, and a failure that may
     pass left pending for a live run, scheduled from when the archived answer came."""
     warc_stats: Counter[str] = Counter()
-    archived: dict[str, tuple[Path, int]] = {}  # normalized URL -> where the first response for it lies
-    for response in iter_responses(warcs, warc_stats):
-        for url in map(normalize_url, (response.requested_url, response.url)):
-            if url is not None and response.warc_file is not None and response.offset is not None:
-                archived.setdefault(url, (Path(response.warc_file), response.offset))
+    archived = _archive_index(warcs, links.keys(), fetch.max_redirects, warc_stats)
     stats["warc_errors"] += warc_stats.get("errors", 0)
     for url in [u for u in archived if u in links] + [u for u in links if u not in archived]:
         result, response = _archived_fetch(archived, url, fetch)
@@ -340,6 +336,40 @@ def _replay(
         if (doc := _document(links[url], response.url, response.status, response.content_type, response.date,
                              response.body, stats)) is not None:  # fmt: skip
             yield doc
+
+
+def _archive_index(
+    warcs: list[Path], links: Collection[str], max_redirects: int, stats: Counter[str]
+) -> dict[str, tuple[Path, int]]:
+    """Normalized URL -> where the first archived response for it lies, for the links and the redirect targets their
+    chains reach: one pass over the archives per hop, each indexing only the URLs it looks for (an index of every
+    record of a large archive would not fit in memory)."""
+    index: dict[str, tuple[Path, int]] = {}
+    files: dict[str, Path] = {}
+    wanted = set(links)
+    for hop in range(max_redirects + 1):
+        targets: set[str] = set()
+        for response in iter_responses(warcs, stats if hop == 0 else Counter()):  # damage counted once
+            if response.warc_file is None or response.offset is None:
+                continue
+            for url in map(normalize_url, (response.requested_url, response.url)):
+                if url in wanted and url not in index:
+                    index[url] = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
+                    if (target := _redirect_target(response, max_redirects)) is not None:
+                        targets.add(target)
+        wanted = targets - index.keys()
+        if not wanted:
+            break
+    return index
+
+
+def _redirect_target(response: ArchivedResponse, max_redirects: int) -> str | None:
+    """The normalized URL an archived redirect points to; None for a page, or for a redirect to itself."""
+    try:
+        target = RedirectChain(response.url, max_redirects).follow(response.status, response.header("Location"))
+    except RedirectError:
+        return None
+    return None if target is None else normalize_url(target) or target
 
 
 def _archived_fetch(
