@@ -1124,8 +1124,9 @@ def artifacts_gc(
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
-    """Under torchrun every process fails alike (pretrain shares rank 0's errors): rank 0 speaks for them."""
-    if os.environ.get("RANK", "0") == "0":
+    """Under torchrun every process fails alike (pretrain shares rank 0's errors): rank 0 speaks for them. A RANK
+    left in the environment of a lone process (WORLD_SIZE 1 or unset) silences nothing."""
+    if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
         message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
         stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(exit_code)
