@@ -81,8 +81,11 @@ def test_only_rank_0_says_a_torchrun_job_was_stopped(gpt2, monkeypatch: pytest.M
 
     monkeypatch.setattr(loop, "pretrain", stopped)
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     result = gpt2("pretrain")
     assert result.code == 143 and ("stopped by SIGTERM" in result.err) == printed
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a RANK left in a lone process's environment silences nothing
+    assert "stopped by SIGTERM" in gpt2("pretrain").err
 
 
 def test_no_arguments_print_the_help(gpt2):
