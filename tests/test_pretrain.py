@@ -38,6 +38,13 @@ def losses(home: Path, ref: str = "model", key: str = "loss") -> list[float]:
     return [r[key] for r in rows]
 
 
+def start(home: Path, *args: str, quiet: bool = False) -> subprocess.Popen[str]:
+    """`python -m gpt2cli ARGS` in the background with GPT2_HOME=home; its output piped, or dropped when ``quiet``."""
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen([sys.executable, "-m", "gpt2cli", *args], stdout=out, stderr=out, text=True,
+                            env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
 def trained_to_10(home: Path, args: list[str]) -> tuple[list[float], Path]:
     """Train with ``args`` (to step 10): the losses, and the last checkpoint's state file."""
     assert run_cli(home, *args).returncode == 0
@@ -48,14 +55,13 @@ def trained_to_10(home: Path, args: list[str]) -> tuple[list[float], Path]:
 def test_a_run_queued_with_wait_reuses_what_the_run_before_it_published(home: Path):
     """Two identical runs: the second, waiting for the first's lock, finds the model it published once the lock is
     free, instead of training again and publishing a second copy."""
-    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "gpt2cli", "pretrain", *FAST, "--max-steps", "300", "--eval-every", "300",
-            "--checkpoint-every", "300", "--log-every", "1", "--wait", "--json"]  # fmt: skip
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["pretrain", *FAST, "--max-steps", "300", "--eval-every", "300", "--checkpoint-every", "300",
+            "--log-every", "1", "--wait", "--json"]  # fmt: skip
+    first = start(home, *args)
     for line in first.stderr:  # training: it holds the run's lock
         if " step 1/300 " in line:
             break
-    queued = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    queued = start(home, *args)
     waited = False
     for line in queued.stderr:
         waited = waited or "waiting for training run" in line
@@ -125,12 +131,7 @@ def test_kill_9_mid_run_then_resume_is_bit_exact(home: Path, tmp_path: Path):
     shutil.copytree(home, straight_home)
     args = ["pretrain", *FAST, "--dropout", "0.1", "--max-steps", "40"]
     assert run_cli(straight_home, *args).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt2cli", *args],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start(home, *args, quiet=True)
     deadline = time.time() + 120
     while not list((home / "model" / ".runs").glob("*/step-00000010")):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
@@ -145,13 +146,7 @@ def test_kill_9_mid_run_then_resume_is_bit_exact(home: Path, tmp_path: Path):
 
 def test_sigterm_saves_and_exits_then_resumes(home: Path, tmp_path: Path):
     args = ["pretrain", *FAST, "--max-steps", "400", "--checkpoint-every", "1000", "--eval-every", "1000"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt2cli", *args],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(home, *args)
     deadline = time.time() + 120
     while not list((home / "model" / ".runs").glob("*/metrics.jsonl")):
         assert proc.poll() is None and time.time() < deadline
@@ -538,12 +533,7 @@ def test_gc_keeps_a_run_whose_lock_another_process_holds(runs_home: Path, gpt2):
     home = runs_home
     old, _ = _runs_of(home)
     args = ["pretrain", *FAST, "--max-steps", "100000", "--lr-decay-steps", "10", "--seed", "1"]  # model@v1's run, on
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "gpt2cli", *args, "--checkpoint-every", "100000", "--eval-every", "100000"],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    trainer = start(home, *args, "--checkpoint-every", "100000", "--eval-every", "100000", quiet=True)
     try:
         deadline = time.time() + 120
         while (old / ".lock").read_text().split("\n")[0] != str(trainer.pid):
@@ -675,12 +665,7 @@ def test_every_process_exits_alike_and_only_rank_0_says_why(home: Path):
     """A run lock held elsewhere is seen by rank 0 alone: the other process exits 75 with it, not with a traceback of
     a collective cut short; an error every process raises (a bad setting) is said once, not once per process."""
     args = ["pretrain", *FAST, "--max-steps", "100000", "--checkpoint-every", "100000", "--eval-every", "100000"]
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "gpt2cli", *args],
-        env={**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = start(home, *args, quiet=True)
     try:
         deadline = time.time() + 120
         while not any(p.read_text().split("\n")[0] == str(holder.pid) for p in home.glob("model/.runs/*/.lock")):
