@@ -593,7 +593,22 @@ def test_a_replay_follows_archived_redirects_and_takes_pages_only(gpt2, home: Pa
     from gpt2cli.scrape.stage import _archive_index
 
     index = _archive_index([warc], [f"{site}/old", f"{site}/blob"], 5, Counter())
-    assert set(index) == {f"{site}/{p}" for p in ("old", "c1", "c2", "c3", "c4", "new", "blob")}
+    assert set(index.links) == {f"{site}/old", f"{site}/blob"}
+    assert set(index.targets) == {f"{site}/{p}" for p in ("c1", "c2", "c3", "c4", "new")}
+
+
+def test_a_replay_follows_a_redirect_to_the_same_url_with_a_slash(gpt2, home: Path, tmp_path: Path):
+    """``/dir`` redirecting to ``/dir/`` is one normalized URL, but two records: the redirect leads to the page,
+    not back to itself as a loop."""
+    site = "http://news.test"
+    warc = _archive(tmp_path / "archive", {f"{site}/dir": (301, {"Location": f"{site}/dir/"}, b""),
+                                           f"{site}/dir/": (200, HTML, ARTICLE)})  # fmt: skip
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{site}/dir\n")
+    result = gpt2("scrape-reddit", "--urls", str(urls), "--replay", str(warc), "--json")
+    assert result.code == 0, result.err
+    [doc] = rows(home)
+    assert doc["final_url"] == f"{site}/dir/" and doc["text"].startswith("The council heard")
 
 
 def test_an_archived_failure_that_may_pass_is_fetched_by_a_later_live_run(home: Path, tmp_path: Path, monkeypatch):

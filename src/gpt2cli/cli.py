@@ -1123,12 +1123,17 @@ def artifacts_gc(
     out.print(line)
 
 
-def _fail(message: str, exit_code: int) -> NoReturn:
-    """Under torchrun every process fails alike (pretrain shares rank 0's errors): rank 0 speaks for them. A RANK
-    left in the environment of a lone process (WORLD_SIZE 1 or unset) silences nothing."""
-    if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") == "1":
-        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
-        stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
+def _fail(message: str, exit_code: int, error: BaseException | None = None) -> NoReturn:
+    """One line on stderr, then exit. Under torchrun, an error rank 0 raised and shared with every process, or the
+    SIGTERM each process got, is said by rank 0 alone; an error of one process (its node lacks a file) by that one,
+    naming its rank."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if rank != "0" and world != "1":
+        if getattr(error, "said_by_rank_0", False) or isinstance(error, Terminated):
+            sys.exit(exit_code)
+        message = f"{message} (rank {rank})"
+    message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
+    stderr_console().print(f"gpt2: {message}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(exit_code)
 
 
@@ -1161,11 +1166,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(f"error: {' '.join(message.split())}{where}", e.exit_code)
     except Gpt2Error as e:
         where = run_config_origin(_failing_context(e), str(e)) if e.exit_code == UsageError.exit_code else ""
-        _fail(f"error: {e}{where}", e.exit_code)
+        _fail(f"error: {e}{where}", e.exit_code, e)
     except OSError as e:  # the machine's: a path that is not there or not writable, a full disk
         if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):
             raise  # -v: the traceback
-        _fail(f"error: {e}", EXIT_FAILURE)
+        _fail(f"error: {e}", EXIT_FAILURE, e)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", EXIT_INTERRUPTED)
     finally:

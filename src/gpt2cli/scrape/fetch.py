@@ -622,15 +622,16 @@ class Fetcher:
             if not parts.hostname:
                 result.error = "bad_url"
                 return
+            # robots.txt (a fetch of its own) and the wait for the host's turn behind our own requests are not the
+            # page's time: its clock is paused, and a turn that does not come within a page deadline leaves the
+            # link to a later try
+            left = attempt.stop_clock()
             if robots:
                 refused = self.robots.check(current)
                 if refused:
                     result.error = refused
                     result.retryable = refused in ("robots_unreachable", "host_busy")
                     return
-            # the wait for the host's turn (behind our own requests) is not the page's time: its clock is paused,
-            # and a turn that does not come within a page deadline leaves the link to a later try
-            left = attempt.stop_clock()
             with self._hosts.turn(
                 parts.hostname, self._interval(current), time.monotonic() + cfg.page_deadline_s
             ) as ours:

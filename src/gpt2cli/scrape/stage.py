@@ -316,7 +316,7 @@ def _replay(
     warc_stats: Counter[str] = Counter()
     archived = _archive_index(warcs, links.keys(), fetch.max_redirects, warc_stats)
     stats["warc_errors"] += warc_stats.get("errors", 0)
-    for url in [u for u in archived if u in links] + [u for u in links if u not in archived]:
+    for url in [u for u in archived.links if u in links] + [u for u in links if u not in archived.links]:
         result, response = _archived_fetch(archived, url, fetch)
         if not result.ok or response is None:
             stats[f"replay_{result.error}"] += 1
@@ -338,42 +338,51 @@ def _replay(
             yield doc
 
 
-def _archive_index(
-    warcs: list[Path], links: Collection[str], max_redirects: int, stats: Counter[str]
-) -> dict[str, tuple[Path, int]]:
-    """Normalized URL -> where the first archived response for it lies, for the links and the redirect targets their
-    chains reach: one pass over the archives per hop, each indexing only the URLs it looks for (an index of every
-    record of a large archive would not fit in memory)."""
-    index: dict[str, tuple[Path, int]] = {}
+@dataclass
+class _ArchiveIndex:
+    """Where the first archived response lies for each link, by normalized URL, and for each redirect target the
+    links' chains reach, by exact URL (``/dir`` redirecting to ``/dir/`` is one normalized URL)."""
+
+    links: dict[str, tuple[Path, int]]
+    targets: dict[str, tuple[Path, int]]
+
+
+def _archive_index(warcs: list[Path], links: Collection[str], max_redirects: int, stats: Counter[str]) -> _ArchiveIndex:
+    """One pass over the archives per hop, each indexing only the URLs it looks for: an index of every record of a
+    large archive would not fit in memory."""
+    found = _ArchiveIndex({}, {})
     files: dict[str, Path] = {}
-    wanted = set(links)
+    index, wanted, key = found.links, set(links), normalize_url
     for hop in range(max_redirects + 1):
         targets: set[str] = set()
         for response in iter_responses(warcs, stats if hop == 0 else Counter()):  # damage counted once
             if response.warc_file is None or response.offset is None:
                 continue
-            for url in map(normalize_url, (response.requested_url, response.url)):
-                if url in wanted and url not in index:
-                    index[url] = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
-                    if (target := _redirect_target(response, max_redirects)) is not None:
-                        targets.add(target)
+            for url in {key(response.requested_url), key(response.url)} & wanted - index.keys():
+                index[url] = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
+                if (target := _redirect_target(response, max_redirects)) is not None:
+                    targets.add(target)
+        index, key = found.targets, _exact
         wanted = targets - index.keys()
         if not wanted:
             break
-    return index
+    return found
+
+
+def _exact(url: str | None) -> str | None:
+    return None if url is None else wire_url(url)
 
 
 def _redirect_target(response: ArchivedResponse, max_redirects: int) -> str | None:
-    """The normalized URL an archived redirect points to; None for a page, or for a redirect to itself."""
+    """The exact URL an archived redirect points to; None for a page, or for a redirect to itself."""
     try:
-        target = RedirectChain(response.url, max_redirects).follow(response.status, response.header("Location"))
+        return RedirectChain(response.url, max_redirects).follow(response.status, response.header("Location"))
     except RedirectError:
         return None
-    return None if target is None else normalize_url(target) or target
 
 
 def _archived_fetch(
-    archived: dict[str, tuple[Path, int]], url: str, fetch: FetchConfig
+    archived: _ArchiveIndex, url: str, fetch: FetchConfig
 ) -> tuple[FetchResult, ArchivedResponse | None]:
     """What a live fetch of ``url`` gives, from the archives: redirects followed within them ("not_archived" when
     they lack a URL of the chain), the same rules for the final answer, and the archived answer it ended at."""
@@ -381,7 +390,8 @@ def _archived_fetch(
     chain: RedirectChain | None = None
     target: str | None = url
     while target is not None:
-        response = _read_archived(archived, normalize_url(target) or target)
+        where = archived.targets.get(target) if chain else archived.links.get(normalize_url(target) or target)
+        response = _read_archived(where)
         if response is None:
             return result, None
         chain = chain or RedirectChain(response.url, fetch.max_redirects)
@@ -401,9 +411,8 @@ def _archived_fetch(
     return result, response
 
 
-def _read_archived(archived: dict[str, tuple[Path, int]], url: str) -> ArchivedResponse | None:
-    """The record ``archived`` holds for ``url``, None when it holds none (or it cannot be read back)."""
-    where = archived.get(url)
+def _read_archived(where: tuple[Path, int] | None) -> ArchivedResponse | None:
+    """The record at ``where`` (file, offset), None when there is none (or it cannot be read back)."""
     if where is None:
         return None
     try:

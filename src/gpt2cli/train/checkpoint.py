@@ -27,14 +27,21 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     final = run_dir / f"step-{step:08d}"
     tmp = run_dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    with open(tmp / STATE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    with open(tmp / _CHECKSUM, "w") as f:
-        f.write(sha256_file(tmp / STATE) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp / STATE, "wb") as f:
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:  # how torch reports a failed write (a full disk, a file size limit)
+                raise OSError(f"cannot write the checkpoint {final}: {str(e).splitlines()[0]}") from None
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / _CHECKSUM, "w") as f:
+            f.write(sha256_file(tmp / STATE) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoints stay as they were
+        raise
     if final.exists():  # an earlier attempt reached this step: replace it
         shutil.rmtree(final)
     os.rename(tmp, final)

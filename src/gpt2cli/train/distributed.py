@@ -90,5 +90,7 @@ def from_main(compute: Callable[[], T], ctx: Context) -> T:
             error = e
     result, error = broadcast_object((result, error), ctx)  # type: ignore[misc]
     if error is not None:
+        if not ctx.is_main:
+            error.said_by_rank_0 = True  # type: ignore[union-attr]  # one line for the job: rank 0's (see cli.main)
         raise error
     return result  # type: ignore[return-value]

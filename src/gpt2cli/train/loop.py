@@ -25,7 +25,7 @@ from gpt2cli.artifacts import Artifact, Published, Store, artifact_input, finger
 from gpt2cli.bpe.shards import TokenShard, validation_gap
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.console import progress
-from gpt2cli.errors import Gpt2Error, Terminated, UsageError
+from gpt2cli.errors import Gpt2Error, LockHeld, Terminated, UsageError
 from gpt2cli.model import GPT, GPTConfig, config_for, fast_dtype
 from gpt2cli.train import distributed
 from gpt2cli.train.checkpoint import (
@@ -247,8 +247,7 @@ def pretrain(
         if existing is not None:
             return _reuse(store, existing, ctx, wait)
         with contextlib.ExitStack() as held:
-            lock = hold_lock(run.run_dir / LOCK, f"training run {run.run_id}", wait=wait)
-            distributed.from_main(lambda: held.enter_context(lock), ctx)  # all exit 75 when another run holds it
+            _hold_run_lock(held, run, wait)
             # a run that waited for the lock finds what the holder published
             late = None if force else distributed.from_main(lambda: _already_published(store, run, params, inputs), ctx)
             if late is not None:
@@ -263,6 +262,31 @@ def pretrain(
             return published
     finally:
         distributed.teardown()
+
+
+LOCK_POLL_S = 2.0  # how often the processes of a job waiting for a run's lock look again
+
+
+def _hold_run_lock(held: contextlib.ExitStack, run: _Run, wait: bool) -> None:
+    """Take the run's lock, held by rank 0 for the job: all processes exit 75 when another run holds it. With
+    ``wait`` a job of several processes looks again every ``LOCK_POLL_S`` rather than blocking rank 0 in the lock
+    while the others block in a collective, which times out (10-30 minutes) long before a training run ends."""
+    what = f"training run {run.run_id}"
+    if run.ctx.world == 1:
+        held.enter_context(hold_lock(run.run_dir / LOCK, what, wait=wait))
+        return
+    waiting = False
+    while True:
+        try:
+            distributed.from_main(lambda: held.enter_context(hold_lock(run.run_dir / LOCK, what)), run.ctx)
+            return
+        except LockHeld as e:
+            if not wait:
+                raise
+            if not waiting:
+                log.info("%s; waiting (--wait)", str(e).split(";")[0])
+                waiting = True
+            time.sleep(LOCK_POLL_S)
 
 
 def _reuse(store: Store, existing: Artifact, ctx: distributed.Context, wait: bool) -> Published | None:
