@@ -473,6 +473,30 @@ def test_a_page_whose_deadline_runs_out_waiting_for_its_host_is_retried(server: 
     assert sum(r.ok for r in results) >= 1
 
 
+def test_robots_txt_fetched_on_the_way_is_not_the_pages_time(server: Server) -> None:
+    """A redirect to a new origin fetches its robots.txt, which waits behind our own slow request to that host:
+    the page's clock is paused meanwhile (it used to run, failing the page for good as `deadline`)."""
+    other = Server()
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        server.page_delay, other.page_delay = 0.8, 0.3
+        f = fetcher(obey_robots=True, page_deadline_s=1.0, per_host_interval_s=0.1, retries=0, read_timeout_s=2.0)
+        slow = f"http://target.test:{server.port}/page/1"
+        hop = f"http://r.test:{server.port}/to?http://target.test:{other.port}/page/2"
+        f.robots.ensure(slow)
+        f.robots.ensure(hop)
+        results: dict[str, FetchResult] = {}
+        first = threading.Thread(target=lambda: results.update({slow: f.fetch(slow)}))
+        first.start()
+        time.sleep(0.1)  # the slow page holds target.test's turn
+        results[hop] = f.fetch(hop)
+        first.join()
+        assert results[slow].ok and results[hop].ok, (results[hop].error, results[hop].retryable)
+    finally:
+        other.stopping.set()
+        other.shutdown()
+
+
 def test_wire_urls_have_lower_case_schemes_and_hosts(server: Server) -> None:
     """An archive reader takes a record of ``HTTP://...`` for one without HTTP headers: the page would be fetched
     again by every run and never read back."""
