@@ -1,9 +1,9 @@
 """Crawl throughput: pages/s fetched (politely) and extracted, against a local server with injected latency.
 
 The server answers on every loopback address (127.0.0.K are distinct hosts to the crawler), each response
-delayed by ``--latency``; the crawl must keep one request per host per ``--interval`` seconds. The best
-possible rate is therefore min(hosts / interval, concurrency / latency); the script prints the rate reached,
-that bound, and the extraction rate on the fetched pages.
+delayed by ``--latency``; the crawl must start each request to a host ``--interval`` seconds after the previous
+one to it ended. The best possible rate is therefore min(hosts / (interval + latency), concurrency / latency); the
+script prints the rate reached, that bound, and the extraction rate on the fetched pages.
 
     .venv/bin/python benchmarks/bench_scrape.py
     .venv/bin/python benchmarks/bench_scrape.py --hosts 64 --pages 1280 --latency 0.3 --concurrency 32
@@ -82,11 +82,13 @@ def main() -> None:
     words = sum(len(extract(b).text.split()) for b in bodies)
     extract_s = time.perf_counter() - started
     server.shutdown()
-    # each host also serves its robots.txt, which counts against the host's interval; the first page waits the
-    # interval from robots.txt's answer, since only then is the host's Crawl-delay known
-    bound = min(args.hosts / args.interval, args.concurrency / args.latency)
+    # each host also serves its robots.txt, one request like the others: every request to a host starts the
+    # interval after the previous one to it ended
+    bound = min(args.hosts / (args.interval + args.latency), args.concurrency / args.latency)
     per_host = args.pages / args.hosts + 1
-    ideal_s = max((per_host - 1) * args.interval + 2 * args.latency, args.pages / (args.concurrency / args.latency))
+    ideal_s = max(
+        per_host * args.latency + (per_host - 1) * args.interval, args.pages / (args.concurrency / args.latency)
+    )
     print(f"{args.pages} pages on {args.hosts} hosts, latency {args.latency}s, interval {args.interval}s, "
           f"concurrency {args.concurrency}")  # fmt: skip
     print(f"fetched {len(bodies)} ok, {len(errors)} failed in {fetch_s:.1f} s: {len(bodies) / fetch_s:.1f} pages/s "
