@@ -593,22 +593,28 @@ def test_a_replay_follows_archived_redirects_and_takes_pages_only(gpt2, home: Pa
     from gpt2cli.scrape.stage import _archive_index
 
     index = _archive_index([warc], [f"{site}/old", f"{site}/blob"], 5, Counter())
-    assert set(index.links) == {f"{site}/old", f"{site}/blob"}
-    assert set(index.targets) == {f"{site}/{p}" for p in ("c1", "c2", "c3", "c4", "new")}
+    assert set(index.exact) == {f"{site}/{p}" for p in ("old", "blob", "c1", "c2", "c3", "c4", "new")}
 
 
-def test_a_replay_follows_a_redirect_to_the_same_url_with_a_slash(gpt2, home: Path, tmp_path: Path):
-    """``/dir`` redirecting to ``/dir/`` is one normalized URL, but two records: the redirect leads to the page,
-    not back to itself as a loop."""
+def test_a_replay_finds_redirect_targets_exactly_then_as_spelled_otherwise(gpt2, home: Path, tmp_path: Path):
+    """``/dir`` redirecting to ``/dir/`` is one normalized URL but two records: the redirect leads to the page, not
+    back to itself as a loop. A target the archive spells otherwise (``https://www.news.test`` recorded with its
+    slash, a default port, lower-case escapes) is still found by its normalized URL."""
     site = "http://news.test"
-    warc = _archive(tmp_path / "archive", {f"{site}/dir": (301, {"Location": f"{site}/dir/"}, b""),
-                                           f"{site}/dir/": (200, HTML, ARTICLE)})  # fmt: skip
+    warc = _archive(tmp_path / "archive", {
+        f"{site}/dir": (301, {"Location": f"{site}/dir/"}, b""),
+        f"{site}/dir/": (200, HTML, ARTICLE),
+        f"{site}/a": (301, {"Location": "https://www.news.test"}, b""),
+        "https://www.news.test/": (200, HTML, ARTICLE),
+        f"{site}/b": (302, {"Location": "http://news.test:80/pb"}, b""),
+        f"{site}/pb": (200, HTML, ARTICLE),
+    })  # fmt: skip
     urls = tmp_path / "urls.txt"
-    urls.write_text(f"{site}/dir\n")
+    urls.write_text("".join(f"{site}/{p}\n" for p in ("dir", "a", "b")))
     result = gpt2("scrape-reddit", "--urls", str(urls), "--replay", str(warc), "--json")
     assert result.code == 0, result.err
-    [doc] = rows(home)
-    assert doc["final_url"] == f"{site}/dir/" and doc["text"].startswith("The council heard")
+    docs = {d["url"]: d["final_url"] for d in rows(home)}
+    assert docs == {f"{site}/dir": f"{site}/dir/", f"{site}/a": "https://www.news.test/", f"{site}/b": f"{site}/pb"}
 
 
 def test_an_archived_failure_that_may_pass_is_fetched_by_a_later_live_run(home: Path, tmp_path: Path, monkeypatch):

@@ -1125,11 +1125,11 @@ def artifacts_gc(
 
 def _fail(message: str, exit_code: int, error: BaseException | None = None) -> NoReturn:
     """One line on stderr, then exit. Under torchrun, an error rank 0 raised and shared with every process, or the
-    SIGTERM each process got, is said by rank 0 alone; an error of one process (its node lacks a file) by that one,
-    naming its rank."""
+    SIGTERM or Ctrl-C each process got, is said by rank 0 alone; an error of one process (its node lacks a file) by
+    that one, naming its rank."""
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
     if rank != "0" and world != "1":
-        if getattr(error, "said_by_rank_0", False) or isinstance(error, Terminated):
+        if getattr(error, "said_by_rank_0", False) or isinstance(error, (Terminated, KeyboardInterrupt)):
             sys.exit(exit_code)
         message = f"{message} (rank {rank})"
     message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, even for a path with a line break
@@ -1172,10 +1172,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise  # -v: the traceback
         _fail(f"error: {e}", EXIT_FAILURE, e)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", EXIT_INTERRUPTED)
+        _fail("interrupted", EXIT_INTERRUPTED, KeyboardInterrupt())
     finally:
         release_reads()
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) before we see it
-        _fail("interrupted", EXIT_INTERRUPTED)
+        _fail("interrupted", EXIT_INTERRUPTED, KeyboardInterrupt())
     if isinstance(code, int) and code:  # typer.Exit(code) from a command
         sys.exit(code)

@@ -316,7 +316,7 @@ def _replay(
     warc_stats: Counter[str] = Counter()
     archived = _archive_index(warcs, links.keys(), fetch.max_redirects, warc_stats)
     stats["warc_errors"] += warc_stats.get("errors", 0)
-    for url in [u for u in archived.links if u in links] + [u for u in links if u not in archived.links]:
+    for url in [u for u in archived.normalized if u in links] + [u for u in links if u not in archived.normalized]:
         result, response = _archived_fetch(archived, url, fetch)
         if not result.ok or response is None:
             stats[f"replay_{result.error}"] += 1
@@ -340,37 +340,53 @@ def _replay(
 
 @dataclass
 class _ArchiveIndex:
-    """Where the first archived response lies for each link, by normalized URL, and for each redirect target the
-    links' chains reach, by exact URL (``/dir`` redirecting to ``/dir/`` is one normalized URL)."""
+    """Where the first archived response lies for each URL a replay looks for: the links and the redirect targets
+    their chains reach. Every record found is listed under its URLs normalized (how links are matched, and the
+    fallback for a target the archive spells otherwise: ``https://host`` recorded as ``https://host/``) and exact
+    (how a target is matched first: ``/dir`` redirecting to ``/dir/`` is one normalized URL, but two records)."""
 
-    links: dict[str, tuple[Path, int]]
-    targets: dict[str, tuple[Path, int]]
+    normalized: dict[str, tuple[Path, int]]
+    exact: dict[str, tuple[Path, int]]
+
+    def add(self, response: ArchivedResponse, where: tuple[Path, int]) -> None:
+        for url in (response.requested_url, response.url):
+            if url is not None:
+                self.exact.setdefault(wire_url(url), where)
+                if (normalized := normalize_url(url)) is not None:
+                    self.normalized.setdefault(normalized, where)
+
+    def target(self, url: str, visited: Collection[tuple[Path, int]]) -> tuple[Path, int] | None:
+        """A redirect target's record: the exact URL's, else the normalized one's, never one the chain visited."""
+        for where in (self.exact.get(url), self.normalized.get(normalize_url(url) or url)):
+            if where is not None and where not in visited:
+                return where
+        return None
 
 
 def _archive_index(warcs: list[Path], links: Collection[str], max_redirects: int, stats: Counter[str]) -> _ArchiveIndex:
-    """One pass over the archives per hop, each indexing only the URLs it looks for: an index of every record of a
-    large archive would not fit in memory."""
+    """One pass over the archives, then one more per hop while redirects lead to URLs not yet found, each indexing
+    only the records it looks for: an index of every record of a large archive would not fit in memory."""
     found = _ArchiveIndex({}, {})
     files: dict[str, Path] = {}
-    index, wanted, key = found.links, set(links), normalize_url
+    wanted_normalized, wanted_exact, searched = set(links), set[str](), set[str]()
     for hop in range(max_redirects + 1):
         targets: set[str] = set()
         for response in iter_responses(warcs, stats if hop == 0 else Counter()):  # damage counted once
             if response.warc_file is None or response.offset is None:
                 continue
-            for url in {key(response.requested_url), key(response.url)} & wanted - index.keys():
-                index[url] = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
-                if (target := _redirect_target(response, max_redirects)) is not None:
-                    targets.add(target)
-        index, key = found.targets, _exact
-        wanted = targets - index.keys()
-        if not wanted:
+            urls = [u for u in (response.requested_url, response.url) if u is not None]
+            if not any(normalize_url(u) in wanted_normalized or wire_url(u) in wanted_exact for u in urls):
+                continue
+            where = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
+            found.add(response, where)
+            if (target := _redirect_target(response, max_redirects)) is not None:
+                targets.add(target)
+        searched |= wanted_exact
+        wanted_exact = targets - found.exact.keys() - searched
+        wanted_normalized = {n for t in wanted_exact if (n := normalize_url(t)) is not None} - found.normalized.keys()
+        if not wanted_exact:
             break
     return found
-
-
-def _exact(url: str | None) -> str | None:
-    return None if url is None else wire_url(url)
 
 
 def _redirect_target(response: ArchivedResponse, max_redirects: int) -> str | None:
@@ -389,8 +405,10 @@ def _archived_fetch(
     result = FetchResult(url=url, error="not_archived", fetched_at=time.time())
     chain: RedirectChain | None = None
     target: str | None = url
+    visited: list[tuple[Path, int] | None] = []
     while target is not None:
-        where = archived.targets.get(target) if chain else archived.links.get(normalize_url(target) or target)
+        where = archived.target(target, visited) if chain else archived.normalized.get(normalize_url(target) or target)
+        visited.append(where)
         response = _read_archived(where)
         if response is None:
             return result, None

@@ -243,7 +243,9 @@ def pretrain(
         run = _Run(store, tokens, cfg.resolved(), ctx)
         params = {**asdict(run.cfg), "seq_len": run.seq_len, "model": asdict(run.model_config)}
         inputs = [artifact_input(tokens), artifact_input(run.tokenizer_artifact)]
-        existing = None if force else _already_published(store, run, params, inputs)
+        # decided once, by rank 0: a process that saw a model another run published a moment later would reuse it
+        # and leave while the others train
+        existing = None if force else distributed.from_main(lambda: _already_published(store, run, params, inputs), ctx)
         if existing is not None:
             return _reuse(store, existing, ctx, wait)
         with contextlib.ExitStack() as held:
