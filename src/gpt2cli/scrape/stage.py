@@ -375,7 +375,8 @@ def _archive_index(warcs: list[Path], links: Collection[str], max_redirects: int
             if response.warc_file is None or response.offset is None:
                 continue
             urls = [u for u in (response.requested_url, response.url) if u is not None]
-            if not any(normalize_url(u) in wanted_normalized or wire_url(u) in wanted_exact for u in urls):
+            if not any(normalize_url(u) in wanted_normalized or (wanted_exact and wire_url(u) in wanted_exact)
+                       for u in urls):  # fmt: skip
                 continue
             where = (files.setdefault(response.warc_file, Path(response.warc_file)), response.offset)
             found.add(response, where)
