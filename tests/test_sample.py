@@ -415,6 +415,18 @@ def test_a_model_with_nan_weights_is_one_error_line(gpt2, tokenizer: Tokenizer, 
             "damaged checkpoint?\n"  # fmt: skip
 
 
+def test_a_closed_pipe_found_by_rich_ends_quietly_too():
+    """rich's own handler of a closed stdout exits 1 from whichever write met it (a sample's rule line): it is
+    left to the command, whose reader may stop (exit 0)."""
+    code = (
+        "import os\nfrom gpt2cli.console import reader_may_stop, stdout_console\n"
+        "r, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
+        "reader_may_stop()(lambda: [stdout_console().rule(f'sample {i}') for i in range(10000)])()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tokenizer: Tokenizer, tmp_path: Path):
     """`gpt2 sample -i | head -c 10`: stopping was the reader's choice, so exit 0 and no message, not click's exit 1.
     The output is larger than a pipe holds, so the command is still writing when the reader goes."""

@@ -7,6 +7,7 @@ Logs and progress go to stderr; stdout carries only results (tables, or JSON wit
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,11 +26,19 @@ PLAIN_INTERVAL_S = 30.0
 OFF_TERMINAL_WIDTH = 1000  # columns off a terminal, unless $COLUMNS says otherwise
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed stdout is the command's to judge (`reader_may_stop` ends `gpt2 sample | head` with 0): rich's
+        own handler exits 1 at once, from whichever write found the pipe closed."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def _console(**options: Any) -> Console:
     """Off a terminal (a pipe, a log file) nothing is wrapped or cut at rich's default 80 columns: a line a script
     greps (an error, a verify problem, `published X (PATH)`) stays one line, and tables and lineage trees keep
     whole paths, hashes and times."""
-    console = Console(**options)
+    console = _Console(**options)
     if not console.is_terminal:
         console.soft_wrap = True
         if "COLUMNS" not in os.environ:
