@@ -89,6 +89,41 @@ def run_module(*args: str, env: dict[str, str] | None = None, **kwargs) -> subpr
     )
 
 
+HOLD_THEN_RUN = """
+import sys, time
+from pathlib import Path
+from gpt2cli.artifacts import Store
+from gpt2cli.cli import main
+home, kind, go, args = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+with Store(home).lock(kind):
+    print("locked", flush=True)
+    while not go.exists():
+        time.sleep(0.05)
+    main(["--home", home, *args])
+"""
+
+
+def run_queued_behind(home: Path, kind: str, first: list[str], queued: list[str]) -> tuple[int, str, str]:
+    """``first`` run by a process that took the lock of ``kind`` beforehand, and ``queued`` (with --wait) started
+    while it holds it: once ``queued`` is seen waiting, ``first`` goes on. The queued run's exit code, stdout and
+    the rest of its stderr."""
+    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    go = home.parent / f"go-{kind}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_RUN, str(home), kind, str(go), *first], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    waiting = subprocess.Popen([sys.executable, "-m", "gpt2cli", *queued, "--wait"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert waiting.stderr is not None
+    for line in waiting.stderr:  # it reached the lock
+        if f"waiting for the lock on '{kind}'" in line:
+            break
+    go.touch()
+    assert holder.wait(timeout=300) == 0
+    out, err = waiting.communicate(timeout=300)
+    return waiting.returncode, out, err
+
+
 def run_cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     """`python -m gpt2cli ARGS` in a child process with GPT2_HOME=home."""
     env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}

@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 
 from gpt2cli.artifacts import Store
 from gpt2cli.dedupe.minhash import jaccard
-from tests.conftest import SAMPLE, run_cli
+from tests.conftest import SAMPLE, run_cli, run_queued_behind
 
 REDDIT = SAMPLE.parent / "reddit"
 NOVEMBER, JANUARY, WARC = REDDIT / "RS_2017-11.zst", REDDIT / "RS_2018-01.zst", REDDIT / "pages.warc.gz"
@@ -443,41 +441,19 @@ def test_refresh_takes_a_changed_dedupe_table(gpt2, home: Path, tmp_path: Path):
     assert Store(home).resolve("corpus@v2").params["config"]["language"] is None
 
 
-HOLD_THEN_DEDUPE = """
-import sys, time
-from pathlib import Path
-from gpt2cli.artifacts import Store
-from gpt2cli.cli import main
-home, go = sys.argv[1], Path(sys.argv[2])
-with Store(home).lock("corpus"):
-    print("locked", flush=True)
-    while not go.exists():
-        time.sleep(0.05)
-    main(["--home", home, "dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1"])
-"""
-
-
 def test_a_queued_incremental_run_continues_what_the_run_before_it_published(home: Path, tmp_path: Path):
     """The corpus to continue is chosen once the lock is held: a run that waited behind another incremental run
     continues that run's corpus (it used to continue the one before, dropping the other run's documents)."""
     assert run_cli(home, "dedupe", "--raw-docs", "raw-docs@v1", "--workers", "1").returncode == 0
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"url": "https://extra.example/a", "text": articles(12)[-1]}) + "\n")
-    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    go = tmp_path / "go"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_DEDUPE, str(home), str(go)], env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout.readline() == "locked\n"
-    queued = subprocess.Popen([sys.executable, "-m", "gpt2cli", "dedupe", "--input", str(extra), "--incremental",
-                               "--wait", "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    for line in queued.stderr:  # it reached the lock
-        if "waiting for the lock on 'corpus'" in line:
-            break
-    go.touch()
-    assert holder.wait(timeout=300) == 0
-    out, _ = queued.communicate(timeout=300)
-    assert queued.returncode == 0
+    code, out, err = run_queued_behind(
+        home,
+        "corpus",
+        ["dedupe", "--raw-docs", "raw-docs@v2", "--incremental", "--workers", "1"],
+        ["dedupe", "--input", str(extra), "--incremental", "--workers", "1", "--json"],
+    )
+    assert code == 0, err
     store = Store(home)
     assert json.loads(out)["ref"] == "corpus@v3" and store.resolve("corpus@v3").parent["ref"] == "corpus@v2"
     urls = {r["url"] for r in corpus_rows(home)}

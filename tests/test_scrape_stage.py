@@ -19,7 +19,7 @@ import pytest
 
 from gpt2cli.artifacts import Store
 from gpt2cli.scrape.frontier import Frontier
-from tests.conftest import SAMPLE, run_cli
+from tests.conftest import SAMPLE, run_cli, run_queued_behind
 
 REDDIT = SAMPLE.parent / "reddit"
 NOVEMBER, JANUARY, WARC = REDDIT / "RS_2017-11.zst", REDDIT / "RS_2018-01.zst", REDDIT / "pages.warc.gz"
@@ -97,40 +97,16 @@ def test_a_version_made_under_other_scrape_rules_is_rebuilt(gpt2, monkeypatch):
     assert (again["ref"], again["reused"]) == ("raw-docs@v2", False)
 
 
-HOLD_THEN_SCRAPE = """
-import sys, time
-from pathlib import Path
-from gpt2cli.artifacts import Store
-from gpt2cli.cli import main
-home, go, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-with Store(home).lock("raw-docs"):
-    print("locked", flush=True)
-    while not go.exists():
-        time.sleep(0.05)
-    main(["--home", home, *args])
-"""
-
-
-def test_a_queued_scrape_follows_the_version_the_run_before_it_published(home: Path, tmp_path: Path):
+def test_a_queued_scrape_follows_the_version_the_run_before_it_published(home: Path):
     """The version a scrape follows (its parent) is chosen once the lock is held: a run that waited behind another
     records the version that one published, not the one before it (none here)."""
-    env = {**os.environ, "GPT2_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    go = tmp_path / "go"
-    first = ["scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC)]
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_SCRAPE, str(home), str(go), *first], env=env,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-    queued = subprocess.Popen([sys.executable, "-m", "gpt2cli", "scrape-reddit", "--dump", str(NOVEMBER), "--dump",
-                               str(JANUARY), "--replay", str(WARC), "--wait", "--json"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert queued.stderr is not None
-    for line in queued.stderr:  # it reached the lock
-        if "waiting for the lock on 'raw-docs'" in line:
-            break
-    go.touch()
-    assert holder.wait(timeout=300) == 0
-    out, err = queued.communicate(timeout=300)
-    assert queued.returncode == 0, err
+    code, out, err = run_queued_behind(
+        home,
+        "raw-docs",
+        ["scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC)],
+        ["scrape-reddit", "--dump", str(NOVEMBER), "--dump", str(JANUARY), "--replay", str(WARC), "--json"],
+    )
+    assert code == 0, err
     assert json.loads(out)["ref"] == "raw-docs@v2"
     assert Store(home).resolve("raw-docs@v2").parent["ref"] == "raw-docs@v1"
 
