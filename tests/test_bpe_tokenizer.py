@@ -204,6 +204,25 @@ def test_save_round_trip_and_hugging_face_tokenizer_json(gpt2: Tokenizer, tmp_pa
         assert hf.encode(sample).ids == gpt2.encode(sample, allowed_special="all"), repr(sample)
 
 
+def test_learned_tokens_shaped_like_special_ones_load_back_as_text(tmp_path: Path):
+    """`<|>` and `<||>` (Haskell's operators) are merges a corpus of code teaches; only <|endoftext|> is special."""
+    learned = Tokenizer.from_merges(learn_merges(count_corpus(["a<|>b c<||>d"] * 50, 1), 8))
+    assert {b"<|>", b"<||>"} <= set(learned.vocab)
+    learned.save(tmp_path)
+    text = "a<|>b c<||>d<|endoftext|>"
+    for name in ("", "encoder.json"):  # GPT-2's files, then tokenizer.json alone
+        if name:
+            (tmp_path / name).unlink()
+            (tmp_path / "vocab.bpe").unlink()
+        loaded = Tokenizer.load(tmp_path)
+        assert (loaded.vocab, loaded.merges, loaded.special_tokens) == (
+            learned.vocab,
+            learned.merges,
+            learned.special_tokens,
+        )
+        assert loaded.encode(text, allowed_special="all") == learned.encode(text, allowed_special="all")
+
+
 def test_load_from_directory(gpt2: Tokenizer, tmp_path: Path):
     gpt2.save(tmp_path)
     assert Tokenizer.load(tmp_path).encode("Hello world") == [15496, 995]

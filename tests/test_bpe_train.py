@@ -142,6 +142,18 @@ def test_train_bpe_reads_jsonl_and_parquet_and_counts_malformed(gpt2, tmp_path: 
     assert summary["train_documents"] + summary["val_documents"] == 40
 
 
+def test_a_vocabulary_learned_from_code_is_read_by_the_next_stage(gpt2, tmp_path: Path):
+    """Haskell's `<|>` and `<||>` become tokens shaped like <|endoftext|>; tokenize must still load the files."""
+    (tmp_path / "code").mkdir()
+    for i in range(30):
+        (tmp_path / "code" / f"{i}.txt").write_text(f"parse{i} = a<|>b<|>c\nalt = x<||>y\n")
+    trained = gpt2("train-bpe", "--input", str(tmp_path / "code"), "--vocab-size", "300", "--val-fraction", "0")
+    assert trained.code == 0, trained.err
+    tokens = gpt2("tokenize", "--input", str(tmp_path / "code"), "--val-fraction", "0", "--json")
+    assert tokens.code == 0, tokens.err
+    assert json.loads(tokens.out)["summary"]["train_documents"] == 30
+
+
 def test_train_bpe_bad_input(gpt2, tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": "   "}\nnot json\n')

@@ -70,8 +70,15 @@ def _train(out: Path, source: DocumentSource, vocab_size: int, min_frequency: in
             vocab_size,
         )
     trained = time.time()
-    tokenizer = Tokenizer.from_merges(merges)
-    tokenizer.save(out)
+    learned = Tokenizer.from_merges(merges)
+    learned.save(out)
+    tokenizer = Tokenizer.load(out)  # what every later stage will read: never publish files that read back otherwise
+    if (tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens) != (
+        learned.vocab,
+        learned.merges,
+        learned.special_tokens,
+    ):
+        raise Gpt2Error(f"the tokenizer files written to {out} read back as a different tokenizer")
     held_out = [d.text for d in source if d.split == "val"]
     bpt, val_bytes, val_tokens = bytes_per_token(tokenizer, held_out)
     engine_agrees = all(tokenizer.encode(t) == tokenizer.encode_reference(t) for t in held_out[:200])

@@ -245,7 +245,10 @@ class Tokenizer:
 
     @classmethod
     def _from_encoder(cls, encoder: dict[str, int], merges: list[Merge], where: str) -> Tokenizer:
-        special = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
+        # A special token is a <|name|> that no merge produces: a learned `<|>` or `<||>` (Haskell's operators)
+        # has that shape too, and is ordinary text.
+        learned = {token_to_str(left + right) for left, right in merges}
+        special = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>") and t not in learned}
         try:
             vocab = {str_to_token(t): i for t, i in encoder.items() if t not in special}
             return cls(vocab, merges, special)
