@@ -1,7 +1,7 @@
 """Token shards: a corpus encoded once into flat, memory-mappable token files that pretraining reads.
 
 File format (little-endian): a 32-byte header — magic ``GPT2TOK\\0``, format version (u32), bytes per
-token (u32: 2 for uint16, 4 for uint32 when the vocabulary exceeds 65,535), token count (u64), vocabulary
+token (u32: 2 for uint16, 4 for uint32 when the vocabulary exceeds 65,536 tokens), token count (u64), vocabulary
 size (u64) — then the tokens. Every document is *preceded* by ``<|endoftext|>``, so each document,
 the first included, starts the way unconditional samples start (from ``<|endoftext|>``).
 """
