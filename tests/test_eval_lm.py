@@ -41,6 +41,12 @@ def test_wikitext_detokenize_examples() -> None:
         "== Career ==\n"
     )
     assert wikitext_detokenize(' He said " Stop . " Then left . ') == 'He said "Stop." Then left.'
+    # a quote between punctuation or after a bracket still pairs, and every later pair on the line with it
+    assert wikitext_detokenize(' the episode , " In Safe Hands " . He starred as " Scott " in it . ') == (
+        'the episode, "In Safe Hands". He starred as "Scott" in it.'
+    )
+    assert ptb_detokenize('he said ( " yes " ) , and " no " .') == 'he said ("yes"), and "no".'
+    assert wikitext_detokenize(" Combat ( ( English ) Battle ) . ") == "Combat ((English) Battle)."
 
 
 def test_ptb_detokenize_examples() -> None:
@@ -75,6 +81,11 @@ def test_detokenizers_on_real_files() -> None:
     ptb = shared_data("ptb", "ptb.test.txt").read_text(encoding="utf-8")
     out = ptb_detokenize(ptb)
     assert " n't" not in out and " 's " not in out and out.count("\n") == ptb.count("\n")
+    # every pair of straight double quotes in WikiText encloses its words: "like this", never " like this "
+    for line in wikitext_detokenize(wiki).split("\n"):
+        quotes = [i for i, c in enumerate(line) if c == '"']
+        for n, i in enumerate(quotes[: len(quotes) // 2 * 2]):
+            assert line[i + 1] != " " if n % 2 == 0 else line[i - 1] != " ", line
 
 
 # -- the window rule -------------------------------------------------------------------------------

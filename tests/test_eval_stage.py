@@ -62,6 +62,21 @@ def test_bad_tasks_and_missing_data(model_home: Path, tmp_path: Path):
     )
 
 
+def test_a_byte_order_mark_is_not_scored_and_a_cut_character_is_not_replaced(tmp_path: Path):
+    """One copy of WikiText-2's test file starts with a byte-order mark: no word, no tokens. enwik8's last 5M
+    bytes may start inside a character: its tail is left out, not scored as U+FFFD (3 bytes of its own)."""
+    from gpt2cli.eval.files import read_text
+    from gpt2cli.eval.lm import count_units
+    from gpt2cli.eval.stage import _char_text
+
+    (tmp_path / "bom.tokens").write_bytes(b"\xef\xbb\xbf = Title = \n")
+    assert read_text(tmp_path / "bom.tokens") == " = Title = \n"
+    assert count_units(read_text(tmp_path / "bom.tokens"), "word") == 4
+    (tmp_path / "enwik8").write_bytes(b"x" * 10 + "\u00e9".encode() + b"a" * 4_999_999)
+    text = _char_text(tmp_path / "enwik8", "byte", None)
+    assert text == "a" * 4_999_999
+
+
 def write_task_files(root: Path) -> None:
     """Small files in each dataset's original format, under the names the stage looks for."""
     words = ["the", "cat", "sat", "on", "the", "mat", "while", "a", "dog", "ran", "to", "the", "park"]  # fmt: skip

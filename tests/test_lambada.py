@@ -106,7 +106,9 @@ def stop_token_ids(tokenizer: Tokenizer) -> set[int]:
     "passage, expected",
     [
         ("He said hello", ("He said", " hello")),
-        ("line one\nword", ("line one", "\nword")),
+        ("line one\nword", ("line one\n", "word")),
+        ("some kind of\n\nPower", ("some kind of\n\n", "Power")),  # GPT-2's "\n\n" token stays whole
+        ("tab\tword", ("tab\t", "word")),
         ("a  b", ("a ", " b")),
         ("x y \n", ("x", " y")),
         ("word", ("", "word")),

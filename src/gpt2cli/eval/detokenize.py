@@ -17,34 +17,33 @@ import re
 
 # Contractions split off by the tokenizers: WikiText writes "don 't", PTB writes "do n't".
 _CONTRACTION = re.compile(r" (n't|'t|'s|'re|'ve|'ll|'d|'m)(?= |$)", re.IGNORECASE)
-_SPACE_BEFORE = re.compile(r" ([.,;:!?%)\]}]|\.\.\.)(?= |$)")
-_SPACE_AFTER = re.compile(r"(?:^| )([(\[{$]) ")
+_ATTACHES_BEFORE = frozenset({".", ",", ";", ":", "!", "?", "%", ")", "]", "}", "..."})  # to the word before
+_ATTACHES_AFTER = frozenset({"(", "[", "{", "$"})  # to the word after
 _PLURAL_POSSESSIVE = re.compile(r"(?<=[A-Za-z]s) '(?= |$)")  # "the ships ' crews" -> "the ships' crews"
 _WIKI_HEADING = re.compile(r"((?:= )+)(.*?)((?: =)+)")
 _WIKI_ARTICLE = re.compile(r"^ = [^=].* = $")  # " = Title = ": one "=" on each side starts an article
 _LINE = re.compile(r"[^\n]*\n|[^\n]+")  # a line with its "\n", or the last one without
 
 
-def _join_quotes(line: str) -> str:
-    """Pair straight double quotes on a line: the odd ones open (glued to the next token), the even ones close."""
+def _join_tokens(line: str) -> str:
+    """Punctuation and closing brackets join the token before, opening brackets and ``$`` the token after;
+    straight double quotes alternate on a line, the odd ones opening (joined to the token after) and the even
+    ones closing (joined to the token before). One pass over the tokens, so that a quote between punctuation
+    (``, " In Safe Hands " .``) or after a bracket still pairs, and so do brackets in a row (``( (``)."""
+    tokens = line.split(" ")
     out: list[str] = []
-    opening = True
-    pending = ""
-    for token in line.split(" "):
-        if token != '"':
-            out.append(pending + token)
-            pending = ""
-        elif opening or not out:
-            pending += '"'
-            opening = False
+    quote_opens = True
+    joins_next = False
+    for i, token in enumerate(tokens):
+        opens = False
+        if token == '"':  # an opening quote at the end of the line closes what came before
+            opens = (quote_opens or not out) and (i + 1 < len(tokens) or not out)
+            quote_opens = not opens
+        if out and (joins_next or token in _ATTACHES_BEFORE or (token == '"' and not opens)):
+            out[-1] += token
         else:
-            out[-1] += '"'
-            opening = True
-    if pending:  # an opening quote at the end of the line: glue it to what came before
-        if out:
-            out[-1] += pending
-        else:
-            out.append(pending)
+            out.append(token)
+        joins_next = opens or token in _ATTACHES_AFTER
     return " ".join(out)
 
 
@@ -52,9 +51,7 @@ def _detokenize_words(line: str) -> str:
     """Spacing rules shared by the datasets, on one stripped line of space-separated tokens."""
     line = _CONTRACTION.sub(r"\1", line)
     line = _PLURAL_POSSESSIVE.sub("'", line)
-    line = _SPACE_BEFORE.sub(r"\1", line)
-    line = _SPACE_AFTER.sub(lambda m: (" " if m.group(0).startswith(" ") else "") + m.group(1), line)
-    return _join_quotes(line)  # last, so that a closing quote after "." is glued to it
+    return _join_tokens(line)
 
 
 def _wikitext_line(line: str) -> str:

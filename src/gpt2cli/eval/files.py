@@ -26,7 +26,7 @@ def read_text(path: Path | str) -> str:
     if (nul := data.find(b"\0")) >= 0:
         raise Gpt2Error(f"cannot read {path}: a NUL byte at offset {nul} (not a text file)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (one copy of WikiText-2's test file has it) is no text
     except UnicodeDecodeError as e:
         raise Gpt2Error(f"cannot read {path}: {e}") from None
 

@@ -4,11 +4,13 @@ Data is OpenAI's unpreprocessed ``lambada_test.jsonl`` (original casing and punc
 
 Decisions:
 
-* **Target split.** The target is the last whitespace-separated word *with the one whitespace character
-  before it* (" word"), the context is everything before that character. GPT-2's pre-tokenizer glues a
-  leading space to the word that follows it, so " word" is how the word is tokenized inside running text;
-  a context ending in a space would force an unnatural lone " " token. Context and target are encoded
-  separately so that target tokens never straddle the boundary.
+* **Target split.** The target is the last whitespace-separated word *with the space before it* (" word"),
+  the context is everything before that space. GPT-2's pre-tokenizer glues a leading space, and only a space,
+  to the word that follows it, so " word" is how the word is tokenized inside running text; a context ending
+  in a space would force an unnatural lone " " token. After another whitespace character (a newline) the
+  word starts its own token, and the whitespace stays in the context: "of\n\nPower" is "of\n\n" + "Power",
+  with GPT-2's "\n\n" token whole. Context and target are encoded separately so that target tokens never
+  straddle the boundary.
 * **Accuracy.** An example is correct when every target token is the argmax of the model's distribution
   given the (left-truncated) context and the previous target tokens, i.e. greedy decoding reproduces the
   target exactly.
@@ -74,7 +76,7 @@ def read_lambada(path: Path | str) -> list[str]:
 
 
 def split_last_word(passage: str) -> tuple[str, str]:
-    """(context, target) with target = the whitespace character before the last word + the word.
+    """(context, target) with target = the last word, with the space before it when a space precedes it.
 
     Trailing whitespace is dropped. A one-word passage has an empty context and no leading space.
     """
@@ -82,8 +84,8 @@ def split_last_word(passage: str) -> tuple[str, str]:
     if not text:
         raise Gpt2Error("empty LAMBADA passage")
     start = len(text) - len(text.split()[-1])
-    if start > 0:
-        start -= 1  # the whitespace before the word belongs to the target
+    if start > 0 and text[start - 1] == " ":
+        start -= 1  # the space before the word belongs to the target, as GPT-2's pre-tokenizer glues it
     return text[:start], text[start:]
 
 

@@ -41,7 +41,7 @@ import torch
 
 from gpt2cli.bpe.tokenizer import Tokenizer
 from gpt2cli.errors import Gpt2Error
-from gpt2cli.eval.files import jsonl_rows
+from gpt2cli.eval.files import jsonl_rows, read_text
 from gpt2cli.eval.generation import exact_match, f1, fixed_examples, generate_continuations
 from gpt2cli.model import GPT
 
@@ -113,13 +113,11 @@ def read_coqa(path: Path | str) -> list[CoqaTurn]:
     naming the file and where in it."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise Gpt2Error(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
     except RecursionError as e:
         raise Gpt2Error(f"{path}: not JSON ({e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise Gpt2Error(f"cannot read {path}: {e}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         raise Gpt2Error(f"{path}: not a CoQA file (no 'data' list at the top)")
     turns = []
