@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,9 +152,25 @@ def test_top_k_keeps_ties_with_the_kth_and_ignores_what_lies_below_it():
 
 def test_generate_rejects_bad_options(random_model: GPT):
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    for kwargs in ({"top_p": 0.0}, {"top_p": 1.5}, {"temperature": -1.0}, {"top_k": 0}):
+    for kwargs in ({"top_p": 0.0}, {"top_p": 1.5}, {"temperature": -1.0}, {"top_k": 0}, {"top_k": 2.5}):
         with pytest.raises(UsageError):
             random_model.generate(prompt, 2, **kwargs)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer >= 0, got -2"):
+        random_model.generate(prompt, -2)
+    # what the library is handed, named in its own words rather than an embedding's or an unpacking's error
+    bad_prompts = {
+        "shape (3,)": torch.tensor([1, 2, 3]),
+        "shape (1, 0)": torch.zeros(1, 0, dtype=torch.long),
+        "shape (1, 1, 1)": torch.zeros(1, 1, 1, dtype=torch.long),
+        "integer dtype, got torch.float32": torch.zeros(1, 2),
+        "holds 60, outside the vocabulary 0..59": torch.tensor([[1, 60]]),
+        "holds -1, outside": torch.tensor([[-1, 2]]),
+    }
+    for message, idx in bad_prompts.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            random_model.generate(idx, 2)
+    small = random_model.generate(torch.tensor([[1, 2]], dtype=torch.int32), 2, temperature=0)
+    assert small.dtype == torch.long and small[:, :2].tolist() == [[1, 2]]
 
 
 def test_stop_ids_finish_rows(random_model: GPT):
@@ -186,7 +203,8 @@ def test_sample_cli_seed_json_and_stop(model_home: Path):
 
 
 def test_greedy_temperature_zero_and_stdin(model_home: Path):
-    greedy = run_cli(model_home, "sample", "--greedy", "--max-new-tokens", "12", "--json", input="A library")
+    # echo's final line break ends the line, not the prompt: the model continues "A library"
+    greedy = run_cli(model_home, "sample", "--greedy", "--max-new-tokens", "12", "--json", input="A library\n")
     zero = run_cli(model_home, "sample", "--temperature", "0", "--max-new-tokens", "12", "--json", "--seed", "9",
                    input="A library")  # fmt: skip
     assert greedy.returncode == 0, greedy.stderr
@@ -195,9 +213,41 @@ def test_greedy_temperature_zero_and_stdin(model_home: Path):
 
 
 def test_interactive_reads_prompt_after_prompt(model_home: Path):
-    result = run_cli(model_home, "sample", "-i", "--max-new-tokens", "4", "--json", input="one\ntwo\nthree\n")
+    result = run_cli(model_home, "sample", "-i", "--max-new-tokens", "4", "--json", input="one\r\ntwo\nthree")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["one", "two", "three"]
+
+
+def test_interactive_prompts_go_to_the_terminal_and_a_line_may_end_with_ctrl_d(model_home: Path):
+    """`gpt2 sample -i > samples.txt`: the "> " prompts are the terminal's, not the file's. A line ended by Ctrl-D
+    instead of Enter is read whole (Python's input() drops its last character there)."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "GPT2_HOME": str(model_home), "OMP_NUM_THREADS": "1"}
+    args = ["sample", "-i", "--max-new-tokens", "3", "--seed", "1", "--json"]
+    child = subprocess.Popen([sys.executable, "-m", "gpt2cli", *args], stdin=secondary, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+    os.close(secondary)
+    os.write(primary, b"Hel\x04\x04\x04")  # "Hel", Ctrl-D to send it, Ctrl-D to end it, Ctrl-D to end the input
+    out, err = child.communicate(timeout=300)
+    os.close(primary)
+    assert child.returncode == 0, err
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["Hel"]
+    assert err.count("> ") == 2
+
+
+def test_a_prompt_file_is_its_text(model_home: Path, tmp_path: Path):
+    """Without the byte-order mark a Windows editor writes, and without the final line break every editor adds."""
+    prompt = tmp_path / "prompt.txt"
+    for data, expected in ((b"\xef\xbb\xbfHello\r\n", "Hello"), (b"Q: who?\nA:\n\n", "Q: who?\nA:\n")):
+        prompt.write_bytes(data)
+        result = run_cli(model_home, "sample", "--prompt-file", str(prompt), "--max-new-tokens", "2", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["prompt"] == expected
+    several = run_cli(model_home, "sample", "--prompt", "A", "-n", "2", "--max-new-tokens", "2")
+    rules = [line for line in several.stdout.splitlines() if "sample 2" in line]
+    assert len(rules) == 1 and len(rules[0]) == 80  # in a file, a rule as wide as a line of text
 
 
 def test_bad_input_is_a_clear_error(model_home: Path, tmp_path: Path):
@@ -211,8 +261,14 @@ def test_bad_input_is_a_clear_error(model_home: Path, tmp_path: Path):
     assert result.returncode == 2 and "model versions: v1" in result.stderr
     long_prompt = "word " * 400  # longer than the tiny model's 128-token context
     result = run_cli(model_home, "sample", "--prompt", long_prompt, "--max-new-tokens", "3", "--json")
-    assert result.returncode == 0 and "longer than the context" in result.stderr
-    assert json.loads(result.stdout)["prompt_tokens"] == 127
+    assert result.returncode == 0 and "longer than the context (128)" in result.stderr
+    assert json.loads(result.stdout)["prompt_tokens"] == 128
+    tokenizer = Tokenizer.load(Store(model_home).resolve("model").path)
+    full = tokenizer.decode(tokenizer.encode(long_prompt)[:128])
+    assert len(tokenizer.encode(full)) == 128
+    result = run_cli(model_home, "sample", "--prompt", full, "--max-new-tokens", "3", "--json")
+    assert result.returncode == 0 and "longer" not in result.stderr  # a prompt the size of the context fits it
+    assert json.loads(result.stdout)["prompt_tokens"] == 128
 
 
 def test_sample_from_a_hugging_face_directory(model_home: Path, tmp_path: Path):

@@ -763,8 +763,10 @@ def sample_command(
             elif stream:
                 sys.stdout.write("\n")
             else:
-                if num_samples > 1:
-                    out.rule(f"sample {i + 1}")
+                if num_samples > 1:  # as wide as the terminal; in a file, as wide as a line of text
+                    from rich.rule import Rule
+
+                    out.print(Rule(f"sample {i + 1}"), width=None if out.is_terminal else 80)
                 sys.stdout.write(text + sample.text + "\n")
         sys.stdout.flush()
 
@@ -772,14 +774,16 @@ def sample_command(
         run(first)
     if not interactive:
         return
-    if reconfigure := getattr(sys.stdin, "reconfigure", None):
-        reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 reach prompt_text, which names them
     rejected = 0
     for number in itertools.count(1):
-        try:
-            line = input("> " if sys.stdin.isatty() else "")
-        except EOFError:
+        if sys.stdin.isatty():  # on the terminal, never in the samples (stdout may be a file)
+            stderr_console().print("> ", end="", markup=False, highlight=False)
+        # bytes, not input(): a line ended by Ctrl-D keeps its last character, "\r\n" ends a line, and bytes that
+        # are not UTF-8 reach prompt_text, which names them
+        line = sys.stdin.buffer.readline()
+        if not line:
             break
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
         try:
             text = prompt_text(line, f"input line {number}")
         except UsageError as e:  # reported, and the next line is read: one bad line need not end a session

@@ -384,12 +384,15 @@ class GPT(nn.Module):
         boolean mask of rows to finish (a stop string seen). ``forward`` replaces ``self`` for the
         forward passes (a compiled model).
         """
+        idx = self._prompt_ids(idx)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise BadArgument(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not (math.isfinite(temperature) and temperature >= 0):
             raise BadArgument(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
             raise BadArgument(f"top-p must be in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise BadArgument(f"top-k must be at least 1, got {top_k}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise BadArgument(f"top-k must be an integer >= 1, got {top_k!r}")
         n_ctx = self.config.n_ctx
         stops = torch.tensor(sorted(set(stop_ids)), device=idx.device, dtype=idx.dtype)
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
@@ -416,6 +419,21 @@ class GPT(nn.Module):
             if finished.all():
                 break
         return idx
+
+    def _prompt_ids(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` as generate reads it, or a BadArgument that says what it should be (not an embedding's error)."""
+        shape = "a (batch, time) tensor of token ids, batch and time >= 1"
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or 0 in idx.shape:
+            got = f"shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise BadArgument(f"idx must be {shape}, got {got}")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise BadArgument(f"idx must be {shape} of an integer dtype, got {idx.dtype}")
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise BadArgument(
+                f"idx holds {low if low < 0 else high}, outside the vocabulary 0..{self.config.vocab_size - 1}"
+            )
+        return idx.long()
 
     # -- files: one format, Hugging Face's GPT-2 layout ----------------------------------------------
 

@@ -123,20 +123,27 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
             data = Path(prompt_file).read_bytes()
         except OSError as e:
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {e.strerror}") from None
-        return prompt_text(data, str(prompt_file))
+        return _without_final_line_break(prompt_text(data, str(prompt_file)))
     if not sys.stdin.isatty():
-        return prompt_text(sys.stdin.buffer.read(), "standard input")
+        return _without_final_line_break(prompt_text(sys.stdin.buffer.read(), "standard input"))
     return ""
+
+
+def _without_final_line_break(text: str) -> str:
+    """A file's (or ``echo``'s) final line break ends its last line, not the prompt: the model continues that line,
+    as ``$(cat file)`` would give it. A prompt meant to end in a line break ends in an empty line."""
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def prompt_text(data: bytes | str, where: str) -> str:
     """``data`` as UTF-8 text, else a usage error naming the first bad byte. Python hands over command-line
     arguments and terminal input that are not UTF-8 with each bad byte as a surrogate escape (PEP 383): they are
-    turned back into those bytes, so that they fail here too and never reach the output."""
+    turned back into those bytes, so that they fail here too and never reach the output. A byte-order mark at the
+    start (Windows editors write one) is not text."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UsageError(
             f"the prompt in {where} is not UTF-8 (byte {e.start}: {data[e.start : e.start + 1]!r})"
@@ -168,9 +175,11 @@ class Sampler:
 
     def encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt) if prompt else []
-        limit = self.model.config.n_ctx - 1
+        limit = self.model.config.n_ctx
         if len(ids) > limit:
-            log.warning("prompt of %d tokens is longer than the context; keeping its last %d", len(ids), limit)
+            log.warning(
+                "prompt of %d tokens is longer than the context (%d); keeping its last %d", len(ids), limit, limit
+            )
             ids = ids[-limit:]
         return ids or [self.tokenizer.eot_id]
 
