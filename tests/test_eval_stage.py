@@ -516,14 +516,17 @@ def one_error_line(result: CliResult) -> str:
 
 
 def test_undecodable_data_files_are_an_error_naming_the_file(gpt2, home: Path, model_home: Path, tmp_path: Path):
-    for rel in ("ptb/ptb.test.txt", "text8/text8"):
+    for rel, bom in (("ptb/ptb.test.txt", b""), ("text8/text8", b"\xef\xbb\xbf")):
         (tmp_path / rel).parent.mkdir(parents=True)
-        (tmp_path / rel).write_bytes(b"the cat sat \xff\xfe on the mat\n")
-    for task, rel in (("ptb", "ptb/ptb.test.txt"), ("text8", "text8/text8")):
+        (tmp_path / rel).write_bytes(bom + b"the cat sat \xff\xfe on the mat\n")
+    # the offset is the file's, byte-order mark included
+    for task, rel, at in (("ptb", "ptb/ptb.test.txt", 12), ("text8", "text8/text8", 15)):
         result = gpt2("eval", "zero-shot", model_dir(model_home), "--task", task, "--data-dir", str(tmp_path),
                       "--source", "local", "--device", "cpu")  # fmt: skip
         assert result.code == 1
-        assert f"cannot read {tmp_path / rel}: 'utf-8' codec can't decode byte 0xff" in one_error_line(result)
+        assert one_error_line(result).endswith(
+            f"cannot read {tmp_path / rel}: 'utf-8' codec can't decode b'\\xff' at byte {at}"
+        )
     assert Store(home).latest("eval") is None
 
 

@@ -15,6 +15,7 @@ from gpt2cli.errors import Gpt2Error
 from gpt2cli.eval.lambada import (
     STOP_WORDS,
     LambadaResult,
+    encode_context,
     evaluate_lambada,
     evaluate_lambada_both,
     is_stop_word,
@@ -81,7 +82,7 @@ def passages(texts: list[str], tokenizer: Tokenizer, model: GPT, biased: StopBia
 def reference(model: GPT, tokenizer: Tokenizer, passage: str, stop_ids: set[int] | None = None):
     """One example, no batching, an explicit loop over target tokens: (correct, nll, target tokens)."""
     context, target = split_last_word(passage)
-    ctx, tgt = tokenizer.encode(context), tokenizer.encode(target)
+    ctx, tgt = encode_context(tokenizer, context), tokenizer.encode(target)
     ctx = ctx[len(ctx) + len(tgt) - 1 - N_CTX :] if len(ctx) + len(tgt) - 1 > N_CTX else ctx
     correct, nll = True, 0.0
     if stop_ids is not None and target.strip().strip(".,!?\"'\u201c\u201d\u2018\u2019").lower() in STOP_WORDS:
@@ -107,7 +108,7 @@ def stop_token_ids(tokenizer: Tokenizer) -> set[int]:
     [
         ("He said hello", ("He said", " hello")),
         ("line one\nword", ("line one\n", "word")),
-        ("some kind of\n\nPower", ("some kind of\n\n", "Power")),  # GPT-2's "\n\n" token stays whole
+        ("some kind of\n\nPower", ("some kind of\n\n", "Power")),
         ("tab\tword", ("tab\t", "word")),
         ("a  b", ("a ", " b")),
         ("x y \n", ("x", " y")),
@@ -130,6 +131,15 @@ def test_read_lambada_real_file():
     passages = read_lambada(shared_data("lambada", "lambada_test.jsonl"))
     assert len(passages) == 5153
     assert all(p.split() for p in passages)
+
+
+def test_context_and_target_are_tokenized_as_in_the_running_text():
+    """The model reads what GPT-2 reads in the passage: "of\\n\\nPower" is "of", "\\n", "\\n", "Power"."""
+    tokenizer = Tokenizer.load(shared_data("gpt2-tokenizer"))
+    passages = [*read_lambada(shared_data("lambada", "lambada_test.jsonl")), "some kind of\n\nPower", "a\n \tb"]
+    for passage in passages:
+        context, target = split_last_word(passage)
+        assert encode_context(tokenizer, context) + tokenizer.encode(target) == tokenizer.encode(passage.rstrip())
 
 
 def test_read_lambada_malformed_line_is_named(tmp_path: Path):
@@ -209,7 +219,7 @@ def test_stop_word_filter_matches_reference(
             assert after  # excluding competitors never loses a non-stop-word target
         elif after:  # a gain: the plain argmax at the first target position was a stop-word token
             gained += 1
-            ctx, tgt = tokenizer.encode(context), tokenizer.encode(target)
+            ctx, tgt = encode_context(tokenizer, context), tokenizer.encode(target)
             ctx = ctx[max(0, len(ctx) + len(tgt) - 1 - N_CTX) :]
             with torch.no_grad():
                 assert int(net(torch.tensor([ctx]))[0, -1].argmax()) in stop_ids

@@ -171,6 +171,11 @@ def test_generate_rejects_bad_options(random_model: GPT):
             random_model.generate(idx, 2)
     small = random_model.generate(torch.tensor([[1, 2]], dtype=torch.int32), 2, temperature=0)
     assert small.dtype == torch.long and small[:, :2].tolist() == [[1, 2]]
+    # integers of other kinds are integers: NumPy's, a 0-dim tensor
+    import numpy as np
+
+    other = random_model.generate(torch.tensor([[1, 2]]), np.int64(2), top_k=torch.tensor(1))
+    assert other.tolist() == small.tolist()
 
 
 def test_stop_ids_finish_rows(random_model: GPT):
@@ -252,9 +257,10 @@ def test_a_prompt_file_is_its_text(model_home: Path, tmp_path: Path):
 
 def test_bad_input_is_a_clear_error(model_home: Path, tmp_path: Path):
     bad = tmp_path / "prompt.txt"
-    bad.write_bytes(b"caf\xe9")
+    bad.write_bytes(b"\xef\xbb\xbfcaf\xe9")  # the byte is named by its offset in the file, mark included
     result = run_cli(model_home, "sample", "--prompt-file", str(bad))
-    assert result.returncode == 2 and "is not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith("prompt.txt is not UTF-8 (byte 6: b'\\xe9')")
     result = run_cli(model_home, "sample", "--top-p", "1.5")
     assert result.returncode == 2 and "--top-p must be in (0, 1]" in result.stderr
     result = run_cli(model_home, "sample", "model@v9")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -28,6 +29,17 @@ SAFE_TEMPERATURES = (2**-10, 2**10)
 
 class BadArgument(UsageError, ValueError):
     """An invalid argument of the Python API: a ValueError to callers, a usage error on the command line."""
+
+
+def _whole_number(value: Any, name: str, minimum: int) -> int:
+    """An int, a NumPy integer or a 0-dim integer tensor as an int, if at least ``minimum``; else a BadArgument."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise BadArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 class NotFinite(Gpt2Error):
@@ -385,14 +397,12 @@ class GPT(nn.Module):
         forward passes (a compiled model).
         """
         idx = self._prompt_ids(idx)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise BadArgument(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        max_new_tokens = _whole_number(max_new_tokens, "max_new_tokens", 0)
         if not (math.isfinite(temperature) and temperature >= 0):
             raise BadArgument(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
             raise BadArgument(f"top-p must be in (0, 1], got {top_p}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise BadArgument(f"top-k must be an integer >= 1, got {top_k!r}")
+        top_k = None if top_k is None else _whole_number(top_k, "top-k", 1)
         n_ctx = self.config.n_ctx
         stops = torch.tensor(sorted(set(stop_ids)), device=idx.device, dtype=idx.dtype)
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)

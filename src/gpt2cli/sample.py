@@ -142,12 +142,12 @@ def prompt_text(data: bytes | str, where: str) -> str:
     start (Windows editors write one) is not text."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(
-            f"the prompt in {where} is not UTF-8 (byte {e.start}: {data[e.start : e.start + 1]!r})"
-        ) from None
+        at = bom + e.start
+        raise UsageError(f"the prompt in {where} is not UTF-8 (byte {at}: {data[at : at + 1]!r})") from None
 
 
 def load_model(directory: Path, device: torch.device) -> tuple[GPT, Tokenizer]:

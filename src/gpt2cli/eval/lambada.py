@@ -8,9 +8,9 @@ Decisions:
   the context is everything before that space. GPT-2's pre-tokenizer glues a leading space, and only a space,
   to the word that follows it, so " word" is how the word is tokenized inside running text; a context ending
   in a space would force an unnatural lone " " token. After another whitespace character (a newline) the
-  word starts its own token, and the whitespace stays in the context: "of\n\nPower" is "of\n\n" + "Power",
-  with GPT-2's "\n\n" token whole. Context and target are encoded separately so that target tokens never
-  straddle the boundary.
+  word starts its own token, and the whitespace stays in the context: "of\\n\\nPower" is "of\\n\\n" + "Power".
+  Context and target are encoded separately so that target tokens never straddle the boundary, and the context
+  as in the running text (``encode_context``: "of", "\\n", "\\n", not "of", "\\n\\n").
 * **Accuracy.** An example is correct when every target token is the argmax of the model's distribution
   given the (left-truncated) context and the previous target tokens, i.e. greedy decoding reproduces the
   target exactly.
@@ -120,9 +120,18 @@ class LambadaResult:
         return perplexity(self.nll_sum, self.target_tokens)
 
 
+def encode_context(tokenizer: Tokenizer, context: str) -> list[int]:
+    """The context's tokens as GPT-2 reads them in the running text, where a word follows: there a run of
+    whitespace before the word ends in a token of its own ("of\\n\\nPower" is "of", "\\n", "\\n", "Power"), which
+    the context alone would end in one ("\\n\\n")."""
+    if len(context) > 1 and context[-1].isspace() and context[-2].isspace():
+        return tokenizer.encode(context[:-1]) + tokenizer.encode(context[-1])
+    return tokenizer.encode(context)
+
+
 def _encode(tokenizer: Tokenizer, passage: str, n_ctx: int) -> tuple[list[int], list[int]]:
     context, target = split_last_word(passage)
-    ctx, tgt = tokenizer.encode(context), tokenizer.encode(target)
+    ctx, tgt = encode_context(tokenizer, context), tokenizer.encode(target)
     if not ctx:  # nothing to condition on: start from <|endoftext|>, as GPT-2 documents begin
         ctx = [tokenizer.eot_id]
     if len(tgt) >= n_ctx:
