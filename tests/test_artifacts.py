@@ -242,6 +242,28 @@ def test_failed_build_publishes_nothing(store: Store):
     assert not list((store.home / "corpus").glob(".partial-*"))
 
 
+@pytest.mark.parametrize("resumable", [False, True])
+def test_an_input_replaced_while_the_build_reads_it_is_not_published(store: Store, tmp_path: Path, resumable: bool):
+    """The manifest would name the old bytes while the files hold the new ones, and a rerun on the old bytes would
+    reuse (or resume) the mix: no version, and no draft either."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "old"}\n')
+    inputs = [file_input(source)]
+
+    def build(draft):
+        (draft.dir / "read").write_text(source.read_text())
+        replacement = tmp_path / "new.jsonl"
+        replacement.write_text('{"text": "new"}\n')
+        replacement.replace(source)  # what a well-behaved writer does, while the stage reads
+        return {}
+
+    with pytest.raises(Gpt2Error, match=rf"input {re.escape(str(source))} changed while corpus read it"):
+        store.produce("corpus", params={}, inputs=inputs, build=build, resumable=resumable)
+    assert store.versions("corpus") == [] and not list((store.home / "corpus").glob(".partial-*"))
+    published = store.produce("corpus", params={}, inputs=[file_input(source)], build=write_files(f="ok"))
+    assert published.artifact.ref == "corpus@v1"  # unchanged inputs publish
+
+
 def test_second_writer_gets_lock_error_naming_the_holder(store: Store, home: Path, tmp_path: Path):
     marker = tmp_path / "started"
     holder = worker(home, "--files", "50", "--sleep", "0.1", "--marker", str(marker))

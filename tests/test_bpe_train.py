@@ -154,6 +154,30 @@ def test_a_vocabulary_learned_from_code_is_read_by_the_next_stage(gpt2, tmp_path
     assert json.loads(tokens.out)["summary"]["train_documents"] == 30
 
 
+_TEST_PROCESS = os.getpid()
+
+
+def _counts_here_dies_in_a_worker(texts: list[str]) -> Counter[str]:
+    from gpt2cli.bpe.train import pretokenize
+
+    if os.getpid() != _TEST_PROCESS:
+        os._exit(9)
+    return Counter(piece for text in texts for piece in pretokenize(text))
+
+
+def test_a_worker_killed_mid_count_is_one_error_line(gpt2, monkeypatch: pytest.MonkeyPatch):
+    """The OOM killer taking a forked counter: one line and exit 1, not BrokenProcessPool's traceback."""
+    from gpt2cli.bpe import train
+
+    monkeypatch.setattr(train, "count_pretokens", _counts_here_dies_in_a_worker)
+    result = gpt2("train-bpe", "--input", str(SAMPLE), "--vocab-size", "300", "--workers", "2")
+    assert result.code == 1
+    assert result.err.splitlines()[-1] == (
+        "gpt2: error: a worker process died (killed, or out of memory?); nothing was published"
+    )
+    assert "Traceback" not in result.err
+
+
 def test_train_bpe_bad_input(gpt2, tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"text": "   "}\nnot json\n')

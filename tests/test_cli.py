@@ -251,6 +251,37 @@ def test_verify_without_a_reference_checks_every_version(gpt2, populated):
     assert "tokenizer@v1: manifest" in result.err and "does not parse" in result.err
 
 
+def test_verify_reports_a_manifest_edited_after_a_version_was_built_from_it(gpt2, populated):
+    """A manifest lists every file but itself: the checksum a later version recorded is what can tell."""
+    rewrite_manifest(populated.home / "corpus" / "v1", params={"min_words": 30})
+    for args in ((), ("corpus",)):
+        result = gpt2("artifacts", "verify", *args)
+        assert result.code == 1
+        assert result.err == "corpus@v1: manifest.json changed since tokenizer@v1 was built from it\n"
+
+
+def test_verify_holds_the_versions_it_checks_against_a_gc_beside_it(gpt2, populated, monkeypatch):
+    """A gc running beside the check leaves each version alone (or deleted it first), never mid-check."""
+    from gpt2cli import cli
+
+    for n in (1, 2):  # eval@v1: nothing was built from it, so a gc --keep 1 deletes it unless it is being read
+        populated.produce("eval", params={"n": n}, inputs=[], build=write_files(metrics="{}"))
+    checked = []
+
+    def check_while_a_gc_runs(store: Store, path: Path) -> dict:
+        if not checked:
+            gc = run_module("--home", str(store.home), "artifacts", "gc", "--keep", "1")
+            assert gc.returncode == 0 and "deleted 0 versions" in gc.stdout and "eval@v1" in gc.stdout, gc.stdout
+        checked.append(f"{path.parent.name}@{path.name}")
+        return verified(store, path)
+
+    verified = cli._verified
+    monkeypatch.setattr(cli, "_verified", check_while_a_gc_runs)
+    result = gpt2("artifacts", "verify")
+    assert result.code == 0, result.err
+    assert checked == ["corpus@v1", "eval@v1", "eval@v2", "tokenizer@v1"]
+
+
 def test_a_stage_reports_its_version_and_path_on_one_line(gpt2, tmp_path: Path):
     home = tmp_path / ("a-long-folder-name-" * 6) / "home"  # past 80 columns: no wrapping inside the path
     result = gpt2("--home", str(home), "train-bpe", "--input", str(SAMPLE), "--vocab-size", "300")

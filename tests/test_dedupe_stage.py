@@ -647,3 +647,17 @@ def test_a_merge_records_each_raw_docs_version_once(gpt2, home: Path):
     history = json.loads((corpus.path / "dedupe-state" / "history.json").read_text())
     assert [e["ref"] for e in history["documents"]] == ["raw-docs@v1"]
     assert [r["ref"] for r in corpus.manifest["retains"]] == ["raw-docs@v1"]
+
+
+def test_a_short_write_of_the_state_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """numpy's own message for a full disk under np.save names neither the file nor the reason."""
+    from gpt2cli.dedupe import state
+    from gpt2cli.errors import Gpt2Error
+
+    def short_write(path, array):
+        raise OSError("18304 requested and 15328 written")
+
+    monkeypatch.setattr(state.np, "save", short_write)
+    path = tmp_path / "signatures.npy"
+    with pytest.raises(Gpt2Error, match=rf"^cannot write {path}: 18304 requested and 15328 written \(a full disk\?\)$"):
+        state._save(path, np.zeros(3))

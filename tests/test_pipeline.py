@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -234,7 +235,58 @@ def test_sigterm_stops_a_refresh_waiting_for_the_lock(tmp_path: Path):
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=30)  # while the lock is still held
     assert child.returncode == 143 and json.loads(out) == {"status": 143, "stages": []}
-    assert "stopped by SIGTERM" in log.read_text()
+    assert "stopped by SIGTERM with no stage running" in log.read_text()
+
+
+def test_an_interrupted_refresh_says_so_in_its_log(gpt2, home: Path, tmp_path: Path, monkeypatch):
+    from gpt2cli import refresh
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refresh, "_run", interrupted)
+    result = gpt2("--run-config", str(run_config(tmp_path / "refresh.toml", [NOVEMBER])), "refresh")
+    assert result.code == 130 and result.err.splitlines()[-1] == "gpt2: interrupted"
+    assert "interrupted (SIGINT); the next refresh finishes the work" in (home / "logs" / "refresh.log").read_text()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_stage_killed_by_a_signal_fails_with_the_status_a_shell_gives(signal_name: str):
+    """The OOM killer's SIGKILL: 137 and its name, not Python's -9 (which an exit status turns into 247)."""
+    from gpt2cli.refresh import _run, _Stop
+
+    number = int(getattr(signal, signal_name))
+    suicide = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {number})"]
+    assert _run("tokenize", suicide, _Stop()) == (128 + number, None, f"killed by {signal_name}")
+
+
+def test_a_log_file_that_stops_taking_lines_is_said_once_and_left(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A full disk under refresh.log: one warning on stderr, not a traceback per line in the mail cron sends."""
+    import logging
+
+    from gpt2cli.console import setup_logging
+    from gpt2cli.refresh import log_to_file
+
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    logger = logging.getLogger("gpt2cli")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    setup_logging()
+    log_to_file(tmp_path / "logs" / "refresh.log", max_bytes=10_000, backups=1)
+    log_file = logger.handlers[-1]
+    log_file.stream.close()
+    log_file.stream = FullDisk()
+    try:
+        for i in range(5):
+            logging.getLogger("gpt2cli.refresh").warning("line %d", i)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = before
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("cannot write") == 1 and "No space left on device): logging on stderr only" in err
+    assert err.count("line ") == 5  # every line still reaches stderr
 
 
 def test_refresh_log_rotates_by_size(tmp_path: Path):

@@ -594,6 +594,20 @@ def test_a_build_rerun_after_a_kill_counts_the_links_it_added_before(tmp_path: P
         assert fr.counts()["total"] == 25
 
 
+def test_sqlite_errors_of_the_crawl_state_are_one_line_naming_its_file(tmp_path: Path) -> None:
+    """A damaged file, or a full disk under a write: SQLite's error, not its traceback."""
+    from gpt2cli.errors import Gpt2Error
+
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"not a database, " * 512)
+    with pytest.raises(Gpt2Error, match=rf"^crawl state {damaged}: file is not a database$"):
+        Frontier(damaged)
+    path = tmp_path / "frontier.sqlite"
+    with pytest.raises(Gpt2Error, match=rf"^crawl state {path}: database or disk is full$"), Frontier(path) as fr:
+        fr._db.execute("PRAGMA max_page_count = 1")  # as full as a disk can be
+        fr.add([(f"http://x.test/{i}", f"http://x.test/{i}", {"title": "t" * 100}) for i in range(100)])
+
+
 # -- WARC ---------------------------------------------------------------------------------------------------
 
 

@@ -398,6 +398,21 @@ def file_input(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def _changed_input(inputs: Sequence[dict[str, Any]]) -> str | None:
+    """The first input file whose bytes no longer match the checksum taken before the build read it (replaced, or
+    rewritten, while the build read it), or None. A directory's identity is its own stage's (an eval's model)."""
+    for entry in inputs:
+        path, sha256 = entry.get("path"), entry.get("sha256")
+        if not path or not sha256 or Path(path).is_dir():
+            continue
+        try:
+            if sha256_file(Path(path)) != sha256:
+                return f"input {path}"
+        except OSError:
+            return f"input {path} (now unreadable)"
+    return None
+
+
 def input_identity(entry: dict[str, Any]) -> str | None:
     """What an input is: an artifact's manifest checksum, or a file's checksum and, when its name decides how
     its bytes are read (``read_as``: the same lines are one text document in ``.txt``, records in ``.jsonl``),
@@ -873,6 +888,9 @@ class Store:
                 if not resumable:  # nothing to resume: a failed build leaves no draft behind
                     shutil.rmtree(partial, ignore_errors=True)
                 raise
+            if changed := _changed_input(inputs):  # what was read is not what the identity names: no version, no draft
+                shutil.rmtree(partial, ignore_errors=True)
+                raise Gpt2Error(f"{changed} changed while {kind} read it; nothing was published (run it again)")
             summary = summary if isinstance(summary, dict) else {}
             shutil.rmtree(partial / ".work", ignore_errors=True)
             _without_atomic_leftovers(partial)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
@@ -14,7 +15,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.artifacts import Artifact, Published, Store, release_reads
+from gpt2cli.artifacts import Artifact, Published, Store, hold_for_reading, release_reads
 from gpt2cli.console import human_bytes, print_json, reader_may_stop, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Gpt2Error, Terminated, UsageError
 from gpt2cli.runconfig import from_run_config, run_config_origin
@@ -1053,8 +1054,13 @@ def artifacts_verify(
     version whose manifest is damaged, or when the home holds no version."""
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
-    dirs = [store.locate(ref)] if ref else [p for k in store.kinds() for p in store.version_dirs(k)]
+    dirs = [store.locate(ref)] if ref else _held_versions(store)
     results = [_verified(store, p) for p in dirs]
+    edited = _edited_manifests(store, {r["ref"]: r["manifest_sha256"] for r in results if r["manifest_sha256"]})
+    for result in results:
+        result["problems"] += edited.get(result["ref"], [])
+        result["ok"] = not result["problems"]
+        del result["manifest_sha256"]
     if opts.json:
         print_json(results[0] if ref else results)
     if not results:  # a mistyped home must not pass as a clean one
@@ -1068,14 +1074,55 @@ def artifacts_verify(
         raise typer.Exit(EXIT_FAILURE)
 
 
+def _held_versions(store: Store) -> list[Path]:
+    """Every published version, each held for reading: a gc beside this check leaves it alone, or deleted it
+    before the hold (then it is not checked: a version gone is no damaged one)."""
+    held = []
+    for kind in store.kinds():
+        for path in store.version_dirs(kind):
+            try:
+                hold_for_reading(path)
+            except Gpt2Error:  # a gc is deleting it now
+                continue
+            if path.is_dir():
+                held.append(path)
+    return held
+
+
 def _verified(store: Store, path: Path) -> dict[str, Any]:
     """One version's check: its own problems, or that its manifest is damaged."""
     try:
         artifact = store.open(path)
     except Gpt2Error as e:
-        return {"ref": Artifact.placed_ref(path), "ok": False, "files": 0, "problems": [str(e)]}
+        return {
+            "ref": Artifact.placed_ref(path),
+            "ok": False,
+            "files": 0,
+            "problems": [str(e)],
+            "manifest_sha256": None,
+        }
     problems = artifact.verify()
-    return {"ref": artifact.ref, "ok": not problems, "files": len(artifact.manifest["files"]), "problems": problems}
+    return {"ref": artifact.ref, "ok": not problems, "files": len(artifact.manifest["files"]), "problems": problems,
+            "manifest_sha256": artifact.manifest_sha256}  # fmt: skip
+
+
+def _edited_manifests(store: Store, verified: dict[str, str]) -> dict[str, list[str]]:
+    """Per verified ref (ref -> its manifest's sha256 now), a problem for each version of this home built from
+    it that recorded another sha256: its manifest.json was edited since (which its own check cannot see)."""
+    problems: dict[str, list[str]] = {}
+    for kind in store.kinds():
+        for path in store.version_dirs(kind):
+            try:
+                user = store.open(path)
+            except Gpt2Error:
+                continue  # damaged or gone: its own check says so
+            for entry in [*(user.manifest.get("inputs") or []), user.manifest.get("parent") or {}]:
+                now = None if "home" in entry else verified.get(entry.get("ref", ""))
+                if now is not None and entry.get("manifest_sha256") not in (None, now):
+                    problems.setdefault(entry["ref"], []).append(
+                        f"manifest.json changed since {user.ref} was built from it"
+                    )
+    return problems
 
 
 @artifacts_app.command("gc")
@@ -1175,6 +1222,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):
             raise  # -v: the traceback
         _fail(f"error: {e}", EXIT_FAILURE, e)
+    except BrokenProcessPool as e:  # the machine's too: the kernel's OOM killer (or an operator) took a worker
+        if logging.getLogger("gpt2cli").isEnabledFor(logging.DEBUG):
+            raise
+        _fail("error: a worker process died (killed, or out of memory?); nothing was published", EXIT_FAILURE, e)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", EXIT_INTERRUPTED, KeyboardInterrupt())
     finally:

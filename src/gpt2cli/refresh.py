@@ -40,10 +40,20 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+class _LogFile(RotatingFileHandler):
+    """A log file that stops taking lines (a full disk) is said once, on stderr, and left: the refresh goes on
+    logging there, instead of a traceback per line in the mail cron sends."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger("gpt2cli")
+        logger.removeHandler(self)
+        logger.warning("cannot write %s (%s): logging on stderr only", self.baseFilename, sys.exc_info()[1])
+
+
 def log_to_file(path: Path, max_bytes: int, backups: int) -> None:
     """Also log to ``path``, rotated when it reaches ``max_bytes`` (``backups`` old files kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler = _LogFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setFormatter(UTCFormatter())
     logging.getLogger("gpt2cli").addHandler(handler)
 
@@ -62,7 +72,7 @@ class _Stop:
         if self.starting:
             return
         if self.child is None or self.child.poll() is not None:
-            log.warning("stopped by SIGTERM between stages; the next refresh does the work")
+            log.warning("stopped by SIGTERM with no stage running; the next refresh does the work")
             raise Terminated("stopped by SIGTERM; the next refresh does the work")
         self._pass_on()
 
@@ -128,6 +138,9 @@ def refresh(
                 _collect(store, keep)
             log.info("refresh done in %.1f s", time.monotonic() - started)
         return 0, results, None
+    except KeyboardInterrupt:  # the log says how the refresh ended, as for a SIGTERM
+        log.warning("interrupted (SIGINT); the next refresh finishes the work")
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -174,6 +187,9 @@ def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, An
                 if line.startswith("gpt2: error: "):
                     error = line.removeprefix("gpt2: error: ").rstrip()
             status = child.wait()
+        if status < 0:  # killed by a signal (the OOM killer, an operator): the status a shell gives, 128 + N
+            error = error or f"killed by {signal.Signals(-status).name}"
+            status = 128 - status
         out.seek(0)
         try:
             result = json.loads(out.read())

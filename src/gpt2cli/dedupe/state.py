@@ -78,12 +78,19 @@ class StateWriter:
         self.docs_file.close()
         self.shingles.close()
         n = len(self.offsets) - 1
-        np.save(self.directory / "shingle_offsets.npy", np.asarray(self.offsets, np.int64))
+        _save(self.directory / "shingle_offsets.npy", np.asarray(self.offsets, np.int64))
         sigs = np.stack(self.signatures) if n else np.zeros((0, self.num_perm), np.uint32)
-        np.save(self.directory / "signatures.npy", sigs)
-        np.save(self.directory / "edges.npy", np.asarray(edges, np.int64).reshape(-1, 2))
+        _save(self.directory / "signatures.npy", sigs)
+        _save(self.directory / "edges.npy", np.asarray(edges, np.int64).reshape(-1, 2))
         screen = {**screen, "hash_version": HASH_VERSION}  # which permutations made signatures.npy
         (self.directory / "screen.json").write_text(json.dumps(screen, ensure_ascii=False, default=str))
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    try:
+        np.save(path, array)
+    except OSError as e:  # numpy's short write ("18304 requested and 15328 written") names no file and no reason
+        raise Gpt2Error(f"cannot write {path}: {e.strerror if e.errno else f'{e} (a full disk?)'}") from None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt2cli.errors import Gpt2Error
 from gpt2cli.iterutil import batched
 
 STATUSES = ("pending", "done", "failed")
@@ -96,15 +97,22 @@ class Frontier:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: every write below opens its own transaction and commits it before returning.
-        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives any process crash; only an OS crash can drop the last commits, which
-        # then look like in-flight fetches (pending, retried) and the WARC is cut back to match.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._transaction():
-            for statement in _statements(_SCHEMA):
-                self._db.execute(statement)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any process crash; only an OS crash can drop the last commits, which
+            # then look like in-flight fetches (pending, retried) and the WARC is cut back to match.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._transaction():
+                for statement in _statements(_SCHEMA):
+                    self._db.execute(statement)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
         self._claimed: set[str] = set()
+
+    def _error(self, error: sqlite3.Error) -> Gpt2Error:
+        """SQLite's errors (a full disk, a damaged file) as one line naming the crawl state's file."""
+        return Gpt2Error(f"crawl state {self.path}: {error}")
 
     # -- transactions -------------------------------------------------------------------------------------
 
@@ -117,8 +125,10 @@ class Frontier:
     def __enter__(self) -> Frontier:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, error: object, traceback: object) -> None:
         self.close()
+        if isinstance(error, sqlite3.Error):
+            raise self._error(error) from None
 
     # -- writes -------------------------------------------------------------------------------------------
 
@@ -310,4 +320,7 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # SQLite rolls back by itself after some errors (a full disk): the error stays
+            self.db.execute("ROLLBACK")
