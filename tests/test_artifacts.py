@@ -264,6 +264,46 @@ def test_an_input_replaced_while_the_build_reads_it_is_not_published(store: Stor
     assert published.artifact.ref == "corpus@v1"  # unchanged inputs publish
 
 
+def test_inputs_the_build_is_done_reading_may_change_while_it_goes_on(store: Store, tmp_path: Path):
+    """An eval reads its data, then scores for hours while another run rewrites a cached file: what it read is
+    what its manifest names. Rewritten before the build says it is done reading: not published."""
+    source = tmp_path / "ptb.test.txt"
+    source.write_text("the cat\n")
+    directory = {"path": str(tmp_path / "model-dir"), "directory": True, "bytes": 0, "sha256": SHA}  # an eval's model
+
+    def build(read_first: bool):
+        def run(draft):
+            if read_first:
+                draft.inputs_read()
+            source.write_text("the dog\n")
+            return {}
+
+        return run
+
+    inputs = [file_input(source), directory]
+    with pytest.raises(Gpt2Error, match="changed while eval read it"):
+        store.produce("eval", params={}, inputs=inputs, build=build(read_first=False))
+    source.write_text("the cat\n")
+    published = store.produce("eval", params={}, inputs=[file_input(source), directory], build=build(read_first=True))
+    assert published.artifact.ref == "eval@v1"
+
+
+def test_an_artifact_of_another_home_is_recorded_with_that_home(tmp_path: Path):
+    """A model trained in home B on home A's tokens names A's tokenizer with A's home: B's tokenizer@v1 is
+    another one, and neither verify, lineage nor gc may take it for the one used."""
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    theirs = a.produce("tokenizer", params={"v": 1}, inputs=[], build=write_files(t="a")).artifact
+    tokens = a.produce("tokens", params={}, inputs=[artifact_input(theirs)], build=write_files(t="1")).artifact
+    b.produce("tokenizer", params={"v": 2}, inputs=[], build=write_files(t="b"))
+    read_by_path = b.open(tokens.path)  # `pretrain --tokens /a/tokens/v1` in home b
+    recorded = b.recorded(read_by_path, read_by_path.inputs[0])
+    assert recorded.path == theirs.path and artifact_input(recorded)["home"] == str(a.home)
+    b.produce("model", params={}, inputs=[artifact_input(read_by_path), artifact_input(recorded)],
+              build=write_files(w="x"))  # fmt: skip
+    used = b.lineage(b.resolve("model"))["inputs"]
+    assert [(i["path"], i.get("status")) for i in used] == [(str(tokens.path), None), (str(theirs.path), None)]
+
+
 def test_second_writer_gets_lock_error_naming_the_holder(store: Store, home: Path, tmp_path: Path):
     marker = tmp_path / "started"
     holder = worker(home, "--files", "50", "--sleep", "0.1", "--marker", str(marker))

@@ -266,20 +266,42 @@ def test_verify_holds_the_versions_it_checks_against_a_gc_beside_it(gpt2, popula
 
     for n in (1, 2):  # eval@v1: nothing was built from it, so a gc --keep 1 deletes it unless it is being read
         populated.produce("eval", params={"n": n}, inputs=[], build=write_files(metrics="{}"))
-    checked = []
-
-    def check_while_a_gc_runs(store: Store, path: Path) -> dict:
-        if not checked:
-            gc = run_module("--home", str(store.home), "artifacts", "gc", "--keep", "1")
-            assert gc.returncode == 0 and "deleted 0 versions" in gc.stdout and "eval@v1" in gc.stdout, gc.stdout
-        checked.append(f"{path.parent.name}@{path.name}")
-        return verified(store, path)
-
     verified = cli._verified
-    monkeypatch.setattr(cli, "_verified", check_while_a_gc_runs)
-    result = gpt2("artifacts", "verify")
-    assert result.code == 0, result.err
-    assert checked == ["corpus@v1", "eval@v1", "eval@v2", "tokenizer@v1"]
+
+    def verify_with_a_gc_while_checking(ref: str) -> tuple[list[str], str]:
+        checked, gc_out = [], []
+
+        def check(store: Store, path: Path) -> dict:
+            checked.append(f"{path.parent.name}@{path.name}")
+            if checked[-1] == ref:
+                gc = run_module("--home", str(store.home), "artifacts", "gc", "--keep", "1")
+                assert gc.returncode == 0, gc.stderr
+                gc_out.append(gc.stdout)
+            return verified(store, path)
+
+        monkeypatch.setattr(cli, "_verified", check)
+        result = gpt2("artifacts", "verify")
+        assert result.code == 0, result.err
+        return checked, gc_out[0]
+
+    checked, gc = verify_with_a_gc_while_checking("eval@v1")  # the version being checked stays
+    assert checked == ["corpus@v1", "eval@v1", "eval@v2", "tokenizer@v1"] and "deleted 0 versions" in gc, gc
+    checked, gc = verify_with_a_gc_while_checking("corpus@v1")  # one not yet reached goes, and is no problem
+    assert checked == ["corpus@v1", "eval@v2", "tokenizer@v1"] and "deleted 1 versions" in gc, gc
+
+
+def test_verify_of_every_version_holds_one_at_a_time(populated, tmp_path: Path):
+    """A home of more versions than a process may open files (an hourly refresh without --keep) still verifies."""
+    for n in range(150):
+        populated.produce("eval", params={"n": n}, inputs=[], build=write_files(metrics="{}"))
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100)); "
+        "from gpt2cli.cli import main; main(sys.argv[1:])"
+    )
+    result = subprocess.run([sys.executable, "-c", script, "--home", str(populated.home), "artifacts", "verify"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 152
 
 
 def test_a_stage_reports_its_version_and_path_on_one_line(gpt2, tmp_path: Path):

@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -341,6 +341,15 @@ class Draft:
     kind: str
     dir: Path
     resumed: bool
+    unread: list[dict[str, Any]] = field(default_factory=list)  # input files the build may still be reading
+
+    def inputs_read(self, paths: Iterable[Path | str] | None = None) -> None:
+        """The build is done reading these input files (all, by default): they are checked now, not when it ends
+        (an eval reads its data first, then scores for hours while another run may rewrite a cached file)."""
+        done = None if paths is None else {str(Path(p).resolve()) for p in paths}
+        now = [e for e in self.unread if done is None or e.get("path") in done]
+        check_inputs_unchanged(now, self.kind)
+        self.unread = [e for e in self.unread if e not in now]
 
     @property
     def work(self) -> Path:
@@ -398,19 +407,25 @@ def file_input(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _changed_input(inputs: Sequence[dict[str, Any]]) -> str | None:
-    """The first input file whose bytes no longer match the checksum taken before the build read it (replaced, or
-    rewritten, while the build read it), or None. A directory's identity is its own stage's (an eval's model)."""
+class InputChanged(Gpt2Error):
+    """An input file whose bytes no longer match the checksum the build's identity names: it was replaced or
+    rewritten while the stage read it, so what the stage read is not what a manifest would say."""
+
+
+def check_inputs_unchanged(inputs: Sequence[dict[str, Any]], kind: str) -> None:
+    """Raise InputChanged for the first input file (an entry with ``path`` and ``sha256``) whose bytes differ now.
+    A directory (``"directory": true``, an eval's model) has its own stage's identity."""
     for entry in inputs:
         path, sha256 = entry.get("path"), entry.get("sha256")
-        if not path or not sha256 or Path(path).is_dir():
+        if not path or not sha256 or entry.get("directory"):
             continue
         try:
-            if sha256_file(Path(path)) != sha256:
-                return f"input {path}"
-        except OSError:
-            return f"input {path} (now unreadable)"
-    return None
+            changed = sha256_file(Path(path)) != sha256
+        except OSError as e:
+            raise InputChanged(f"input {path} became unreadable while {kind} read it ({e.strerror or e}); "
+                               "nothing was published") from None  # fmt: skip
+        if changed:
+            raise InputChanged(f"input {path} changed while {kind} read it; nothing was published (run it again)")
 
 
 def input_identity(entry: dict[str, Any]) -> str | None:
@@ -525,6 +540,26 @@ def release_reads() -> None:
     """Let go of every version this process read (the end of a command)."""
     while _reading:
         os.close(_reading.popitem()[1])
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[bool]:
+    """Hold one version for reading while the block runs, then let go of it (a command that reads every version
+    in turn holds one descriptor at a time, not one per version). A gc that has claimed it is waited for:
+    the block gets False when that gc deleted it, True when the version is there to read."""
+    key = Path(os.path.abspath(path))
+    held_before = key in _reading
+    while True:
+        try:
+            hold_for_reading(path)
+            break
+        except Gpt2Error:  # a gc holds its claim: it deletes the version, or keeps it after all
+            time.sleep(0.05)
+    try:
+        yield Path(path).is_dir()
+    finally:
+        if not held_before and (fd := _reading.pop(key, None)) is not None:
+            os.close(fd)
 
 
 def _claim_for_deletion(path: Path) -> bool:
@@ -742,7 +777,9 @@ class Store:
         in ``by``'s own (a tokens artifact read by path from another home names that home's tokenizer); with no
         ``by``, an entry this home wrote."""
         home = Path(entry.get("home") or (by.home if by is not None else self.home))
-        return (self if _same_dir(home, self.home) else Store(home)).resolve(entry["ref"], kind)
+        if _same_dir(home, self.home):
+            return self.resolve(entry["ref"], kind)
+        return replace(Store(home).resolve(entry["ref"], kind), foreign=True)  # its ref means a version there
 
     def dependents_closure(self, roots: Sequence[Artifact]) -> set[str]:
         """Refs of ``roots`` and of every artifact they were built from or retain, transitively. Not the versions
@@ -883,14 +920,14 @@ class Store:
             partial.mkdir(exist_ok=True)
             started = time.time()
             try:
-                summary = build(Draft(kind, partial, resumed))
-            except BaseException:
-                if not resumable:  # nothing to resume: a failed build leaves no draft behind
+                draft = Draft(kind, partial, resumed, unread=list(inputs))
+                summary = build(draft)
+                check_inputs_unchanged(draft.unread, kind)  # what was read is what the identity names
+            except BaseException as e:
+                # nothing to resume, or nothing worth resuming (read from other bytes): no draft left behind
+                if not resumable or isinstance(e, InputChanged):
                     shutil.rmtree(partial, ignore_errors=True)
                 raise
-            if changed := _changed_input(inputs):  # what was read is not what the identity names: no version, no draft
-                shutil.rmtree(partial, ignore_errors=True)
-                raise Gpt2Error(f"{changed} changed while {kind} read it; nothing was published (run it again)")
             summary = summary if isinstance(summary, dict) else {}
             shutil.rmtree(partial / ".work", ignore_errors=True)
             _without_atomic_leftovers(partial)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from gpt2cli import __version__
-from gpt2cli.artifacts import Artifact, Published, Store, hold_for_reading, release_reads
+from gpt2cli.artifacts import Artifact, Published, Store, reading, release_reads
 from gpt2cli.console import human_bytes, print_json, reader_may_stop, setup_logging, stderr_console, stdout_console
 from gpt2cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Gpt2Error, Terminated, UsageError
 from gpt2cli.runconfig import from_run_config, run_config_origin
@@ -1054,8 +1054,14 @@ def artifacts_verify(
     version whose manifest is damaged, or when the home holds no version."""
     opts = settings(ctx, home, as_json)
     store = Store(opts.home)
-    dirs = [store.locate(ref)] if ref else _held_versions(store)
-    results = [_verified(store, p) for p in dirs]
+    if ref:
+        results = [_verified(store, store.locate(ref))]
+    else:  # each held while it is checked: a gc beside this one leaves it alone, or deleted it (then it is no result)
+        results = []
+        for path in (p for kind in store.kinds() for p in store.version_dirs(kind)):
+            with reading(path) as there:
+                if there:
+                    results.append(_verified(store, path))
     edited = _edited_manifests(store, {r["ref"]: r["manifest_sha256"] for r in results if r["manifest_sha256"]})
     for result in results:
         result["problems"] += edited.get(result["ref"], [])
@@ -1072,21 +1078,6 @@ def artifacts_verify(
             stderr_console().print(f"{result['ref']}: {line}", markup=False, highlight=False)
     if any(r["problems"] for r in results):
         raise typer.Exit(EXIT_FAILURE)
-
-
-def _held_versions(store: Store) -> list[Path]:
-    """Every published version, each held for reading: a gc beside this check leaves it alone, or deleted it
-    before the hold (then it is not checked: a version gone is no damaged one)."""
-    held = []
-    for kind in store.kinds():
-        for path in store.version_dirs(kind):
-            try:
-                hold_for_reading(path)
-            except Gpt2Error:  # a gc is deleting it now
-                continue
-            if path.is_dir():
-                held.append(path)
-    return held
 
 
 def _verified(store: Store, path: Path) -> dict[str, Any]:

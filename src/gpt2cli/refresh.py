@@ -145,6 +145,13 @@ def refresh(
         signal.signal(signal.SIGTERM, previous)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal past SIGRTMIN has no name of its own
+        return f"signal {number}"
+
+
 def _refused(error: str) -> tuple[int, list[dict[str, Any]], str]:
     log.error("%s", error)
     return EXIT_USAGE, [], error
@@ -188,7 +195,7 @@ def _run(stage: str, command: list[str], stop: _Stop) -> tuple[int, dict[str, An
                     error = line.removeprefix("gpt2: error: ").rstrip()
             status = child.wait()
         if status < 0:  # killed by a signal (the OOM killer, an operator): the status a shell gives, 128 + N
-            error = error or f"killed by {signal.Signals(-status).name}"
+            error = error or f"killed by {_signal_name(-status)}"
             status = 128 - status
         out.seek(0)
         try:

@@ -544,7 +544,9 @@ def zero_shot(
     if not is_path_reference(model_ref):  # a version of the store: immutable, named by its manifest
         inputs.insert(0, artifact_input(store.resolve(model_dir)))
     else:  # a directory anyone may change: named by its files' contents
-        inputs.insert(0, {"path": str(model_dir.resolve()), "bytes": 0, "sha256": _dir_digest(model_dir)})
+        inputs.insert(
+            0, {"path": str(model_dir.resolve()), "directory": True, "bytes": 0, "sha256": _dir_digest(model_dir)}
+        )
     device = resolve_device(options.device)
     dtype = DTYPES[options.dtype] or fast_dtype(device)
     model, tokenizer = load_model(model_dir, device)
@@ -563,6 +565,8 @@ def zero_shot(
         import json
 
         from gpt2cli.dedupe.bloom import BloomFilter
+
+        draft.inputs_read()  # every task's data was read above: scoring for hours reads none of it again
 
         bloom = BloomFilter.load(overlap[1]) if overlap else None
         results: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,9 @@ def scrape_reddit(
 ) -> Published:
     sources.validate()
     fetch.validate()
-    inputs = [file_input(p) for p in _input_files(sources)]
+    # a folder's dumps listed once: those checksummed here are the ones the build reads, not newer arrivals
+    listed = replace(sources, dumps=tuple(dump_files(sources.dumps)))
+    inputs = [file_input(p) for p in _input_files(listed)]
     # absolute: the same files named another way (./data, /srv/data) are the same build
     paths = {
         name: [str(Path(p).resolve()) for p in getattr(sources, name)] for name in ("dumps", "url_files", "replays")
@@ -137,7 +139,7 @@ def scrape_reddit(
 
     def build(draft: Draft) -> dict[str, Any]:
         drafts.append(draft.dir.name)
-        return _build(store, draft.dir, sources, filters, fetch)
+        return _build(store, draft, listed, filters, fetch)
 
     with store.lock("raw-docs", wait=wait):  # the version this one follows is the newest once this run holds the lock
         published = store.produce("raw-docs", params=params, inputs=inputs, build=build, force=force, wait=wait,
@@ -161,9 +163,13 @@ def _retries_due(existing: Artifact) -> str | None:
     return f"{existing.summary.get('links_pending', 'some')} of its links are due for another try"
 
 
-def _build(store: Store, out: Path, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig) -> dict[str, Any]:
+def _build(
+    store: Store, draft: Draft, sources: LinkSources, filters: LinkFilters, fetch: FetchConfig
+) -> dict[str, Any]:
+    out = draft.dir
     stats: Counter[str] = Counter()
     links = collect_links(_submissions(sources, stats), filters, stats)
+    draft.inputs_read([*sources.dumps, *sources.url_files])  # a URL list appended to during a long crawl is fine
     log.info("%d links kept of %d submissions", len(links), stats["submissions_seen"])
     crawl = _crawl_dir(store)
     crawl.mkdir(parents=True, exist_ok=True)
