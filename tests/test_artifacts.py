@@ -559,3 +559,20 @@ def test_gc_deletes_nothing_while_any_stage_publishes(store: Store, home: Path, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_error_other_than_a_gc_claim_is_raised_not_waited_out(store: Store, monkeypatch: pytest.MonkeyPatch):
+    """Only a gc's claim is worth waiting for; a filesystem that cannot lock at all is an error at once."""
+    import errno
+
+    from gpt2cli import artifacts
+
+    version = store.produce("corpus", params={}, inputs=[], build=write_files(f="x")).artifact.path
+    artifacts.release_reads()
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(artifacts.fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match="No locks available"), artifacts.reading(version):
+        pass

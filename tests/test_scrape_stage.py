@@ -129,6 +129,42 @@ def test_a_dump_folder_is_its_submission_dumps(home: Path, tmp_path: Path):
     assert again["reused"] and again["ref"] == json.loads(first.stdout)["ref"]
 
 
+def test_a_dump_removed_or_swapped_after_it_was_checksummed_fails_the_scrape(gpt2, tmp_path: Path, monkeypatch):
+    """What the build reads is what was checksummed: a dump gone from its folder by then fails it (exit 1, not a
+    usage error: the user named the folder), and a symlink swapped to another dump is not followed."""
+    from gpt2cli.artifacts import Store
+
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    shutil.copy(NOVEMBER, folder)
+    current = tmp_path / "RS_current.zst"
+    current.symlink_to(folder / NOVEMBER.name)
+    produce = Store.produce
+
+    def meanwhile(change):
+        def run(self, *args, **kwargs):
+            change()
+            return produce(self, *args, **kwargs)
+
+        return run
+
+    november = json.loads(gpt2("scrape-reddit", "--dump", str(NOVEMBER), "--replay", str(WARC), "--json").out)
+    with monkeypatch.context() as m:  # a sync job swaps the link to the new month after the checksums
+        swap = tmp_path / "swap"
+        swap.symlink_to(JANUARY)
+        m.setattr(Store, "produce", meanwhile(lambda: swap.replace(current)))
+        swapped = gpt2("scrape-reddit", "--dump", str(current), "--replay", str(WARC), "--json", "--force")
+    assert swapped.code == 0, swapped.err
+    seen = json.loads(swapped.out)["summary"]["submissions_seen"]
+    assert seen == november["summary"]["submissions_seen"]  # November's, as checksummed: not January's
+    args = ["scrape-reddit", "--dump", str(folder), "--replay", str(WARC), "--json"]
+    with monkeypatch.context() as m:
+        m.setattr(Store, "produce", meanwhile(lambda: (folder / NOVEMBER.name).unlink()))
+        removed = gpt2(*args, "--force")
+    assert removed.code == 1
+    assert f"input {folder / NOVEMBER.name} became unreadable while raw-docs read it" in removed.err
+
+
 def test_bad_input(home: Path, tmp_path: Path):
     assert run_cli(home, "scrape-reddit").returncode == 2
     missing = run_cli(home, "scrape-reddit", "--dump", str(tmp_path / "RS_2099-01.zst"))

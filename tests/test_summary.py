@@ -79,3 +79,30 @@ def test_the_statement_without_validation_loss_says_why(summary, inputs, expecte
     assert expected in statement
     if summary["val_tokens"]:  # 20 tokens hold a 16-token sequence, its targets and a choice of start
         assert validation_gap(tokens, 16) is None
+
+
+def test_the_learning_check_reads_the_tokens_the_model_trained_on_in_their_home(tmp_path: Path):
+    """A model trained in home b on home a's tokens: the unigram entropy is of a's tokens, not b's tokens@v1."""
+    import math
+
+    import numpy as np
+
+    from gpt2cli.artifacts import Store, artifact_input
+    from gpt2cli.bpe.shards import _ShardWriter
+    from gpt2cli.summary import learning_check
+
+    def tokens_of(ids: list[int]):
+        def build(draft):
+            writer = _ShardWriter(draft.dir / "train.bin", 4, 0)
+            writer.write(np.array(ids))
+            writer.finish()
+
+        return build
+
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    theirs = a.produce("tokens", params={}, inputs=[], build=tokens_of([0, 0, 1, 1])).artifact
+    b.produce("tokens", params={}, inputs=[], build=tokens_of([0, 1, 2, 3]))
+    used = artifact_input(b.open(theirs.path))  # `pretrain --tokens /a/tokens/v1` in home b
+    model = b.produce("model", params={}, inputs=[used], build=lambda draft: {"val_loss": 1.0}).artifact
+    check = learning_check(b, model)
+    assert check["unigram_entropy"] == round(math.log(2), 4)  # a's tokens: two ids, evenly; b's would give log 4

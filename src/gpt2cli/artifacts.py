@@ -14,6 +14,7 @@ import datetime as dt
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -407,6 +408,10 @@ def file_input(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+class BeingDeleted(Gpt2Error):
+    """A version a gc has claimed: it is being deleted, or kept after all once that gc is done."""
+
+
 class InputChanged(Gpt2Error):
     """An input file whose bytes no longer match the checksum the build's identity names: it was replaced or
     rewritten while the stage read it, so what the stage read is not what a manifest would say."""
@@ -530,9 +535,12 @@ def hold_for_reading(path: Path) -> None:
         return  # not there: loading its manifest reports that
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BeingDeleted(f"{path} is being deleted by `gpt2 artifacts gc`") from None
     except OSError:
         os.close(fd)
-        raise Gpt2Error(f"{path} is being deleted by `gpt2 artifacts gc`") from None
+        raise
     _reading[path] = fd
 
 
@@ -549,11 +557,13 @@ def reading(path: Path) -> Iterator[bool]:
     the block gets False when that gc deleted it, True when the version is there to read."""
     key = Path(os.path.abspath(path))
     held_before = key in _reading
-    while True:
+    for waited in itertools.count():
         try:
             hold_for_reading(path)
             break
-        except Gpt2Error:  # a gc holds its claim: it deletes the version, or keeps it after all
+        except BeingDeleted:  # a gc holds its claim: it deletes the version, or keeps it after all
+            if waited == 20:
+                log.info("waiting for the gc that claimed %s", path)
             time.sleep(0.05)
     try:
         yield Path(path).is_dir()
@@ -811,7 +821,7 @@ class Store:
         if artifact.parent:
             node["parent"] = artifact.parent["ref"]
             try:
-                self.resolve(artifact.parent["ref"])
+                self.recorded(artifact, artifact.parent)
             except Gpt2Error:
                 node["parent_status"] = "removed"  # by gc: the version stands alone
         read = {i.get("ref") for i in artifact.inputs}

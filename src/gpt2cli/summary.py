@@ -68,18 +68,18 @@ def val_loss_curve(model: Artifact) -> list[tuple[float, float]]:
     return loss_curve(model, "val_loss")
 
 
-def _input_ref(artifact: Artifact, kind: str) -> str | None:
-    return next((i["ref"] for i in artifact.manifest.get("inputs", []) if str(i.get("ref", "")).startswith(kind)), None)
+def _input_entry(artifact: Artifact, kind: str) -> dict[str, Any] | None:
+    return next((i for i in artifact.manifest.get("inputs", []) if str(i.get("ref", "")).startswith(kind)), None)
 
 
 def learning_check(store: Store, model: Artifact) -> dict[str, Any]:
     """Validation loss against the unigram entropy of the training tokens (both in nats per token)."""
     from gpt2cli.bpe.shards import TokenShard
 
-    tokens_ref = _input_ref(model, "tokens@")
-    if tokens_ref is None:
+    tokens_entry = _input_entry(model, "tokens@")
+    if tokens_entry is None:
         raise Gpt2Error(f"{model.ref} does not name the tokens it trained on")
-    tokens = store.resolve(tokens_ref)
+    tokens = store.recorded(model, tokens_entry)  # another home's, where the model trained on that home's tokens
     shard = TokenShard.open(tokens.path / "train.bin")
     counts = np.bincount(np.asarray(shard.tokens()), minlength=shard.vocab_size)
     entropy = unigram_entropy(counts)
@@ -128,7 +128,7 @@ def run_summary(store: Store, model_ref: str = "model", eval_ref: str | None = "
     summary["eval"], summary["eval_rows"] = None, []  # the same keys whether or not the model was evaluated
     if eval_ref is not None and store.latest("eval") is not None:
         evaluation = store.resolve(eval_ref)
-        if _input_ref(evaluation, "model@") == model.ref:
+        if (_input_entry(evaluation, "model@") or {}).get("ref") == model.ref:
             summary["eval"] = evaluation.ref
             summary["eval_rows"] = comparison_rows(evaluation)
     return summary

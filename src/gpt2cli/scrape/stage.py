@@ -118,8 +118,12 @@ def scrape_reddit(
 ) -> Published:
     sources.validate()
     fetch.validate()
-    # a folder's dumps listed once: those checksummed here are the ones the build reads, not newer arrivals
-    listed = replace(sources, dumps=tuple(dump_files(sources.dumps)))
+    # the files checksummed here are the ones the build reads: a folder's dumps listed once (not newer arrivals),
+    # and each file by the path it resolved to (not what a symlink swapped meanwhile names)
+    resolved = {name: tuple(Path(p).resolve() for p in files)
+                for name, files in (("dumps", dump_files(sources.dumps)), ("url_files", sources.url_files),
+                                    ("replays", sources.replays))}  # fmt: skip
+    listed = replace(sources, **resolved)
     inputs = [file_input(p) for p in _input_files(listed)]
     # absolute: the same files named another way (./data, /srv/data) are the same build
     paths = {
@@ -168,6 +172,7 @@ def _build(
 ) -> dict[str, Any]:
     out = draft.dir
     stats: Counter[str] = Counter()
+    draft.inputs_read([p for p in (*sources.dumps, *sources.url_files) if not p.is_file()])  # removed since listed
     links = collect_links(_submissions(sources, stats), filters, stats)
     draft.inputs_read([*sources.dumps, *sources.url_files])  # a URL list appended to during a long crawl is fine
     log.info("%d links kept of %d submissions", len(links), stats["submissions_seen"])
