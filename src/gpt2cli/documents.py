@@ -175,7 +175,7 @@ def _parquet_rows(path: Path, columns: Sequence[str] | None, batch_rows: int = 1
         if "text" not in names:
             raise Gpt2Error(f"{path}: Parquet file has no 'text' column (columns: {names})")
         batches = parquet.iter_batches(
-            batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None
+            batch_size=batch_rows, columns=[c for c in columns if c in names] if columns else None, use_threads=False
         )
         while True:
             try:

@@ -62,6 +62,6 @@ class CorpusTexts:
         import pyarrow.parquet as pq
 
         with open(self.path, "rb") as f:  # a file object: pyarrow refuses a path that is not UTF-8
-            for batch in pq.ParquetFile(f).iter_batches(columns=["text", "split"]):
+            for batch in pq.ParquetFile(f).iter_batches(columns=["text", "split"], use_threads=False):
                 texts, splits = batch.column(0).to_pylist(), batch.column(1).to_pylist()
                 yield from (text for text, split in zip(texts, splits, strict=True) if split == self.split)

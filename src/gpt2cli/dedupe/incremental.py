@@ -110,7 +110,9 @@ def _urls(store: Store, entry: dict[str, Any]) -> set[str] | None:
         if artifact.manifest_sha256 != entry["manifest_sha256"]:
             return None
         with open(artifact.file(DOCUMENTS), "rb") as f:  # a file object: the home's name may not be UTF-8
-            urls = pq.read_table(f, columns=["url"]).column("url").to_pylist()
+            # use_threads=False wherever a Python file object is read: Arrow's reader threads call back into it,
+            # and one still waiting for the interpreter when it exits aborts the process (exit 134, under load)
+            urls = pq.ParquetFile(f).read(columns=["url"], use_threads=False).column("url").to_pylist()
     except (Gpt2Error, pa.ArrowException, OSError, KeyError):
         return None
     return None if None in urls else set(urls)

@@ -106,7 +106,7 @@ class State:
         import pyarrow.parquet as pq
 
         with open(self.directory / "docs.parquet", "rb") as f:  # a file object: the home's name may not be UTF-8
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["order", "row"]):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=["order", "row"], use_threads=False):
                 yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
 
 
@@ -124,7 +124,9 @@ def open_state(directory: Path, what: str) -> State:
     values = np.memmap(path, "<u8", mode="r") if path.stat().st_size else np.zeros(0, "<u8")
     offsets = np.load(directory / "shingle_offsets.npy")
     with open(directory / "docs.parquet", "rb") as f:  # a file object: the home's name may not be UTF-8
-        meta = pq.read_table(f, columns=["order", "score", "key", "url", "snippet"]).to_pydict()
+        meta = (
+            pq.ParquetFile(f).read(columns=["order", "score", "key", "url", "snippet"], use_threads=False).to_pydict()
+        )
     docs = [
         Doc(order, score, key, url, snippet, values[offsets[i] : offsets[i + 1]])
         for i, (order, score, key, url, snippet) in enumerate(
